@@ -1,0 +1,692 @@
+"""ClickHouse access for Phobos: the only module that imports a ClickHouse client.
+
+Two back ends behind one small interface (``Store``):
+
+* ``chdb:///path/to/dir`` - embedded ClickHouse (chDB) in this process.  chDB
+  runs one data path per process and refuses a second process on the same
+  path with an unhelpful error, so ``ChdbStore`` takes an exclusive lock file
+  in the data directory first and, when it is held, says which process and
+  role (``phobos serve``, ``phobos simulate`` ...) holds it.  One
+  ``chdb.session.Session`` per process, shared by threads under a lock:
+  parameterised queries are not safe on a session used by two threads.
+* ``clickhouse://user:pass@host:9000/phobos`` - a ClickHouse server through
+  ``clickhouse-driver`` (native protocol, columnar inserts).
+
+SQL text refers to the database through ``store.db`` (callers format it in)
+and to parameters with ClickHouse's own ``{name:Type}`` syntax.
+
+Inserts take an Arrow table (the fast path: chDB reads it in place through
+the ``Python()`` table function, ~millions of rows/s) or plain row dicts.
+Every insert may carry a ``dedup_token``: tables and rollups keep a
+deduplication window, so a batch delivered twice is stored once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import string
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pyarrow as pa
+
+__all__ = [
+    "DEFAULT_STORE_URL",
+    "SQL_DIR",
+    "StoreError",
+    "StoreBusyError",
+    "StoreURL",
+    "Store",
+    "parse_store_url",
+    "open_store",
+    "schema_files",
+    "render_sql",
+    "split_statements",
+]
+
+DEFAULT_STORE_URL = "chdb://./data/phobos"
+
+#: ``sql/`` sits next to this package both in a checkout and in an installed
+#: distribution (setup.cfg installs it as a data package beside ``api``).
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):([^{}]+)\}")
+_MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be opened or used, with a message for a person."""
+
+
+class StoreBusyError(StoreError):
+    """The embedded store's data path is held by another process."""
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    scheme: str  # "chdb" | "clickhouse"
+    path: str = ""
+    host: str = ""
+    port: int = 9000
+    user: str = "default"
+    password: str = ""
+    database: str = "phobos"
+    secure: bool = False
+
+    def redacted(self) -> str:
+        if self.scheme == "chdb":
+            return f"chdb://{self.path}"
+        return f"clickhouse://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+def parse_store_url(url: str) -> StoreURL:
+    """Parse a store URL.
+
+    ``chdb:///abs/dir`` or ``chdb://relative/dir`` (``?database=NAME``
+    optional); ``clickhouse://[user[:password]@]host[:port][/database]``
+    (``?secure=1`` for TLS).
+
+    Raises
+    ------
+    StoreError
+        For anything else, saying which forms are accepted.
+    """
+    forms = "use chdb:///path/to/dir or clickhouse://user:pass@host:9000/phobos"
+    if not isinstance(url, str) or "://" not in url:
+        raise StoreError(f"store URL {url!r} has no scheme; {forms}")
+    scheme, rest = url.split("://", 1)
+    rest, _, query = rest.partition("?")
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    database = options.pop("database", "phobos")
+    if scheme == "chdb":
+        if options:
+            raise StoreError(f"unknown chdb store option(s) {', '.join(options)}")
+        path = unquote(rest)
+        if not path:
+            raise StoreError(f"store URL {url!r} names no directory; {forms}")
+        parsed = StoreURL("chdb", path=os.path.abspath(path), database=database)
+    elif scheme == "clickhouse":
+        parts = urlsplit(f"clickhouse://{rest}")
+        if not parts.hostname:
+            raise StoreError(f"store URL {url!r} names no host; {forms}")
+        secure = options.pop("secure", "0") in ("1", "true", "yes")
+        if options:
+            raise StoreError(f"unknown clickhouse store option(s) {', '.join(options)}")
+        try:
+            port = parts.port or (9440 if secure else 9000)
+        except ValueError:
+            raise StoreError(f"store URL {url!r} has a bad port") from None
+        db_from_path = parts.path.strip("/")
+        parsed = StoreURL(
+            "clickhouse",
+            host=parts.hostname,
+            port=port,
+            user=unquote(parts.username or "default"),
+            password=unquote(parts.password or ""),
+            database=db_from_path or database,
+            secure=secure,
+        )
+    else:
+        raise StoreError(f"unknown store scheme {scheme!r}; {forms}")
+    if not _IDENT.match(parsed.database):
+        raise StoreError(f"database name {parsed.database!r} is not a plain identifier")
+    if parsed.database == "default":
+        raise StoreError("Phobos keeps its tables in their own database, not 'default'")
+    return parsed
+
+
+def schema_files(directory: Path = SQL_DIR) -> list[tuple[int, str, Path]]:
+    """The numbered migration files of ``directory`` in order."""
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_FILE.match(path.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), path))
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise StoreError(f"two schema files in {directory} share a number")
+    return found
+
+
+def render_sql(text: str, **values: Any) -> str:
+    """Fill ``$name`` placeholders; a missing value is an error, not a blank."""
+    try:
+        return string.Template(text).substitute(values)
+    except KeyError as err:
+        raise StoreError(f"schema placeholder ${err.args[0]} has no value") from None
+
+
+def split_statements(text: str) -> list[str]:
+    """Statements of a schema file: ``--`` comment lines dropped, split on ``;``."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
+
+
+def _sql_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Store:
+    """What Phobos needs from ClickHouse; see the module docstring."""
+
+    url: StoreURL
+    db: str
+
+    # -- to be provided by back ends ------------------------------------
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        raise NotImplementedError
+
+    def query_columns(self, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """Column names and rows of JSON-ready values (times as text, IPs as text)."""
+        raise NotImplementedError
+
+    def query_text(self, sql: str, fmt: str, params: dict[str, Any] | None = None) -> str:
+        """The result rendered by ClickHouse in output format ``fmt``."""
+        raise NotImplementedError
+
+    def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        raise NotImplementedError
+
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # -- shared ------------------------------------------------------------
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        return self.query_columns(sql, params)[1]
+
+    def query_dicts(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        names, rows = self.query_columns(sql, params)
+        return [dict(zip(names, row)) for row in rows]
+
+    def column_types(self, table: str) -> dict[str, str]:
+        """Column name -> ClickHouse type of ``db.table``, in table order."""
+        cache = self.__dict__.setdefault("_column_types", {})
+        if table not in cache:
+            rows = self.query(
+                "SELECT name, type FROM system.columns WHERE database = {db:String} "
+                "AND table = {t:String} ORDER BY position",
+                {"db": self.db, "t": table},
+            )
+            if not rows:
+                raise StoreError(f"table {self.db}.{table} does not exist; run `phobos migrate` first")
+            cache[table] = dict(rows)
+        return cache[table]
+
+    def insert_rows(self, table: str, rows: Sequence[dict[str, Any]], dedup_token: str | None = None) -> int:
+        """Insert plain row dicts (keys = column names); columns left out take defaults."""
+        if not rows:
+            return 0
+        types = self.column_types(table)
+        names = [name for name in types if name in rows[0]]
+        unknown = set(rows[0]) - set(types)
+        if unknown:
+            raise StoreError(f"{self.db}.{table} has no column(s) {', '.join(sorted(unknown))}")
+        arrays = {name: pa.array([row[name] for row in rows], type=_arrow_type(types[name])) for name in names}
+        return self.insert_arrow(table, pa.table(arrays), dedup_token)
+
+    def schema_version(self) -> int:
+        """Highest applied schema file number; 0 for an empty store."""
+        exists = self.query(
+            "SELECT count() FROM system.tables WHERE database = {db:String} AND name = 'schema_migrations'",
+            {"db": self.db},
+        )[0][0]
+        if not exists:
+            return 0
+        return int(self.query(f"SELECT max(version) FROM {self.db}.schema_migrations")[0][0])
+
+    def migrate(self, ttl_days: int = 30, directory: Path = SQL_DIR) -> list[str]:
+        """Apply the schema files not yet applied; returns what it changed.
+
+        Idempotent: files already recorded are skipped (and refused if they
+        were edited after being applied - schema files are append-only); the
+        raw-record TTL is altered only when ``ttl_days`` differs.
+        """
+        if not isinstance(ttl_days, int) or not 1 <= ttl_days <= 36500:
+            raise StoreError(f"ttl_days must be a whole number of days from 1 to 36500, got {ttl_days!r}")
+        changes: list[str] = []
+        files = schema_files(directory)
+        if not files:
+            raise StoreError(f"no schema files found in {directory}")
+        applied: dict[int, str] = {}
+        if self.schema_version() or self._has_migrations_table():
+            applied = dict(self.query(f"SELECT version, checksum FROM {self.db}.schema_migrations"))
+        for version, name, path in files:
+            text = path.read_text()
+            checksum = hashlib.sha256(text.encode()).hexdigest()
+            if version in applied:
+                if applied[version] != checksum:
+                    raise StoreError(
+                        f"{path.name} changed after it was applied to {self.db}; schema files are "
+                        f"append-only - put the change in a new numbered file"
+                    )
+                continue
+            for statement in split_statements(render_sql(text, db=self.db, ttl_days=ttl_days)):
+                self.execute(statement)
+            self.insert_rows(
+                "schema_migrations",
+                [{"version": version, "name": name, "checksum": checksum, "applied_at": int(time.time())}],
+            )
+            changes.append(f"applied {path.name}")
+        for table in ("connections", "listeners"):
+            current = self._ttl_days(table)
+            if current is not None and current != ttl_days:
+                self.execute(
+                    f"ALTER TABLE {self.db}.{table} MODIFY TTL ts + INTERVAL {ttl_days} DAY"
+                )
+                changes.append(f"{table}: TTL {current} -> {ttl_days} days")
+        return changes
+
+    def _has_migrations_table(self) -> bool:
+        return bool(
+            self.query(
+                "SELECT count() FROM system.tables WHERE database = {db:String} AND name = 'schema_migrations'",
+                {"db": self.db},
+            )[0][0]
+        )
+
+    def _ttl_days(self, table: str) -> int | None:
+        rows = self.query(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            {"db": self.db, "t": table},
+        )
+        if not rows:
+            return None
+        match = re.search(r"TTL ts \+ toIntervalDay\((\d+)\)", rows[0][0])
+        return int(match.group(1)) if match else None
+
+
+_ARROW_FOR = {
+    "UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt32": pa.uint32(), "UInt64": pa.uint64(),
+    "Int8": pa.int8(), "Int16": pa.int16(), "Int32": pa.int32(), "Int64": pa.int64(),
+    "Float32": pa.float32(), "Float64": pa.float64(),
+}
+
+
+def _base_type(ch_type: str) -> str:
+    for wrapper in ("LowCardinality(", "Nullable(", "SimpleAggregateFunction("):
+        if ch_type.startswith(wrapper):
+            inner = ch_type[len(wrapper):-1]
+            if wrapper == "SimpleAggregateFunction(":
+                inner = inner.split(",", 1)[1].strip()
+            return _base_type(inner)
+    return ch_type
+
+
+def _arrow_type(ch_type: str) -> pa.DataType:
+    """Wire type used to carry a value of ``ch_type`` into ClickHouse."""
+    base = _base_type(ch_type)
+    if base in _ARROW_FOR:
+        return _ARROW_FOR[base]
+    if base.startswith("DateTime"):
+        return pa.int64()  # epoch seconds
+    if base.startswith("Array("):
+        return pa.list_(_arrow_type(base[len("Array("):-1]))
+    if base.startswith("Map("):
+        return pa.map_(pa.string(), pa.string())
+    return pa.string()  # String, Enum, IPv6, IPv4, UUID ...
+
+
+def _select_expr(name: str, ch_type: str, arrow_type: pa.DataType) -> str:
+    """Expression that turns an Arrow column into the target column's type."""
+    col = f"`{name}`"
+    base = _base_type(ch_type)
+    if base == "IPv6":
+        if pa.types.is_integer(arrow_type):
+            # IPv4 as a number: the cheapest form for generated data.
+            return f"CAST(toIPv4(toUInt32({col})) AS IPv6)"
+        return f"toIPv6({col})"
+    if base.startswith("DateTime"):
+        if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+            return f"toDateTime(toInt64({col}), 'UTC')"
+        if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+            return f"parseDateTimeBestEffort({col}, 'UTC')"
+        return col
+    if base.startswith("Map("):
+        return f"CAST(mapApply((k, v) -> (k, ifNull(v, '')), {col}) AS {base})"
+    if base.startswith("Array("):
+        return f"CAST({col} AS {base})"
+    return col
+
+
+# One embedded engine per process: chDB refuses a second path until the first
+# is closed, so sessions are shared per path and counted.
+_CHDB_LOCK = threading.Lock()
+_CHDB_OPEN: dict[str, "_ChdbEngine"] = {}
+
+
+class _ChdbEngine:
+    def __init__(self, path: str, role: str):
+        from chdb import session as chdb_session
+
+        self.path = path
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.lock_path = Path(path) / "phobos.lock"
+        self.lock_file = open(self.lock_path, "a+")
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock_file.seek(0)
+            holder = self.lock_file.read().strip()
+            self.lock_file.close()
+            try:
+                info = json.loads(holder)
+                who = f"process {info['pid']} ({info['role']}, since {info['since']})"
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise StoreBusyError(
+                f"the embedded store {path} is in use by {who}; chDB opens a data directory "
+                f"from one process only - stop that process, point this one at its API, or "
+                f"use another --store directory"
+            ) from None
+        self.lock_file.seek(0)
+        self.lock_file.truncate()
+        self.lock_file.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "role": role,
+                    "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            )
+        )
+        self.lock_file.flush()
+        try:
+            self.session = chdb_session.Session(path)
+        except Exception as err:
+            self._release()
+            raise StoreError(f"cannot open the embedded store {path}: {err}") from None
+        self.mutex = threading.RLock()
+        self.users = 0
+        # Numbers as JSON numbers: Python reads them exactly at any size.
+        self.session.query("SET output_format_json_quote_64bit_integers = 0", "CSV")
+
+    def _release(self) -> None:
+        try:
+            self.lock_file.seek(0)
+            self.lock_file.truncate()
+            fcntl.flock(self.lock_file, fcntl.LOCK_UN)
+        finally:
+            self.lock_file.close()
+
+    def close(self) -> None:
+        self.session.close()
+        self._release()
+
+
+class ChdbStore(Store):
+    """Embedded ClickHouse in this process (see module docstring)."""
+
+    def __init__(self, url: StoreURL, role: str = "phobos"):
+        self.url = url
+        self.db = url.database
+        with _CHDB_LOCK:
+            engine = _CHDB_OPEN.get(url.path)
+            if engine is None:
+                if _CHDB_OPEN:
+                    other = next(iter(_CHDB_OPEN))
+                    raise StoreError(
+                        f"this process already has the embedded store {other} open; chDB runs one "
+                        f"data directory per process, so {url.path} cannot be opened beside it"
+                    )
+                engine = _ChdbEngine(url.path, role)
+                _CHDB_OPEN[url.path] = engine
+            engine.users += 1
+        self._engine: _ChdbEngine | None = engine
+
+    @property
+    def engine(self) -> _ChdbEngine:
+        if self._engine is None:
+            raise StoreError("the store is closed")
+        return self._engine
+
+    def _run(self, sql: str, fmt: str, params: dict[str, Any] | None) -> Any:
+        engine = self.engine
+        with engine.mutex:
+            try:
+                if params:
+                    return engine.session.query(sql, fmt, params=_chdb_params(params))
+                return engine.session.query(sql, fmt)
+            except Exception as err:
+                raise StoreError(_clean_error(err)) from None
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self._run(sql, "CSV", params)
+
+    def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        result = self._run(sql, "ArrowTable", params)
+        if isinstance(result, pa.Table):
+            return result
+        return pa.table({})
+
+    def query_columns(self, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        result = self._run(sql, "JSONCompact", params)
+        text = result.bytes() if hasattr(result, "bytes") else bytes(result)
+        if not text.strip():
+            return [], []
+        doc = json.loads(text)
+        return [col["name"] for col in doc["meta"]], [tuple(row) for row in doc["data"]]
+
+    def query_text(self, sql: str, fmt: str, params: dict[str, Any] | None = None) -> str:
+        result = self._run(sql, fmt, params)
+        return result.bytes().decode() if hasattr(result, "bytes") else str(result)
+
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
+        if data.num_rows == 0:
+            return 0
+        types = self.column_types(table)
+        missing = [name for name in data.column_names if name not in types]
+        if missing:
+            raise StoreError(f"{self.db}.{table} has no column(s) {', '.join(missing)}")
+        exprs = ", ".join(
+            _select_expr(name, types[name], data.schema.field(name).type) for name in data.column_names
+        )
+        cols = ", ".join(f"`{name}`" for name in data.column_names)
+        settings = ""
+        if dedup_token:
+            settings = f" SETTINGS insert_deduplication_token = {_sql_quote(dedup_token)}"
+        # The Python() table function finds `phobos_insert_data` among this
+        # frame's locals; that is how chDB reads Arrow memory without a copy.
+        phobos_insert_data = data  # noqa: F841
+        sql = f"INSERT INTO {self.db}.{table} ({cols}){settings} SELECT {exprs} FROM Python(phobos_insert_data)"
+        engine = self.engine
+        with engine.mutex:
+            try:
+                engine.session.query(sql, "CSV")
+            except Exception as err:
+                raise StoreError(f"insert into {self.db}.{table} failed: {_clean_error(err)}") from None
+        return data.num_rows
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        with _CHDB_LOCK:
+            engine.users -= 1
+            if engine.users == 0:
+                _CHDB_OPEN.pop(engine.path, None)
+                engine.close()
+
+
+def _chdb_params(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, datetime):
+            value = value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        elif isinstance(value, (list, tuple)):
+            value = "[" + ",".join(
+                _sql_quote(v) if isinstance(v, str) else str(v) for v in value
+            ) + "]"
+        out[key] = value
+    return out
+
+
+def _clean_error(err: Exception) -> str:
+    text = str(err).strip()
+    # ClickHouse appends a stack trace and version to many messages.
+    text = text.split("Stack trace", 1)[0].strip()
+    return re.sub(r"\s+\(version [^)]*\)\s*$", "", text)
+
+
+class ClickHouseStore(Store):
+    """A ClickHouse server through clickhouse-driver (native protocol)."""
+
+    def __init__(self, url: StoreURL, role: str = "phobos"):
+        from clickhouse_driver import Client
+
+        self.url = url
+        self.db = url.database
+        self._local = threading.local()
+        self._client_args = dict(
+            host=url.host, port=url.port, user=url.user, password=url.password,
+            secure=url.secure, client_name=f"phobos-{role}",
+            settings={"use_numpy": False},
+        )
+        self._client_cls = Client
+
+    @property
+    def client(self) -> Any:
+        # clickhouse-driver clients are not thread-safe: one per thread.
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._client_cls(**self._client_args)
+            self._local.client = client
+        return client
+
+    def _call(self, sql: str, params: dict[str, Any] | None, **kwargs: Any) -> Any:
+        text, values = driver_params(sql, params)
+        try:
+            return self.client.execute(text, values, **kwargs)
+        except Exception as err:
+            raise StoreError(f"{self.url.redacted()}: {_clean_error(err)}") from None
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self._call(sql, params)
+
+    def query_columns(self, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        rows, columns = self._call(sql, params, with_column_types=True)
+        return [name for name, _ in columns], [tuple(_driver_value(v) for v in row) for row in rows]
+
+    def query_text(self, sql: str, fmt: str, params: dict[str, Any] | None = None) -> str:
+        # The native protocol returns values, not formatted text: render the
+        # formats the CLI offers here.
+        names, rows = self.query_columns(sql, params)
+        return render_rows(names, rows, fmt)
+
+    def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        rows, columns = self._call(sql, params, with_column_types=True, columnar=True)
+        return pa.table({name: pa.array([_driver_value(v) for v in col]) for (name, _), col in zip(columns, rows)})
+
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
+        if data.num_rows == 0:
+            return 0
+        types = self.column_types(table)
+        columns = []
+        for name in data.column_names:
+            values = data.column(name).to_pylist()
+            if _base_type(types[name]).startswith("DateTime"):
+                values = [datetime.fromtimestamp(v, tz=timezone.utc) if isinstance(v, (int, float)) else v for v in values]
+            elif _base_type(types[name]) == "IPv6":
+                import ipaddress
+
+                values = [str(ipaddress.IPv6Address(f"::ffff:{ipaddress.IPv4Address(v)}")) if isinstance(v, int) else v for v in values]
+            columns.append(values)
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token else {}
+        cols = ", ".join(f"`{name}`" for name in data.column_names)
+        try:
+            self.client.execute(
+                f"INSERT INTO {self.db}.{table} ({cols}) VALUES", columns, columnar=True, settings=settings
+            )
+        except Exception as err:
+            raise StoreError(f"insert into {self.db}.{table} failed: {_clean_error(err)}") from None
+        return data.num_rows
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.disconnect()
+
+
+def _driver_value(value: Any) -> Any:
+    """The driver's Python objects as the JSON-ready values chDB returns."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if type(value).__name__ in ("IPv4Address", "IPv6Address"):
+        return str(value)
+    return value
+
+
+def render_rows(names: list[str], rows: list[tuple], fmt: str) -> str:
+    """Rows as CSV, JSONEachRow or a plain text table (for the CLI)."""
+    import csv
+    import io
+
+    if fmt == "CSVWithNames":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(rows)
+        return buf.getvalue()
+    if fmt == "JSONEachRow":
+        return "".join(json.dumps(dict(zip(names, row)), default=str) + "\n" for row in rows)
+    cells = [names] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(names))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def driver_params(sql: str, params: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """Turn ``{name:Type}`` parameters into clickhouse-driver's ``%(name)s``.
+
+    The driver substitutes client-side with its own escaping; the CAST keeps
+    the type the query asked for. Literal ``%`` is doubled for the driver.
+    """
+    if not params:
+        return sql, {}
+    text = sql.replace("%", "%%")
+
+    def repl(match: re.Match) -> str:
+        name, ch_type = match.group(1), match.group(2).strip()
+        if name not in params:
+            raise StoreError(f"query parameter {name!r} has no value")
+        if ch_type in ("Identifier",):
+            raise StoreError("identifier parameters are not supported")
+        return f"CAST(%({name})s AS {ch_type})"
+
+    return _PARAM.sub(repl, text), dict(params)
+
+
+def open_store(url: str | None = None, role: str = "phobos") -> Store:
+    """Open the store at ``url`` (default: ``$PHOBOS_STORE`` or the embedded default).
+
+    ``role`` names this process in the embedded store's lock file, so that a
+    second process is told who holds the data directory.
+    """
+    parsed = parse_store_url(url or os.environ.get("PHOBOS_STORE") or DEFAULT_STORE_URL)
+    if parsed.scheme == "chdb":
+        return ChdbStore(parsed, role)
+    return ClickHouseStore(parsed, role)
+
+
+def batch_token(parts: Iterable[Any]) -> str:
+    """A stable dedup token for a batch identified by ``parts``."""
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
