@@ -1,0 +1,1022 @@
+"""The service catalog: what the business calls the things Phobos sees.
+
+The tracer sees processes and sockets; people think in business areas,
+services and the outside parties they talk to.  The catalog is one YAML file,
+kept in version control by the platform team, that maps one onto the other.
+This module parses and validates it into frozen dataclasses and turns it into
+rows for the ``catalog_*`` ClickHouse tables (``api/catalog_store.py`` does
+the writing).  It is pure: no I/O besides reading the file it is given.
+
+File format (version 1)
+-----------------------
+::
+
+    version: 1                      # required; the format version
+
+    areas:                          # business areas and business processes
+      - name: payments              # required, unique, [a-z0-9][a-z0-9._-]*
+        title: Payments             # default: the name
+        kind: area                  # area (default) | process
+        owner: team-payments
+        description: Money in, money out.
+        links: [{kind: dashboard, title: Grafana, url: "https://..."}]
+      - name: checkout-flow
+        kind: process               # a business process spanning services
+        services: [web, checkout-api, ledger]   # required for, and only for,
+                                                # kind: process
+    services:
+      - name: ledger                # required, unique (also among externals)
+        area: payments              # required; an area of kind: area
+        title: Ledger               # default: the name
+        owner: team-payments        # default: the area's owner
+        tier: 1                     # 1 (most critical) .. 5; omitted = unknown
+        description: Double-entry book of every payment.
+        match: {...}                # see below
+        links: [...]
+    externals:                      # endpoints outside the traced fleet
+      - name: stripe                # required, unique (also among services)
+        area: payments              # optional area to draw it in
+        description: Card payments.
+        cidrs: ["203.0.113.0/24"]   # at least one of cidrs / hostnames
+        hostnames: ["api.stripe.com", "*.stripe.com"]
+        ports: [443]                # optional; restricts the ranges above
+
+Links are ``{kind, title, url}`` with ``kind`` one of ``LINK_KINDS``
+(dashboard, oncall, deploy, runbook, repo, docs, logs, chat), ``title``
+defaulting to the kind and an absolute http(s) ``url``.
+
+Matching a process to a service
+-------------------------------
+A service's ``match`` holds two groups of rules.  *Identity* rules say what
+the process is; a process satisfies the group when **any** of them matches:
+
+``comm``          exact task names (the kernel's 15-character ``comm``)
+``exe``           regular expressions searched in the executable path
+``cmdline``       regular expressions searched in the space-joined cmdline
+``systemd_unit``  unit names, shell-style globs allowed (``worker@*.service``)
+``k8s_labels``    a label selector: every listed label must be present with
+                  exactly that value
+
+*Location* rules say where it runs; **each** given one must match:
+
+``hosts``         host names, shell-style globs allowed (``db-*.dc1``)
+``cidrs``         IP ranges the process's address must fall in
+``ports``         ports the process listens on
+
+So ``{cmdline: [postgres], ports: [5432]}`` is "a postgres listening on
+5432" and ``{cidrs: [10.1.2.0/24]}`` alone is "whatever runs on those hosts".
+A service without rules matches nothing (the tracer's defaults name it).
+Services are tried in file order and the first match wins, so list specific
+services before catch-alls.  ``cidrs`` and ``ports`` also let the backend
+resolve a remote address to the service when no listener record covers it.
+
+Every error names the file, line and column and says how to fix it; all
+errors are collected (up to ``MAX_ERRORS``) and nothing is returned unless
+the whole file is valid.  Order carries no meaning for areas and externals,
+so they are kept sorted by name; services keep file order.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LINK_KINDS",
+    "AREA_KINDS",
+    "MAX_ERRORS",
+    "CatalogError",
+    "Link",
+    "Area",
+    "Match",
+    "Service",
+    "External",
+    "Catalog",
+    "parse_catalog",
+    "load_catalog",
+]
+
+FORMAT_VERSION = 1
+LINK_KINDS = ("dashboard", "oncall", "deploy", "runbook", "repo", "docs", "logs", "chat")
+AREA_KINDS = ("area", "process")
+MAX_ERRORS = 50
+TIERS = range(1, 6)
+
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}\Z")
+_HOSTNAME_RE = re.compile(
+    r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z"
+)
+# The kernel keeps task names in a 16-byte buffer (TASK_COMM_LEN), so a longer
+# comm rule could never match.
+_COMM_MAX = 15
+# Aliases can make a small file expand exponentially; refuse rather than hang.
+_MAX_NODES = 200_000
+
+_MATCH_LISTS = ("comm", "exe", "cmdline", "systemd_unit", "hosts", "cidrs")
+
+
+class CatalogError(Exception):
+    """The catalog file is not valid; nothing from it was loaded.
+
+    Attributes
+    ----------
+    errors : list of str
+        One message per problem, each ``"file:line:col: message"``, in file
+        order, at most ``MAX_ERRORS`` plus a final "more errors" note.
+    """
+
+    def __init__(self, errors: Iterable[str]):
+        self.errors = list(errors)
+        n = len(self.errors)
+        super().__init__(f"invalid catalog ({n} error{'s' if n != 1 else ''}):\n" + "\n".join(self.errors))
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link shown next to an area or service (dashboard, on-call, ...)."""
+
+    kind: str
+    title: str
+    url: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "title": self.title, "url": self.url}
+
+
+@dataclass(frozen=True)
+class Area:
+    """A business area (``kind="area"``) or business process (``"process"``).
+
+    ``services`` is non-empty only for processes: the services the process
+    relies on, whatever area they belong to.
+    """
+
+    name: str
+    title: str
+    kind: str = "area"
+    owner: str = ""
+    description: str = ""
+    services: tuple[str, ...] = ()
+    links: tuple[Link, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "title": self.title, "kind": self.kind}
+        _put(d, "owner", self.owner)
+        _put(d, "description", self.description)
+        _put(d, "services", list(self.services))
+        _put(d, "links", [link.as_dict() for link in self.links])
+        return d
+
+
+@dataclass(frozen=True)
+class Match:
+    """Rules assigning a process to a service; see the module docstring.
+
+    Regular expressions and networks are compiled once, on construction.
+    """
+
+    comm: tuple[str, ...] = ()
+    exe: tuple[str, ...] = ()
+    cmdline: tuple[str, ...] = ()
+    systemd_unit: tuple[str, ...] = ()
+    k8s_labels: tuple[tuple[str, str], ...] = ()
+    hosts: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    _exe: tuple[re.Pattern, ...] = field(init=False, repr=False, compare=False, default=())
+    _cmdline: tuple[re.Pattern, ...] = field(init=False, repr=False, compare=False, default=())
+    _nets: tuple[Any, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_exe", tuple(re.compile(p) for p in self.exe))
+        object.__setattr__(self, "_cmdline", tuple(re.compile(p) for p in self.cmdline))
+        object.__setattr__(self, "_nets", tuple(ipaddress.ip_network(c) for c in self.cidrs))
+
+    def is_empty(self) -> bool:
+        return not (self.has_identity() or self.hosts or self.cidrs or self.ports)
+
+    def has_identity(self) -> bool:
+        return bool(self.comm or self.exe or self.cmdline or self.systemd_unit or self.k8s_labels)
+
+    def matches(self, proc: Mapping[str, Any]) -> bool:
+        """Whether a process (keys as in ``Catalog.match_service``) matches."""
+        if self.is_empty():
+            return False
+        if self.has_identity() and not self._identity(proc):
+            return False
+        if self.hosts:
+            host = str(proc.get("host") or "").lower()
+            if not host or not any(fnmatch.fnmatchcase(host, h) for h in self.hosts):
+                return False
+        if self.cidrs:
+            ip = _parse_ip(proc.get("ip"))
+            if ip is None or not any(ip.version == n.version and ip in n for n in self._nets):
+                return False
+        if self.ports:
+            try:
+                port = int(proc.get("port") or 0)
+            except (TypeError, ValueError):
+                return False
+            if port not in self.ports:
+                return False
+        return True
+
+    def _identity(self, proc: Mapping[str, Any]) -> bool:
+        comm = proc.get("comm") or ""
+        if comm and comm in self.comm:
+            return True
+        exe = proc.get("exe") or ""
+        if exe and any(p.search(exe) for p in self._exe):
+            return True
+        cmdline = proc.get("cmdline") or ""
+        if not isinstance(cmdline, str):
+            cmdline = " ".join(str(a) for a in cmdline)
+        if cmdline and any(p.search(cmdline) for p in self._cmdline):
+            return True
+        unit = proc.get("unit") or ""
+        if unit and any(fnmatch.fnmatchcase(unit, u) for u in self.systemd_unit):
+            return True
+        labels = proc.get("labels") or {}
+        if self.k8s_labels and labels and all(labels.get(k) == v for k, v in self.k8s_labels):
+            return True
+        return False
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for key in ("comm", "exe", "cmdline", "systemd_unit"):
+            _put(d, key, list(getattr(self, key)))
+        _put(d, "k8s_labels", dict(self.k8s_labels))
+        for key in ("hosts", "cidrs", "ports"):
+            _put(d, key, list(getattr(self, key)))
+        return d
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service: owned by one area, recognised by its ``match`` rules."""
+
+    name: str
+    area: str
+    title: str
+    owner: str = ""
+    tier: int = 0
+    description: str = ""
+    match: Match = field(default_factory=Match)
+    links: tuple[Link, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "area": self.area, "title": self.title}
+        _put(d, "owner", self.owner)
+        _put(d, "tier", self.tier)
+        _put(d, "description", self.description)
+        _put(d, "match", self.match.as_dict())
+        _put(d, "links", [link.as_dict() for link in self.links])
+        return d
+
+
+@dataclass(frozen=True)
+class External:
+    """A named endpoint outside the traced fleet (a SaaS API, a partner)."""
+
+    name: str
+    area: str = ""
+    description: str = ""
+    cidrs: tuple[str, ...] = ()
+    hostnames: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    _nets: tuple[Any, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_nets", tuple(ipaddress.ip_network(c) for c in self.cidrs))
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name}
+        _put(d, "area", self.area)
+        _put(d, "description", self.description)
+        _put(d, "cidrs", list(self.cidrs))
+        _put(d, "hostnames", list(self.hostnames))
+        _put(d, "ports", list(self.ports))
+        return d
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A validated catalog.  Build it with ``parse_catalog``/``load_catalog``.
+
+    Equality compares content, so ``parse_catalog(c.to_yaml()) == c`` and
+    ``Catalog.from_rows(c.to_rows(v)) == c``.
+    """
+
+    areas: tuple[Area, ...] = ()
+    services: tuple[Service, ...] = ()
+    externals: tuple[External, ...] = ()
+
+    # -- lookups ---------------------------------------------------------
+
+    def area(self, name: str) -> Area | None:
+        return next((a for a in self.areas if a.name == name), None)
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def external(self, name: str) -> External | None:
+        return next((e for e in self.externals if e.name == name), None)
+
+    def match_service(self, proc: Mapping[str, Any]) -> str | None:
+        """Name the service a process belongs to.
+
+        Parameters
+        ----------
+        proc : mapping
+            What the tracer knows about the process: ``comm``, ``exe``,
+            ``cmdline`` (str, or argv list), ``unit`` (systemd unit),
+            ``labels`` (Kubernetes pod labels), ``host``, ``ip`` (IPv4, IPv6 or
+            IPv4-mapped IPv6) and ``port`` (a listening port).  Any key may be
+            missing or empty; rules that need it then do not match.
+
+        Returns
+        -------
+        str or None
+            The first service in file order whose rules match, else None.
+        """
+        for svc in self.services:
+            if svc.match.matches(proc):
+                return svc.name
+        return None
+
+    def match_external(self, ip: str | None = None, hostname: str | None = None,
+                       port: int | None = None) -> str | None:
+        """Name the external endpoint an address or host name belongs to.
+
+        A host name match wins over an address match; among address matches
+        the longest prefix wins, so a narrow range can be carved out of a
+        wide one regardless of order.  Externals with ``ports`` only match
+        those ports (when ``port`` is given).
+        """
+        addr = _parse_ip(ip)
+        host = (hostname or "").lower().rstrip(".")
+        best: tuple[int, str] | None = None
+        for ext in self.externals:
+            if port and ext.ports and int(port) not in ext.ports:
+                continue
+            if host and any(_host_matches(host, h) for h in ext.hostnames):
+                return ext.name
+            if addr is not None:
+                for net in ext._nets:
+                    if net.version == addr.version and addr in net:
+                        if best is None or net.prefixlen > best[0]:
+                            best = (net.prefixlen, ext.name)
+        return best[1] if best else None
+
+    # -- serialisation ---------------------------------------------------
+
+    def as_dict(self) -> dict[str, Any]:
+        """The canonical plain-data form (what ``to_yaml`` writes)."""
+        return {
+            "version": FORMAT_VERSION,
+            "areas": [a.as_dict() for a in self.areas],
+            "services": [s.as_dict() for s in self.services],
+            "externals": [e.as_dict() for e in self.externals],
+        }
+
+    def to_yaml(self) -> str:
+        """The catalog as a YAML document that parses back to an equal one."""
+        header = "# Phobos service catalog (canonical form; see api/catalog.py)\n"
+        return header + yaml.safe_dump(self.as_dict(), sort_keys=False, allow_unicode=True,
+                                       default_flow_style=False, width=100)
+
+    def checksum(self) -> str:
+        """sha256 hex digest of the canonical form; stable across formatting."""
+        blob = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def to_rows(self, version: int, source: str = "", loaded_at: int = 0) -> dict[str, list[dict]]:
+        """Rows for the ``catalog_*`` tables, all stamped with ``version``.
+
+        ``catalog_loads`` holds the single row that makes the version current;
+        it must be written after the other tables.  ``match`` of a service is
+        the JSON of its rules plus ``order``, its position in the file, since
+        the tables are sorted by name and matching depends on file order.
+        """
+        areas = [{
+            "version": version, "name": a.name, "title": a.title, "kind": a.kind,
+            "owner": a.owner, "description": a.description, "services": list(a.services),
+            "links": _links_json(a.links),
+        } for a in self.areas]
+        services = [{
+            "version": version, "name": s.name, "area": s.area, "title": s.title,
+            "owner": s.owner, "tier": s.tier, "description": s.description,
+            "match": json.dumps({"order": i, **s.match.as_dict()}, sort_keys=True),
+            "cidrs": list(s.match.cidrs), "ports": list(s.match.ports),
+            "links": _links_json(s.links),
+        } for i, s in enumerate(self.services)]
+        externals = [{
+            "version": version, "name": e.name, "area": e.area, "description": e.description,
+            "cidrs": list(e.cidrs), "hostnames": list(e.hostnames), "ports": list(e.ports),
+        } for e in self.externals]
+        loads = [{
+            "version": version, "loaded_at": int(loaded_at), "source": source,
+            "checksum": self.checksum(), "areas": len(areas), "services": len(services),
+            "externals": len(externals),
+        }]
+        return {"catalog_areas": areas, "catalog_services": services,
+                "catalog_externals": externals, "catalog_loads": loads}
+
+    @classmethod
+    def from_rows(cls, rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> "Catalog":
+        """Rebuild a catalog from rows shaped like ``to_rows`` output.
+
+        The rows are trusted (they were validated when loaded); the
+        ``catalog_loads`` entry, if present, is ignored.
+        """
+        areas = tuple(sorted((Area(
+            name=r["name"], title=r["title"], kind=r["kind"], owner=r["owner"],
+            description=r["description"], services=tuple(r["services"]),
+            links=_links_from_json(r["links"]),
+        ) for r in rows.get("catalog_areas", ())), key=lambda a: a.name))
+        ordered = []
+        for r in rows.get("catalog_services", ()):
+            m = json.loads(r["match"])
+            match = Match(
+                **{k: tuple(m.get(k, ())) for k in _MATCH_LISTS},
+                k8s_labels=tuple(sorted(m.get("k8s_labels", {}).items())),
+                ports=tuple(int(p) for p in m.get("ports", ())),
+            )
+            ordered.append((m.get("order", 0), r["name"], Service(
+                name=r["name"], area=r["area"], title=r["title"], owner=r["owner"],
+                tier=int(r["tier"]), description=r["description"], match=match,
+                links=_links_from_json(r["links"]),
+            )))
+        services = tuple(s for _, _, s in sorted(ordered, key=lambda t: (t[0], t[1])))
+        externals = tuple(sorted((External(
+            name=r["name"], area=r["area"], description=r["description"],
+            cidrs=tuple(r["cidrs"]), hostnames=tuple(r["hostnames"]),
+            ports=tuple(int(p) for p in r["ports"]),
+        ) for r in rows.get("catalog_externals", ())), key=lambda e: e.name))
+        return cls(areas=areas, services=services, externals=externals)
+
+
+# -- parsing ---------------------------------------------------------------
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read and validate a catalog file.
+
+    Raises
+    ------
+    CatalogError
+        If the file cannot be read or is invalid; ``errors`` lists every
+        problem as ``"file:line:col: message"``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError([f"{path}:1:1: cannot read the catalog: {exc}"]) from None
+    return parse_catalog(text, source=str(path))
+
+
+def parse_catalog(text: str, source: str = "<string>") -> Catalog:
+    """Parse and validate catalog YAML.
+
+    Parameters
+    ----------
+    text : str
+        The YAML document (format in the module docstring).
+    source : str
+        Name used in error messages, normally the file path.
+
+    Returns
+    -------
+    Catalog
+
+    Raises
+    ------
+    CatalogError
+        With every problem found (up to ``MAX_ERRORS``); nothing is returned
+        unless the whole document is valid.
+
+    Examples
+    --------
+    >>> c = parse_catalog("version: 1\\nareas: [{name: shop}]\\n"
+    ...                   "services: [{name: web, area: shop, match: {comm: [nginx]}}]")
+    >>> c.match_service({"comm": "nginx"})
+    'web'
+    """
+    chk = _Checker(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or "invalid YAML"
+        if exc.context and exc.context_mark is not None:
+            what += (f" ({exc.context} started at line {exc.context_mark.line + 1}, "
+                     f"column {exc.context_mark.column + 1})")
+        elif exc.context:
+            what += f" ({exc.context})"
+        chk.err(mark, f"YAML syntax error: {what}; fix the syntax here")
+        raise CatalogError(chk.messages()) from None
+    except yaml.YAMLError as exc:
+        raise CatalogError([f"{source}:1:1: YAML error: {exc}"]) from None
+    if root is None:
+        raise CatalogError([f"{source}:1:1: the catalog is empty; start it with 'version: 1'"])
+    doc = _Tree(chk).convert(root)
+    catalog = _build(doc, chk) if not chk.errors else None
+    if chk.errors or catalog is None:
+        raise CatalogError(chk.messages())
+    return catalog
+
+
+class _Map(dict):
+    """A YAML mapping that remembers where it and each of its entries are."""
+
+    mark: Any
+    keys_at: dict[str, Any]
+    nodes: dict[str, Any]
+
+
+class _Seq(list):
+    """A YAML sequence that remembers where it and each of its items are."""
+
+    mark: Any
+    nodes: list[Any]
+
+
+class _Checker:
+    """Collects errors with their positions and formats them in file order."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.errors: list[tuple[int, int, int, str]] = []
+
+    def err(self, mark: Any, message: str) -> None:
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        self.errors.append((line, col, len(self.errors), message))
+
+    def messages(self) -> list[str]:
+        ordered = sorted(self.errors)
+        out = [f"{self.source}:{line}:{col}: {msg}" for line, col, _, msg in ordered[:MAX_ERRORS]]
+        if len(ordered) > MAX_ERRORS:
+            line, col, _, _ = ordered[MAX_ERRORS]
+            out.append(f"{self.source}:{line}:{col}: ... and {len(ordered) - MAX_ERRORS} more "
+                       "errors not shown; fix the ones above first")
+        return out
+
+
+class _Tree:
+    """Turns a composed YAML node tree into plain data with marks attached.
+
+    PyYAML's constructors drop positions and silently keep the last of two
+    duplicate keys; walking the nodes ourselves keeps both problems visible.
+    """
+
+    def __init__(self, chk: _Checker):
+        self.chk = chk
+        self.ctor = yaml.SafeLoader("")
+        self.count = 0
+
+    def convert(self, node: Any, depth: int = 0) -> Any:
+        self.count += 1
+        if self.count == _MAX_NODES or depth == 64:
+            self.chk.err(node.start_mark, "document too deeply nested or too large "
+                         "(check for recursive or repeated aliases)")
+        if self.count >= _MAX_NODES or depth >= 64:
+            return None
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, depth)
+        if isinstance(node, yaml.SequenceNode):
+            seq = _Seq(self.convert(n, depth + 1) for n in node.value)
+            seq.mark, seq.nodes = node.start_mark, list(node.value)
+            return seq
+        try:
+            return self.ctor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.chk.err(node.start_mark, f"cannot read this value: {getattr(exc, 'problem', exc)}")
+            return None
+
+    def _mapping(self, node: Any, depth: int) -> _Map:
+        m = _Map()
+        m.mark, m.keys_at, m.nodes = node.start_mark, {}, {}
+        try:
+            self.ctor.flatten_mapping(node)  # resolves YAML merge keys (<<)
+        except yaml.YAMLError as exc:
+            self.chk.err(node.start_mark, f"bad merge key: {getattr(exc, 'problem', exc)}")
+        for knode, vnode in node.value:
+            key = self.convert(knode, depth + 1) if isinstance(knode, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                self.chk.err(knode.start_mark, "keys must be plain words such as 'name'")
+                continue
+            if key in m:
+                first = m.keys_at[key]
+                self.chk.err(knode.start_mark, f"duplicate key '{key}' (first at line "
+                             f"{first.line + 1}); keep only one")
+                continue
+            m[key] = self.convert(vnode, depth + 1)
+            m.keys_at[key], m.nodes[key] = knode.start_mark, vnode
+        return m
+
+
+_TOP_KEYS = ("version", "areas", "services", "externals")
+_AREA_KEYS = ("name", "title", "kind", "owner", "description", "services", "links")
+_SERVICE_KEYS = ("name", "area", "title", "owner", "tier", "description", "match", "links")
+_MATCH_KEYS = ("comm", "exe", "cmdline", "systemd_unit", "k8s_labels", "hosts", "cidrs", "ports")
+_EXTERNAL_KEYS = ("name", "area", "description", "cidrs", "hostnames", "ports")
+_LINK_KEYS = ("kind", "title", "url")
+
+
+class _Fields:
+    """Typed access to one mapping's entries, reporting errors at their marks."""
+
+    def __init__(self, chk: _Checker, m: _Map, what: str, allowed: tuple[str, ...]):
+        self.chk, self.m, self.what = chk, m, what
+        for key in m:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(allowed)
+                chk.err(m.keys_at[key], f"unknown key '{key}' in {what}; {hint}")
+
+    def at(self, key: str) -> Any:
+        node = self.m.nodes.get(key)
+        return node.start_mark if node is not None else self.m.mark
+
+    def present(self, key: str) -> bool:
+        return self.m.get(key) is not None
+
+    def string(self, key: str, required: bool = False, default: str = "") -> str:
+        v = self.m.get(key)
+        if v is None:
+            if required:
+                self.chk.err(self.m.mark, f"{self.what} is missing required key '{key}'")
+            return default
+        if not isinstance(v, str):
+            self.chk.err(self.at(key), f"'{key}' of {self.what} must be text, got "
+                         f"{_kind(v)}; quote the value")
+            return default
+        return v.strip()
+
+    def name(self, key: str = "name", required: bool = True) -> str:
+        v = self.string(key, required=required)
+        if v and not _NAME_RE.match(v):
+            self.chk.err(self.at(key), f"'{v}' is not a valid name for {self.what}; use lower-case "
+                         "letters, digits, '.', '_' and '-', starting with a letter or digit, "
+                         "at most 63 characters")
+            return ""
+        return v
+
+    def strings(self, key: str) -> list[tuple[str, Any]]:
+        """A list of strings (a single string is accepted as a list of one)."""
+        v = self.m.get(key)
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [(v.strip(), self.at(key))]
+        if not isinstance(v, list):
+            self.chk.err(self.at(key), f"'{key}' of {self.what} must be a list such as "
+                         f"[a, b], got {_kind(v)}")
+            return []
+        out = []
+        for item, node in zip(v, v.nodes):
+            if not isinstance(item, str) or not item.strip():
+                self.chk.err(node.start_mark, f"items of '{key}' in {self.what} must be non-empty "
+                             f"text, got {_kind(item)}; quote the value")
+            else:
+                out.append((item.strip(), node.start_mark))
+        return out
+
+    def ports(self, key: str = "ports") -> list[int]:
+        v = self.m.get(key)
+        if v is None:
+            return []
+        items = [(v, self.at(key))] if not isinstance(v, list) else list(
+            zip(v, (n.start_mark for n in v.nodes)))
+        out = []
+        for item, mark in items:
+            if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= 65535:
+                self.chk.err(mark, f"port {item!r} in {self.what} is not a TCP port; "
+                             "use a whole number from 1 to 65535")
+            elif item not in out:
+                out.append(item)
+        return out
+
+    def cidrs(self, key: str = "cidrs") -> list[str]:
+        out = []
+        for text, mark in self.strings(key):
+            try:
+                net = ipaddress.ip_network(text, strict=True)
+            except ValueError:
+                try:
+                    fixed = ipaddress.ip_network(text, strict=False)
+                except ValueError:
+                    self.chk.err(mark, f"'{text}' in {self.what} is not an IP range; write it "
+                                 "as 10.1.2.0/24, 2001:db8::/32 or a single address")
+                    continue
+                self.chk.err(mark, f"'{text}' in {self.what} has host bits set; "
+                             f"did you mean {fixed}?")
+                continue
+            if str(net) not in out:
+                out.append(str(net))
+        return out
+
+    def regexes(self, key: str) -> list[str]:
+        out = []
+        for text, mark in self.strings(key):
+            try:
+                re.compile(text)
+            except re.error as exc:
+                self.chk.err(mark, f"'{key}' pattern {text!r} in {self.what} is not a valid "
+                             f"regular expression: {exc}; escape special characters with a backslash")
+                continue
+            out.append(text)
+        return out
+
+    def links(self, key: str = "links") -> tuple[Link, ...]:
+        v = self.m.get(key)
+        if v is None:
+            return ()
+        if not isinstance(v, list):
+            self.chk.err(self.at(key), f"'links' of {self.what} must be a list of "
+                         "{kind, title, url}")
+            return ()
+        out = []
+        for item, node in zip(v, v.nodes):
+            if not isinstance(item, _Map):
+                self.chk.err(node.start_mark, f"each link of {self.what} must be a mapping "
+                             "{kind, title, url}")
+                continue
+            f = _Fields(self.chk, item, f"a link of {self.what}", _LINK_KEYS)
+            kind = f.string("kind", required=True)
+            if kind and kind not in LINK_KINDS:
+                close = difflib.get_close_matches(kind, LINK_KINDS, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                f.chk.err(f.at("kind"), f"unknown link kind '{kind}'; {hint}use one of "
+                          + ", ".join(LINK_KINDS))
+            url = f.string("url", required=True)
+            if url:
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.netloc or " " in url:
+                    f.chk.err(f.at("url"), f"link url '{url}' must be an absolute http:// or "
+                              "https:// address")
+            out.append(Link(kind=kind, title=f.string("title") or kind, url=url))
+        return tuple(out)
+
+
+def _build(doc: Any, chk: _Checker) -> Catalog | None:
+    if not isinstance(doc, _Map):
+        mark = getattr(doc, "mark", None)
+        chk.err(mark, "the catalog must be a mapping with keys version, areas, services, externals")
+        return None
+    top = _Fields(chk, doc, "the catalog", _TOP_KEYS)
+    version = doc.get("version")
+    if version is None:
+        chk.err(doc.mark, "the catalog is missing 'version: 1' at the top")
+    elif version != FORMAT_VERSION or isinstance(version, bool):
+        chk.err(top.at("version"), f"unsupported catalog version {version!r}; this Phobos "
+                f"reads version {FORMAT_VERSION}")
+
+    areas, area_refs = _areas(doc, top, chk)
+    services, service_refs = _services(doc, top, chk)
+    externals, external_refs = _externals(doc, top, chk)
+
+    # Cross-references are checked once every section is read, so the order
+    # of sections in the file does not matter.
+    area_kind = {a.name: a.kind for a in areas}
+    for name, mark in service_refs:
+        if name not in area_kind:
+            chk.err(mark, f"area '{name}' is not defined; add it under 'areas' or fix the name"
+                    + _did_you_mean(name, area_kind))
+        elif area_kind[name] != "area":
+            chk.err(mark, f"'{name}' is a business process, not an area; a service belongs to "
+                    "an area of kind: area (list it in the process's 'services' instead)")
+    for name, mark in external_refs:
+        if name not in area_kind:
+            chk.err(mark, f"area '{name}' is not defined; add it under 'areas' or fix the name"
+                    + _did_you_mean(name, area_kind))
+    service_names = {s.name for s in services}
+    for name, mark in area_refs:
+        if name not in service_names:
+            chk.err(mark, f"service '{name}' is not defined; add it under 'services' or fix "
+                    "the name" + _did_you_mean(name, service_names))
+    if chk.errors:
+        return None
+    owners = {a.name: a.owner for a in areas}
+    services = [s if s.owner else replace(s, owner=owners.get(s.area, "")) for s in services]
+    return Catalog(areas=tuple(sorted(areas, key=lambda a: a.name)), services=tuple(services),
+                   externals=tuple(sorted(externals, key=lambda e: e.name)))
+
+
+def _section(doc: _Map, top: _Fields, chk: _Checker, key: str) -> list[_Map]:
+    v = doc.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        chk.err(top.at(key), f"'{key}' must be a list of mappings, each starting with '- name:'")
+        return []
+    out = []
+    for item, node in zip(v, v.nodes):
+        if isinstance(item, _Map):
+            out.append(item)
+        else:
+            chk.err(node.start_mark, f"each entry of '{key}' must be a mapping such as "
+                    "'- name: x'")
+    return out
+
+
+def _unique(chk: _Checker, seen: dict[str, Any], name: str, mark: Any, what: str) -> None:
+    if name in seen:
+        chk.err(mark, f"{what} '{name}' is defined twice (first at line {seen[name].line + 1}); "
+                "names must be unique")
+    else:
+        seen[name] = mark
+
+
+def _areas(doc: _Map, top: _Fields, chk: _Checker) -> tuple[list[Area], list]:
+    areas, refs, seen = [], [], {}
+    for m in _section(doc, top, chk, "areas"):
+        label = f"area '{m['name']}'" if isinstance(m.get("name"), str) else "an area"
+        f = _Fields(chk, m, label, _AREA_KEYS)
+        name = f.name()
+        if name:
+            _unique(chk, seen, name, f.at("name"), "area")
+        kind = f.string("kind", default="area")
+        if kind not in AREA_KINDS:
+            chk.err(f.at("kind"), f"kind '{kind}' of {label} must be 'area' or 'process'")
+        names = f.strings("services")
+        if kind == "area" and f.present("services"):
+            chk.err(f.at("services"), f"'services' is only for kind: process; a service joins "
+                    f"{label} by naming it in its own 'area' key")
+        if kind == "process" and not names:
+            chk.err(f.at("services") if f.present("services") else m.mark,
+                    f"business process {label} needs 'services': the services it relies on")
+        if kind == "process":
+            refs.extend(names)
+        areas.append(Area(name=name, title=f.string("title") or name, kind=kind,
+                          owner=f.string("owner"), description=f.string("description"),
+                          services=tuple(dict.fromkeys(n for n, _ in names)),
+                          links=f.links()))
+    return areas, refs
+
+
+def _services(doc: _Map, top: _Fields, chk: _Checker) -> tuple[list[Service], list]:
+    services, refs, seen = [], [], {}
+    for m in _section(doc, top, chk, "services"):
+        label = f"service '{m['name']}'" if isinstance(m.get("name"), str) else "a service"
+        f = _Fields(chk, m, label, _SERVICE_KEYS)
+        name = f.name()
+        if name:
+            _unique(chk, seen, name, f.at("name"), "service")
+        area = f.name("area")
+        if area:
+            refs.append((area, f.at("area")))
+        tier = m.get("tier")
+        if tier is not None and (isinstance(tier, bool) or tier not in TIERS):
+            chk.err(f.at("tier"), f"tier {tier!r} of {label} must be a whole number from "
+                    f"{TIERS.start} (most critical) to {TIERS.stop - 1}")
+            tier = None
+        services.append(Service(
+            name=name, area=area, title=f.string("title") or name, owner=f.string("owner"),
+            tier=tier or 0, description=f.string("description"),
+            match=_match(chk, m, f, label), links=f.links()))
+    return services, refs
+
+
+def _match(chk: _Checker, parent: _Map, pf: _Fields, label: str) -> Match:
+    m = parent.get("match")
+    if m is None:
+        return Match()
+    if not isinstance(m, _Map):
+        chk.err(pf.at("match"), f"'match' of {label} must be a mapping of rules such as "
+                "{comm: [name]}")
+        return Match()
+    what = f"the match rules of {label}"
+    f = _Fields(chk, m, what, _MATCH_KEYS)
+    comm = []
+    for text, mark in f.strings("comm"):
+        if len(text.encode()) > _COMM_MAX:
+            chk.err(mark, f"comm '{text}' is longer than {_COMM_MAX} bytes and can never match "
+                    "(the kernel truncates task names); use 'exe' or 'cmdline' instead")
+        else:
+            comm.append(text)
+    labels: dict[str, str] = {}
+    raw = m.get("k8s_labels")
+    if raw is not None and not isinstance(raw, _Map):
+        chk.err(f.at("k8s_labels"), f"'k8s_labels' in {what} must be a mapping such as "
+                "{app.kubernetes.io/name: ledger}")
+    elif raw is not None:
+        for key, node in raw.nodes.items():
+            # Label values are always strings in Kubernetes; take the source
+            # text so that unquoted `true` or `1.0` mean what they look like.
+            if not isinstance(node, yaml.ScalarNode) or not node.value:
+                chk.err(node.start_mark, f"label '{key}' in {what} needs a plain text value")
+            else:
+                labels[key] = node.value
+    return Match(
+        comm=tuple(dict.fromkeys(comm)),
+        exe=tuple(dict.fromkeys(f.regexes("exe"))),
+        cmdline=tuple(dict.fromkeys(f.regexes("cmdline"))),
+        systemd_unit=tuple(dict.fromkeys(t for t, _ in f.strings("systemd_unit"))),
+        k8s_labels=tuple(sorted(labels.items())),
+        hosts=tuple(dict.fromkeys(t.lower() for t, _ in f.strings("hosts"))),
+        cidrs=tuple(f.cidrs()),
+        ports=tuple(f.ports()),
+    )
+
+
+def _externals(doc: _Map, top: _Fields, chk: _Checker) -> tuple[list[External], list]:
+    externals, refs, seen = [], [], {}
+    service_names: dict[str, Any] = {}
+    raw_services = doc.get("services")
+    for m in raw_services if isinstance(raw_services, list) else ():
+        if isinstance(m, _Map) and isinstance(m.get("name"), str):
+            service_names.setdefault(m["name"], m.keys_at["name"])
+    for m in _section(doc, top, chk, "externals"):
+        label = f"external '{m['name']}'" if isinstance(m.get("name"), str) else "an external"
+        f = _Fields(chk, m, label, _EXTERNAL_KEYS)
+        name = f.name()
+        if name:
+            _unique(chk, seen, name, f.at("name"), "external")
+            if name in service_names:
+                chk.err(f.at("name"), f"'{name}' is already a service (line "
+                        f"{service_names[name].line + 1}); services and externals share one "
+                        "namespace in the graph, rename one")
+        area = f.name("area", required=False)
+        if area:
+            refs.append((area, f.at("area")))
+        hostnames = []
+        for text, mark in f.strings("hostnames"):
+            host = text.lower().rstrip(".")
+            if not _HOSTNAME_RE.match(host):
+                chk.err(mark, f"'{text}' in {label} is not a host name; write api.example.com "
+                        "or *.example.com")
+            elif host not in hostnames:
+                hostnames.append(host)
+        cidrs = f.cidrs()
+        if not (f.present("cidrs") or f.present("hostnames")):
+            chk.err(m.mark, f"{label} needs 'cidrs' or 'hostnames' (or both) to be recognised")
+        externals.append(External(name=name, area=area, description=f.string("description"),
+                                  cidrs=tuple(cidrs), hostnames=tuple(hostnames),
+                                  ports=tuple(f.ports())))
+    return externals, refs
+
+
+# -- helpers ---------------------------------------------------------------
+
+def _put(d: dict, key: str, value: Any) -> None:
+    """Set ``key`` only when ``value`` is not empty, to keep output short."""
+    if value not in ("", 0, [], {}, None):
+        d[key] = value
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "nothing"
+    if isinstance(v, bool):
+        return f"the boolean {str(v).lower()}"
+    if isinstance(v, _Map):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, (int, float)):
+        return f"the number {v}"
+    return f"a {type(v).__name__}"
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _links_json(links: Iterable[Link]) -> str:
+    return json.dumps([link.as_dict() for link in links])
+
+
+def _links_from_json(text: str) -> tuple[Link, ...]:
+    return tuple(Link(**d) for d in json.loads(text or "[]"))
+
+
+def _parse_ip(value: Any) -> Any:
+    """An ``ipaddress`` object, with IPv4-mapped IPv6 turned back into IPv4."""
+    if not value:
+        return None
+    try:
+        ip = ipaddress.ip_address(str(value))
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _host_matches(host: str, pattern: str) -> bool:
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return host == pattern
