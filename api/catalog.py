@@ -139,7 +139,8 @@ class CatalogError(Exception):
     def __init__(self, errors: Iterable[str]):
         self.errors = list(errors)
         n = len(self.errors)
-        super().__init__(f"invalid catalog ({n} error{'s' if n != 1 else ''}):\n" + "\n".join(self.errors))
+        head = f"invalid catalog ({n} error{'s' if n != 1 else ''}):"
+        super().__init__("\n".join([head, *self.errors]))
 
 
 @dataclass(frozen=True)
@@ -701,7 +702,10 @@ class _Fields:
             zip(v, (n.start_mark for n in v.nodes)))
         out = []
         for item, mark in items:
-            if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= 65535:
+            if isinstance(item, str) and item.strip().isdigit():
+                self.chk.err(mark, f"port {item!r} in {self.what} is quoted text; write it without "
+                             "quotes")
+            elif isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= 65535:
                 self.chk.err(mark, f"port {item!r} in {self.what} is not a TCP port; "
                              "use a whole number from 1 to 65535")
             elif item not in out:
@@ -734,7 +738,8 @@ class _Fields:
                 re.compile(text)
             except re.error as exc:
                 self.chk.err(mark, f"'{key}' pattern {text!r} in {self.what} is not a valid "
-                             f"regular expression: {exc}; escape special characters with a backslash")
+                             f"regular expression: {exc}; escape special characters "
+                             "with a backslash")
                 continue
             out.append(text)
         return out
