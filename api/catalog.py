@@ -406,7 +406,11 @@ class Catalog:
         """Rows for the ``catalog_*`` tables, all stamped with ``version``.
 
         ``catalog_loads`` holds the single row that makes the version current;
-        it must be written after the other tables.  ``match`` of a service is
+        it must be written after the other tables.  The ``cidrs`` columns
+        hold IPv4 ranges in IPv4-mapped IPv6 form (``10.1.2.0/24`` becomes
+        ``::ffff:10.1.2.0/120``) because addresses are stored as IPv6, so
+        ``isIPAddressInRange(toString(ip), c)`` works for both families.
+        ``match`` of a service is
         the JSON of its rules plus ``order``, its position in the file, since
         the tables are sorted by name and matching depends on file order.
         """
@@ -419,12 +423,13 @@ class Catalog:
             "version": version, "name": s.name, "area": s.area, "title": s.title,
             "owner": s.owner, "tier": s.tier, "description": s.description,
             "match": json.dumps({"order": i, **s.match.as_dict()}, sort_keys=True),
-            "cidrs": list(s.match.cidrs), "ports": list(s.match.ports),
+            "cidrs": [_sql_cidr(c) for c in s.match.cidrs], "ports": list(s.match.ports),
             "links": _links_json(s.links),
         } for i, s in enumerate(self.services)]
         externals = [{
             "version": version, "name": e.name, "area": e.area, "description": e.description,
-            "cidrs": list(e.cidrs), "hostnames": list(e.hostnames), "ports": list(e.ports),
+            "cidrs": [_sql_cidr(c) for c in e.cidrs], "hostnames": list(e.hostnames),
+            "ports": list(e.ports),
         } for e in self.externals]
         loads = [{
             "version": version, "loaded_at": int(loaded_at), "source": source,
@@ -462,7 +467,7 @@ class Catalog:
         services = tuple(s for _, _, s in sorted(ordered, key=lambda t: (t[0], t[1])))
         externals = tuple(sorted((External(
             name=r["name"], area=r["area"], description=r["description"],
-            cidrs=tuple(r["cidrs"]), hostnames=tuple(r["hostnames"]),
+            cidrs=tuple(_from_sql_cidr(c) for c in r["cidrs"]), hostnames=tuple(r["hostnames"]),
             ports=tuple(int(p) for p in r["ports"]),
         ) for r in rows.get("catalog_externals", ())), key=lambda e: e.name))
         return cls(areas=areas, services=services, externals=externals)
@@ -613,6 +618,8 @@ class _Tree:
         except yaml.YAMLError as exc:
             self.chk.err(node.start_mark, f"bad merge key: {getattr(exc, 'problem', exc)}")
         for knode, vnode in node.value:
+            if self.count >= _MAX_NODES:
+                break  # already reported; more errors here would only be noise
             key = self.convert(knode, depth + 1) if isinstance(knode, yaml.ScalarNode) else None
             if not isinstance(key, str):
                 self.chk.err(knode.start_mark, "keys must be plain words such as 'name'")
@@ -806,6 +813,9 @@ def _build(doc: Any, chk: _Checker) -> Catalog | None:
         if name not in area_kind:
             chk.err(mark, f"area '{name}' is not defined; add it under 'areas' or fix the name"
                     + _did_you_mean(name, area_kind))
+        elif area_kind[name] != "area":
+            chk.err(mark, f"'{name}' is a business process, not an area; draw the external "
+                    "in an area of kind: area")
     service_names = {s.name for s in services}
     for name, mark in area_refs:
         if name not in service_names:
@@ -1006,6 +1016,21 @@ def _links_json(links: Iterable[Link]) -> str:
 
 def _links_from_json(text: str) -> tuple[Link, ...]:
     return tuple(Link(**d) for d in json.loads(text or "[]"))
+
+
+def _sql_cidr(cidr: str) -> str:
+    net = ipaddress.ip_network(cidr)
+    if net.version == 4:
+        return f"::ffff:{net.network_address}/{96 + net.prefixlen}"
+    return str(net)
+
+
+def _from_sql_cidr(text: str) -> str:
+    net = ipaddress.ip_network(text)
+    mapped = net.network_address.ipv4_mapped if net.version == 6 else None
+    if mapped is not None and net.prefixlen >= 96:
+        return str(ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}"))
+    return str(net)
 
 
 def _parse_ip(value: Any) -> Any:

@@ -99,6 +99,22 @@ def test_rows_have_exactly_the_sql_columns():
         assert all(tuple(row) == columns for row in rows[table]), table
 
 
+def test_row_cidrs_are_ipv6_for_sql_and_convert_back():
+    cat = parse("""\
+        version: 1
+        externals: [{name: e, cidrs: [10.1.0.0/16, 192.0.2.7, "2001:db8::/32"]}]
+        """)
+    row = cat.to_rows(1)["catalog_externals"][0]
+    assert row["cidrs"] == ["::ffff:10.1.0.0/112", "::ffff:192.0.2.7/128", "2001:db8::/32"]
+    assert Catalog.from_rows(cat.to_rows(1)) == cat
+
+
+def test_alias_bomb_is_refused_quickly():
+    levels = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    errors = errors_of("version: 1\nl0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + levels)
+    assert "document too deeply nested or too large" in errors[0]
+
+
 def test_checksum_ignores_formatting_but_not_content():
     a = parse(SMALL)
     reformatted = SMALL.replace("match: {comm: [nginx]}", "match:\n      comm:\n        - nginx")
@@ -246,6 +262,16 @@ def test_references_between_sections():
     assert "'web' is already a service (line 10)" in errors[3]
     assert "area 'nowhere' is not defined" in errors[4]
     assert "external 'bare' needs 'cidrs' or 'hostnames'" in errors[5]
+
+
+def test_external_cannot_live_in_a_process():
+    msg = one_error("""\
+        version: 1
+        areas: [{name: a}, {name: p, kind: process, services: [s]}]
+        services: [{name: s, area: a}]
+        externals: [{name: e, area: p, hostnames: [e.example]}]
+        """)
+    assert msg.startswith("cat.yaml:4:29: 'p' is a business process, not an area")
 
 
 def test_duplicate_yaml_key_is_not_silently_overwritten():
@@ -475,8 +501,13 @@ def test_round_trip_through_chdb(tmp_path, capsys):
         # cidrs/ports columns let SQL resolve addresses without parsing JSON.
         rows = store.query(
             f"SELECT name FROM {store.db}.catalog_services WHERE version = 1 "
-            "AND arrayExists(c -> isIPAddressInRange('10.30.1.9', c), cidrs) AND has(ports, 5432)")
+            "AND arrayExists(c -> isIPAddressInRange(toString(toIPv6('10.30.1.9')), c), cidrs) "
+            "AND has(ports, 5432)")
         assert rows == [("postgres-payments",)]
+        rows = store.query(
+            f"SELECT name FROM {store.db}.catalog_externals WHERE version = 1 "
+            "AND arrayExists(c -> isIPAddressInRange('2001:db8:25::9', c), cidrs)")
+        assert rows == [("corporate-smtp",)]
     finally:
         store.close()
     # The command line opens the store itself; the data path is free again.
