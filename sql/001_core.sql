@@ -111,6 +111,21 @@ SELECT
 FROM $db.listeners
 GROUP BY hour, ip, port, dc, host, service, pod;
 
+-- Records refused by the contract (and, with Kafka, unreadable messages):
+-- kept with the reason so that nothing disappears silently.
+CREATE TABLE IF NOT EXISTS $db.dead_letters
+(
+    received_at  DateTime('UTC'),
+    source       LowCardinality(String),
+    kind         LowCardinality(String),
+    reason       String,
+    raw          String
+)
+ENGINE = MergeTree
+PARTITION BY toDate(received_at)
+ORDER BY received_at
+TTL received_at + INTERVAL $ttl_days DAY;
+
 -- Endpoint-level rollups. The remote side stays an ip:port because which
 -- service owned it is only known at query time (listeners as of T).
 -- `open` is a gauge: store connection-seconds (open x interval) so that

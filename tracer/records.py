@@ -207,6 +207,9 @@ def normalize_ip(value: Any) -> str:
         raise RecordError(f"{value!r} is not an IP address") from None
     if addr.version == 4:
         return f"::ffff:{addr}"
+    if addr.ipv4_mapped is not None:
+        # Python < 3.13 prints mapped addresses in hex; ClickHouse does not.
+        return f"::ffff:{addr.ipv4_mapped}"
     return str(addr)
 
 

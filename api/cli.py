@@ -1,0 +1,315 @@
+"""The ``phobos`` command: one entry point, a subcommand per job.
+
+Subcommands import what they need when they run, so ``phobos trace`` on a
+host does not load Flask and ``phobos sql`` does not load BCC.  Errors that a
+user can fix (bad store URL, store in use, bad catalog, malformed records)
+are printed as one message with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+from api.storage import DEFAULT_STORE_URL, StoreError, open_store
+
+__all__ = ["main", "build_parser"]
+
+EXAMPLES = """\
+examples:
+  phobos demo                                  # migrate ./data/phobos, simulate a fleet, print a summary
+  phobos migrate --store chdb://./data/phobos  # create or upgrade the schema (idempotent)
+  phobos simulate --areas 30 --services 500 --instances 5000 --from -24h
+  phobos catalog load api/catalog_example.yaml
+  phobos sql "SELECT service, sum(connects) FROM phobos.connections GROUP BY service"
+  phobos trace --sink stdout | phobos load -  # trace this host into the store (root)
+"""
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; printed without a traceback."""
+
+
+def _store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        default=os.environ.get("PHOBOS_STORE", DEFAULT_STORE_URL),
+        help="chdb:///path/to/dir (embedded) or clickhouse://user:pass@host:9000/phobos "
+        "(env PHOBOS_STORE; default %(default)s)",
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    with open_store(args.store, role="phobos migrate") as store:
+        changes = store.migrate(ttl_days=args.ttl_days)
+        version = store.schema_version()
+    for change in changes:
+        print(change)
+    print(f"{args.store}: schema version {version}" + ("" if changes else " (already up to date)"))
+    return 0
+
+
+_SQL_FORMATS = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow"}
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    query = args.query if args.query != "-" else sys.stdin.read()
+    with open_store(args.store, role="phobos sql") as store:
+        # readonly=2: reads and per-query settings only, for the rest of this
+        # one-shot process; writes, DDL and multi-statement tricks are refused
+        # by ClickHouse itself rather than by guessing at the SQL text.
+        store.execute("SET readonly = 2")
+        fmt = _SQL_FORMATS[args.format]
+        text = store.query_text(query, fmt)
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from api.catalog import CatalogError, load_catalog
+
+    try:
+        catalog = load_catalog(args.file)
+    except CatalogError as err:
+        raise UsageError("\n".join(getattr(err, "errors", None) or [str(err)])) from None
+    except OSError as err:
+        raise UsageError(f"cannot read {args.file}: {err.strerror}") from None
+    counts = f"{len(catalog.areas)} areas, {len(catalog.services)} services, {len(catalog.externals)} externals"
+    if args.action == "check":
+        print(f"{args.file}: OK ({counts})")
+        return 0
+    from api.catalog_store import load_into_store
+
+    with open_store(args.store, role="phobos catalog load") as store:
+        store.migrate()
+        version = load_into_store(store, catalog, source=os.path.abspath(args.file))
+    print(f"{args.file}: loaded as catalog version {version} ({counts})")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from api.ingest import ingest_batch
+
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    totals = {"connections": 0, "listeners": 0, "rejected": 0}
+    with open_store(args.store, role="phobos load") as store, stream:
+        store.migrate()
+        pending: dict[str, list[Any]] = {"connections": [], "listeners": []}
+
+        def flush(kind: str) -> None:
+            if pending[kind]:
+                result = ingest_batch(store, kind, pending[kind], source=f"load:{args.file}")
+                totals[kind] += result.accepted
+                totals["rejected"] += len(result.rejected)
+                for rejection in result.rejected[:5]:
+                    print(f"rejected {kind} {rejection.message}", file=sys.stderr)
+                pending[kind] = []
+
+        for lineno, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                print(f"{args.file}:{lineno}: not JSON ({err})", file=sys.stderr)
+                totals["rejected"] += 1
+                continue
+            # Listener records are the ones with a listening port and no direction.
+            kind = "connections" if isinstance(record, dict) and "direction" in record else "listeners"
+            if args.kind:
+                kind = args.kind
+            pending[kind].append(record)
+            if len(pending[kind]) >= args.batch:
+                flush(kind)
+        for kind in pending:
+            flush(kind)
+    print(
+        f"loaded {totals['connections']} connection and {totals['listeners']} listener records, "
+        f"rejected {totals['rejected']}"
+    )
+    return 0 if totals["rejected"] == 0 else 1
+
+
+def print_summary(store: Any, out: Any = sys.stdout) -> None:
+    """A short picture of what a store holds (used by ``summary`` and ``demo``)."""
+    db = store.db
+    (rows, first, last, hosts, services) = store.query(
+        f"SELECT count(), min(ts), max(ts), uniqExact(host), uniqExact(service) FROM {db}.connections"
+    )[0]
+    listeners = store.query(f"SELECT count() FROM {db}.listeners")[0][0]
+    rollups = store.query(
+        f"SELECT (SELECT count() FROM {db}.edges_1m), (SELECT count() FROM {db}.edges_1h)"
+    )[0]
+    catalog = store.query(
+        f"SELECT areas, services, externals, version FROM {db}.catalog_loads ORDER BY version DESC LIMIT 1"
+    )
+    print(f"store           {store.url.redacted()} (database {db}, schema v{store.schema_version()})", file=out)
+    print(f"connections     {rows:,} records from {hosts:,} hosts, {services:,} services", file=out)
+    if rows:
+        print(f"time range      {first} .. {last} UTC", file=out)
+    print(f"listeners       {listeners:,} records", file=out)
+    print(f"rollups         edges_1m {rollups[0]:,} rows, edges_1h {rollups[1]:,} rows", file=out)
+    if catalog:
+        a, s, e, v = catalog[0]
+        print(f"catalog         v{v}: {a} areas, {s} services, {e} externals", file=out)
+    if not rows:
+        return
+    top = store.query(
+        f"""
+        SELECT service, remote_port, sum(connects) AS connects, sum(failures) AS failures,
+               round(sum(open_seconds) / greatest(1, dateDiff('second', min(ts), max(ts)) + 3600), 1) AS avg_open
+        FROM {db}.edges_1h WHERE direction = 'outbound'
+        GROUP BY service, remote_port ORDER BY connects DESC LIMIT 8
+        """
+    )
+    print("busiest clients (outbound, all time):", file=out)
+    print(f"  {'service':<28} {'port':>5} {'connects':>12} {'failures':>9} {'avg open':>9}", file=out)
+    for service, port, connects, failures, avg_open in top:
+        print(f"  {service:<28} {port:>5} {connects:>12,} {failures:>9,} {avg_open:>9}", file=out)
+    worst = store.query(
+        f"""
+        SELECT toStartOfHour(ts) AS hour, service, sum(failures) AS failures
+        FROM {db}.edges_1h WHERE direction = 'outbound' AND failures > 0
+        GROUP BY hour, service ORDER BY failures DESC LIMIT 3
+        """
+    )
+    if worst:
+        print("most failing hours:", file=out)
+        for hour, service, failures in worst:
+            print(f"  {hour}  {service:<28} {failures:,} failed connects", file=out)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    with open_store(args.store, role="phobos summary") as store:
+        if store.schema_version() == 0:
+            raise UsageError(f"{args.store} has no Phobos schema yet; run `phobos migrate --store {args.store}`")
+        print_summary(store)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tracer import simulate
+
+    sim_args = simulate.build_parser().parse_args(
+        [
+            "--store", args.store,
+            "--areas", str(args.areas), "--services", str(args.services),
+            "--instances", str(args.instances), "--from", args.since, "--seed", str(args.seed),
+        ]
+    )
+    started = time.time()
+    with open_store(args.store, role="phobos demo") as store:
+        for change in store.migrate():
+            print(change)
+        summary = simulate.simulate(store, simulate.config_from_args(sim_args), progress=simulate.default_progress())
+        print(f"simulated {summary.describe()} in {time.time() - started:.1f} s")
+        print()
+        print_summary(store)
+    return 0
+
+
+def _delegate(module: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+    """configure/run of a subcommand implemented in another module, imported lazily."""
+
+    def configure(parser: argparse.ArgumentParser) -> None:
+        import importlib
+
+        importlib.import_module(module).configure_parser(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).run(args)
+
+    return configure, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phobos",
+        description="Kernel-level service dependency maps.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("demo", help="migrate the embedded store, fill it with a simulated fleet, print a summary")
+    _store_arg(p)
+    p.add_argument("--areas", type=int, default=30)
+    p.add_argument("--services", type=int, default=500)
+    p.add_argument("--instances", type=int, default=5000)
+    p.add_argument("--since", default="-3h", help="how much history to simulate (default %(default)s)")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema (idempotent)")
+    _store_arg(p)
+    p.add_argument("--ttl-days", type=int, default=int(os.environ.get("PHOBOS_TTL_DAYS", "30")),
+                   help="retention of raw records in days (env PHOBOS_TTL_DAYS; default %(default)s)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("sql", help="run a read-only query and print the result")
+    _store_arg(p)
+    p.add_argument("--format", choices=sorted(_SQL_FORMATS), default="table")
+    p.add_argument("query", help="the SQL text, or - to read it from standard input")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("catalog", help="check or load a catalog YAML file")
+    p.add_argument("action", choices=["check", "load"])
+    p.add_argument("file")
+    _store_arg(p)
+    p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser("load", help="ingest JSON-lines records (e.g. from `phobos trace --sink stdout`)")
+    _store_arg(p)
+    p.add_argument("file", help="a file of JSON lines, or - for standard input")
+    p.add_argument("--kind", choices=["connections", "listeners"], help="record kind (default: by content)")
+    p.add_argument("--batch", type=int, default=10000, help="records per insert (default %(default)s)")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("summary", help="print what a store holds")
+    _store_arg(p)
+    p.set_defaults(func=cmd_summary)
+
+    for name, module, help_text in (
+        ("simulate", "tracer.simulate", "write a simulated fleet's records (backfill and/or live)"),
+        ("trace", "tracer.agent", "trace this host's TCP connections with eBPF (root)"),
+    ):
+        configure, run = _delegate(module)
+        p = sub.add_parser(name, help=help_text)
+        try:
+            configure(p)
+        except ImportError:
+            # A partial install (e.g. a tracer-only image) still offers the rest.
+            p.set_defaults(func=lambda a, m=module: _missing(m))
+            continue
+        p.set_defaults(func=run)
+    return parser
+
+
+def _missing(module: str) -> int:
+    raise UsageError(f"this installation lacks {module}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, StoreError) as err:
+        print(f"phobos {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"phobos {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

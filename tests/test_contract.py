@@ -1,0 +1,72 @@
+"""The record contract: one field list in code, the same columns in sql/."""
+
+import pytest
+
+from factories import connection, listener
+from tracer.records import (
+    RECORD_FIELDS, RecordError, normalize_ip, parse_ts, validate, validate_batch,
+)
+
+
+@pytest.mark.parametrize("kind", sorted(RECORD_FIELDS))
+def test_code_fields_equal_sql_columns(store, kind):
+    columns = store.query(
+        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String} ORDER BY position",
+        {"db": store.db, "t": kind},
+    )
+    assert [(f.name, f.sql) for f in RECORD_FIELDS[kind]] == [tuple(c) for c in columns]
+
+
+def test_valid_records_are_normalised():
+    rec = validate("connections", connection(remote_ip="10.1.2.3", ts="2026-01-02T03:04:05Z"))
+    assert rec["remote_ip"] == "::ffff:10.1.2.3"
+    assert rec["ts"] == 1767323045
+    assert validate("listeners", listener(ip="fd00::1"))["ip"] == "fd00::1"
+
+
+@pytest.mark.parametrize(
+    "change, field, words",
+    [
+        ({"v": 2}, "v", "unsupported record version 2"),
+        ({"remote_ip": "db.internal"}, "remote_ip", "not an IP address"),
+        ({"connects": -1}, "connects", "must not be negative"),
+        ({"connects": "3"}, "connects", "whole number"),
+        ({"connects": True}, "connects", "whole number"),
+        ({"local_port": 70000}, "local_port", "larger than 65535"),
+        ({"direction": "sideways"}, "direction", "outbound, inbound"),
+        ({"ts": "yesterday"}, "ts", "not an ISO 8601 time"),
+        ({"host": 7}, "host", "must be a string"),
+        ({"extra": 1}, "extra", "unknown fields extra"),
+    ],
+)
+def test_bad_records_say_what_is_wrong(change, field, words):
+    with pytest.raises(RecordError) as err:
+        validate("connections", connection(**change))
+    assert err.value.field == field
+    assert words in str(err.value)
+
+
+def test_missing_field_and_non_object():
+    rec = connection()
+    del rec["pid"]
+    with pytest.raises(RecordError, match="missing field 'pid'"):
+        validate("connections", rec)
+    with pytest.raises(RecordError, match="JSON object"):
+        validate("connections", [1, 2])
+    with pytest.raises(RecordError, match="unknown record kind"):
+        validate("sockets", connection())
+
+
+def test_batch_keeps_good_records_and_indexes_bad_ones():
+    good, bad = validate_batch("connections", [connection(), connection(open=-5), "junk", connection(pid=7)])
+    assert [r["pid"] for r in good] == [100, 7]
+    assert [(b.index, b.field) for b in bad] == [(1, "open"), (2, None)]
+
+
+def test_time_and_ip_helpers():
+    assert parse_ts(0) == 0
+    assert parse_ts("1970-01-01T00:01:00") == 60
+    with pytest.raises(RecordError):
+        parse_ts(float("nan"))
+    assert normalize_ip(" ::ffff:10.0.0.1 ") == "::ffff:10.0.0.1"
+    assert normalize_ip("2001:DB8::1") == "2001:db8::1"

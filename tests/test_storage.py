@@ -1,0 +1,237 @@
+"""The store on real chDB: schema, rollups, replays, refusals, locking."""
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from api.ingest import ingest_batch
+from api.storage import (
+    SQL_DIR, StoreError, driver_params, open_store, parse_store_url, render_sql, split_statements,
+)
+from factories import T0, connection, listener
+from tracer.records import format_ts
+
+
+def snapshot(store):
+    """Everything migrate could change: table definitions and migration rows."""
+    tables = store.query(
+        "SELECT name, create_table_query FROM system.tables WHERE database = {db:String} ORDER BY name",
+        {"db": store.db},
+    )
+    return tables, store.query(f"SELECT version, name, checksum FROM {store.db}.schema_migrations")
+
+
+def test_migrate_twice_changes_nothing(store):
+    before = snapshot(store)
+    assert store.migrate() == []
+    assert snapshot(store) == before
+    assert store.schema_version() == 1
+    names = {name for name, _ in before[0]}
+    assert {"connections", "listeners", "edges_1m", "edges_1h", "catalog_areas", "catalog_services",
+            "alerts", "trace_edges", "dead_letters", "listener_spans"} <= names
+
+
+def test_ttl_is_configurable_and_idempotent(store):
+    assert store.migrate(ttl_days=7) == ["connections: TTL 30 -> 7 days", "listeners: TTL 30 -> 7 days"]
+    assert store.migrate(ttl_days=7) == []
+    with pytest.raises(StoreError, match="ttl_days"):
+        store.migrate(ttl_days=0)
+
+
+def test_edited_schema_file_is_refused(store, tmp_path):
+    changed = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, changed)
+    path = changed / "001_core.sql"
+    path.write_text(path.read_text() + "\n-- edited\n")
+    with pytest.raises(StoreError, match="append-only"):
+        store.migrate(directory=changed)
+
+
+def _fleet(n_records, seed=7):
+    """Records over 3 hours, several pids and intervals per minute."""
+    rng = random.Random(seed)
+    records = []
+    for i in range(n_records):
+        ts = T0 + rng.randrange(0, 3 * 3600, 10)
+        records.append(connection(
+            ts=format_ts(ts), pid=rng.choice([100, 101, 102]), host=rng.choice(["h1", "h2"]),
+            remote_ip=rng.choice(["10.0.0.2", "10.0.0.3", "fd00::5"]),
+            connects=rng.randrange(0, 50), closes=rng.randrange(0, 50), failures=rng.randrange(0, 3),
+            open=rng.randrange(0, 20), duration_ms_sum=rng.randrange(0, 10**6),
+            direction=rng.choice(["outbound", "inbound"]),
+        ))
+    return records
+
+
+SUMS = "sum(connects), sum(accepts), sum(closes), sum(failures), sum(duration_ms_sum)"
+
+
+def totals(store, table, lo, hi):
+    open_expr = "sum(toUInt64(open) * interval_s)" if table == "connections" else "sum(open_seconds)"
+    return store.query(
+        f"SELECT {SUMS}, {open_expr} FROM {store.db}.{table} "
+        f"WHERE ts >= toDateTime({lo}, 'UTC') AND ts < toDateTime({hi}, 'UTC')"
+    )[0]
+
+
+def test_rollups_equal_raw_sums_for_the_same_window(store):
+    result = ingest_batch(store, "connections", _fleet(3000), batch_id="b1")
+    assert result.accepted == 3000
+    for lo, hi in [(T0, T0 + 3 * 3600), (T0 + 3600, T0 + 7200), (T0 + 600, T0 + 1260)]:
+        raw = totals(store, "connections", lo, hi)
+        assert raw[0] > 0
+        assert totals(store, "edges_1m", lo, hi) == raw
+        if (hi - lo) % 3600 == 0 and lo % 3600 == 0:
+            assert totals(store, "edges_1h", lo, hi) == raw
+
+
+def test_open_seconds_average_is_time_weighted(store):
+    # Two processes each hold 10 connections for a whole minute, reported
+    # every 10 s: the minute's average must be 20 open, not 120. A record
+    # is counted in the bucket that holds its ts (the interval end).
+    recs = [connection(ts=format_ts(T0 + s), pid=pid, open=10, interval_s=10, connects=0)
+            for s in range(0, 60, 10) for pid in (1, 2)]
+    ingest_batch(store, "connections", recs)
+    (avg,) = store.query(f"SELECT sum(open_seconds) / 60 FROM {store.db}.edges_1m WHERE ts = toDateTime({T0}, 'UTC')")[0]
+    assert avg == 20
+
+
+@pytest.mark.parametrize("batch_id", ["tracer-h1-42", None])
+def test_replayed_batch_leaves_raw_and_rollups_unchanged(store, batch_id):
+    batch = _fleet(500, seed=3)
+    ingest_batch(store, "connections", batch, batch_id=batch_id)
+    ingest_batch(store, "listeners", [listener()], batch_id=batch_id)
+    before = [totals(store, t, T0, T0 + 4 * 3600) for t in ("connections", "edges_1m", "edges_1h")]
+    spans = store.query(f"SELECT count() FROM {store.db}.listener_spans")
+    for _ in range(2):
+        ingest_batch(store, "connections", batch, batch_id=batch_id)
+        ingest_batch(store, "listeners", [listener()], batch_id=batch_id)
+    after = [totals(store, t, T0, T0 + 4 * 3600) for t in ("connections", "edges_1m", "edges_1h")]
+    assert after == before
+    assert store.query(f"SELECT count() FROM {store.db}.connections")[0][0] == 500
+    assert store.query(f"SELECT count() FROM {store.db}.listener_spans") == spans
+    # A different batch with the same records is new data and does count.
+    ingest_batch(store, "connections", batch, batch_id="another")
+    assert store.query(f"SELECT count() FROM {store.db}.connections")[0][0] == 1000
+
+
+def test_bad_records_rejected_counted_and_kept_as_dead_letters(store):
+    batch = [connection(pid=1), connection(remote_ip="not-an-ip"), connection(pid=3), {"v": 9}]
+    result = ingest_batch(store, "connections", batch, batch_id="mixed", source="test")
+    assert result.accepted == 2
+    assert [(r.index, r.field) for r in result.rejected] == [(1, "remote_ip"), (3, "v")]
+    assert sorted(r[0] for r in store.query(f"SELECT pid FROM {store.db}.connections")) == [1, 3]
+    letters = store.query(f"SELECT source, kind, reason, raw FROM {store.db}.dead_letters ORDER BY reason")
+    assert [(s, k) for s, k, _, _ in letters] == [("test", "connections")] * 2
+    assert "record 1: field 'remote_ip'" in letters[0][2] and "not-an-ip" in letters[0][3]
+    assert "unsupported record version 9" in letters[1][2]
+    assert result.as_dict()["rejected"] == 2
+
+
+def test_listener_spans_split_on_ip_reuse(store):
+    # 10.0.0.9:8080 belongs to "old" until a deploy, then to "new".
+    recs = [listener(ts=format_ts(T0 + m * 60), ip="10.0.0.9", service="old" if m < 30 else "new")
+            for m in range(60)]
+    ingest_batch(store, "listeners", recs)
+    spans = store.query(
+        f"SELECT service, min(first_seen), max(last_seen) FROM {store.db}.listener_spans "
+        f"WHERE ip = toIPv6('10.0.0.9') GROUP BY service ORDER BY 2"
+    )
+    assert [s for s, _, _ in spans] == ["old", "new"]
+    assert spans[0][2] < spans[1][1]
+
+
+def test_query_values_are_json_ready(store):
+    ingest_batch(store, "connections", [connection()])
+    names, rows = store.query_columns(f"SELECT ts, remote_ip, direction, connects FROM {store.db}.connections")
+    assert names == ["ts", "remote_ip", "direction", "connects"]
+    assert rows == [(format_ts(T0 + 60).replace("T", " ").rstrip("Z"), "::ffff:10.0.0.2", "outbound", 1)]
+    json.dumps(rows)
+    assert store.query("SELECT {n:UInt64} * 2, {s:String}", {"n": 2**40, "s": "a'b"}) == [(2**41, "a'b")]
+
+
+HOLD = """
+import sys; sys.path.insert(0, {root!r})
+from api.storage import open_store
+store = open_store({url!r}, role="phobos serve")
+print("held", flush=True)
+sys.stdin.read()
+"""
+TRY = """
+import sys; sys.path.insert(0, {root!r})
+from api.storage import open_store, StoreBusyError
+try:
+    open_store({url!r}).close()
+    print("opened")
+except StoreBusyError as e:
+    print(e)
+"""
+
+
+def test_second_process_is_told_who_holds_the_store(tmp_path):
+    url = f"chdb://{tmp_path / 'held'}"
+    root = str(SQL_DIR.parent)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD.format(root=root, url=url)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = subprocess.run([sys.executable, "-c", TRY.format(root=root, url=url)],
+                             capture_output=True, text=True, timeout=60).stdout
+        assert f"the embedded store {tmp_path / 'held'} is in use by process {holder.pid} (phobos serve" in out
+    finally:
+        holder.communicate("", timeout=60)
+    # Released when the holder is gone: the next process opens it.
+    out = subprocess.run([sys.executable, "-c", TRY.format(root=root, url=url)],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert out.strip() == "opened"
+
+
+def test_one_data_directory_per_process(store, tmp_path):
+    with pytest.raises(StoreError, match="one\\s+data directory per process"):
+        open_store(f"chdb://{tmp_path / 'other'}")
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("/data/phobos", "no scheme"),
+        ("mysql://x", "unknown store scheme"),
+        ("chdb://", "names no directory"),
+        ("clickhouse:///phobos", "names no host"),
+        ("chdb://./d?database=default", "not 'default'"),
+        ("chdb://./d?database=a;b", "not a plain identifier"),
+        ("clickhouse://h:99999/x", "bad port"),
+    ],
+)
+def test_bad_store_urls(url, words):
+    with pytest.raises(StoreError, match=words):
+        parse_store_url(url)
+
+
+def test_store_url_forms():
+    u = parse_store_url("clickhouse://bob:s%40cret@ch.example:9440/metrics?secure=1")
+    assert (u.host, u.port, u.user, u.password, u.database, u.secure) == ("ch.example", 9440, "bob", "s@cret", "metrics", True)
+    assert "s@cret" not in u.redacted()
+    assert parse_store_url("chdb:///var/lib/phobos").path == "/var/lib/phobos"
+
+
+def test_driver_parameter_translation():
+    sql, values = driver_params("SELECT {at:DateTime} + 1 WHERE x LIKE '%a'", {"at": "2026-01-01 00:00:00"})
+    assert sql == "SELECT CAST(%(at)s AS DateTime) + 1 WHERE x LIKE '%%a'"
+    assert values == {"at": "2026-01-01 00:00:00"}
+    with pytest.raises(StoreError, match="no value"):
+        driver_params("SELECT {x:UInt8}", {"y": 1})
+
+
+def test_schema_files_render_completely():
+    from api.storage import schema_files
+
+    for _, _, path in schema_files():
+        for statement in split_statements(render_sql(path.read_text(), db="phobos", ttl_days=30)):
+            assert "$" not in statement
+    with pytest.raises(StoreError, match="placeholder"):
+        render_sql("CREATE DATABASE $db", ttl_days=1)
