@@ -16,19 +16,14 @@ are expected to be serialised by whoever runs them.
 The store is anything with ``db``, ``insert_rows(table, rows, dedup_token)``
 and ``query(sql, params) -> list[tuple]`` (``api.storage.Store``).
 
-Command line (wired to ``phobos catalog load``)::
-
-    python -m api.catalog_store FILE --store chdb:///var/lib/phobos
-    python -m api.catalog_store FILE --check      # validate only
+``phobos catalog load FILE --store URL`` (``api/cli.py``) validates the
+file with ``api.catalog.load_catalog`` and then calls ``load_into_store``.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
-from typing import Any, Sequence
+from typing import Any
 
 from api.catalog import Catalog, CatalogError, load_catalog
 
@@ -38,7 +33,6 @@ __all__ = [
     "current_version",
     "current_catalog_rows",
     "read_catalog",
-    "main",
 ]
 
 # Columns in table order, as in sql/; the readers select them by name.
@@ -143,54 +137,3 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     # Back ends hand arrays back as lists, tuples or numpy arrays.
     return {k: list(v) if not isinstance(v, (str, bytes, int, float)) and v is not None else v
             for k, v in row.items()}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``phobos catalog load FILE --store URL``; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="phobos catalog load",
-        description="Validate a catalog file and make it the current catalog of a store.",
-        epilog="examples:\n  phobos catalog load catalog.yaml --store chdb:///var/lib/phobos\n"
-               "  phobos catalog load catalog.yaml --check",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("file", help="catalog YAML file (format: api/catalog.py)")
-    parser.add_argument("--store", default=None,
-                        help="store URL, chdb:///dir or clickhouse://... "
-                             "(default: env PHOBOS_STORE, else the embedded store)")
-    parser.add_argument("--check", action="store_true",
-                        help="only validate the file; write nothing")
-    args = parser.parse_args(argv)
-    try:
-        catalog = load_catalog(args.file)
-    except CatalogError as exc:
-        for message in exc.errors:
-            print(message, file=sys.stderr)
-        print(f"catalog not loaded: {len(exc.errors)} error(s); nothing was changed",
-              file=sys.stderr)
-        return 1
-    summary = (f"{len(catalog.areas)} areas, {len(catalog.services)} services, "
-               f"{len(catalog.externals)} externals")
-    if args.check:
-        print(f"{args.file}: valid ({summary})")
-        return 0
-    from api.storage import StoreError, open_store
-
-    try:
-        with open_store(args.store, role="phobos catalog load") as store:
-            # Migrating here could also change the raw-data TTL, which is
-            # not this command's business; ask for it instead.
-            if not store.schema_version():
-                print(f"store {store.url.redacted()} has no schema; run `phobos migrate` first",
-                      file=sys.stderr)
-                return 1
-            version = load_into_store(store, catalog, source=os.path.abspath(args.file))
-    except StoreError as exc:
-        print(f"catalog not loaded: {exc}", file=sys.stderr)
-        return 1
-    print(f"catalog version {version} is current ({summary})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ import pytest
 from api.catalog import (MAX_ERRORS, Catalog, CatalogError, load_catalog,
                          parse_catalog)
 from api.catalog_store import (CATALOG_TABLES, current_catalog_rows,
-                               current_version, load_into_store, main,
+                               current_version, load_into_store,
                                read_catalog)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -462,15 +462,21 @@ def test_failed_load_is_invisible_and_its_version_not_reused():
     assert read_catalog(store) == parse(SMALL)
 
 
-def test_invalid_file_changes_nothing(tmp_path, capsys):
+def test_broken_file_reaches_no_store(tmp_path):
+    store = FakeStore()
+    cat = load_catalog(EXAMPLE)
+    load_into_store(store, cat, source="good")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 1\nareas: [{name: a}]\nservices: [{name: s, area: b}]\n")
-    assert main([str(bad), "--store", "chdb:///nonexistent/never-opened"]) == 1
-    err = capsys.readouterr().err
-    assert f"{bad}:3:28: area 'b' is not defined" in err
-    assert "nothing was changed" in err
-    assert main([str(EXAMPLE), "--check"]) == 0
-    assert "valid (7 areas, 18 services, 3 externals)" in capsys.readouterr().out
+    # Valid up to the last entry: nothing of the first part may be loaded.
+    bad.write_text(EXAMPLE.read_text() + "  - {name: late, cidrs: [10.0.0.0/33]}\n")
+    with pytest.raises(CatalogError) as info:
+        load_into_store(store, load_catalog(bad), source="bad")
+    lines = EXAMPLE.read_text().count("\n")
+    assert info.value.errors == [f"{bad}:{lines + 1}:26: '10.0.0.0/33' in external 'late' is not "
+                                 "an IP range; write it as 10.1.2.0/24, 2001:db8::/32 or a "
+                                 "single address"]
+    assert current_version(store) == 1 and read_catalog(store) == cat
+    assert len(store.inserts) == 4
 
 
 def _require_chdb():
@@ -483,7 +489,7 @@ def _require_chdb():
         pytest.skip(f"chDB not available: {exc}")
 
 
-def test_round_trip_through_chdb(tmp_path, capsys):
+def test_round_trip_through_chdb(tmp_path):
     _require_chdb()
     from api.storage import open_store
 
@@ -510,6 +516,3 @@ def test_round_trip_through_chdb(tmp_path, capsys):
         assert rows == [("corporate-smtp",)]
     finally:
         store.close()
-    # The command line opens the store itself; the data path is free again.
-    assert main([str(EXAMPLE), "--store", url]) == 0
-    assert "catalog version 3 is current" in capsys.readouterr().out
