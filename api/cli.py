@@ -249,8 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema (idempotent)")
     _store_arg(p)
-    p.add_argument("--ttl-days", type=int, default=int(os.environ.get("PHOBOS_TTL_DAYS", "30")),
-                   help="retention of raw records in days (env PHOBOS_TTL_DAYS; default %(default)s)")
+    ttl_env = os.environ.get("PHOBOS_TTL_DAYS")
+    p.add_argument("--ttl-days", type=int, default=int(ttl_env) if ttl_env else None,
+                   help="retention of raw records in days (env PHOBOS_TTL_DAYS; default: keep the "
+                   "current one, 30 for a new store)")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("sql", help="run a read-only query and print the result")

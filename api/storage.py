@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 DEFAULT_STORE_URL = "chdb://./data/phobos"
+DEFAULT_TTL_DAYS = 30
 
 #: ``sql/`` sits next to this package both in a checkout and in an installed
 #: distribution (setup.cfg installs it as a data package beside ``api``).
@@ -253,14 +254,19 @@ class Store:
             return 0
         return int(self.query(f"SELECT max(version) FROM {self.db}.schema_migrations")[0][0])
 
-    def migrate(self, ttl_days: int = 30, directory: Path = SQL_DIR) -> list[str]:
+    def migrate(self, ttl_days: int | None = None, directory: Path = SQL_DIR) -> list[str]:
         """Apply the schema files not yet applied; returns what it changed.
 
         Idempotent: files already recorded are skipped (and refused if they
-        were edited after being applied - schema files are append-only); the
-        raw-record TTL is altered only when ``ttl_days`` differs.
+        were edited after being applied - schema files are append-only).
+        ``ttl_days`` sets the raw-record retention: new tables get it (30
+        when None), existing ones are altered only when it is given and
+        differs, so a writer that merely ensures the schema never resets a
+        retention someone chose.
         """
-        if not isinstance(ttl_days, int) or not 1 <= ttl_days <= 36500:
+        explicit_ttl = ttl_days is not None
+        ttl_days = DEFAULT_TTL_DAYS if ttl_days is None else ttl_days
+        if isinstance(ttl_days, bool) or not isinstance(ttl_days, int) or not 1 <= ttl_days <= 36500:
             raise StoreError(f"ttl_days must be a whole number of days from 1 to 36500, got {ttl_days!r}")
         changes: list[str] = []
         files = schema_files(directory)
@@ -286,7 +292,7 @@ class Store:
                 [{"version": version, "name": name, "checksum": checksum, "applied_at": int(time.time())}],
             )
             changes.append(f"applied {path.name}")
-        for table in ("connections", "listeners"):
+        for table in ("connections", "listeners") if explicit_ttl else ():
             current = self._ttl_days(table)
             if current is not None and current != ttl_days:
                 self.execute(

@@ -38,6 +38,9 @@ def test_migrate_twice_changes_nothing(store):
 def test_ttl_is_configurable_and_idempotent(store):
     assert store.migrate(ttl_days=7) == ["connections: TTL 30 -> 7 days", "listeners: TTL 30 -> 7 days"]
     assert store.migrate(ttl_days=7) == []
+    # A writer that only ensures the schema keeps the chosen retention.
+    assert store.migrate() == []
+    assert store._ttl_days("connections") == 7
     with pytest.raises(StoreError, match="ttl_days"):
         store.migrate(ttl_days=0)
 
