@@ -1,0 +1,1 @@
+"""Phobos host tracer: kernel TCP connection tracing, aggregation and shipping."""

@@ -1,0 +1,331 @@
+"""``phobos trace``: the per-host agent that drains the kernel's edge counters.
+
+What it does: checks prerequisites, loads the BPF program
+(``tracer/probe.py``), seeds listeners and open connections from a single
+/proc snapshot, then once per ``--interval`` drains the per-edge counters,
+attributes pids to processes, containers, pods and services, and hands
+ConnectionRecords and ListenerRecords to a sink.  Health and counters are
+served in Prometheus format.
+
+How often it runs: one wake-up per interval, whatever the connection rate;
+the work per wake-up grows with the number of distinct edges, never with the
+number of connections (the kernel aggregates).
+
+Caveats: start-up compiles the BPF program (about two seconds of clang);
+``--mode auto`` may try fentry and kprobes first and log why they failed.
+On SIGINT/SIGTERM the agent drains once more so the last partial interval
+is not lost.
+
+Examples::
+
+    phobos trace                                  # JSON lines on stdout, 10 s intervals
+    phobos trace --interval 1 --mode tracepoint   # force the tracepoint-only mode
+    phobos trace --sink http://127.0.0.1:8080     # post to the API's ingest endpoint
+    PHOBOS_SINK=kafka://broker:9092 phobos trace  # every flag has a PHOBOS_* variable
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from tracer import aggregate, attribution, preflight, records
+from tracer.metrics import MetricsServer, TracerMetrics
+from tracer.sinks import SinkError, make_sink
+
+__all__ = ["configure_parser", "run", "main", "EXAMPLES"]
+
+log = logging.getLogger("phobos.tracer")
+
+EXAMPLES = """examples:
+  phobos trace                                  JSON lines on stdout every 10 s
+  phobos trace --interval 1 --mode tracepoint   tracepoint-only mode, 1 s intervals
+  phobos trace --sink http://127.0.0.1:8080     POST batches to the API's /api/v1/ingest
+  phobos trace --catalog catalog.yaml           service names from the catalog's rules
+  PHOBOS_INTERVAL=30 PHOBOS_SINK=stdout phobos trace
+every flag can be set by its PHOBOS_* environment variable (PHOBOS_TOKEN: bearer token for http sinks)
+"""
+
+EXIT_PREREQ = 2
+
+
+def _env(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise SystemExit(f"phobos trace: environment variable {name}={value!r} is not a valid {kind.__name__}")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``phobos trace`` flags (defaults from PHOBOS_* variables)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    if not parser.epilog:
+        parser.epilog = EXAMPLES
+    add = parser.add_argument
+    add("--mode", choices=("auto", "tracepoint", "kprobe", "fentry"), default=_env("PHOBOS_MODE", "auto"),
+        help="hooks to use: tracepoint only, or also kprobes/fentry on tcp_v4/v6_connect and "
+             "inet_csk_accept; auto picks the best the kernel allows [PHOBOS_MODE, default auto]")
+    add("--interval", type=float, default=_env("PHOBOS_INTERVAL", 10.0, float),
+        help="seconds between drains of the kernel counters [PHOBOS_INTERVAL, default 10]")
+    add("--sink", default=_env("PHOBOS_SINK", "stdout"),
+        help="stdout | http://HOST:PORT | kafka://BROKERS/TOPIC [PHOBOS_SINK, default stdout]")
+    add("--catalog", default=_env("PHOBOS_CATALOG", None),
+        help="catalog file whose rules name services [PHOBOS_CATALOG]")
+    add("--dc", default=_env("PHOBOS_DC", os.environ.get("PHOBOS_NODE_ZONE", "")),
+        help="datacenter/zone label [PHOBOS_DC, default $PHOBOS_NODE_ZONE or empty]")
+    add("--host", default=_env("PHOBOS_HOST", socket.gethostname()),
+        help="host name in records [PHOBOS_HOST, default the host name]")
+    add("--metrics-port", type=int, default=_env("PHOBOS_METRICS_PORT", 9435, int),
+        help="port of /metrics and /healthz, 0 = off [PHOBOS_METRICS_PORT, default 9435]")
+    add("--metrics-addr", default=_env("PHOBOS_METRICS_ADDR", "127.0.0.1"),
+        help="address for /metrics [PHOBOS_METRICS_ADDR, default 127.0.0.1]")
+    add("--max-queue", type=int, default=_env("PHOBOS_MAX_QUEUE", 100_000, int),
+        help="records a network sink keeps while its target is down; oldest dropped beyond "
+             "[PHOBOS_MAX_QUEUE, default 100000]")
+    add("--max-edges", type=int, default=_env("PHOBOS_MAX_EDGES", 16384, int),
+        help="kernel edge map size per generation [PHOBOS_MAX_EDGES, default 16384]")
+    add("--max-socks", type=int, default=_env("PHOBOS_MAX_SOCKS", 65536, int),
+        help="kernel per-socket map size [PHOBOS_MAX_SOCKS, default 65536]")
+    add("--duration", type=float, default=_env("PHOBOS_DURATION", 0.0, float),
+        help="stop after this many seconds, 0 = run until signalled [PHOBOS_DURATION]")
+    add("--log-level", default=_env("PHOBOS_LOG_LEVEL", "info"),
+        choices=("debug", "info", "warning", "error"), help="stderr log level [PHOBOS_LOG_LEVEL, default info]")
+    return parser
+
+
+def _load_catalog(path: str):
+    from api.catalog import load_catalog  # noqa: PLC0415 - only when --catalog is given
+    return load_catalog(path)
+
+
+class Agent:
+    """One tracer run: probe, attribution, aggregation, sink, metrics."""
+
+    def __init__(self, args: argparse.Namespace, probe: Any, sink: Any, attributor: attribution.Attributor,
+                 metrics: TracerMetrics) -> None:
+        self.args = args
+        self.probe = probe
+        self.sink = sink
+        self.attributor = attributor
+        self.metrics = metrics
+        self.aggregator = aggregate.Aggregator()
+        self.host_ip = attribution.host_ip()
+        self.stop = threading.Event()
+        self.invalid_records = 0
+        self._drops_seen: dict[str, int] = {}
+        self.first_record_at: float | None = None
+
+    # -- start-up ------------------------------------------------------------
+    def seed(self, proc_root: str = "/proc") -> dict[str, int]:
+        """Listeners and open connections that predate the tracer, from one /proc read."""
+        from tracer.probe import EdgeKey  # noqa: PLC0415 - keeps the import graph of tests small
+
+        self.probe.set_seeding(True)
+        snap = attribution.tcp_snapshot(proc_root)
+        listener_pid: dict[tuple[int, int], tuple[int, str]] = {}
+        by_port: dict[tuple[int, int], list] = {}
+        for (netns, ip, port), (pid, comm, count) in snap.listeners.items():
+            by_port.setdefault((netns, port), []).append((ip, pid, comm, count))
+        seeded_listeners = 0
+        for (netns, port), entries in by_port.items():
+            ip, pid, comm, _ = entries[0]
+            listener_pid[(netns, port)] = (pid, comm)
+            if self.probe.seed_listener(netns, port, ip, pid, comm, sum(e[3] for e in entries)):
+                seeded_listeners += 1
+        tracked = self.probe.tracked_tuples()
+        seeded: dict[tuple, Any] = {}
+        for tup, owner in snap.connections.items():
+            if tup in tracked:
+                continue  # the kernel saw it open after attaching; it is counted already
+            netns, lip, lport, rip, rport = tup
+            if (netns, lport) in listener_pid and any(
+                    ip in (lip, "0.0.0.0", "::") for ip, *_ in by_port[(netns, lport)]):
+                pid, comm = listener_pid[(netns, lport)]
+                edge = EdgeKey(netns, pid, "inbound", lip, lport, rip, 0)
+            else:
+                pid = owner
+                comm = self.attributor.process(owner)["comm"]
+                edge = EdgeKey(netns, pid, "outbound", lip, 0, rip, rport)
+            self.probe.seed_connection(tup, edge, comm)
+            self.aggregator.seed(edge, 1, comm)
+            seeded[tup] = edge
+        self.probe.set_seeding(False)
+        unseeded = 0
+        for tup in self.probe.orphans():
+            edge = seeded.get(tup)
+            if edge is not None and self.probe.unseed(tup):
+                self.aggregator.unseed(edge)
+                unseeded += 1
+        result = {"listeners": seeded_listeners, "connections": len(seeded) - unseeded}
+        log.info("start-up snapshot: %d listeners, %d open connections", result["listeners"], result["connections"])
+        return result
+
+    # -- each interval -------------------------------------------------------
+    def drain(self, interval_s: float) -> tuple[list[dict], list[dict]]:
+        started = time.monotonic()
+        drained = self.probe.drain()
+        counts = self.aggregator.apply(drained)
+        now = time.time()
+        conns, lis = aggregate.build_records(
+            counts, self.probe.listeners(), ts=now, interval_s=max(1, round(interval_s)),
+            dc=self.args.dc, host=self.args.host, host_ip=self.host_ip, attribute=self.attributor.attribute)
+        conns = self._valid("connections", conns)
+        lis = self._valid("listeners", lis)
+        try:
+            self.sink.send(conns, lis)
+        except Exception as err:  # a sink bug must not stop tracing
+            log.error("sink failed: %s", err)
+            self.metrics.sink_errors += 1
+        if conns and self.first_record_at is None:
+            self.first_record_at = time.time()
+        m = self.metrics
+        m.intervals += 1
+        m.edges_read += len(drained)
+        m.records["connections"] += len(conns)
+        m.records["listeners"] += len(lis)
+        m.sink_errors = max(m.sink_errors, self.sink.errors)
+        m.sink_dropped = self.sink.dropped
+        m.queue_len = self.sink.queue_len
+        m.open_connections = self.aggregator.open_total()
+        drops = self.probe.drops()
+        for name, value in drops.items():
+            if value > self._drops_seen.get(name, 0):
+                log.warning("kernel map %s full: %d updates dropped so far", name, value)
+        self._drops_seen = drops
+        m.map_drops = dict(drops)
+        m.kernel_events = self.probe.stats().get("events", 0)
+        m.last_drain_s = time.monotonic() - started
+        m.last_drain_at = time.time()
+        if m.intervals % 60 == 0:
+            self.attributor.forget_dead()
+        return conns, lis
+
+    def _valid(self, kind: str, recs: list[dict]) -> list[dict]:
+        good = []
+        for rec in recs:
+            try:
+                records.validate(kind, rec)
+                good.append(rec)
+            except records.RecordError as err:
+                self.invalid_records += 1
+                log.error("dropping invalid %s record: %s", kind, err)
+        return good
+
+    def loop(self) -> None:
+        interval = self.args.interval
+        started = time.monotonic()
+        deadline = started + self.args.duration if self.args.duration > 0 else None
+        last = started
+        next_tick = started + interval
+        while True:
+            wait = next_tick - time.monotonic()
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+            stopped = self.stop.wait(max(0.0, wait))
+            self.metrics.wakeups += 1
+            now = time.monotonic()
+            if stopped or (deadline is not None and now >= deadline):
+                self.drain(now - last)  # the last partial interval
+                return
+            self.drain(now - last)
+            last = now
+            next_tick += interval
+            if next_tick < now:  # a drain overran: skip ticks rather than spin
+                next_tick = now + interval
+
+    def summary(self) -> dict[str, Any]:
+        m = self.metrics
+        return {"mode": m.mode, "intervals": m.intervals, "wakeups": m.wakeups, "edges_read": m.edges_read,
+                "records": dict(m.records), "map_drops": m.map_drops, "sink_errors": m.sink_errors,
+                "sink_dropped": m.sink_dropped, "invalid_records": self.invalid_records,
+                "kernel_events": m.kernel_events}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the tracer until signalled or ``--duration``; returns the exit code."""
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.interval <= 0:
+        print("phobos trace: --interval must be positive", file=sys.stderr)
+        return EXIT_PREREQ
+    problems = preflight.run_checks()
+    if problems:
+        print(preflight.format_problems(problems), file=sys.stderr)
+        return EXIT_PREREQ
+    catalog = None
+    if args.catalog:
+        try:
+            catalog = _load_catalog(args.catalog)
+        except ImportError as err:
+            print(f"phobos trace: --catalog needs api.catalog, which cannot be imported: {err}", file=sys.stderr)
+            return EXIT_PREREQ
+        except Exception as err:
+            print(f"phobos trace: cannot load catalog {args.catalog}: {err}", file=sys.stderr)
+            return EXIT_PREREQ
+    try:
+        sink = make_sink(args.sink, host=args.host, token=os.environ.get("PHOBOS_TOKEN") or None,
+                         max_queue=args.max_queue)
+    except SinkError as err:
+        print(f"phobos trace: {err}", file=sys.stderr)
+        return EXIT_PREREQ
+
+    from tracer.probe import Probe, ProbeError  # noqa: PLC0415 - BCC only when tracing
+
+    try:
+        probe = Probe(mode=args.mode, max_edges=args.max_edges, max_socks=args.max_socks)
+    except ProbeError as err:
+        print(f"phobos trace: cannot start tracing: {err}", file=sys.stderr)
+        return EXIT_PREREQ
+    metrics = TracerMetrics(mode=probe.mode, interval_s=args.interval)
+    server = None
+    try:
+        if args.metrics_port:
+            try:
+                server = MetricsServer(metrics, args.metrics_addr, args.metrics_port)
+            except OSError as err:
+                print(f"phobos trace: cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: {err}",
+                      file=sys.stderr)
+                return EXIT_PREREQ
+        agent = Agent(args, probe, sink, attribution.Attributor(catalog=catalog, host=args.host), metrics)
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, lambda *_: agent.stop.set())
+            except ValueError:  # not the main thread
+                pass
+        agent.seed()
+        log.info("tracing (mode %s), draining every %.3g s to %s", probe.mode, args.interval, args.sink)
+        try:
+            agent.loop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        sink.flush()
+        print("phobos-trace-summary " + json.dumps(agent.summary()), file=sys.stderr)
+        return 0
+    finally:
+        if server is not None:
+            server.close()
+        sink.close()
+        probe.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="phobos trace", description=__doc__.split("\n\n")[0])
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

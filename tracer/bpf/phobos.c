@@ -1,0 +1,535 @@
+/*
+ * phobos.c - per-edge TCP connection counters, aggregated in the kernel.
+ *
+ * What it traces: every TCP state change seen by the stable tracepoint
+ * sock:inet_sock_set_state (IPv4 and IPv6, v4-mapped v6 folded into v4):
+ *   CLOSE    -> LISTEN       a listener appears (process context)
+ *   LISTEN   -> CLOSE        a listener goes away
+ *   CLOSE    -> SYN_SENT     connect() (process context: pid/comm are right)
+ *   SYN_SENT -> ESTABLISHED  the connect succeeded (softirq)
+ *   SYN_RECV -> ESTABLISHED  an accepted connection (softirq)
+ *   any      -> CLOSE        end of a connection; from SYN_SENT it is a
+ *                            failed connect (refused, timed out, reset)
+ *
+ * How: a per-socket LRU hash keyed by the socket pointer remembers which
+ * edge a socket belongs to, so that transitions running in softirq (where
+ * "current" is whatever task happened to be interrupted) are charged to the
+ * process that connected or listened.  Per-edge counters live in two hash
+ * generations; userspace flips config[CFG_GEN] and drains the idle
+ * generation, so no increment races with the read.  Nothing is sent to
+ * userspace per event: no perf buffer, no ring buffer.
+ *
+ * Cost: a handful of hash lookups per state change (a TCP connection has
+ * about five), none per packet.  Bytes are not counted: the tracepoint does
+ * not carry them and reading them at close would need more struct offsets.
+ *
+ * Caveats: the tracepoint has no network namespace field, so netns is read
+ * from sk->__sk_common.skc_net->ns.inum with byte offsets that userspace
+ * takes from the running kernel's BTF and passes as -D flags (kernel headers
+ * may not match the kernel).  Accepted connections are charged to the
+ * process that called listen() on (netns, port); a listener shared by
+ * forked workers is charged to the one that listened.  A socket evicted from
+ * the LRU before it closes leaves its edge's open gauge one too high.
+ */
+
+#ifndef SKC_NET_OFF
+#error "SKC_NET_OFF (offset of skc_net in struct sock) must be passed from BTF"
+#endif
+#ifndef NET_NS_INUM_OFF
+#error "NET_NS_INUM_OFF (offset of ns.inum in struct net) must be passed from BTF"
+#endif
+#ifndef MAX_EDGES
+#define MAX_EDGES 16384
+#endif
+#ifndef MAX_SOCKS
+#define MAX_SOCKS 65536
+#endif
+#ifndef MAX_LISTENERS
+#define MAX_LISTENERS 4096
+#endif
+#ifndef MAX_SEEDED
+#define MAX_SEEDED 65536
+#endif
+
+/* Kernel ABI constants, spelled out so no kernel header is needed. */
+#define P_AF_INET 2
+#define P_AF_INET6 10
+#define P_IPPROTO_TCP 6
+#define P_TCP_ESTABLISHED 1
+#define P_TCP_SYN_SENT 2
+#define P_TCP_SYN_RECV 3
+#define P_TCP_CLOSE 7
+#define P_TCP_LISTEN 10
+
+#define DIR_OUTBOUND 1
+#define DIR_INBOUND 2
+
+/* config[] slots, written by userspace */
+#define CFG_GEN 0      /* which edges map the kernel writes: 0 or 1 */
+#define CFG_SEEDING 1  /* 1 while userspace reads /proc at start-up */
+
+/* drops[] slots: failed map updates, per CPU */
+#define DROP_EDGES 0
+#define DROP_SOCKS 1
+#define DROP_LISTENERS 2
+#define DROP_ORPHANS 3
+#define DROP_SLOTS 4
+
+/* stats[] slots, per CPU */
+#define STAT_EVENTS 0
+#define STAT_ACCEPT_NO_LISTENER 1
+#define STAT_SLOTS 2
+
+struct edge_key {
+    u32 netns;
+    u32 pid;
+    u8 laddr[16];
+    u8 raddr[16];
+    u16 lport;      /* 0 for a client's ephemeral port */
+    u16 rport;      /* 0 for a server's peer ephemeral port */
+    u8 direction;
+    u8 pad[3];
+};
+
+struct edge_val {
+    u64 connects;
+    u64 accepts;
+    u64 closes;
+    u64 failures;
+    s64 open_delta;     /* +1 established, -1 closed; userspace sums it */
+    u64 duration_ns_sum;
+    u64 bytes_sent;
+    u64 bytes_received;
+    char comm[16];      /* at creation: short-lived clients are gone by drain */
+};
+
+struct sock_state {
+    struct edge_key edge;
+    u64 start_ns;
+    u16 sport;          /* actual ports, to match the /proc snapshot */
+    u16 dport;
+    u32 established;
+    char comm[16];
+};
+
+struct listen_key {
+    u32 netns;
+    u16 port;
+    u16 pad;
+};
+
+struct listen_val {
+    u32 pid;
+    u32 count;          /* sockets listening on (netns, port) */
+    u8 addr[16];
+    char comm[16];
+};
+
+/* A connection that predates the tracer, found in /proc by userspace. */
+struct tuple_key {
+    u32 netns;
+    u16 lport;
+    u16 rport;
+    u8 laddr[16];
+    u8 raddr[16];
+};
+
+/*
+ * A copy of the tracepoint's fields: BCC declares the tracepoint's own args
+ * struct only inside TRACEPOINT_PROBE, and the helpers need them too.
+ */
+struct tp_state {
+    const void *skaddr;
+    int oldstate;
+    int newstate;
+    u16 sport;
+    u16 dport;
+    u16 family;
+    u8 saddr[4];
+    u8 daddr[4];
+    u8 saddr_v6[16];
+    u8 daddr_v6[16];
+};
+
+struct seed_val {
+    struct edge_key edge;
+    char comm[16];
+};
+
+BPF_HASH(edges0, struct edge_key, struct edge_val, MAX_EDGES);
+BPF_HASH(edges1, struct edge_key, struct edge_val, MAX_EDGES);
+BPF_TABLE("lru_hash", u64, struct sock_state, socks, MAX_SOCKS);
+BPF_HASH(listeners, struct listen_key, struct listen_val, MAX_LISTENERS);
+BPF_HASH(seeded, struct tuple_key, struct seed_val, MAX_SEEDED);
+BPF_TABLE("lru_hash", struct tuple_key, u32, orphans, 4096);
+BPF_ARRAY(config, u32, 2);
+BPF_PERCPU_ARRAY(drops, u64, DROP_SLOTS);
+BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
+
+static __always_inline void count(int is_drop, u32 slot)
+{
+    u64 *v = is_drop ? drops.lookup(&slot) : stats.lookup(&slot);
+    if (v)
+        (*v)++;   /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline u32 cfg(u32 slot)
+{
+    u32 *v = config.lookup(&slot);
+    return v ? *v : 0;
+}
+
+static __always_inline u32 sk_netns(const void *sk)
+{
+    const void *net = NULL;
+    u32 inum = 0;
+    bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + SKC_NET_OFF);
+    if (!net)
+        return 0;
+    bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + NET_NS_INUM_OFF);
+    return inum;
+}
+
+static __always_inline int is_v4_mapped(const u8 *a)
+{
+    return a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == 0 && a[4] == 0 &&
+           a[5] == 0 && a[6] == 0 && a[7] == 0 && a[8] == 0 && a[9] == 0 &&
+           a[10] == 0xff && a[11] == 0xff;
+}
+
+/*
+ * Addresses as 16 bytes, IPv4 as ::ffff:a.b.c.d.  A v6 socket talking to a
+ * v4 peer has a mapped daddr_v6, but during connect() its saddr_v6 is only
+ * filled after tcp_v4_connect returns, so use the v4 fields for both.
+ */
+static __always_inline void tp_addrs(const struct tp_state *args,
+                                     u8 *laddr, u8 *raddr)
+{
+    u8 d6[16] = {};
+    int v4 = args->family == P_AF_INET;
+    if (!v4) {
+        __builtin_memcpy(d6, args->daddr_v6, 16);
+        v4 = is_v4_mapped(d6);
+    }
+    if (v4) {
+        __builtin_memset(laddr, 0, 16);
+        __builtin_memset(raddr, 0, 16);
+        laddr[10] = laddr[11] = raddr[10] = raddr[11] = 0xff;
+        __builtin_memcpy(laddr + 12, args->saddr, 4);
+        __builtin_memcpy(raddr + 12, args->daddr, 4);
+    } else {
+        __builtin_memcpy(laddr, args->saddr_v6, 16);
+        __builtin_memcpy(raddr, d6, 16);
+    }
+}
+
+/* The counters of an edge in the generation the kernel currently writes. */
+static __always_inline struct edge_val *edge_get(struct edge_key *k, const char *comm)
+{
+    u32 gen = cfg(CFG_GEN);
+    struct edge_val *v = gen ? edges1.lookup(k) : edges0.lookup(k);
+    if (v)
+        return v;
+    struct edge_val init = {};
+    __builtin_memcpy(init.comm, comm, sizeof(init.comm));
+    /* NOEXIST: another CPU may have created it meanwhile; then use that. */
+    int err = gen ? edges1.insert(k, &init) : edges0.insert(k, &init);
+    v = gen ? edges1.lookup(k) : edges0.lookup(k);
+    if (!v && err)
+        count(1, DROP_EDGES);
+    return v;
+}
+
+static __always_inline void on_listen(const struct tp_state *args, u32 netns)
+{
+    struct listen_key lk = {.netns = netns, .port = args->sport};
+    struct listen_val *lv = listeners.lookup(&lk);
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (lv) {
+        __sync_fetch_and_add(&lv->count, 1);
+        lv->pid = pid;
+        bpf_get_current_comm(lv->comm, sizeof(lv->comm));
+        return;
+    }
+    struct listen_val nv = {.pid = pid, .count = 1};
+    u8 raddr[16];
+    tp_addrs(args, nv.addr, raddr);
+    bpf_get_current_comm(nv.comm, sizeof(nv.comm));
+    if (listeners.insert(&lk, &nv) != 0 && !listeners.lookup(&lk))
+        count(1, DROP_LISTENERS);
+}
+
+static __always_inline void on_unlisten(const struct tp_state *args, u32 netns)
+{
+    struct listen_key lk = {.netns = netns, .port = args->sport};
+    struct listen_val *lv = listeners.lookup(&lk);
+    if (!lv)
+        return;
+    /* The LLVM BPF target here cannot use the value XADD returns. */
+    if (lv->count <= 1)
+        listeners.delete(&lk);
+    else
+        __sync_fetch_and_add(&lv->count, -1);
+}
+
+static __always_inline void on_connect(const struct tp_state *args,
+                                       u64 skp, u32 netns)
+{
+    struct sock_state st = {};
+    st.edge.netns = netns;
+    st.edge.pid = bpf_get_current_pid_tgid() >> 32;
+    st.edge.direction = DIR_OUTBOUND;
+    st.edge.rport = args->dport;
+    tp_addrs(args, st.edge.laddr, st.edge.raddr);
+    bpf_get_current_comm(st.comm, sizeof(st.comm));
+    st.start_ns = bpf_ktime_get_ns();
+    st.dport = args->dport;
+    struct edge_val *ev = edge_get(&st.edge, st.comm);
+    if (ev)
+        __sync_fetch_and_add(&ev->connects, 1);
+    if (socks.update(&skp, &st) != 0)
+        count(1, DROP_SOCKS);
+}
+
+static __always_inline void on_connected(const struct tp_state *args, u64 skp)
+{
+    struct sock_state *st = socks.lookup(&skp);
+    if (!st)
+        return;
+    st->established = 1;
+    st->start_ns = bpf_ktime_get_ns();
+    st->sport = args->sport;   /* the ephemeral port is bound by now */
+    struct edge_val *ev = edge_get(&st->edge, st->comm);
+    if (ev)
+        __sync_fetch_and_add(&ev->open_delta, 1);
+}
+
+/* Runs in softirq: charge the process that listens on (netns, port). */
+static __always_inline void on_accept(const struct tp_state *args,
+                                      u64 skp, u32 netns)
+{
+    struct sock_state st = {};
+    struct listen_key lk = {.netns = netns, .port = args->sport};
+    struct listen_val *lv = listeners.lookup(&lk);
+    if (lv) {
+        st.edge.pid = lv->pid;
+        __builtin_memcpy(st.comm, lv->comm, sizeof(st.comm));
+    } else {
+        count(0, STAT_ACCEPT_NO_LISTENER);
+    }
+    st.edge.netns = netns;
+    st.edge.direction = DIR_INBOUND;
+    st.edge.lport = args->sport;
+    tp_addrs(args, st.edge.laddr, st.edge.raddr);
+    st.start_ns = bpf_ktime_get_ns();
+    st.sport = args->sport;
+    st.dport = args->dport;
+    st.established = 1;
+    struct edge_val *ev = edge_get(&st.edge, st.comm);
+    if (ev) {
+        __sync_fetch_and_add(&ev->accepts, 1);
+        __sync_fetch_and_add(&ev->open_delta, 1);
+    }
+    if (socks.update(&skp, &st) != 0)
+        count(1, DROP_SOCKS);
+}
+
+static __always_inline void on_close(const struct tp_state *args,
+                                     u64 skp, u32 netns)
+{
+    struct sock_state *st = socks.lookup(&skp);
+    if (st) {
+        struct edge_val *ev = edge_get(&st->edge, st->comm);
+        if (ev) {
+            if (st->established) {
+                __sync_fetch_and_add(&ev->closes, 1);
+                __sync_fetch_and_add(&ev->open_delta, -1);
+                __sync_fetch_and_add(&ev->duration_ns_sum, bpf_ktime_get_ns() - st->start_ns);
+            } else if (args->oldstate == P_TCP_SYN_SENT) {
+                __sync_fetch_and_add(&ev->failures, 1);
+            }
+        }
+        socks.delete(&skp);
+        return;
+    }
+    if (args->oldstate == P_TCP_SYN_SENT || args->oldstate == P_TCP_SYN_RECV)
+        return;
+    /* Not seen opening: maybe a connection from the start-up snapshot. */
+    struct tuple_key tk = {.netns = netns, .lport = args->sport, .rport = args->dport};
+    tp_addrs(args, tk.laddr, tk.raddr);
+    struct seed_val *sv = seeded.lookup(&tk);
+    if (sv) {
+        struct edge_val *ev = edge_get(&sv->edge, sv->comm);
+        if (ev) {
+            __sync_fetch_and_add(&ev->closes, 1);
+            __sync_fetch_and_add(&ev->open_delta, -1);
+        }
+        seeded.delete(&tk);
+    } else if (cfg(CFG_SEEDING)) {
+        /* Closed while userspace was reading /proc: tell it not to seed. */
+        u32 one = 1;
+        if (orphans.update(&tk, &one) != 0)
+            count(1, DROP_ORPHANS);
+    }
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != P_IPPROTO_TCP)
+        return 0;
+    count(0, STAT_EVENTS);
+    struct tp_state e = {
+        .skaddr = args->skaddr,
+        .oldstate = args->oldstate,
+        .newstate = args->newstate,
+        .sport = args->sport,
+        .dport = args->dport,
+        .family = args->family,
+    };
+    __builtin_memcpy(e.saddr, args->saddr, 4);
+    __builtin_memcpy(e.daddr, args->daddr, 4);
+    __builtin_memcpy(e.saddr_v6, args->saddr_v6, 16);
+    __builtin_memcpy(e.daddr_v6, args->daddr_v6, 16);
+    int os = e.oldstate, ns = e.newstate;
+    u64 skp = (u64)e.skaddr;
+    u32 netns = sk_netns(e.skaddr);
+
+    if (ns == P_TCP_LISTEN)
+        on_listen(&e, netns);
+    else if (os == P_TCP_LISTEN && ns == P_TCP_CLOSE)
+        on_unlisten(&e, netns);
+    else if (os == P_TCP_CLOSE && ns == P_TCP_SYN_SENT)
+        on_connect(&e, skp, netns);
+    else if (os == P_TCP_SYN_SENT && ns == P_TCP_ESTABLISHED)
+        on_connected(&e, skp);
+    else if (os == P_TCP_SYN_RECV && ns == P_TCP_ESTABLISHED)
+        on_accept(&e, skp, netns);
+    else if (ns == P_TCP_CLOSE)
+        on_close(&e, skp, netns);
+    return 0;
+}
+
+#ifdef PHOBOS_CALL_PROBES
+/*
+ * kprobe/fentry mode only.
+ *
+ * inet_csk_accept returns in the context of the task that called accept(),
+ * which for pre-forked servers is not always the one that called listen().
+ * Refresh the listener entry so later accepted connections on (netns, port)
+ * are charged to the process that accepts them.
+ *
+ * tcp_v4_connect/tcp_v6_connect can fail before the socket ever reaches
+ * SYN_SENT (no route, no free port): the tracepoint never sees those, the
+ * return probe counts them as connects that failed.
+ */
+struct connect_call {
+    const void *sk;
+    const void *uaddr;
+    char comm[16];
+};
+BPF_HASH(connect_calls, u64, struct connect_call, 1024);
+
+static __always_inline void refresh_listener(const void *newsk)
+{
+    if (!newsk)
+        return;
+    u16 port = 0;
+    bpf_probe_read_kernel(&port, sizeof(port), (const char *)newsk + SKC_NUM_OFF);
+    struct listen_key lk = {.netns = sk_netns(newsk), .port = port};
+    struct listen_val *lv = listeners.lookup(&lk);
+    if (!lv)
+        return;
+    lv->pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(lv->comm, sizeof(lv->comm));
+}
+
+static __always_inline void connect_enter(const void *sk, const void *uaddr)
+{
+    u64 tid = bpf_get_current_pid_tgid();
+    struct connect_call c = {.sk = sk, .uaddr = uaddr};
+    connect_calls.update(&tid, &c);
+}
+
+static __always_inline void connect_return(int ret)
+{
+    u64 tid = bpf_get_current_pid_tgid();
+    struct connect_call *c = connect_calls.lookup(&tid);
+    if (!c)
+        return;
+    u64 skp = (u64)c->sk;
+    if (ret != 0 && !socks.lookup(&skp)) {
+        struct sock_state st = {};
+        u16 family = 0, port = 0;
+        bpf_probe_read_kernel(&family, sizeof(family), c->uaddr);
+        bpf_probe_read_kernel(&port, sizeof(port), (const char *)c->uaddr + 2);
+        if (family == P_AF_INET) {
+            st.edge.raddr[10] = st.edge.raddr[11] = 0xff;
+            bpf_probe_read_kernel(st.edge.raddr + 12, 4, (const char *)c->uaddr + 4);
+        } else {
+            bpf_probe_read_kernel(st.edge.raddr, 16, (const char *)c->uaddr + 8);
+        }
+        st.edge.netns = sk_netns(c->sk);
+        st.edge.pid = tid >> 32;
+        st.edge.direction = DIR_OUTBOUND;
+        st.edge.rport = (port >> 8) | ((port & 0xff) << 8);
+        bpf_get_current_comm(st.comm, sizeof(st.comm));
+        struct edge_val *ev = edge_get(&st.edge, st.comm);
+        if (ev) {
+            __sync_fetch_and_add(&ev->connects, 1);
+            __sync_fetch_and_add(&ev->failures, 1);
+        }
+    }
+    connect_calls.delete(&tid);
+}
+
+#ifdef PHOBOS_FENTRY
+KFUNC_PROBE(tcp_v4_connect, void *sk, void *uaddr)
+{
+    connect_enter(sk, uaddr);
+    return 0;
+}
+KRETFUNC_PROBE(tcp_v4_connect, void *sk, void *uaddr, int addr_len, int ret)
+{
+    connect_return(ret);
+    return 0;
+}
+KFUNC_PROBE(tcp_v6_connect, void *sk, void *uaddr)
+{
+    connect_enter(sk, uaddr);
+    return 0;
+}
+KRETFUNC_PROBE(tcp_v6_connect, void *sk, void *uaddr, int addr_len, int ret)
+{
+    connect_return(ret);
+    return 0;
+}
+#if ACCEPT_NARGS == 2
+KRETFUNC_PROBE(inet_csk_accept, void *sk, void *arg, void *ret)
+#else
+KRETFUNC_PROBE(inet_csk_accept, void *sk, int flags, int *err, bool kern, void *ret)
+#endif
+{
+    refresh_listener(ret);
+    return 0;
+}
+#else
+/* Named without the kprobe__ prefix: probe.py attaches them only in kprobe mode. */
+int phobos_connect_enter(struct pt_regs *ctx)
+{
+    connect_enter((const void *)PT_REGS_PARM1(ctx), (const void *)PT_REGS_PARM2(ctx));
+    return 0;
+}
+
+int phobos_connect_return(struct pt_regs *ctx)
+{
+    connect_return((int)PT_REGS_RC(ctx));
+    return 0;
+}
+
+int phobos_accept_return(struct pt_regs *ctx)
+{
+    refresh_listener((const void *)PT_REGS_RC(ctx));
+    return 0;
+}
+#endif
+#endif

@@ -1,0 +1,436 @@
+"""Load the Phobos BPF program and read its maps (the only BCC importer).
+
+What it does: compiles ``tracer/bpf/phobos.c`` with BCC, attaches it to the
+``sock:inet_sock_set_state`` tracepoint and, where the kernel allows, to
+``tcp_v4_connect``/``tcp_v6_connect``/``inet_csk_accept`` through fentry or
+kprobes, and gives the agent plain Python values out of the maps.
+
+How: the program reads ``sk->__sk_common.skc_net->ns.inum`` for the network
+namespace.  Kernel headers may not match the running kernel, so the byte
+offsets come from the kernel's own BTF (``/sys/kernel/btf/vmlinux``, dumped by
+``bpftool``) and are passed to the compiler as ``-D`` flags; the C code never
+dereferences a kernel struct through a header layout.
+
+Cost: compiling takes a second or two of CPU at start-up (clang); after that
+the only work is one drain per interval: flip the generation index, wait a
+few milliseconds for programs still running on the old generation, then
+look up and delete each edge of the old generation (one syscall per edge,
+independent of how many connections the edge saw).
+
+Caveats: modes other than ``tracepoint`` need kprobes or BPF trampolines;
+kernels built without kprobes or locked down refuse them, and the error says
+so.  BCC prints its own compiler warnings to stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+__all__ = [
+    "ProbeError",
+    "KernelOffsets",
+    "EdgeKey",
+    "parse_btf_raw",
+    "kernel_offsets",
+    "import_bcc",
+    "Probe",
+    "MODES",
+]
+
+log = logging.getLogger("phobos.tracer.probe")
+
+MODES = ("auto", "tracepoint", "kprobe", "fentry")
+BPF_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "phobos.c")
+DIRECTIONS = {1: "outbound", 2: "inbound"}
+DROP_NAMES = ("edges", "socks", "listeners", "orphans")
+STAT_NAMES = ("events", "accept_no_listener")
+# Time for programs that read the old generation index to finish.  A BPF
+# program runs for microseconds with migration disabled; 5 ms is ample.
+GENERATION_GRACE_S = 0.005
+
+
+class ProbeError(RuntimeError):
+    """A probe could not be loaded or attached; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class KernelOffsets:
+    skc_net: int
+    net_ns_inum: int
+    skc_num: int
+    accept_nargs: int
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-DSKC_NET_OFF={self.skc_net}",
+            f"-DNET_NS_INUM_OFF={self.net_ns_inum}",
+            f"-DSKC_NUM_OFF={self.skc_num}",
+            f"-DACCEPT_NARGS={self.accept_nargs}",
+        ]
+
+
+@dataclass(frozen=True)
+class EdgeKey:
+    """One per-edge counter key, as the kernel aggregates it."""
+
+    netns: int
+    pid: int
+    direction: str
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+
+
+# --------------------------------------------------------------------------
+# BTF
+
+_TYPE_RE = re.compile(r"^\[(\d+)\] (\w+) '([^']*)'(.*)$")
+_MEMBER_RE = re.compile(r"^\s+'([^']*)' type_id=(\d+)(?: bits_offset=(\d+))?")
+
+
+def parse_btf_raw(text: str) -> dict[int, dict[str, Any]]:
+    """Types from ``bpftool btf dump ... format raw`` output.
+
+    Returns ``{type_id: {"kind", "name", "type_id", "members": [(name, type_id, bits_offset)]}}``;
+    only what offset resolution needs is kept.
+    """
+    types: dict[int, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    for line in text.splitlines():
+        m = _TYPE_RE.match(line)
+        if m:
+            tid, kind, name, rest = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+            ref = re.search(r"\btype_id=(\d+)", rest)
+            current = {"kind": kind, "name": name, "type_id": int(ref.group(1)) if ref else 0, "members": []}
+            types[tid] = current
+            continue
+        if current is not None:
+            mm = _MEMBER_RE.match(line)
+            if mm:
+                current["members"].append((mm.group(1), int(mm.group(2)), int(mm.group(3) or 0)))
+    return types
+
+
+def _resolve(types: dict[int, dict[str, Any]], tid: int) -> int:
+    """Follow typedefs and qualifiers to the underlying type id."""
+    for _ in range(32):
+        t = types.get(tid)
+        if t is None or t["kind"] not in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"):
+            return tid
+        tid = t["type_id"]
+    return tid
+
+
+def _member_offset(types: dict[int, dict[str, Any]], struct_id: int, member: str) -> int | None:
+    """Byte offset of ``member`` in a struct, looking into anonymous unions/structs."""
+    t = types.get(_resolve(types, struct_id))
+    if t is None or t["kind"] not in ("STRUCT", "UNION"):
+        return None
+    for name, mtid, bits in t["members"]:
+        if name == member:
+            return bits // 8
+    for name, mtid, bits in t["members"]:
+        if name == "(anon)":
+            inner = _member_offset(types, mtid, member)
+            if inner is not None:
+                return bits // 8 + inner
+    return None
+
+
+def _struct_id(types: dict[int, dict[str, Any]], name: str) -> int:
+    for tid, t in types.items():
+        if t["kind"] == "STRUCT" and t["name"] == name and t["members"]:
+            return tid
+    raise ProbeError(f"kernel BTF has no struct {name}; cannot locate the network namespace of a socket")
+
+
+def kernel_offsets(btf_text: str) -> KernelOffsets:
+    """The struct offsets phobos.c needs, from the running kernel's BTF."""
+    types = parse_btf_raw(btf_text)
+
+    def off(struct: str, member: str) -> int:
+        value = _member_offset(types, _struct_id(types, struct), member)
+        if value is None:
+            raise ProbeError(f"kernel BTF: struct {struct} has no member {member}")
+        return value
+
+    sock_common = off("sock", "__sk_common")
+    skc_net = sock_common + off("sock_common", "skc_net")
+    ns = off("net", "ns") + off("ns_common", "inum")
+    skc_num = sock_common + off("sock_common", "skc_num")
+    nargs = 2
+    for t in types.values():
+        if t["kind"] == "FUNC" and t["name"] == "inet_csk_accept":
+            proto = types.get(t["type_id"])
+            if proto is not None:
+                nargs = len(proto["members"])
+            break
+    return KernelOffsets(skc_net=skc_net, net_ns_inum=ns, skc_num=skc_num, accept_nargs=nargs)
+
+
+def read_btf(path: str = "/sys/kernel/btf/vmlinux") -> str:
+    """The raw BTF dump of the kernel (needs bpftool)."""
+    if not os.path.exists(path):
+        raise ProbeError(f"{path} is missing: this kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y is required)")
+    tool = shutil.which("bpftool") or ("/usr/sbin/bpftool" if os.path.exists("/usr/sbin/bpftool") else None)
+    if tool is None:
+        raise ProbeError("bpftool not found: install it (apt-get install bpftool)")
+    proc = subprocess.run([tool, "btf", "dump", "file", path, "format", "raw"],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ProbeError(f"bpftool could not read {path}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+# --------------------------------------------------------------------------
+# BCC
+
+def import_bcc():
+    """Import BCC's Python module, also from Debian's dist-packages."""
+    try:
+        import bcc  # noqa: PLC0415 - the only BCC import in Phobos
+        return bcc
+    except ImportError:
+        pass
+    path = "/usr/lib/python3/dist-packages"
+    if path not in sys.path and os.path.isdir(path):
+        sys.path.append(path)
+        try:
+            import bcc  # noqa: PLC0415
+            return bcc
+        except ImportError:
+            pass
+    raise ProbeError("BCC not installed: apt-get install python3-bpfcc "
+                     "(and run Phobos with a Python that sees /usr/lib/python3/dist-packages)")
+
+
+def _ip(raw: Iterable[int]) -> str:
+    addr = ipaddress.IPv6Address(bytes(raw))
+    return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
+
+
+def _ip_bytes(ip: str) -> bytes:
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + addr.packed
+    return addr.packed
+
+
+class Probe:
+    """The loaded program and typed access to its maps.
+
+    Parameters
+    ----------
+    mode : one of MODES; ``auto`` tries fentry, then kprobe, then tracepoint.
+    offsets : struct offsets; read from BTF when None.
+    max_edges, max_socks : map sizes.
+    """
+
+    def __init__(self, mode: str = "auto", offsets: KernelOffsets | None = None,
+                 max_edges: int = 16384, max_socks: int = 65536):
+        if mode not in MODES:
+            raise ProbeError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        self._bcc = import_bcc()
+        self.offsets = offsets or kernel_offsets(read_btf())
+        self._base_cflags = self.offsets.cflags() + [
+            f"-DMAX_EDGES={int(max_edges)}", f"-DMAX_SOCKS={int(max_socks)}", "-w"]
+        self.bpf = None
+        self.mode = ""
+        if mode == "auto":
+            errors = []
+            for candidate in ("fentry", "kprobe", "tracepoint"):
+                try:
+                    self._load(candidate)
+                    break
+                except ProbeError as err:
+                    errors.append(f"{candidate}: {err}")
+                    log.info("mode %s unavailable: %s", candidate, err)
+            else:
+                raise ProbeError("no tracing mode could be loaded; " + "; ".join(errors))
+        else:
+            self._load(mode)
+        log.info("tracing mode: %s", self.mode)
+        self.gen = 0
+        self._edges = [self.bpf["edges0"], self.bpf["edges1"]]
+        self._config = self.bpf["config"]
+        self._lookup_and_delete = True
+
+    # -- loading ---------------------------------------------------------
+    def _load(self, mode: str) -> None:
+        BPF = self._bcc.BPF
+        if not BPF.tracepoint_exists("sock", "inet_sock_set_state"):
+            raise ProbeError("tracepoint sock:inet_sock_set_state is missing (kernel >= 4.16 with "
+                             "CONFIG_TRACEPOINTS; is tracefs mounted? mount -t tracefs tracefs /sys/kernel/tracing)")
+        cflags = list(self._base_cflags)
+        if mode == "kprobe":
+            if not os.path.exists("/sys/kernel/tracing/kprobe_events") and \
+                    not os.path.exists("/sys/kernel/debug/tracing/kprobe_events"):
+                raise ProbeError("kprobe mode: this kernel has no kprobes (CONFIG_KPROBE_EVENTS is off); "
+                                 "use --mode tracepoint")
+            cflags.append("-DPHOBOS_CALL_PROBES")
+        elif mode == "fentry":
+            if not BPF.support_kfunc():
+                raise ProbeError("fentry mode: this kernel has no BPF trampolines (fentry/fexit); "
+                                 "use --mode tracepoint")
+            cflags += ["-DPHOBOS_CALL_PROBES", "-DPHOBOS_FENTRY"]
+        try:
+            # The constructor also attaches the TRACEPOINT_PROBE and, in
+            # fentry mode, the KFUNC/KRETFUNC probes.
+            bpf = BPF(src_file=BPF_SOURCE.encode(), cflags=cflags)
+        except Exception as err:  # BCC raises bare Exception
+            if mode == "fentry":
+                raise ProbeError("fentry mode: the kernel refused to attach fentry/fexit programs to "
+                                 "tcp_v4_connect/tcp_v6_connect/inet_csk_accept (kernel lockdown or no "
+                                 f"trampoline support; BCC said: {err}); use --mode tracepoint") from None
+            raise ProbeError(f"{mode} mode: the kernel refused the BPF program: {err}") from None
+        if mode == "kprobe":
+            try:
+                for fn in ("tcp_v4_connect", "tcp_v6_connect"):
+                    bpf.attach_kprobe(event=fn, fn_name="phobos_connect_enter")
+                    bpf.attach_kretprobe(event=fn, fn_name="phobos_connect_return")
+                bpf.attach_kretprobe(event="inet_csk_accept", fn_name="phobos_accept_return")
+            except Exception as err:
+                bpf.cleanup()
+                raise ProbeError(f"kprobe mode: could not attach kprobes: {err}") from None
+        self.bpf = bpf
+        self.mode = mode
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+    # -- config ------------------------------------------------------------
+    def _set_config(self, slot: int, value: int) -> None:
+        self._config[ct.c_int(slot)] = ct.c_uint32(value)
+
+    def set_seeding(self, on: bool) -> None:
+        self._set_config(1, 1 if on else 0)
+
+    # -- edges ---------------------------------------------------------------
+    def drain(self) -> list[tuple[EdgeKey, dict[str, Any]]]:
+        """Flip the generation and return (and remove) the old generation's counters."""
+        old = self.gen
+        self.gen = 1 - old
+        self._set_config(0, self.gen)
+        time.sleep(GENERATION_GRACE_S)
+        table = self._edges[old]
+        out = []
+        for key in list(table.keys()):
+            leaf = table.Leaf()
+            got = False
+            if self._lookup_and_delete:
+                res = self._bcc.libbcc.lib.bpf_lookup_and_delete(table.map_fd, ct.byref(key), ct.byref(leaf))
+                if res == 0:
+                    got = True
+                elif ct.get_errno() not in (2,):  # ENOENT: gone already
+                    self._lookup_and_delete = False  # kernel < 5.14 for hashes
+            if not got and not self._lookup_and_delete:
+                try:
+                    leaf = table[key]
+                    del table[key]
+                    got = True
+                except KeyError:
+                    pass
+            if got:
+                out.append((self._edge_key(key), self._edge_val(leaf)))
+        return out
+
+    @staticmethod
+    def _edge_key(k) -> EdgeKey:
+        return EdgeKey(netns=k.netns, pid=k.pid, direction=DIRECTIONS.get(k.direction, "outbound"),
+                       local_ip=_ip(k.laddr), local_port=k.lport, remote_ip=_ip(k.raddr), remote_port=k.rport)
+
+    @staticmethod
+    def _edge_val(v) -> dict[str, Any]:
+        return {"connects": v.connects, "accepts": v.accepts, "closes": v.closes, "failures": v.failures,
+                "open_delta": v.open_delta, "duration_ns_sum": v.duration_ns_sum,
+                "bytes_sent": v.bytes_sent, "bytes_received": v.bytes_received,
+                "comm": v.comm.decode(errors="replace")}
+
+    # -- listeners -----------------------------------------------------------
+    def listeners(self) -> list[dict[str, Any]]:
+        out = []
+        for k, v in self.bpf["listeners"].items():
+            out.append({"netns": k.netns, "port": k.port, "pid": v.pid, "count": v.count,
+                        "ip": _ip(v.addr), "comm": v.comm.decode(errors="replace")})
+        return out
+
+    def seed_listener(self, netns: int, port: int, ip: str, pid: int, comm: str, count: int) -> bool:
+        """Add a listener found in /proc unless the kernel already saw it."""
+        table = self.bpf["listeners"]
+        key = table.Key(netns=netns, port=port)
+        if key in table:
+            return False
+        leaf = table.Leaf(pid=pid, count=count)
+        leaf.addr[:] = list(_ip_bytes(ip))
+        leaf.comm = comm.encode()[:15]
+        table[key] = leaf
+        return True
+
+    # -- connections that predate the tracer --------------------------------
+    def tracked_tuples(self) -> set[tuple]:
+        """(netns, local ip, local port, remote ip, remote port) the kernel already follows."""
+        out = set()
+        for _, st in self.bpf["socks"].items():
+            if st.established:
+                out.add((st.edge.netns, _ip(st.edge.laddr), st.sport, _ip(st.edge.raddr), st.dport))
+        return out
+
+    def seed_connection(self, tuple_: tuple, edge: EdgeKey, comm: str) -> None:
+        netns, lip, lport, rip, rport = tuple_
+        table = self.bpf["seeded"]
+        key = table.Key(netns=netns, lport=lport, rport=rport)
+        key.laddr[:] = list(_ip_bytes(lip))
+        key.raddr[:] = list(_ip_bytes(rip))
+        leaf = table.Leaf()
+        e = leaf.edge
+        e.netns, e.pid, e.lport, e.rport = edge.netns, edge.pid, edge.local_port, edge.remote_port
+        e.direction = 1 if edge.direction == "outbound" else 2
+        e.laddr[:] = list(_ip_bytes(edge.local_ip))
+        e.raddr[:] = list(_ip_bytes(edge.remote_ip))
+        leaf.comm = comm.encode()[:15]
+        table[key] = leaf
+
+    def unseed(self, tuple_: tuple) -> bool:
+        netns, lip, lport, rip, rport = tuple_
+        table = self.bpf["seeded"]
+        key = table.Key(netns=netns, lport=lport, rport=rport)
+        key.laddr[:] = list(_ip_bytes(lip))
+        key.raddr[:] = list(_ip_bytes(rip))
+        try:
+            del table[key]
+            return True
+        except KeyError:
+            return False
+
+    def orphans(self) -> set[tuple]:
+        """Tuples that closed while seeding was on without being known."""
+        out = set()
+        for k, _ in self.bpf["orphans"].items():
+            out.add((k.netns, _ip(k.laddr), k.lport, _ip(k.raddr), k.rport))
+        self.bpf["orphans"].clear()
+        return out
+
+    # -- counters --------------------------------------------------------------
+    def _percpu(self, name: str, names: tuple[str, ...]) -> dict[str, int]:
+        table = self.bpf[name]
+        return {label: int(sum(table[ct.c_int(i)])) for i, label in enumerate(names)}
+
+    def drops(self) -> dict[str, int]:
+        """Failed map updates since load, by map (cumulative)."""
+        return self._percpu("drops", DROP_NAMES)
+
+    def stats(self) -> dict[str, int]:
+        return self._percpu("stats", STAT_NAMES)
