@@ -172,9 +172,9 @@ def print_summary(store: Any, out: Any = sys.stdout) -> None:
         print(f"  {service:<28} {port:>5} {connects:>12,} {failures:>9,} {avg_open:>9}", file=out)
     worst = store.query(
         f"""
-        SELECT toStartOfHour(ts) AS hour, service, sum(failures) AS failures
-        FROM {db}.edges_1h WHERE direction = 'outbound' AND failures > 0
-        GROUP BY hour, service ORDER BY failures DESC LIMIT 3
+        SELECT ts AS hour, service, sum(failures) AS failed
+        FROM {db}.edges_1h WHERE direction = 'outbound'
+        GROUP BY hour, service HAVING failed > 0 ORDER BY failed DESC LIMIT 3
         """
     )
     if worst:
