@@ -1,0 +1,631 @@
+"""Every SQL statement of the API, and nothing else.
+
+Views never write SQL: they call the functions here, which return plain
+rows (dicts of JSON-ready values).  The heavy lifting - turning endpoint
+records into service-level edges at a time T - happens in ClickHouse, so
+Python only ever sees one row per (client, server) pair of a view, never
+the raw records.
+
+Endpoint resolution at T with window W (``graph_rows``)
+--------------------------------------------------------
+The window is ``[T - W, T)`` over ``edges_1m`` (``edges_1h`` for windows of
+six hours and more, where minute detail would only cost time).
+
+* **Outbound records** (the client is traced) are authoritative.  The
+  server is the listener that owned ``remote_ip:remote_port`` *at the time
+  of the minute bucket*: an ``ASOF LEFT JOIN`` on ``listener_spans`` picks,
+  per bucket, the span with the latest ``first_seen`` not after the bucket's
+  end, and the match only counts if the bucket started before that span's
+  ``last_seen`` plus a slack.  An address handed to another service by a
+  deploy therefore resolves to the old owner before the deploy and to the
+  new one after it, never to both.  Listeners on the wildcard address are
+  expanded to the addresses their host (or pod) was seen accepting on, and
+  loopback addresses only match listeners of the same host.
+* **Inbound records** add the clients that are not traced: a record whose
+  client address belongs to no traced host in the window (neither a host
+  address nor the local address of an outbound record) is kept, anything
+  else was already counted from the client's side - so an edge seen from
+  both ends is counted once.
+* Whatever no listener explains is looked up in the catalog: services'
+  ``cidrs``/``ports`` first, then externals (longest prefix wins), else it
+  is the ``INTERNET`` node.
+
+The value columns are per-second over the window: ``open`` (time-averaged
+open connections, from ``open_seconds``), ``conn_rate`` (new connections per
+second) and ``fail_rate`` (failed connects per second), plus raw counts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+__all__ = [
+    "INTERNET",
+    "UNASSIGNED",
+    "Window",
+    "graph_rows",
+    "catalog_maps",
+    "service_exists",
+    "area_exists",
+    "firing_alerts",
+    "service_instances",
+    "service_seen",
+    "search",
+    "timeline",
+    "data_range",
+    "insert_alerts",
+    "insert_trace_edges",
+    "validate_sql",
+    "run_sql",
+    "ping",
+]
+
+#: The node standing for every address nothing else explains.
+INTERNET = "INTERNET"
+#: Area of a service the catalog does not name.
+UNASSIGNED = "unassigned"
+
+#: Windows from this length on read the hourly rollup.
+HOURLY_FROM = 6 * 3600
+
+
+@dataclass(frozen=True)
+class Window:
+    """The time range ``[start, end)`` a view covers, in epoch seconds.
+
+    ``end`` is the ``at`` of the API (snapped down to the rollup's bucket, so
+    a partly written minute is never shown as a drop) and ``seconds`` the
+    length used to turn sums into per-second values.
+    """
+
+    start: int
+    end: int
+
+    @classmethod
+    def at(cls, at: int, window: int) -> "Window":
+        bucket = 3600 if window >= HOURLY_FROM else 60
+        end = at // bucket * bucket
+        length = max(bucket, -(-window // bucket) * bucket)
+        return cls(end - length, end)
+
+    @property
+    def seconds(self) -> int:
+        return self.end - self.start
+
+    @property
+    def bucket(self) -> int:
+        return 3600 if self.seconds >= HOURLY_FROM else 60
+
+    @property
+    def table(self) -> str:
+        return "edges_1h" if self.bucket == 3600 else "edges_1m"
+
+
+def _catalog_version(db: str) -> str:
+    return f"(SELECT max(version) FROM {db}.catalog_loads)"
+
+
+# Loopback addresses are per host: they only ever match the same host.
+_LOOPBACK = "(startsWith(toString({c}), '::ffff:127.') OR {c} = toIPv6('::1'))"
+_WILDCARD = "{c} IN (toIPv6('::'), toIPv6('::ffff:0.0.0.0'))"
+
+
+def _resolved_sql(db: str, win: Window) -> str:
+    """Instance-level resolved rows of the window (see the module docstring).
+
+    Parameters are ``t0``, ``t1`` (UInt32 epoch seconds), ``slack`` (UInt32).
+    """
+    table = f"{db}.{win.table}"
+    cv = _catalog_version(db)
+    rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
+    lo_e = _LOOPBACK.format(c="remote_ip")
+    lo_a = _LOOPBACK.format(c="a")
+    wild = _WILDCARD.format(c="sp.ip")
+    return f"""
+    WITH
+      (SELECT mapFromArrays(groupArray(name), groupArray(area))
+         FROM {db}.catalog_services WHERE version = {cv}) AS area_of,
+      (SELECT groupArray((cidr, name, area, ports)) FROM (
+         SELECT arrayJoin(cidrs) AS cidr, name, area, ports
+         FROM {db}.catalog_services WHERE version = {cv}
+         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS svc_ranges,
+      (SELECT groupArray((cidr, name, if(area = '', '{INTERNET}', area), ports)) FROM (
+         SELECT arrayJoin(cidrs) AS cidr, name, area, ports
+         FROM {db}.catalog_externals WHERE version = {cv}
+         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS ext_ranges
+    SELECT
+      s_kind, s_name,
+      if(s_kind = 'service', if(area_of[s_name] = '', '{UNASSIGNED}', area_of[s_name]), s_area) AS s_area,
+      s_dc, s_inst,
+      d_kind, d_name,
+      if(d_kind = 'service', if(area_of[d_name] = '', '{UNASSIGNED}', area_of[d_name]), d_area) AS d_area,
+      d_dc, d_inst,
+      os, cn, fl, bt
+    FROM (
+      -- clients that are traced: their outbound records, server by listener as of the bucket
+      SELECT
+        'service' AS s_kind, service AS s_name, '' AS s_area, dc AS s_dc,
+        if(pod != '', pod, host) AS s_inst,
+        arrayFirst(x -> isIPAddressInRange(toString(remote_ip), x.1)
+                        AND (empty(x.4) OR has(x.4, remote_port)), svc_ranges) AS sr,
+        arrayFirst(x -> isIPAddressInRange(toString(remote_ip), x.1)
+                        AND (empty(x.4) OR has(x.4, remote_port)), ext_ranges) AS xr,
+        multiIf(hit, 'service', sr.2 != '', 'service', xr.2 != '', 'external', 'internet') AS d_kind,
+        multiIf(hit, l_service, sr.2 != '', sr.2, xr.2 != '', xr.2, '{INTERNET}') AS d_name,
+        multiIf(hit OR sr.2 != '', '', xr.2 != '', xr.3, '{INTERNET}') AS d_area,
+        if(hit, l_dc, '') AS d_dc,
+        if(hit, if(l_pod != '', l_pod, l_host), toString(remote_ip)) AS d_inst,
+        os, cn, fl, bt
+      FROM (
+        SELECT e.dc AS dc, e.host AS host, e.service AS service, e.pod AS pod,
+               e.remote_ip AS remote_ip, e.remote_port AS remote_port,
+               s.found = 1 AND e.ts <= s.last_seen + {{slack:UInt32}} AS hit,
+               if(hit, s.service, '') AS l_service, if(hit, s.host, '') AS l_host,
+               if(hit, s.pod, '') AS l_pod, if(hit, s.dc, '') AS l_dc,
+               sum(e.os) AS os, sum(e.cn) AS cn, sum(e.fl) AS fl, sum(e.bt) AS bt
+        FROM (
+          SELECT ts, ts + {win.bucket} AS t_end, dc, host, service, pod, remote_ip, remote_port,
+                 if({lo_e}, host, '') AS kh,
+                 sum(open_seconds) AS os, sum(connects) AS cn, sum(failures) AS fl,
+                 sum(bytes_sent + bytes_received) AS bt
+          FROM {table}
+          WHERE direction = 'outbound' AND {rng}
+          GROUP BY ts, dc, host, service, pod, remote_ip, remote_port
+        ) AS e
+        ASOF LEFT JOIN (
+          SELECT a AS ip, port, if({lo_a}, host, '') AS kh, host, service, pod, dc,
+                 first_seen, last_seen, 1 AS found
+          FROM (
+            SELECT sp.ip AS ip, sp.port AS port, sp.host AS host, sp.service AS service,
+                   sp.pod AS pod, sp.dc AS dc, sp.first_seen AS first_seen, sp.last_seen AS last_seen,
+                   if({wild}, w.addrs, [sp.ip]) AS cand
+            FROM (
+              SELECT ip, port, host, service, pod, dc,
+                     min(first_seen) AS first_seen, max(last_seen) AS last_seen
+              FROM {db}.listener_spans
+              WHERE hour >= toStartOfHour(toDateTime({{t0:UInt32}} - {{slack:UInt32}} - 3600, 'UTC'))
+                AND hour < toDateTime({{t1:UInt32}}, 'UTC')
+              GROUP BY hour, ip, port, host, service, pod, dc
+            ) AS sp
+            LEFT JOIN (
+              -- where a wildcard listener can be reached: addresses its host/pod accepted on
+              SELECT host, pod, groupUniqArray(a) AS addrs FROM (
+                SELECT host, pod, local_ip AS a FROM {table} WHERE direction = 'inbound' AND {rng}
+                UNION ALL
+                SELECT host, '' AS pod, host_ip AS a FROM {table} WHERE {rng}
+              ) GROUP BY host, pod
+            ) AS w ON w.host = sp.host AND w.pod = sp.pod
+          )
+          ARRAY JOIN cand AS a
+        ) AS s
+        ON e.remote_ip = s.ip AND e.remote_port = s.port AND e.kh = s.kh AND e.t_end >= s.first_seen
+        GROUP BY dc, host, service, pod, remote_ip, remote_port, hit, l_service, l_host, l_pod, l_dc
+      )
+
+      UNION ALL
+
+      -- clients that are not traced: the server's inbound records
+      SELECT
+        multiIf(sr.2 != '', 'service', xr.2 != '', 'external', 'internet') AS s_kind,
+        multiIf(sr.2 != '', sr.2, xr.2 != '', xr.2, '{INTERNET}') AS s_name,
+        multiIf(sr.2 != '', '', xr.2 != '', xr.3, '{INTERNET}') AS s_area,
+        '' AS s_dc, toString(remote_ip) AS s_inst,
+        arrayFirst(x -> isIPAddressInRange(toString(remote_ip), x.1), svc_ranges) AS sr,
+        arrayFirst(x -> isIPAddressInRange(toString(remote_ip), x.1), ext_ranges) AS xr,
+        'service' AS d_kind, service AS d_name, '' AS d_area, dc AS d_dc,
+        if(pod != '', pod, host) AS d_inst,
+        os, cn, fl, bt
+      FROM (
+        SELECT dc, host, service, pod, remote_ip,
+               sum(open_seconds) AS os, sum(accepts) AS cn, toUInt64(0) AS fl,
+               sum(bytes_sent + bytes_received) AS bt
+        FROM {table}
+        WHERE direction = 'inbound' AND {rng}
+          AND remote_ip NOT IN (
+            SELECT local_ip FROM {table} WHERE direction = 'outbound' AND {rng}
+            UNION ALL
+            SELECT host_ip FROM {table} WHERE {rng})
+        GROUP BY dc, host, service, pod, remote_ip
+      )
+    )
+    """
+
+
+# The value columns every graph query returns, per second of the window.
+_VALUES = """
+      sum(os) / {secs:Float64} AS open,
+      sum(cn) / {secs:Float64} AS conn_rate,
+      sum(fl) / {secs:Float64} AS fail_rate,
+      sum(cn) AS connects, sum(fl) AS failures, sum(bt) AS bytes"""
+
+
+def _params(win: Window, slack: int, **extra: Any) -> dict[str, Any]:
+    return {"t0": win.start, "t1": win.end, "secs": float(win.seconds), "slack": int(slack), **extra}
+
+
+def graph_rows(
+    store: Any,
+    win: Window,
+    *,
+    dc: str | None = None,
+    instances_of: str | None = None,
+    touching: str | None = None,
+    slack: int = 600,
+) -> list[dict[str, Any]]:
+    """Resolved edges of the window, one row per (client, server) pair.
+
+    Parameters
+    ----------
+    store : api.storage.Store
+    win : Window
+    dc : str, optional
+        Keep only edges with an end in this datacenter.
+    instances_of : str, optional
+        Keep only edges of this service, split by its instances (``s_inst`` /
+        ``d_inst`` hold the instance on this service's side and the peer
+        instance or address on the other).
+    touching : str, optional
+        Keep only edges with this node (service, external, INTERNET) at one end.
+    slack : int
+        Seconds a listener is still believed after its last report.
+
+    Returns
+    -------
+    list of dict
+        Keys ``s_kind s_name s_area s_dc d_kind d_name d_area d_dc`` (plus
+        ``s_inst d_inst`` with ``instances_of``), ``open conn_rate fail_rate``
+        (per second) and ``connects failures bytes`` (sums).  ``*_kind`` is
+        ``service``, ``external`` or ``internet``.
+    """
+    keys = ["s_kind", "s_name", "s_area", "s_dc", "d_kind", "d_name", "d_area", "d_dc"]
+    where = []
+    extra: dict[str, Any] = {}
+    if dc:
+        where.append("(s_dc = {dc:String} OR d_dc = {dc:String})")
+        extra["dc"] = dc
+    if instances_of is not None:
+        keys += ["s_inst", "d_inst"]
+        where.append("(s_name = {svc:String} OR d_name = {svc:String})")
+        extra["svc"] = instances_of
+    elif touching is not None:
+        where.append("(s_name = {svc:String} OR d_name = {svc:String})")
+        extra["svc"] = touching
+    sql = (
+        f"SELECT {', '.join(keys)}, {_VALUES} FROM ({_resolved_sql(store.db, win)}) "
+        + (f"WHERE {' AND '.join(where)} " if where else "")
+        + f"GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
+    )
+    return store.query_dicts(sql, _params(win, slack, **extra))
+
+
+# -- catalog -----------------------------------------------------------------
+
+def catalog_maps(store: Any) -> dict[str, Any]:
+    """The current catalog as plain lookups for the views.
+
+    Returns
+    -------
+    dict
+        ``areas``: name -> row (``kind``, ``title``, ``owner``, ``links`` JSON,
+        ``services`` for processes); ``services``: name -> row (``area``,
+        ``title``, ``owner``, ``tier``, ``links``); ``externals``: name -> row.
+    """
+    db, cv = store.db, _catalog_version(store.db)
+    areas = store.query_dicts(
+        f"SELECT name, title, kind, owner, description, services, links "
+        f"FROM {db}.catalog_areas WHERE version = {cv} ORDER BY name")
+    services = store.query_dicts(
+        f"SELECT name, area, title, owner, tier, description, links "
+        f"FROM {db}.catalog_services WHERE version = {cv} ORDER BY name")
+    externals = store.query_dicts(
+        f"SELECT name, area, description FROM {db}.catalog_externals WHERE version = {cv} ORDER BY name")
+    return {
+        "areas": {r["name"]: r for r in areas},
+        "services": {r["name"]: r for r in services},
+        "externals": {r["name"]: r for r in externals},
+    }
+
+
+def service_exists(store: Any, name: str) -> bool:
+    """Whether the catalog names ``name`` or any record was ever reported for it."""
+    db = store.db
+    rows = store.query(
+        f"SELECT (SELECT count() FROM {db}.catalog_services WHERE version = {_catalog_version(db)} "
+        f"AND name = {{n:String}}) + (SELECT count() FROM (SELECT 1 FROM {db}.edges_1h "
+        f"WHERE service = {{n:String}} LIMIT 1)) + (SELECT count() FROM (SELECT 1 FROM "
+        f"{db}.listener_spans WHERE service = {{n:String}} LIMIT 1))",
+        {"n": name},
+    )
+    return bool(rows and rows[0][0])
+
+
+def area_exists(store: Any, name: str) -> bool:
+    """Whether ``name`` is a catalog area (or the implicit INTERNET/unassigned areas)."""
+    if name in (INTERNET, UNASSIGNED):
+        return True
+    db = store.db
+    rows = store.query(
+        f"SELECT count() FROM {db}.catalog_areas WHERE version = {_catalog_version(db)} "
+        f"AND name = {{n:String}}",
+        {"n": name},
+    )
+    return bool(rows[0][0])
+
+
+# -- alerts ------------------------------------------------------------------
+
+def firing_alerts(store: Any, at: int, service: str | None = None) -> list[dict[str, Any]]:
+    """Alerts firing at ``at``: the latest notification received by then says so.
+
+    An alert fires at T when it started by T and either its latest
+    notification is ``firing`` or its end lies after T (Alertmanager sends
+    no end, i.e. the epoch, while an alert fires).
+    """
+    db = store.db
+    cond = "AND service = {svc:String}" if service is not None else ""
+    return store.query_dicts(
+        f"""
+        SELECT fingerprint, alertname, service, severity, summary,
+               starts_at, ends_at, status
+        FROM (
+          SELECT fingerprint, starts_at,
+                 argMax(status, received_at) AS status_, argMax(alertname, received_at) AS alertname,
+                 argMax(service, received_at) AS service, argMax(severity, received_at) AS severity,
+                 argMax(summary, received_at) AS summary, argMax(ends_at, received_at) AS ends_at,
+                 toString(status_) AS status
+          FROM {db}.alerts
+          WHERE starts_at <= toDateTime({{at:UInt32}}, 'UTC')
+            AND received_at <= toDateTime({{at:UInt32}}, 'UTC') + 60
+          GROUP BY fingerprint, starts_at
+        )
+        WHERE (status_ = 'firing' AND (ends_at <= starts_at OR ends_at > toDateTime({{at:UInt32}}, 'UTC')))
+           OR (status_ = 'resolved' AND ends_at > toDateTime({{at:UInt32}}, 'UTC'))
+        {cond}
+        ORDER BY service, alertname, fingerprint
+        """,
+        {"at": at, **({"svc": service} if service is not None else {})},
+    )
+
+
+def insert_alerts(store: Any, rows: Sequence[dict[str, Any]]) -> int:
+    """Store Alertmanager notifications (rows shaped like the ``alerts`` table)."""
+    return store.insert_rows("alerts", list(rows)) if rows else 0
+
+
+def insert_trace_edges(store: Any, rows: Sequence[dict[str, Any]], token: str | None) -> int:
+    """Store per-minute service calls derived from Zipkin spans."""
+    return store.insert_rows("trace_edges", list(rows), dedup_token=token) if rows else 0
+
+
+# -- service summary ---------------------------------------------------------
+
+def service_instances(store: Any, service: str, win: Window) -> list[dict[str, Any]]:
+    """Instances of ``service`` active in the window: host, addresses, pids, containers."""
+    db = store.db
+    rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
+    return store.query_dicts(
+        f"""
+        SELECT dc, host, pod, any(namespace) AS namespace,
+               arraySort(groupUniqArray(toString(host_ip))) AS host_ips,
+               arraySort(groupUniqArray(toString(ip))) AS ips,
+               arraySort(groupUniqArray(pid)) AS pids,
+               arraySort(groupUniqArrayIf(container_id, container_id != '')) AS containers,
+               arraySort(groupUniqArrayIf(port, port != 0)) AS ports,
+               toString(min(ts)) AS first_seen, toString(max(ts)) AS last_seen
+        FROM (
+          SELECT dc, host, pod, namespace, host_ip, local_ip AS ip, pid, container_id,
+                 if(direction = 'inbound', local_port, 0) AS port, ts
+          FROM {db}.connections WHERE service = {{svc:String}} AND {rng}
+          UNION ALL
+          SELECT dc, host, pod, namespace, toIPv6('::') AS host_ip, ip, pid, container_id, port, ts
+          FROM {db}.listeners WHERE service = {{svc:String}} AND {rng}
+        )
+        GROUP BY dc, host, pod
+        ORDER BY dc, host, pod
+        LIMIT 1000
+        """,
+        {"svc": service, "t0": win.start, "t1": win.end},
+    )
+
+
+def service_seen(store: Any, service: str) -> dict[str, Any]:
+    """First and last time anything was reported for ``service`` (whole retention)."""
+    db = store.db
+    rows = store.query_dicts(
+        f"""
+        SELECT toString(min(f)) AS first_seen, toString(max(l)) AS last_seen, sum(n) AS n FROM (
+          SELECT min(ts) AS f, max(ts) + 3600 AS l, count() AS n FROM {db}.edges_1h
+          WHERE service = {{svc:String}}
+          UNION ALL
+          SELECT min(first_seen), max(last_seen), count() FROM {db}.listener_spans
+          WHERE service = {{svc:String}}
+        ) WHERE n > 0
+        """,
+        {"svc": service},
+    )
+    row = rows[0] if rows else {}
+    if not row or not row.get("n"):
+        return {"first_seen": None, "last_seen": None}
+    return {"first_seen": row["first_seen"], "last_seen": row["last_seen"]}
+
+
+# -- search and timeline -----------------------------------------------------
+
+def search(store: Any, text: str, limit: int = 20, since: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Areas, services, instances and IPs whose name contains ``text`` (case-insensitive).
+
+    Observed names (services, hosts, pods, addresses) come from the last day
+    before ``since`` (default now) so that the search stays fast.
+    """
+    db, cv = store.db, _catalog_version(store.db)
+    since = int(since if since is not None else time.time())
+    p = {"q": text, "lim": limit, "t1": since, "t0": since - 86400}
+    rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC') + 3600"
+    areas = store.query_dicts(
+        f"SELECT name, title, kind FROM {db}.catalog_areas WHERE version = {cv} "
+        f"AND (positionCaseInsensitiveUTF8(name, {{q:String}}) > 0 "
+        f"OR positionCaseInsensitiveUTF8(title, {{q:String}}) > 0) ORDER BY name LIMIT {{lim:UInt32}}", p)
+    services = store.query_dicts(
+        f"""
+        SELECT name, any(area) AS area FROM (
+          SELECT name, area FROM {db}.catalog_services WHERE version = {cv}
+            AND (positionCaseInsensitiveUTF8(name, {{q:String}}) > 0
+                 OR positionCaseInsensitiveUTF8(title, {{q:String}}) > 0)
+          UNION ALL
+          SELECT DISTINCT toString(service) AS name, '' AS area FROM {db}.edges_1h
+          WHERE {rng} AND positionCaseInsensitiveUTF8(service, {{q:String}}) > 0
+        ) GROUP BY name ORDER BY name LIMIT {{lim:UInt32}}""", p)
+    instances = store.query_dicts(
+        f"""
+        SELECT if(pod != '', pod, toString(host)) AS name, toString(host) AS host, pod,
+               toString(any(service)) AS service, toString(any(dc)) AS dc
+        FROM {db}.listener_spans
+        WHERE hour >= toDateTime({{t0:UInt32}}, 'UTC') AND hour <= toDateTime({{t1:UInt32}}, 'UTC')
+          AND (positionCaseInsensitiveUTF8(host, {{q:String}}) > 0
+               OR positionCaseInsensitiveUTF8(pod, {{q:String}}) > 0)
+        GROUP BY host, pod ORDER BY name LIMIT {{lim:UInt32}}""", p)
+    ips = store.query_dicts(
+        f"""
+        SELECT ip, toString(any(service)) AS service, toString(any(host)) AS host, any(pod) AS pod,
+               toString(max(last_seen)) AS last_seen FROM (
+          SELECT toString(ip) AS ip, service, host, pod, last_seen FROM {db}.listener_spans
+          WHERE hour >= toDateTime({{t0:UInt32}}, 'UTC') AND hour <= toDateTime({{t1:UInt32}}, 'UTC')
+            AND position(toString(ip), {{q:String}}) > 0
+          UNION ALL
+          SELECT toString(host_ip) AS ip, service, host, pod, max(ts) AS last_seen FROM {db}.edges_1h
+          WHERE {rng} AND position(toString(host_ip), {{q:String}}) > 0
+          GROUP BY ip, service, host, pod
+        ) GROUP BY ip ORDER BY ip LIMIT {{lim:UInt32}}""", p)
+    for row in ips:
+        # Addresses are stored IPv4-mapped; show IPv4 the way people type it.
+        if row["ip"].startswith("::ffff:") and "." in row["ip"]:
+            row["ip"] = row["ip"][len("::ffff:"):]
+    return {"areas": areas, "services": services, "instances": instances, "ips": ips}
+
+
+def data_range(store: Any) -> tuple[int, int] | None:
+    """First and last minute with records, as epoch seconds (None when empty)."""
+    rows = store.query(
+        f"SELECT count(), toUInt32(min(ts)), toUInt32(max(ts)) FROM {store.db}.edges_1h")
+    if not rows or not rows[0][0]:
+        return None
+    first = int(rows[0][1])
+    last_hour = int(rows[0][2])
+    last = store.query(
+        f"SELECT toUInt32(max(ts)) FROM {store.db}.edges_1m "
+        f"WHERE ts >= toDateTime({{h:UInt32}}, 'UTC')", {"h": last_hour})
+    return first, max(last_hour, int(last[0][0]) if last and last[0][0] else last_hour) + 60
+
+
+def timeline(store: Any, start: int, end: int, bucket: int) -> dict[str, list[dict[str, Any]]]:
+    """Activity per bucket of ``[start, end)`` and the alerts that started in it."""
+    db = store.db
+    table = f"{db}.edges_1h" if bucket >= 3600 else f"{db}.edges_1m"
+    p = {"t0": start, "t1": end, "b": bucket}
+    buckets = store.query_dicts(
+        f"""
+        SELECT toString(toStartOfInterval(ts, toIntervalSecond({{b:UInt32}}))) AS ts,
+               sum(connects) AS connects, sum(failures) AS failures,
+               sum(open_seconds) / {{b:UInt32}} AS open
+        FROM {table}
+        WHERE direction = 'outbound' AND ts >= toDateTime({{t0:UInt32}}, 'UTC')
+          AND ts < toDateTime({{t1:UInt32}}, 'UTC')
+        GROUP BY ts ORDER BY ts""", p)
+    incidents = store.query_dicts(
+        f"""
+        SELECT fingerprint, argMax(alertname, received_at) AS alertname,
+               argMax(service, received_at) AS service, argMax(severity, received_at) AS severity,
+               toString(starts_at) AS starts_at,
+               toString(argMax(ends_at, received_at)) AS ends_at,
+               toString(argMax(status, received_at)) AS status
+        FROM {db}.alerts
+        WHERE starts_at >= toDateTime({{t0:UInt32}}, 'UTC') AND starts_at < toDateTime({{t1:UInt32}}, 'UTC')
+        GROUP BY fingerprint, starts_at ORDER BY starts_at LIMIT 1000""", p)
+    return {"buckets": buckets, "incidents": incidents}
+
+
+# -- analysts' SQL -----------------------------------------------------------
+
+_ALLOWED_TOP = ("SelectWithUnionQuery", "SelectIntersectExceptQuery", "Show", "Describe", "Explain",
+                "ExistsTableQuery")
+
+
+class SQLRefused(ValueError):
+    """The text is not one read-only statement the SQL endpoint runs."""
+
+
+def validate_sql(store: Any, text: str) -> str:
+    """ClickHouse's own parser decides what the statement is.
+
+    Returns the statement in ClickHouse's canonical one-line form (comments
+    gone, so nothing appended to it can be commented out).
+
+    Raises
+    ------
+    SQLRefused
+        For anything but one SELECT/WITH/SHOW/DESCRIBE/EXPLAIN/EXISTS
+        statement, for ``INTO OUTFILE``/``FORMAT`` clauses, and for any
+        ``SETTINGS`` clause (a nested ``SETTINGS readonly=0`` is how a
+        query would try to lift the limits it runs under).
+    """
+    from api.storage import StoreError
+
+    try:
+        canonical = store.query("SELECT formatQuerySingleLine({q:String})", {"q": text})[0][0]
+    except StoreError as err:
+        message = str(err)
+        if "Multi-statements" in message:
+            raise SQLRefused("only one statement per request") from None
+        raise SQLRefused(f"cannot parse the query: {message}") from None
+    if not canonical.strip():
+        raise SQLRefused("the query is empty")
+    try:
+        ast = [row[0] for row in store.query(f"EXPLAIN AST {canonical}")]
+    except StoreError as err:
+        raise SQLRefused(f"cannot parse the query: {err}") from None
+    top = ast[0].strip() if ast else ""
+    if not top.startswith(_ALLOWED_TOP):
+        kind = top.split(" ", 1)[0] or "empty"
+        raise SQLRefused(f"only read-only statements (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) are "
+                         f"allowed, this is {kind}")
+    if top.startswith("SelectWithUnionQuery"):
+        # Children at depth one besides the union list are INTO OUTFILE / FORMAT.
+        extra = [line for line in ast[1:] if line.startswith(" ") and not line.startswith("  ")
+                 and not line.strip().startswith("ExpressionList")]
+        if extra:
+            raise SQLRefused("INTO OUTFILE and FORMAT clauses are not allowed; choose the "
+                             "format with the request's \"format\" field")
+    if any(line.strip() == "Set" or line.strip().startswith("Set ") for line in ast):
+        raise SQLRefused("SETTINGS clauses are not allowed; the endpoint sets its own limits")
+    return canonical
+
+
+def run_sql(store: Any, text: str, fmt: str, *, max_rows: int, max_seconds: float,
+            max_bytes: int) -> tuple[list[str], list[tuple]] | str:
+    """Run one validated read-only statement under ClickHouse's own limits.
+
+    ``readonly=1`` is a query-level setting here, never a session one: on
+    the embedded store the session is shared by the whole process, and a
+    read-only session could never write again.  ``validate_sql`` has
+    already refused any SETTINGS clause of the user's, so these settings
+    cannot be overridden.
+
+    Returns column names and rows for ``fmt="json"``, CSV text for ``"csv"``.
+    """
+    canonical = validate_sql(store, text)
+    settings = (
+        f" SETTINGS readonly = 1, max_execution_time = {float(max_seconds)}, "
+        f"max_result_rows = {int(max_rows)}, max_result_bytes = {int(max_bytes)}, "
+        f"result_overflow_mode = 'throw'"
+    )
+    sql = canonical + settings
+    if fmt == "csv":
+        return store.query_text(sql, "CSVWithNames")
+    return store.query_columns(sql)
+
+
+def ping(store: Any) -> bool:
+    """Whether the store answers and holds the schema."""
+    return store.schema_version() > 0

@@ -1,0 +1,207 @@
+"""Serialisation of graphs to Vizceral 4.9 JSON, kept apart from the graph model.
+
+Vizceral draws a tree of nodes: a ``global`` view whose nodes are regions
+(``renderer: "region"``), each region's nodes drawn by the ``region``
+renderer and a node's own detail by ``focused``.  Every API view returns one
+such level as a stand-alone object whose ``renderer`` says how to draw it;
+the web page nests them as it drills down.
+
+Rules of the format that the builders below keep (and ``SCHEMA`` checks):
+node names are unique within a level (connections refer to them);
+``metrics`` of a connection are requests per second split into ``normal``,
+``warning`` and ``danger`` (Phobos puts failed connects in ``danger``);
+``maxVolume`` scales the particles and must be positive.  Vizceral inserts
+``notices`` into the page as raw HTML, so every notice text is escaped here
+- names come from hosts and processes nobody vetted.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any, Iterable, Mapping
+
+__all__ = ["SCHEMA", "notice", "node", "connection", "view", "edge_metrics", "edge_class"]
+
+#: Failure ratio (failed / attempted connects) from which an edge is drawn red.
+DANGER_RATIO = 0.05
+#: ... and from which it is drawn yellow.
+WARNING_RATIO = 0.01
+
+
+def notice(title: str, severity: int = 0, link: str | None = None) -> dict[str, Any]:
+    """A notice, escaped: Vizceral puts ``title`` into the DOM as HTML."""
+    out: dict[str, Any] = {"title": html.escape(str(title), quote=True), "severity": int(severity)}
+    if link and link.startswith(("http://", "https://")):
+        out["link"] = html.escape(link, quote=True)
+    return out
+
+
+def node(name: str, *, cls: str = "normal", renderer: str | None = None, display: str | None = None,
+         metadata: Mapping[str, Any] | None = None, notices: Iterable[Mapping[str, Any]] = (),
+         max_volume: float | None = None, updated: int | None = None) -> dict[str, Any]:
+    """One Vizceral node."""
+    out: dict[str, Any] = {"name": name, "displayName": display or name, "class": cls}
+    if renderer:
+        out["renderer"] = renderer
+    if max_volume is not None:
+        out["maxVolume"] = max_volume
+    if updated is not None:
+        out["updated"] = updated
+    if metadata:
+        out["metadata"] = dict(metadata)
+    notices = list(notices)
+    if notices:
+        out["notices"] = notices
+    return out
+
+
+def edge_metrics(values: Mapping[str, float], metric: str) -> dict[str, float]:
+    """Vizceral ``metrics`` of an edge for the chosen metric.
+
+    ``open``: open connections as ``normal``, failed connects per second as
+    ``danger`` (so a failing edge shows red particles whatever its size);
+    ``connects``: successful new connections per second as ``normal``,
+    failed ones as ``danger``; ``failures``: failed connects only.
+    """
+    fail = float(values.get("fail_rate") or 0)
+    if metric == "open":
+        normal = float(values.get("open") or 0)
+    elif metric == "connects":
+        normal = max(float(values.get("conn_rate") or 0) - fail, 0.0)
+    else:
+        normal = 0.0
+    return {"normal": round(normal, 6), "warning": 0.0, "danger": round(fail, 6)}
+
+
+def edge_class(values: Mapping[str, float]) -> str:
+    """``danger``/``warning``/``normal`` by the edge's failure ratio."""
+    connects = float(values.get("connects") or 0)
+    ratio = float(values.get("failures") or 0) / connects if connects else 0.0
+    if ratio >= DANGER_RATIO:
+        return "danger"
+    if ratio >= WARNING_RATIO:
+        return "warning"
+    return "normal"
+
+
+def connection(source: str, target: str, values: Mapping[str, float], metric: str,
+               metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One Vizceral connection (``source`` depends on ``target``)."""
+    out: dict[str, Any] = {
+        "source": source,
+        "target": target,
+        "metrics": edge_metrics(values, metric),
+        "class": edge_class(values),
+    }
+    connects = float(values.get("connects") or 0)
+    if connects and values.get("failures"):
+        out["notices"] = [notice(f"{int(values['failures'])} of {int(connects)} connects failed",
+                                 severity=2 if out["class"] == "danger" else 1)]
+    if metadata:
+        out["metadata"] = dict(metadata)
+    return out
+
+
+def view(renderer: str, name: str, nodes: list[dict[str, Any]], connections: list[dict[str, Any]],
+         *, metadata: Mapping[str, Any] | None = None,
+         notices: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """A complete view (one level of the Vizceral tree).
+
+    Raises
+    ------
+    ValueError
+        On duplicate node names or connections to unknown nodes: both make
+        Vizceral draw nonsense silently, so they are bugs to catch here.
+    """
+    names = [n["name"] for n in nodes]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"duplicate node names {dup[:5]}")
+    known = set(names)
+    for c in connections:
+        if c["source"] not in known or c["target"] not in known:
+            raise ValueError(f"connection {c['source']!r} -> {c['target']!r} names an unknown node")
+    volume = max((sum(c["metrics"].values()) for c in connections), default=0.0)
+    out: dict[str, Any] = {
+        "renderer": renderer,
+        "name": name,
+        "displayName": name,
+        "maxVolume": max(volume * 1.5, 1e-3),
+        "updated": int(time.time() * 1000),
+        "serverUpdateTime": int(time.time() * 1000),
+        "nodes": nodes,
+        "connections": connections,
+    }
+    notices = list(notices)
+    if notices:
+        out["notices"] = notices
+    if metadata:
+        out["metadata"] = dict(metadata)
+    return out
+
+
+_METRICS = {
+    "type": "object",
+    "required": ["normal", "warning", "danger"],
+    "properties": {k: {"type": "number", "minimum": 0} for k in ("normal", "warning", "danger")},
+}
+_NOTICES = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["title"],
+        "properties": {
+            "title": {"type": "string", "not": {"pattern": "[<>\"]"}},
+            "link": {"type": "string"},
+            "severity": {"type": "integer", "minimum": 0, "maximum": 2},
+        },
+    },
+}
+_NODE = {
+    "type": "object",
+    "required": ["name", "class"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "displayName": {"type": "string"},
+        "class": {"type": "string", "minLength": 1},
+        "renderer": {"enum": ["global", "region", "focused", "focusedChild", "dns"]},
+        "maxVolume": {"type": "number", "exclusiveMinimum": 0},
+        "updated": {"type": "integer"},
+        "metadata": {"type": "object"},
+        "notices": _NOTICES,
+    },
+}
+#: JSON Schema (draft 2020-12) of one Vizceral view as the API returns it.
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Vizceral 4.9 traffic graph (one level)",
+    "type": "object",
+    "required": ["renderer", "name", "maxVolume", "nodes", "connections"],
+    "properties": {
+        "renderer": {"enum": ["global", "region", "focused"]},
+        "name": {"type": "string", "minLength": 1},
+        "displayName": {"type": "string"},
+        "maxVolume": {"type": "number", "exclusiveMinimum": 0},
+        "updated": {"type": "integer"},
+        "serverUpdateTime": {"type": "integer"},
+        "metadata": {"type": "object"},
+        "notices": _NOTICES,
+        "nodes": {"type": "array", "items": _NODE, "maxItems": 200},
+        "connections": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["source", "target", "metrics"],
+                "properties": {
+                    "source": {"type": "string", "minLength": 1},
+                    "target": {"type": "string", "minLength": 1},
+                    "metrics": _METRICS,
+                    "class": {"type": "string"},
+                    "notices": _NOTICES,
+                    "metadata": {"type": "object"},
+                },
+            },
+        },
+    },
+}
