@@ -44,8 +44,16 @@ def _store_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    if args.print_ddl:
+        from api.storage import DEFAULT_TTL_DAYS, parse_store_url, schema_files, schema_statements
+
+        db = parse_store_url(args.store).database
+        for _, _, path in schema_files():
+            for statement in schema_statements(path.read_text(), db, args.ttl_days or DEFAULT_TTL_DAYS, args.cluster):
+                print(statement + ";\n")
+        return 0
     with open_store(args.store, role="phobos migrate") as store:
-        changes = store.migrate(ttl_days=args.ttl_days)
+        changes = store.migrate(ttl_days=args.ttl_days, cluster=args.cluster)
         version = store.schema_version()
     for change in changes:
         print(change)
@@ -253,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl-days", type=int, default=int(ttl_env) if ttl_env else None,
                    help="retention of raw records in days (env PHOBOS_TTL_DAYS; default: keep the "
                    "current one, 30 for a new store)")
+    p.add_argument("--cluster", default=os.environ.get("PHOBOS_CLUSTER") or None,
+                   help="ClickHouse cluster name: Replicated*/Distributed tables, DDL ON CLUSTER "
+                   "(env PHOBOS_CLUSTER)")
+    p.add_argument("--print-ddl", action="store_true",
+                   help="print the statements migrate would run on an empty store, and exit")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("sql", help="run a read-only query and print the result")

@@ -51,6 +51,8 @@ __all__ = [
     "schema_files",
     "render_sql",
     "split_statements",
+    "schema_statements",
+    "clustered_statements",
 ]
 
 DEFAULT_STORE_URL = "chdb://./data/phobos"
@@ -173,6 +175,65 @@ def split_statements(text: str) -> list[str]:
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
 
 
+_CREATE = re.compile(
+    r"^CREATE (?P<what>DATABASE|TABLE|MATERIALIZED VIEW) IF NOT EXISTS (?P<name>[\w.]+)(?P<rest>.*)$", re.S
+)
+_ENGINE = re.compile(r"ENGINE = (?P<kind>\w*)MergeTree(?:\((?P<args>[^)]*)\))?")
+
+
+def schema_statements(text: str, db: str, ttl_days: int, cluster: str | None = None) -> list[str]:
+    """The statements of one schema file, single-node or for ``cluster``."""
+    statements = split_statements(render_sql(text, db=db, ttl_days=ttl_days))
+    return clustered_statements(statements, db, cluster) if cluster else statements
+
+
+def clustered_statements(statements: list[str], db: str, cluster: str) -> list[str]:
+    """Rewrite single-node DDL for a sharded, replicated cluster.
+
+    The same schema files serve both: every ``*MergeTree`` table ``x``
+    becomes ``x_local`` (``Replicated*MergeTree`` with the usual
+    ``{shard}``/``{replica}`` macros) plus a ``Distributed`` table ``x`` over
+    it, so readers and writers keep using ``x``; materialized views read
+    and write the local tables, so each shard rolls up its own rows; every
+    statement runs ``ON CLUSTER``. Inserts through the Distributed tables
+    should use ``insert_distributed_sync = 1`` so that deduplication tokens
+    reach the replicas.
+    """
+    local = set()
+    for stmt in statements:
+        match = _CREATE.match(stmt)
+        if match and match["what"] == "TABLE" and _ENGINE.search(stmt):
+            local.add(match["name"])
+    out = []
+    for stmt in statements:
+        match = _CREATE.match(stmt)
+        if not match:
+            raise StoreError(f"cannot make this statement clustered: {stmt[:60]}...")
+        name, rest = match["name"], match["rest"]
+        head = f"CREATE {match['what']} IF NOT EXISTS"
+        if match["what"] == "DATABASE":
+            out.append(f"{head} {name} ON CLUSTER {cluster}{rest}")
+        elif match["what"] == "TABLE" and name in local:
+            short = name.split(".", 1)[1]
+
+            def replicated(engine: re.Match, short: str = short) -> str:
+                args = f"'/clickhouse/tables/{{shard}}/{db}/{short}_local', '{{replica}}'"
+                if engine["args"]:
+                    args += f", {engine['args']}"
+                return f"ENGINE = Replicated{engine['kind']}MergeTree({args})"
+
+            out.append(f"{head} {name}_local ON CLUSTER {cluster}{_ENGINE.sub(replicated, rest, count=1)}")
+            out.append(
+                f"{head} {name} ON CLUSTER {cluster} AS {name}_local "
+                f"ENGINE = Distributed({cluster}, {db}, {short}_local, rand())"
+            )
+        else:
+            for table in local:
+                rest = re.sub(rf"\b{re.escape(table)}\b", f"{table}_local", rest)
+            out.append(f"{head} {name} ON CLUSTER {cluster}{rest}")
+    return out
+
+
 def _sql_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -246,15 +307,13 @@ class Store:
 
     def schema_version(self) -> int:
         """Highest applied schema file number; 0 for an empty store."""
-        exists = self.query(
-            "SELECT count() FROM system.tables WHERE database = {db:String} AND name = 'schema_migrations'",
-            {"db": self.db},
-        )[0][0]
-        if not exists:
+        if not self._has_migrations_table():
             return 0
         return int(self.query(f"SELECT max(version) FROM {self.db}.schema_migrations")[0][0])
 
-    def migrate(self, ttl_days: int | None = None, directory: Path = SQL_DIR) -> list[str]:
+    def migrate(
+        self, ttl_days: int | None = None, directory: Path = SQL_DIR, cluster: str | None = None
+    ) -> list[str]:
         """Apply the schema files not yet applied; returns what it changed.
 
         Idempotent: files already recorded are skipped (and refused if they
@@ -262,18 +321,21 @@ class Store:
         ``ttl_days`` sets the raw-record retention: new tables get it (30
         when None), existing ones are altered only when it is given and
         differs, so a writer that merely ensures the schema never resets a
-        retention someone chose.
+        retention someone chose. ``cluster`` applies the clustered variant
+        of the same files (see ``clustered_statements``).
         """
         explicit_ttl = ttl_days is not None
         ttl_days = DEFAULT_TTL_DAYS if ttl_days is None else ttl_days
         if isinstance(ttl_days, bool) or not isinstance(ttl_days, int) or not 1 <= ttl_days <= 36500:
             raise StoreError(f"ttl_days must be a whole number of days from 1 to 36500, got {ttl_days!r}")
+        if cluster is not None and not _IDENT.match(cluster):
+            raise StoreError(f"cluster name {cluster!r} is not a plain identifier")
         changes: list[str] = []
         files = schema_files(directory)
         if not files:
             raise StoreError(f"no schema files found in {directory}")
         applied: dict[int, str] = {}
-        if self.schema_version() or self._has_migrations_table():
+        if self._has_migrations_table():
             applied = dict(self.query(f"SELECT version, checksum FROM {self.db}.schema_migrations"))
         for version, name, path in files:
             text = path.read_text()
@@ -285,19 +347,19 @@ class Store:
                         f"append-only - put the change in a new numbered file"
                     )
                 continue
-            for statement in split_statements(render_sql(text, db=self.db, ttl_days=ttl_days)):
+            for statement in schema_statements(text, self.db, ttl_days, cluster):
                 self.execute(statement)
             self.insert_rows(
                 "schema_migrations",
                 [{"version": version, "name": name, "checksum": checksum, "applied_at": int(time.time())}],
             )
             changes.append(f"applied {path.name}")
+        on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
         for table in ("connections", "listeners") if explicit_ttl else ():
+            table = f"{table}_local" if cluster else table
             current = self._ttl_days(table)
             if current is not None and current != ttl_days:
-                self.execute(
-                    f"ALTER TABLE {self.db}.{table} MODIFY TTL ts + INTERVAL {ttl_days} DAY"
-                )
+                self.execute(f"ALTER TABLE {self.db}.{table}{on_cluster} MODIFY TTL ts + INTERVAL {ttl_days} DAY")
                 changes.append(f"{table}: TTL {current} -> {ttl_days} days")
         return changes
 

@@ -238,3 +238,26 @@ def test_schema_files_render_completely():
             assert "$" not in statement
     with pytest.raises(StoreError, match="placeholder"):
         render_sql("CREATE DATABASE $db", ttl_days=1)
+
+
+def test_cluster_variant_is_parsed_by_clickhouse(store):
+    from api.storage import clustered_statements, schema_files, schema_statements
+
+    statements = []
+    for _, _, path in schema_files():
+        statements += schema_statements(path.read_text(), "phobos", 30, cluster="prod")
+    for statement in statements:
+        assert " ON CLUSTER prod" in statement
+        ast = store.query(f"EXPLAIN AST {statement}")
+        assert ast and ast[0][0].startswith("CreateQuery")
+    text = "\n".join(statements)
+    assert "ENGINE = MergeTree" not in text and "ENGINE = SummingMergeTree" not in text
+    assert "ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/phobos/edges_1m_local', '{replica}')" in text
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/phobos/alerts_local', '{replica}', received_at)" in text
+    assert "Distributed(prod, phobos, connections_local, rand())" in text
+    mv = next(s for s in statements if s.startswith("CREATE MATERIALIZED VIEW IF NOT EXISTS phobos.edges_1m_mv"))
+    assert "TO phobos.edges_1m_local" in mv and "FROM phobos.connections_local" in mv
+    with pytest.raises(StoreError, match="clustered"):
+        clustered_statements(["DROP TABLE x"], "phobos", "prod")
+    with pytest.raises(StoreError, match="cluster name"):
+        store.migrate(cluster="bad name")
