@@ -393,3 +393,9 @@ def test_unavailable_modes_fail_clearly_and_auto_falls_back(bpf_ready, mode):
     else:  # a kernel that allows it: the mode must load and report itself
         assert probe.mode == mode
         probe.close()
+
+
+def test_kprobe_programs_pass_the_verifier_even_where_they_cannot_attach(bpf_ready):
+    from tracer.probe import verify_call_probes
+
+    assert verify_call_probes() == ["phobos_connect_enter", "phobos_connect_return", "phobos_accept_return"]

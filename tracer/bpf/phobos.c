@@ -422,6 +422,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
  * SYN_SENT (no route, no free port): the tracepoint never sees those, the
  * return probe counts them as connects that failed.
  */
+#ifndef PHOBOS_FENTRY
+#include <uapi/linux/ptrace.h>  /* struct pt_regs: user ABI, stable across kernels */
+#endif
+
 struct connect_call {
     const void *sk;
     const void *uaddr;
