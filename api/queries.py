@@ -112,6 +112,12 @@ _LOOPBACK = "(startsWith(toString({c}), '::ffff:127.') OR {c} = toIPv6('::1'))"
 _WILDCARD = "{c} IN (toIPv6('::'), toIPv6('::ffff:0.0.0.0'))"
 
 
+def _ipstr(col: str) -> str:
+    """An address as people write it: IPv4-mapped addresses as plain IPv4."""
+    return (f"if(startsWith(toString({col}), '::ffff:') AND position(toString({col}), '.') > 0, "
+            f"substring(toString({col}), 8), toString({col}))")
+
+
 def _resolved_sql(db: str, win: Window) -> str:
     """Instance-level resolved rows of the window (see the module docstring).
 
@@ -364,25 +370,25 @@ def firing_alerts(store: Any, at: int, service: str | None = None) -> list[dict[
     no end, i.e. the epoch, while an alert fires).
     """
     db = store.db
-    cond = "AND service = {svc:String}" if service is not None else ""
+    cond = "AND l_service = {svc:String}" if service is not None else ""
     return store.query_dicts(
         f"""
-        SELECT fingerprint, alertname, service, severity, summary,
-               starts_at, ends_at, status
+        SELECT fingerprint, l_alertname AS alertname, l_service AS service, l_severity AS severity,
+               l_summary AS summary, toString(l_starts) AS starts_at, toString(l_ends_at) AS ends_at,
+               toString(l_status) AS status
         FROM (
-          SELECT fingerprint, starts_at,
-                 argMax(status, received_at) AS status_, argMax(alertname, received_at) AS alertname,
-                 argMax(service, received_at) AS service, argMax(severity, received_at) AS severity,
-                 argMax(summary, received_at) AS summary, argMax(ends_at, received_at) AS ends_at,
-                 toString(status_) AS status
+          SELECT fingerprint, starts_at AS l_starts,
+                 argMax(status, received_at) AS l_status, argMax(alertname, received_at) AS l_alertname,
+                 argMax(service, received_at) AS l_service, argMax(severity, received_at) AS l_severity,
+                 argMax(summary, received_at) AS l_summary, argMax(ends_at, received_at) AS l_ends_at
           FROM {db}.alerts
           WHERE starts_at <= toDateTime({{at:UInt32}}, 'UTC')
             AND received_at <= toDateTime({{at:UInt32}}, 'UTC') + 60
           GROUP BY fingerprint, starts_at
+          HAVING ((l_status = 'firing' AND (l_ends_at <= l_starts OR l_ends_at > toDateTime({{at:UInt32}}, 'UTC')))
+              OR (l_status = 'resolved' AND l_ends_at > toDateTime({{at:UInt32}}, 'UTC')))
+             {cond}
         )
-        WHERE (status_ = 'firing' AND (ends_at <= starts_at OR ends_at > toDateTime({{at:UInt32}}, 'UTC')))
-           OR (status_ = 'resolved' AND ends_at > toDateTime({{at:UInt32}}, 'UTC'))
-        {cond}
         ORDER BY service, alertname, fingerprint
         """,
         {"at": at, **({"svc": service} if service is not None else {})},
@@ -408,8 +414,8 @@ def service_instances(store: Any, service: str, win: Window) -> list[dict[str, A
     return store.query_dicts(
         f"""
         SELECT dc, host, pod, any(namespace) AS namespace,
-               arraySort(groupUniqArray(toString(host_ip))) AS host_ips,
-               arraySort(groupUniqArray(toString(ip))) AS ips,
+               arraySort(groupUniqArrayIf({_ipstr("host_ip")}, host_ip != toIPv6('::'))) AS host_ips,
+               arraySort(groupUniqArray({_ipstr("ip")})) AS ips,
                arraySort(groupUniqArray(pid)) AS pids,
                arraySort(groupUniqArrayIf(container_id, container_id != '')) AS containers,
                arraySort(groupUniqArrayIf(port, port != 0)) AS ports,
@@ -435,13 +441,13 @@ def service_seen(store: Any, service: str) -> dict[str, Any]:
     db = store.db
     rows = store.query_dicts(
         f"""
-        SELECT toString(min(f)) AS first_seen, toString(max(l)) AS last_seen, sum(n) AS n FROM (
-          SELECT min(ts) AS f, max(ts) + 3600 AS l, count() AS n FROM {db}.edges_1h
+        SELECT toString(min(f)) AS first_seen, toString(max(l)) AS last_seen, sum(c) AS n FROM (
+          SELECT min(ts) AS f, max(ts) + 3600 AS l, count() AS c FROM {db}.edges_1h
           WHERE service = {{svc:String}}
           UNION ALL
           SELECT min(first_seen), max(last_seen), count() FROM {db}.listener_spans
           WHERE service = {{svc:String}}
-        ) WHERE n > 0
+        ) WHERE c > 0
         """,
         {"svc": service},
     )
@@ -526,23 +532,25 @@ def timeline(store: Any, start: int, end: int, bucket: int) -> dict[str, list[di
     p = {"t0": start, "t1": end, "b": bucket}
     buckets = store.query_dicts(
         f"""
-        SELECT toString(toStartOfInterval(ts, toIntervalSecond({{b:UInt32}}))) AS ts,
+        SELECT toString(toStartOfInterval(ts, toIntervalSecond({{b:UInt32}}))) AS bucket,
                sum(connects) AS connects, sum(failures) AS failures,
                sum(open_seconds) / {{b:UInt32}} AS open
         FROM {table}
         WHERE direction = 'outbound' AND ts >= toDateTime({{t0:UInt32}}, 'UTC')
           AND ts < toDateTime({{t1:UInt32}}, 'UTC')
-        GROUP BY ts ORDER BY ts""", p)
+        GROUP BY bucket ORDER BY bucket""", p)
     incidents = store.query_dicts(
         f"""
-        SELECT fingerprint, argMax(alertname, received_at) AS alertname,
-               argMax(service, received_at) AS service, argMax(severity, received_at) AS severity,
-               toString(starts_at) AS starts_at,
-               toString(argMax(ends_at, received_at)) AS ends_at,
-               toString(argMax(status, received_at)) AS status
-        FROM {db}.alerts
-        WHERE starts_at >= toDateTime({{t0:UInt32}}, 'UTC') AND starts_at < toDateTime({{t1:UInt32}}, 'UTC')
-        GROUP BY fingerprint, starts_at ORDER BY starts_at LIMIT 1000""", p)
+        SELECT fingerprint, l_alertname AS alertname, l_service AS service, l_severity AS severity,
+               toString(l_starts) AS starts_at, toString(l_ends) AS ends_at, toString(l_status) AS status
+        FROM (
+          SELECT fingerprint, starts_at AS l_starts, argMax(alertname, received_at) AS l_alertname,
+                 argMax(service, received_at) AS l_service, argMax(severity, received_at) AS l_severity,
+                 argMax(ends_at, received_at) AS l_ends, argMax(status, received_at) AS l_status
+          FROM {db}.alerts
+          WHERE starts_at >= toDateTime({{t0:UInt32}}, 'UTC') AND starts_at < toDateTime({{t1:UInt32}}, 'UTC')
+          GROUP BY fingerprint, starts_at
+        ) ORDER BY l_starts, fingerprint LIMIT 1000""", p)
     return {"buckets": buckets, "incidents": incidents}
 
 

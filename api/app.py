@@ -1,0 +1,78 @@
+"""The Flask application factory of the Phobos API.
+
+``create_app(config=None)`` builds the app from defaults, the environment
+(``PHOBOS_*``, see ``api/config.py``) and ``config``; the store is opened on
+first use, so building an app never touches ClickHouse.
+
+Serving: ``phobos serve --store URL --port 8080`` runs the development
+server (threads, one process) for the embedded mode; in production use
+gunicorn with one worker and threads - one process is required with chDB,
+which opens a data directory from one process only, and is fine with a
+ClickHouse server too::
+
+    PHOBOS_STORE=clickhouse://phobos@ch:9000/phobos PHOBOS_TOKEN=... \\
+        gunicorn -w 1 --threads 8 -b 0.0.0.0:8080 'api.app:create_app()'
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Mapping
+
+from flask import Flask, g, request
+
+from api.config import load_config
+from api.errors import register_error_handlers
+from api.routes import register_blueprints
+from api.routes.health import record_request
+
+__all__ = ["create_app"]
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the API.
+
+    Parameters
+    ----------
+    config : mapping, optional
+        Overrides of ``api.config.DEFAULTS`` (``STORE`` may also be an open
+        ``api.storage.Store``, which the app then uses and does not close)
+        and Flask settings such as ``TESTING``.
+
+    Returns
+    -------
+    flask.Flask
+    """
+    overrides = dict(config or {})
+    store_obj = overrides.pop("STORE", None)
+    if store_obj is not None and not isinstance(store_obj, str):
+        overrides["STORE"] = None
+    elif store_obj is not None:
+        overrides["STORE"] = store_obj
+    settings = load_config(overrides)
+    app = Flask("phobos")
+    app.config.update(settings)
+    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
+    # Views return dicts in a stable order; sorting keys would cost time on big graphs.
+    app.json.sort_keys = False
+    app.extensions["phobos_store_lock"] = threading.Lock()
+    if store_obj is not None and not isinstance(store_obj, str):
+        app.extensions["phobos_store"] = store_obj
+    register_error_handlers(app)
+    register_blueprints(app)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.phobos_started = time.perf_counter()
+
+    @app.after_request
+    def _count(response):
+        started = getattr(g, "phobos_started", None)
+        if started is not None:
+            endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+            record_request(endpoint, request.method, response.status_code, time.perf_counter() - started)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    return app

@@ -1,0 +1,335 @@
+"""Assembling the views: queries -> graph model -> Vizceral JSON.
+
+Each ``*_view`` function takes the store, the app config and parsed
+parameters and returns the JSON-ready response.  They read through
+``api.queries`` only, contract with ``api.graph`` and serialise with
+``api.vizceral``, so that the blueprints stay a few lines each.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any, Iterable, Mapping
+
+from api import graph as g
+from api import queries as q
+from api import vizceral as vz
+from api.errors import ApiError
+
+__all__ = [
+    "areas_view",
+    "area_view",
+    "datacenters_view",
+    "service_view",
+    "service_summary",
+    "service_impact",
+    "graph_diff",
+]
+
+
+def _meta(p: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    win: q.Window = p["win"]
+    return {"at": _iso(win.end), "from": _iso(win.start), "window": win.seconds, "metric": p["metric"],
+            "dc": p.get("dc"), **extra}
+
+
+def _iso(ts: int) -> str:
+    from tracer.records import format_ts
+
+    return format_ts(ts)
+
+
+def _rows(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], **kw: Any) -> list[dict[str, Any]]:
+    return q.graph_rows(store, p["win"], dc=p.get("dc"), slack=cfg["LISTENER_SLACK"], **kw)
+
+
+def _alerting(store: Any, at: int) -> dict[str, list[dict[str, Any]]]:
+    by_service: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for alert in q.firing_alerts(store, at):
+        by_service[alert["service"]].append(alert)
+    return by_service
+
+
+def _alert_notices(alerts: Iterable[Mapping[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
+    alerts = list(alerts)
+    out = [vz.notice(f"{a['alertname']}: {a['summary']}" if a.get("summary") else a["alertname"],
+                     severity=2 if a.get("severity") in ("critical", "page", "error") else 1)
+           for a in alerts[:limit]]
+    if len(alerts) > limit:
+        out.append(vz.notice(f"{len(alerts) - limit} more alerts", severity=1))
+    return out
+
+
+def _grouped(edges: dict[tuple[str, str], g.Edge], nodes: dict[str, dict[str, Any]], metric: str,
+             max_nodes: int, keep: Iterable[str], what: str) -> tuple[dict[tuple[str, str], g.Edge],
+                                                                    dict[str, dict[str, Any]], list[str],
+                                                                    str | None]:
+    """Fold the long tail of ``nodes`` into one "N more" node."""
+    volumes = {n: 0.0 for n in nodes}
+    volumes.update({n: v for n, v in g.node_volumes(edges, metric).items() if n in nodes})
+    kept, tail = g.long_tail(volumes, max_nodes, keep)
+    if not tail:
+        return edges, nodes, [], None
+    name = f"{len(tail)} more {what}"
+    while name in nodes:
+        name += "+"
+    folded: dict[tuple[str, str], g.Edge] = {}
+    for (src, dst), edge in edges.items():
+        key = (src if src in kept else name, dst if dst in kept else name)
+        target = folded.get(key)
+        if target is None:
+            target = folded[key] = g.Edge(*key)
+        target.add(edge.values)
+    new_nodes = {n: d for n, d in nodes.items() if n in kept}
+    new_nodes[name] = {"cls": "normal", "grouped": tail}
+    return folded, new_nodes, tail, name
+
+
+def _tail_notice(tail: list[str], what: str) -> list[dict[str, Any]]:
+    if not tail:
+        return []
+    shown = ", ".join(tail[:10]) + (" ..." if len(tail) > 10 else "")
+    return [vz.notice(f"{len(tail)} {what} with the least traffic are grouped: {shown}", severity=0)]
+
+
+def _vz_nodes(nodes: Mapping[str, Mapping[str, Any]], renderer: str | None,
+              updated: int) -> list[dict[str, Any]]:
+    out = []
+    for name in sorted(nodes):
+        data = nodes[name]
+        meta = {k: v for k, v in data.items() if k not in ("cls", "notices", "display")}
+        if "grouped" in meta:
+            meta["grouped"] = meta["grouped"][:200]
+            meta["grouped_count"] = len(data["grouped"])
+        out.append(vz.node(name, cls=data.get("cls", "normal"), renderer=renderer,
+                           display=data.get("display"), metadata=meta, notices=data.get("notices", ()),
+                           updated=updated))
+    return out
+
+
+def _vz_connections(edges: Mapping[tuple[str, str], g.Edge], metric: str) -> list[dict[str, Any]]:
+    return [vz.connection(s, d, e.values, metric, metadata={"connects": e.values["connects"],
+                                                            "failures": e.values["failures"],
+                                                            "open": round(e.values["open"], 6),
+                                                            "bytes": e.values["bytes"]})
+            for (s, d), e in sorted(edges.items()) if s != d]
+
+
+# -- global: areas -----------------------------------------------------------
+
+def areas_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
+    """Business areas and INTERNET with the traffic between them (Vizceral ``global``)."""
+    rows = _rows(store, cfg, p)
+    catalog = q.catalog_maps(store)
+    alerts = _alerting(store, p["win"].end)
+    nodes: dict[str, dict[str, Any]] = {q.INTERNET: {"cls": "normal", "kind": "internet"}}
+    for name, area in catalog["areas"].items():
+        if area["kind"] == "area":
+            nodes[name] = {"cls": "normal", "kind": "area", "display": area["title"] or name}
+    edges = g.contract(rows, lambda r, side: r[f"{side}_area"])
+    for (src, dst) in edges:
+        for n in (src, dst):
+            nodes.setdefault(n, {"cls": "normal", "kind": "area"})
+    area_alerts: dict[str, list] = defaultdict(list)
+    for service, items in alerts.items():
+        area = catalog["services"].get(service, {}).get("area") or q.UNASSIGNED
+        area_alerts[area].extend(items)
+    for name, data in nodes.items():
+        internal = edges.get((name, name))
+        data["internal"] = g.metric_value(internal.values, p["metric"]) if internal else 0.0
+        if area_alerts.get(name):
+            data["cls"] = "danger"
+            data["alerts"] = len(area_alerts[name])
+            data["notices"] = _alert_notices(area_alerts[name])
+    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [q.INTERNET], "areas")
+    updated = p["win"].end * 1000
+    return vz.view("global", "edge", _vz_nodes(nodes, "region", updated),
+                   _vz_connections(edges, p["metric"]), metadata=_meta(p, grouped=len(tail)),
+                   notices=_tail_notice(tail, "areas"))
+
+
+# -- region: one area --------------------------------------------------------
+
+def area_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], area: str) -> dict[str, Any]:
+    """The area's services (class ``area``), their neighbours (``other``), alerting ones (``alert``)."""
+    if not q.area_exists(store, area):
+        raise ApiError(404, f"no business area named {area!r}")
+    rows = [r for r in _rows(store, cfg, p) if r["s_area"] == area or r["d_area"] == area]
+    catalog = q.catalog_maps(store)
+    alerts = _alerting(store, p["win"].end)
+    nodes: dict[str, dict[str, Any]] = {}
+    for name, svc in catalog["services"].items():
+        if svc["area"] == area:
+            nodes[name] = {"kind": "service", "area": area}
+    for r in rows:
+        for side in ("s", "d"):
+            nodes.setdefault(r[f"{side}_name"], {"kind": r[f"{side}_kind"], "area": r[f"{side}_area"]})
+    for name, data in nodes.items():
+        if alerts.get(name):
+            data["cls"] = "alert"
+            data["alerts"] = len(alerts[name])
+            data["notices"] = _alert_notices(alerts[name])
+        else:
+            data["cls"] = "area" if data["area"] == area else "other"
+    edges = g.contract(rows, lambda r, side: r[f"{side}_name"])
+    own = sorted(n for n, d in nodes.items() if d["area"] == area)
+    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [q.INTERNET, *own],
+                                     "services")
+    updated = p["win"].end * 1000
+    return vz.view("region", area, _vz_nodes(nodes, "focused", updated),
+                   _vz_connections(edges, p["metric"]), metadata=_meta(p, area=area, grouped=len(tail)),
+                   notices=_tail_notice(tail, "services"))
+
+
+# -- global: datacenters -----------------------------------------------------
+
+def datacenters_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
+    """Datacenters/zones and INTERNET with the traffic between them (Vizceral ``global``)."""
+    rows = _rows(store, cfg, p)
+    edges = g.contract(rows, lambda r, side: r[f"{side}_dc"] or q.INTERNET)
+    nodes: dict[str, dict[str, Any]] = {q.INTERNET: {"cls": "normal", "kind": "internet"}}
+    for (src, dst) in edges:
+        for n in (src, dst):
+            nodes.setdefault(n, {"cls": "normal", "kind": "dc"})
+    for name, data in nodes.items():
+        internal = edges.get((name, name))
+        data["internal"] = g.metric_value(internal.values, p["metric"]) if internal else 0.0
+    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [q.INTERNET],
+                                     "datacenters")
+    updated = p["win"].end * 1000
+    return vz.view("global", "datacenters", _vz_nodes(nodes, "region", updated),
+                   _vz_connections(edges, p["metric"]), metadata=_meta(p, grouped=len(tail)),
+                   notices=_tail_notice(tail, "datacenters"))
+
+
+# -- focused: one service ----------------------------------------------------
+
+def _require_service(store: Any, service: str) -> None:
+    if not q.service_exists(store, service):
+        raise ApiError(404, f"no service named {service!r} in the catalog or the records")
+
+
+def service_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], service: str) -> dict[str, Any]:
+    """The service's instances (class ``area``) and the services they talk to (``other``)."""
+    _require_service(store, service)
+    rows = _rows(store, cfg, p, instances_of=service)
+    alerts = _alerting(store, p["win"].end)
+    nodes: dict[str, dict[str, Any]] = {}
+    peers: set[str] = set()
+    for r in rows:
+        for side in ("s", "d"):
+            if r[f"{side}_name"] != service:
+                peers.add(r[f"{side}_name"])
+    inst_name: dict[str, str] = {}
+
+    def instance(inst: str) -> str:
+        if inst not in inst_name:
+            name = inst if inst not in peers else f"{inst} ({service})"
+            inst_name[inst] = name
+            nodes[name] = {"kind": "instance", "instance": inst, "service": service, "cls": "area",
+                           "display": inst}
+        return inst_name[inst]
+
+    def key(r: Mapping[str, Any], side: str) -> str:
+        if r[f"{side}_name"] == service:
+            return instance(r[f"{side}_inst"])
+        name = r[f"{side}_name"]
+        if name not in nodes:
+            nodes[name] = {"kind": r[f"{side}_kind"], "area": r[f"{side}_area"],
+                           "cls": "alert" if alerts.get(name) else "other"}
+            if alerts.get(name):
+                nodes[name]["notices"] = _alert_notices(alerts[name])
+        return name
+
+    edges = g.contract(rows, key)
+    own = sorted(n for n, d in nodes.items() if d["kind"] == "instance")
+    if alerts.get(service):
+        for n in own:
+            nodes[n]["notices"] = _alert_notices(alerts[service])
+    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [q.INTERNET, *own],
+                                     "nodes")
+    updated = p["win"].end * 1000
+    return vz.view("focused", service, _vz_nodes(nodes, None, updated),
+                   _vz_connections(edges, p["metric"]),
+                   metadata=_meta(p, service=service, grouped=len(tail)),
+                   notices=_tail_notice(tail, "nodes"))
+
+
+def _links(text: str | None) -> list[dict[str, Any]]:
+    try:
+        links = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return links if isinstance(links, list) else []
+
+
+def _deps(rows: Iterable[Mapping[str, Any]], service: str, side: str) -> list[dict[str, Any]]:
+    other = "s" if side == "d" else "d"
+    mine = [r for r in rows if r[f"{side}_name"] == service and r[f"{other}_name"] != service
+            or (r["s_name"] == service and r["d_name"] == service)]
+    edges = g.contract(mine, lambda r, s: r[f"{s}_name"] if s == other else "")
+    kinds = {r[f"{other}_name"]: (r[f"{other}_kind"], r[f"{other}_area"]) for r in mine}
+    out = []
+    for (a, b), e in edges.items():
+        name = a if other == "s" else b
+        v = e.values
+        out.append({"name": name, "kind": kinds[name][0], "area": kinds[name][1],
+                    "open": v["open"], "conn_rate": v["conn_rate"], "fail_rate": v["fail_rate"],
+                    "connects": v["connects"], "failures": v["failures"], "bytes": v["bytes"],
+                    "failure_ratio": e.failure_ratio})
+    return sorted(out, key=lambda d: (-d["open"], -d["conn_rate"], d["name"]))
+
+
+def service_summary(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], service: str) -> dict[str, Any]:
+    """The side panel: instances, dependencies both ways, first/last seen, alerts, links."""
+    _require_service(store, service)
+    rows = _rows(store, cfg, p, touching=service)
+    catalog = q.catalog_maps(store)
+    svc = catalog["services"].get(service)
+    area = catalog["areas"].get(svc["area"]) if svc else None
+    links = _links(svc["links"]) if svc else []
+    if area:
+        links += [dict(link, inherited_from=area["name"]) for link in _links(area["links"])]
+    return {
+        "service": service,
+        "area": svc["area"] if svc else q.UNASSIGNED,
+        "catalog": ({k: svc[k] for k in ("title", "owner", "tier", "description")} if svc else None),
+        "links": links,
+        "instances": q.service_instances(store, service, p["win"]),
+        "inbound": _deps(rows, service, "d"),
+        "outbound": _deps(rows, service, "s"),
+        **q.service_seen(store, service),
+        "alerts": q.firing_alerts(store, p["win"].end, service),
+        "processes": sorted(n for n, a in catalog["areas"].items()
+                            if a["kind"] == "process" and service in a["services"]),
+        "meta": _meta(p),
+    }
+
+
+def service_impact(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], service: str) -> dict[str, Any]:
+    """Upstream/downstream of a service at T, with the areas and processes it affects."""
+    _require_service(store, service)
+    rows = _rows(store, cfg, p)
+    graph = g.service_graph(rows, p["metric"])
+    catalog = q.catalog_maps(store)
+    processes = {n: a["services"] for n, a in catalog["areas"].items() if a["kind"] == "process"}
+    result = g.impact(graph, service, processes)
+    result["meta"] = _meta(p)
+    return result
+
+
+def graph_diff(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], before_at: int,
+               min_change: float, min_volume: float) -> dict[str, Any]:
+    """New, vanished and changed service edges between ``before_at`` and ``at``."""
+    before_win = q.Window.at(before_at, p["window"])
+    before = q.graph_rows(store, before_win, dc=p.get("dc"), slack=cfg["LISTENER_SLACK"])
+    after = _rows(store, cfg, p)
+    out = g.diff(before, after, p["metric"], min_change=min_change, min_volume=min_volume)
+    old_nodes = {r[f"{s}_name"] for r in before for s in ("s", "d")}
+    new_nodes = {r[f"{s}_name"] for r in after for s in ("s", "d")}
+    out["services"] = {"new": sorted(new_nodes - old_nodes), "vanished": sorted(old_nodes - new_nodes)}
+    out["meta"] = {"from": _iso(before_win.end), "to": _iso(p["win"].end), "window": p["win"].seconds,
+                   "metric": p["metric"], "dc": p.get("dc"), "min_change": min_change,
+                   "min_volume": min_volume}
+    return out

@@ -1,0 +1,192 @@
+"""What every resource needs: the store, parsed query parameters, the write token.
+
+Parameters are parsed strictly - a bad ``at``, ``window`` or ``metric`` is a
+400 that says what is accepted, never a silently different graph.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+import time
+from datetime import datetime, timezone
+from functools import wraps
+from typing import Any, Callable
+
+from flask import current_app, request
+
+from api.errors import ApiError
+from api.graph import METRICS
+from api.queries import Window
+
+__all__ = [
+    "get_store",
+    "get_config",
+    "parse_time",
+    "parse_window",
+    "view_params",
+    "float_param",
+    "json_body",
+    "require_token",
+    "is_loopback",
+]
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_MAX_PARAM = 256
+
+
+def get_config() -> dict[str, Any]:
+    return current_app.config
+
+
+def get_store() -> Any:
+    """The app's store, opened on first use (``PHOBOS_STORE`` or config ``STORE``)."""
+    ext = current_app.extensions
+    store = ext.get("phobos_store")
+    if store is None:
+        from api.storage import open_store
+
+        with ext["phobos_store_lock"]:
+            store = ext.get("phobos_store")
+            if store is None:
+                store = open_store(current_app.config.get("STORE"), role="phobos serve")
+                ext["phobos_store"] = store
+    return store
+
+
+def _arg(name: str) -> str | None:
+    value = request.args.get(name)
+    if value is not None and len(value) > _MAX_PARAM:
+        raise ApiError(400, f"parameter {name!r} is longer than {_MAX_PARAM} characters")
+    return value
+
+
+def _duration(text: str) -> float | None:
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        return None
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def parse_time(name: str, default: int | None = None, now: float | None = None) -> int:
+    """A point in time from the query string, as epoch seconds.
+
+    Accepted: ``now``, relative ``-2h`` / ``-30m`` / ``-1d``, epoch seconds,
+    ISO 8601 (``2026-11-26T10:00:00Z``; without a zone it is UTC).
+    """
+    now = time.time() if now is None else now
+    text = _arg(name)
+    if text is None or text.strip() == "":
+        return int(now if default is None else default)
+    text = text.strip()
+    value: float | None = None
+    if text == "now":
+        value = now
+    elif text.startswith("-"):
+        d = _duration(text[1:])
+        value = None if d is None else now - d
+    elif re.fullmatch(r"\d{1,12}(\.\d+)?", text):
+        value = float(text)
+    else:
+        iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+        try:
+            dt = datetime.fromisoformat(iso)
+            value = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+        except ValueError:
+            value = None
+    if value is None or not (86400 <= value < 2**32 - 86400):
+        raise ApiError(400, f"parameter {name!r}={text!r} is not a time: use now, -2h, epoch "
+                            f"seconds or ISO 8601 such as 2026-11-26T10:00:00Z")
+    return int(value)
+
+
+def parse_window(name: str = "window") -> int:
+    """A window length: ``300``, ``300s``, ``5m``, ``1h``, ``1d``; 1 minute to ``MAX_WINDOW``."""
+    cfg = get_config()
+    text = _arg(name)
+    if text is None or text.strip() == "":
+        return int(cfg["DEFAULT_WINDOW"])
+    seconds = _duration(text)
+    if seconds is None or not (60 <= seconds <= cfg["MAX_WINDOW"]):
+        raise ApiError(400, f"parameter {name!r}={text!r} is not a window from 1m to "
+                            f"{cfg['MAX_WINDOW']}s: use e.g. 300, 5m, 1h")
+    return int(seconds)
+
+
+def parse_metric() -> str:
+    text = _arg("metric")
+    if text is None or text == "":
+        return "open"
+    if text not in METRICS:
+        raise ApiError(400, f"parameter 'metric'={text!r} is not one of {', '.join(METRICS)}")
+    return text
+
+
+def view_params() -> dict[str, Any]:
+    """``at``, ``window``, ``metric``, ``dc`` of a graph view, checked."""
+    at = parse_time("at")
+    window = parse_window()
+    metric = parse_metric()
+    dc = _arg("dc") or None
+    return {"at": at, "window": window, "metric": metric, "dc": dc, "win": Window.at(at, window)}
+
+
+def float_param(name: str, default: float, lo: float = 0.0, hi: float = 1e12) -> float:
+    text = _arg(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (lo <= value <= hi):  # also refuses nan
+        raise ApiError(400, f"parameter {name!r}={text!r} must be a number from {lo} to {hi}")
+    return value
+
+
+def json_body(kind: type = dict) -> Any:
+    """The request's JSON body, which must be a ``kind`` (object or array)."""
+    data = request.get_json(silent=True, force=True)
+    if not isinstance(data, kind):
+        what = "a JSON object" if kind is dict else "a JSON array"
+        raise ApiError(400, f"the request body must be {what} (Content-Type: application/json)")
+    return data
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_token(view: Callable) -> Callable:
+    """Guard a write endpoint with the bearer token ``PHOBOS_TOKEN``.
+
+    Without a configured token writes are refused, unless the server is
+    bound to loopback and the request comes from it (the embedded mode on
+    one machine, where anyone who can connect is already on the host).
+    """
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cfg = get_config()
+        token = cfg.get("TOKEN")
+        if token:
+            header = request.headers.get("Authorization", "")
+            scheme, _, given = header.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                err = ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
+                raise err
+        elif not (is_loopback(cfg.get("BIND_HOST")) and is_loopback(request.remote_addr)):
+            raise ApiError(403, "writes are disabled: set PHOBOS_TOKEN, or bind the server to "
+                                "127.0.0.1 and write from the same machine")
+        return view(*args, **kwargs)
+
+    return wrapper

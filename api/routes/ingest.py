@@ -1,0 +1,54 @@
+"""``POST /api/v1/ingest``: record batches from the tracer's http sink.
+
+Body ``{"batch_id": "...", "connections": [...], "listeners": [...]}``.
+Records are checked against the contract by ``api.ingest.ingest_batch``:
+good ones are stored (once, whatever the retries, thanks to the batch id),
+bad ones are reported per index and kept in ``dead_letters``.  The answer
+is 200 even when some records were refused - the sink must not retry a
+batch the contract refuses - and 503 when the store failed, which it
+retries.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from api.errors import ApiError
+from api.ingest import ingest_batch
+from api.routes.common import get_store, json_body, require_token
+from api.storage import StoreError
+
+__all__ = ["bp"]
+
+bp = Blueprint("ingest", __name__, url_prefix="/api/v1/ingest")
+
+MAX_RECORDS = 200_000
+
+
+@bp.post("")
+@require_token
+def ingest():
+    body = json_body(dict)
+    unknown = set(body) - {"batch_id", "connections", "listeners"}
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; expected "
+                            f"batch_id, connections, listeners")
+    batch_id = body.get("batch_id")
+    if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 256):
+        raise ApiError(400, "'batch_id' must be a string of 1 to 256 characters")
+    batches = {}
+    for kind in ("connections", "listeners"):
+        records = body.get(kind, [])
+        if not isinstance(records, list):
+            raise ApiError(400, f"'{kind}' must be an array of records")
+        batches[kind] = records
+    if sum(len(r) for r in batches.values()) > MAX_RECORDS:
+        raise ApiError(413, f"at most {MAX_RECORDS} records per batch")
+    store = get_store()
+    out = {"batch_id": batch_id}
+    try:
+        for kind, records in batches.items():
+            out[kind] = ingest_batch(store, kind, records, batch_id=batch_id, source="api").as_dict()
+    except StoreError as err:
+        raise ApiError(503, f"the store failed; retry the batch: {err}") from None
+    return out

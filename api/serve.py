@@ -1,0 +1,89 @@
+"""``phobos serve``: run the API with Flask's threaded development server.
+
+This is the embedded mode's server: one process (chDB opens a data
+directory from one process only) with a thread per request.  For
+production run gunicorn with one worker and threads::
+
+    PHOBOS_STORE=URL PHOBOS_TOKEN=SECRET gunicorn -w 1 --threads 8 \\
+        -b 0.0.0.0:8080 'api.app:create_app()'
+
+Write endpoints (ingest, alerts, spans) need ``PHOBOS_TOKEN``; without one
+they are only open when the server is bound to loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+__all__ = ["configure_parser", "run"]
+
+EXAMPLES = """examples:
+  phobos serve                                         # chdb://./data/phobos on 127.0.0.1:8080
+  phobos serve --store chdb:///var/lib/phobos --port 9000
+  PHOBOS_TOKEN=secret phobos serve --host 0.0.0.0      # writes need 'Authorization: Bearer secret'
+production:
+  gunicorn -w 1 --threads 8 -b 0.0.0.0:8080 'api.app:create_app()'
+"""
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add ``phobos serve``'s options to ``parser``."""
+    parser.description = "Serve the Phobos API (graphs, ingest, SQL) over HTTP."
+    parser.epilog = EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--store", default=os.environ.get("PHOBOS_STORE"),
+                        help="store URL (env PHOBOS_STORE; default chdb://./data/phobos)")
+    parser.add_argument("--host", default=os.environ.get("PHOBOS_BIND", "127.0.0.1"),
+                        help="address to bind (env PHOBOS_BIND; default %(default)s)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PHOBOS_PORT", "8080")),
+                        help="port (env PHOBOS_PORT; default %(default)s)")
+    parser.add_argument("--migrate", action="store_true",
+                        help="create or upgrade the schema before serving")
+    parser.add_argument("--debug", action="store_true", help="Flask debug mode (never in production)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open the store, then serve until interrupted; returns the exit status."""
+    from api.app import create_app
+    from api.storage import StoreError, open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        store = open_store(args.store, role="phobos serve")
+        if args.migrate:
+            for change in store.migrate():
+                print(change, file=sys.stderr)
+        elif store.schema_version() == 0:
+            print("the store has no schema; run `phobos migrate` or pass --migrate", file=sys.stderr)
+            return 2
+    except StoreError as err:
+        print(f"phobos serve: {err}", file=sys.stderr)
+        return 2
+    try:
+        app = create_app({"STORE": store, "BIND_HOST": args.host})
+    except ValueError as err:
+        print(f"phobos serve: {err}", file=sys.stderr)
+        store.close()
+        return 2
+    if not app.config.get("TOKEN") and args.host not in ("127.0.0.1", "::1", "localhost"):
+        print("phobos serve: PHOBOS_TOKEN is unset and the server is not bound to loopback: "
+              "write endpoints are refused", file=sys.stderr)
+    try:
+        # Threads, not processes: the embedded store lives in this process.
+        app.run(host=args.host, port=args.port, threaded=True, debug=args.debug, use_reloader=False)
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="phobos serve")
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
