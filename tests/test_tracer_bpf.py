@@ -100,10 +100,11 @@ for line in sys.stdin:
     cmd = line.split()
     if cmd[0] == "connect":
         host, port, n, keep = cmd[1], int(cmd[2]), int(cmd[3]), int(cmd[4])
+        timeout = float(cmd[5]) if len(cmd) > 5 else 5.0
         failed = kept_now = 0
         for i in range(n):
             try:
-                c = socket.create_connection((host, port), timeout=5)
+                c = socket.create_connection((host, port), timeout=timeout)
             except OSError:
                 failed += 1
                 continue
@@ -206,6 +207,7 @@ def test_multi_host_ipv4_ipv6_accepts_failures_and_open(hosts):
         assert client.do(f"connect {server_host.ipv4} {port} 20 5") == 0
         assert client.do(f"connect {server_host.ipv6} {port} 10 2") == 0
         assert client.do(f"connect {server_host.ipv4} 9 3 0") == 3  # refused: nothing listens
+        assert client.do("connect 10.200.0.99 80 2 0 0.3") == 2  # no such host: the connect times out
         assert other.do(f"connect {server_host.ipv4} {port} 7 0") == 0
         wait_intervals(2.5)
     finally:
@@ -248,6 +250,9 @@ def test_multi_host_ipv4_ipv6_accepts_failures_and_open(hosts):
     refused = agent.connections(netns=netns_c, direction="outbound", remote_port=9)
     assert total(refused, "connects") == 3 and total(refused, "failures") == 3
     assert total(refused, "closes") == 0 and refused[-1]["open"] == 0
+
+    timed_out = agent.connections(netns=netns_c, direction="outbound", remote_ip=v4("10.200.0.99"))
+    assert total(timed_out, "connects") == 2 and total(timed_out, "failures") == 2
 
     # The third host is told apart by its netns.
     other_out = agent.connections(netns=other_host.netns, direction="outbound")
@@ -344,6 +349,20 @@ def test_userspace_work_does_not_grow_with_connections(bpf_ready):
     assert abs(big["wakeups"] - small["wakeups"]) <= 1, results
     # Edges read: our two edges plus whatever else this host did meanwhile.
     assert big["edges_read"] <= small["edges_read"] + 4, results
+
+
+def test_full_edge_map_is_counted_as_drops(bpf_ready):
+    agent = AgentRun("--max-edges", "2")
+    try:
+        time.sleep(0.2)
+        for port in range(1, 9):  # eight refused connects, eight distinct edges
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=2)
+        time.sleep(1.5)
+    finally:
+        summary = agent.stop()
+    assert summary["map_drops"]["edges"] >= 6, summary
+    assert any("edges full" in line for line in agent.stderr)
 
 
 def test_metrics_and_health_endpoint(bpf_ready):
