@@ -162,15 +162,20 @@ def impact(graph: nx.DiGraph, service: str,
     if service not in graph:
         return {"service": service, "upstream": [], "downstream": [], "areas": [], "processes": [],
                 "cycles": []}
+    # INTERNET and externals stand for many unrelated parties: a path may
+    # start or end there but never pass through (clients of the INTERNET
+    # node are not callers of what the INTERNET node calls).  Their server
+    # side becomes a separate sink node for the search.
+    graph = _outside_split(graph)
     up = nx.ancestors(graph, service)
     down = nx.descendants(graph, service)
     up_hops = _depth(graph, service, reverse=True)
     down_hops = _depth(graph, service, reverse=False)
     towards = up | {service}
 
-    def entry(node: str, hops: int, weight: float) -> dict[str, Any]:
+    def entry(node: Any, hops: int, weight: float) -> dict[str, Any]:
         data = graph.nodes[node]
-        return {"name": node, "kind": data.get("kind", "service"), "area": data.get("area", ""),
+        return {"name": node[1] if isinstance(node, tuple) else node, "kind": data.get("kind", "service"), "area": data.get("area", ""),
                 "hops": hops, "weight": weight}
 
     upstream = [
@@ -206,6 +211,20 @@ def impact(graph: nx.DiGraph, service: str,
         "processes": sorted(affected, key=lambda p: (-p["weight"], p["name"])),
         "cycles": cycles(graph, through=service),
     }
+
+
+def _outside_split(graph: nx.DiGraph) -> nx.DiGraph:
+    """A copy where edges into INTERNET/external nodes go to ``("sink", name)`` instead."""
+    outside = {n for n, d in graph.nodes(data=True) if d.get("kind") in ("internet", "external")}
+    if not outside:
+        return graph
+    split = nx.DiGraph()
+    split.add_nodes_from(graph.nodes(data=True))
+    for n in outside:
+        split.add_node(("sink", n), **graph.nodes[n])
+    for u, v, data in graph.edges(data=True):
+        split.add_edge(u, ("sink", v) if v in outside else v, **data)
+    return split
 
 
 def cycles(graph: nx.DiGraph, through: str | None = None, limit: int = 20,
