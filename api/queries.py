@@ -172,7 +172,7 @@ def _resolved_sql(db: str, win: Window) -> str:
                if(hit, s.pod, '') AS l_pod, if(hit, s.dc, '') AS l_dc,
                sum(e.os) AS os, sum(e.cn) AS cn, sum(e.fl) AS fl, sum(e.bt) AS bt
         FROM (
-          SELECT ts, ts + {win.bucket} AS t_end, dc, host, service, pod, remote_ip, remote_port,
+          SELECT ts, ts + {win.bucket - 1} AS t_end, dc, host, service, pod, remote_ip, remote_port,
                  if({lo_e}, host, '') AS kh,
                  sum(open_seconds) AS os, sum(connects) AS cn, sum(failures) AS fl,
                  sum(bytes_sent + bytes_received) AS bt
