@@ -326,7 +326,8 @@ class KafkaIngest:
     def __init__(self, store: Any, brokers: str, topics: dict[str, str], group: str = DEFAULT_GROUP,
                  batch_records: int = 100_000, batch_interval_s: float = 1.0,
                  max_message_bytes: int = 1 << 20, conf: dict[str, str] | None = None,
-                 on_batch: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_batch: Callable[[dict[str, Any]], None] | None = None,
+                 after_insert: Callable[[str], None] | None = None) -> None:
         from confluent_kafka import Consumer
 
         unknown = set(topics.values()) - set(KINDS)
@@ -339,6 +340,7 @@ class KafkaIngest:
         self.batch_interval_s = batch_interval_s
         self.max_message_bytes = max_message_bytes
         self.on_batch = on_batch
+        self.after_insert = after_insert  # called between insert and commit (crash tests)
         cfg = _kafka_conf(brokers, conf)
         cfg.update({
             "group.id": group,
@@ -363,11 +365,13 @@ class KafkaIngest:
         self._rate = (time.monotonic(), 0)
         self.rows_per_s = 0.0
         self.last_batch_at: float | None = None
+        self.assigned = False
         self.consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
 
     # -- rebalances: forget what is not ours any more ----------------------------
     def _on_assign(self, consumer: Any, partitions: list) -> None:
+        self.assigned = bool(partitions) or self.assigned
         for tp in partitions:
             self.parts.pop((tp.topic, tp.partition), None)
         log.info("assigned %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in partitions) or "nothing")
@@ -436,6 +440,8 @@ class KafkaIngest:
                 break
             if self.poll():
                 last_msg = time.monotonic()
+            elif not self.assigned:
+                last_msg = time.monotonic()  # still joining the group: not idle yet
             elif idle_exit_s and now - last_msg >= idle_exit_s and not any(p.batch for p in self.parts.values()):
                 break
             if report and now - last_report >= report_s:
@@ -460,8 +466,7 @@ class KafkaIngest:
     def _commit(self, part: _Partition, offset: int, metadata: str = "") -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        tp = TopicPartition(part.topic, part.partition, offset)
-        tp.metadata = metadata
+        tp = TopicPartition(part.topic, part.partition, offset, metadata)
         for attempt in range(5):
             try:
                 self.consumer.commit(offsets=[tp], asynchronous=False)
@@ -490,6 +495,8 @@ class KafkaIngest:
         part.batch = None
         batch_id = f"{part.topic}/{part.partition}/{batch.first}-{batch.last}"
         result = self._insert(part.kind, batch_id, part.topic, part.partition, batch.messages)
+        if self.after_insert:
+            self.after_insert(batch_id)
         self._commit(part, batch.last + 1)
         self.counts["batches"] += 1
         self.last_batch_at = time.time()
@@ -767,3 +774,32 @@ def migrate_from_args(store: Any, args: argparse.Namespace) -> list[str]:
         return []
     return migrate_kafka(store, args.kafka, prefix=args.topic_prefix, group=args.kafka_group,
                          ttl_days=getattr(args, "ttl_days", None) or 30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m api.kafka_ingest ingest|kafka|migrate ...`` (same as the phobos subcommands)."""
+    parser = argparse.ArgumentParser(prog="python -m api.kafka_ingest")
+    sub = parser.add_subparsers(dest="command", required=True)
+    configure_parser(sub.add_parser("ingest", help="consume Kafka into a store")).set_defaults(func=run)
+    configure_kafka_parser(sub.add_parser("kafka", help="topic set-up")).set_defaults(func=run_kafka)
+    p = sub.add_parser("migrate", help="core schema plus the Kafka engine set")
+    p.add_argument("--store", default=_env("PHOBOS_STORE", DEFAULT_STORE_URL))
+    configure_migrate_parser(p)
+
+    def _migrate(args: argparse.Namespace) -> int:
+        with open_store(args.store, role="phobos migrate") as store:
+            for change in store.migrate() + migrate_from_args(store, args):
+                print(change)
+        return 0
+
+    p.set_defaults(func=_migrate)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except StoreError as err:
+        print(f"phobos {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
