@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from tracer import aggregate, attribution, preflight, records, sinks  # noqa: E402
 from tracer.metrics import MetricsServer, TracerMetrics  # noqa: E402
-from tracer.probe import EdgeKey, kernel_offsets, parse_btf_raw  # noqa: E402
+from tracer.probe import Btf, EdgeKey, ProbeError, kernel_offsets  # noqa: E402
 
 OUT = EdgeKey(4026531840, 42, "outbound", "10.0.0.1", 0, "10.0.0.2", 80)
 IN = EdgeKey(4026531840, 7, "inbound", "10.0.0.2", 80, "10.0.0.1", 0)
@@ -259,53 +260,65 @@ def test_attributor_reads_pod_identity_and_asks_the_catalog(tmp_path):
 
 # --- BTF ------------------------------------------------------------------------
 
-BTF_RAW = """\
-[1] INT 'int' size=4 bits_offset=0 nr_bits=32 encoding=SIGNED
-[10] UNION '(anon)' size=4 vlen=2
-\t'skc_portpair' type_id=1 bits_offset=0
-\t'(anon)' type_id=11 bits_offset=0
-[11] STRUCT '(anon)' size=4 vlen=2
-\t'skc_dport' type_id=1 bits_offset=0
-\t'skc_num' type_id=1 bits_offset=16
-[12] STRUCT 'sock_common' size=136 vlen=3
-\t'skc_family' type_id=1 bits_offset=128
-\t'(anon)' type_id=10 bits_offset=96
-\t'skc_net' type_id=13 bits_offset=384
-[13] TYPEDEF 'possible_net_t' type_id=14
-[14] STRUCT '(anon)' size=8 vlen=1
-\t'net' type_id=1 bits_offset=0
-[15] STRUCT 'sock' size=760 vlen=1
-\t'__sk_common' type_id=12 bits_offset=0
-[16] STRUCT 'ns_common' size=80 vlen=2
-\t'stashed' type_id=1 bits_offset=0
-\t'inum' type_id=1 bits_offset=192
-[17] STRUCT 'net' size=4288 vlen=2
-\t'passive' type_id=1 bits_offset=0
-\t'ns' type_id=16 bits_offset=1216
-[18] FUNC_PROTO '(anon)' ret_type_id=1 vlen=2
-\t'sk' type_id=1
-\t'arg' type_id=1
-[19] FUNC 'inet_csk_accept' type_id=18 linkage=static
-"""
+def _btf_blob() -> bytes:
+    """A small BTF blob shaped like the kernel's: anonymous unions, a typedef,
+    a struct with bitfields (kind_flag), an enum to skip, a function."""
+    strings = bytearray(b"\0")
+
+    def name(text):
+        if not text:
+            return 0
+        off = len(strings)
+        strings.extend(text.encode() + b"\0")
+        return off
+
+    types = bytearray()
+
+    def record(kind, nm, size_type, vlen=0, kflag=0, extra=b""):
+        types.extend(struct.pack("<III", name(nm), (kflag << 31) | (kind << 24) | vlen, size_type) + extra)
+
+    def members(items, kflag=0):
+        return b"".join(struct.pack("<III", name(n), t, off) for n, t, off in items)
+
+    record(1, "int", 4, extra=struct.pack("<I", 32))                                     # 1
+    record(4, "", 4, 2, extra=members([("skc_dport", 1, 0), ("skc_num", 1, 16)]))       # 2
+    record(5, "", 4, 2, extra=members([("skc_portpair", 1, 0), ("", 2, 0)]))            # 3
+    record(4, "sock_common", 136, 4, kflag=1, extra=members([                            # 4
+        ("skc_family", 1, 128), ("skc_reuse", 1, (4 << 24) | 152), ("", 3, 96), ("skc_net", 5, 384)]))
+    record(8, "possible_net_t", 6)                                                       # 5
+    record(4, "", 8, 1, extra=members([("net", 1, 0)]))                                  # 6
+    record(6, "sk_state", 4, 2, extra=struct.pack("<IiIi", name("A"), 0, name("B"), 1))  # 7
+    record(4, "sock", 760, 1, extra=members([("__sk_common", 4, 0)]))                    # 8
+    record(4, "ns_common", 80, 2, extra=members([("stashed", 1, 0), ("inum", 1, 192)]))  # 9
+    record(4, "net", 4288, 2, extra=members([("passive", 1, 0), ("ns", 9, 1216)]))       # 10
+    record(13, "", 1, 2, extra=struct.pack("<IIII", name("sk"), 1, name("arg"), 1))     # 11
+    record(12, "inet_csk_accept", 11)                                                    # 12
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + bytes(types) + bytes(strings)
 
 
-def test_kernel_offsets_from_btf_dump():
-    off = kernel_offsets(BTF_RAW)
+def test_kernel_offsets_from_btf():
+    off = kernel_offsets(_btf_blob())
     assert (off.skc_net, off.net_ns_inum, off.skc_num, off.accept_nargs) == (48, 176, 14, 2)
     assert "-DSKC_NET_OFF=48" in off.cflags() and "-DNET_NS_INUM_OFF=176" in off.cflags()
-    assert parse_btf_raw(BTF_RAW)[13]["kind"] == "TYPEDEF"
+    btf = Btf(_btf_blob())
+    assert btf.offset("sock_common", "skc_reuse") == 19  # bitfield offset with kind_flag set
+
+
+def test_bad_btf_is_a_clear_error():
+    with pytest.raises(ProbeError, match="magic"):
+        kernel_offsets(b"\0" * 64)
+    blob = _btf_blob().replace(b"inum", b"xnum")
+    with pytest.raises(ProbeError, match="struct ns_common has no member inum"):
+        kernel_offsets(blob)
 
 
 def test_kernel_offsets_of_the_running_kernel_when_readable():
     if not os.access("/sys/kernel/btf/vmlinux", os.R_OK):
         pytest.skip("no readable kernel BTF here")
-    from tracer.probe import ProbeError, read_btf
+    from tracer.probe import read_btf
 
-    try:
-        text = read_btf()
-    except ProbeError as err:
-        pytest.skip(str(err))
-    off = kernel_offsets(text)
+    off = kernel_offsets(read_btf())
     assert 0 < off.skc_net < 136 and off.net_ns_inum > 0
 
 

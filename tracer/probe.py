@@ -7,8 +7,8 @@ kprobes, and gives the agent plain Python values out of the maps.
 
 How: the program reads ``sk->__sk_common.skc_net->ns.inum`` for the network
 namespace.  Kernel headers may not match the running kernel, so the byte
-offsets come from the kernel's own BTF (``/sys/kernel/btf/vmlinux``, dumped by
-``bpftool``) and are passed to the compiler as ``-D`` flags; the C code never
+offsets come from the kernel's own BTF (``/sys/kernel/btf/vmlinux``, parsed
+here; about 0.2 s) and are passed to the compiler as ``-D`` flags; the C code never
 dereferences a kernel struct through a header layout.
 
 Cost: compiling takes a second or two of CPU at start-up (clang); after that
@@ -28,9 +28,7 @@ import ctypes as ct
 import ipaddress
 import logging
 import os
-import re
-import shutil
-import subprocess
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ __all__ = [
     "ProbeError",
     "KernelOffsets",
     "EdgeKey",
-    "parse_btf_raw",
+    "Btf",
     "kernel_offsets",
     "import_bcc",
     "Probe",
@@ -94,103 +92,131 @@ class EdgeKey:
 
 # --------------------------------------------------------------------------
 # BTF
+#
+# The kernel's BTF blob (/sys/kernel/btf/vmlinux) is read directly: a header,
+# then type records, then a string table.  Only the record sizes of each kind
+# and the member lists of structs, unions and function prototypes are needed.
 
-_TYPE_RE = re.compile(r"^\[(\d+)\] (\w+) '([^']*)'(.*)$")
-_MEMBER_RE = re.compile(r"^\s+'([^']*)' type_id=(\d+)(?: bits_offset=(\d+))?")
-
-
-def parse_btf_raw(text: str) -> dict[int, dict[str, Any]]:
-    """Types from ``bpftool btf dump ... format raw`` output.
-
-    Returns ``{type_id: {"kind", "name", "type_id", "members": [(name, type_id, bits_offset)]}}``;
-    only what offset resolution needs is kept.
-    """
-    types: dict[int, dict[str, Any]] = {}
-    current: dict[str, Any] | None = None
-    for line in text.splitlines():
-        m = _TYPE_RE.match(line)
-        if m:
-            tid, kind, name, rest = int(m.group(1)), m.group(2), m.group(3), m.group(4)
-            ref = re.search(r"\btype_id=(\d+)", rest)
-            current = {"kind": kind, "name": name, "type_id": int(ref.group(1)) if ref else 0, "members": []}
-            types[tid] = current
-            continue
-        if current is not None:
-            mm = _MEMBER_RE.match(line)
-            if mm:
-                current["members"].append((mm.group(1), int(mm.group(2)), int(mm.group(3) or 0)))
-    return types
+BTF_MAGIC = 0xEB9F
+_KIND_STRUCT, _KIND_UNION, _KIND_TYPEDEF, _KIND_FUNC, _KIND_FUNC_PROTO = 4, 5, 8, 12, 13
+_KIND_MODIFIERS = {8, 9, 10, 11, 18}  # typedef, volatile, const, restrict, type_tag
+# Bytes that follow the 12-byte common record, per kind: (fixed, per vlen item).
+_KIND_EXTRA = {1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7: (0, 0),
+               8: (0, 0), 9: (0, 0), 10: (0, 0), 11: (0, 0), 12: (0, 0), 13: (0, 8), 14: (4, 0),
+               15: (0, 12), 16: (0, 0), 17: (4, 0), 18: (0, 0), 19: (0, 12)}
 
 
-def _resolve(types: dict[int, dict[str, Any]], tid: int) -> int:
-    """Follow typedefs and qualifiers to the underlying type id."""
-    for _ in range(32):
-        t = types.get(tid)
-        if t is None or t["kind"] not in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"):
-            return tid
-        tid = t["type_id"]
-    return tid
+class Btf:
+    """Just enough of a BTF blob to find member offsets and function arities."""
 
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 24:
+            raise ProbeError("kernel BTF is truncated")
+        magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != BTF_MAGIC:
+            raise ProbeError("kernel BTF has a bad magic number (big-endian kernels are not supported)")
+        type_off, type_len, str_off, _str_len = struct.unpack_from("<IIII", data, 8)
+        self.data = data
+        self._strings = hdr_len + str_off
+        # type id -> (kind, name_off, size_or_type, items_pos, vlen, kind_flag)
+        self.types: dict[int, tuple[int, int, int, int, int, int]] = {}
+        pos, end, tid = hdr_len + type_off, hdr_len + type_off + type_len, 1
+        unpack = struct.unpack_from
+        while pos < end:
+            name_off, info, size_type = unpack("<III", data, pos)
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            pos += 12
+            extra = _KIND_EXTRA.get(kind)
+            if extra is None:
+                raise ProbeError(f"kernel BTF has type kind {kind} this Phobos does not know")
+            if kind in (_KIND_STRUCT, _KIND_UNION, _KIND_FUNC_PROTO, _KIND_FUNC) or kind in _KIND_MODIFIERS:
+                self.types[tid] = (kind, name_off, size_type, pos, vlen, info >> 31)
+            pos += extra[0] + extra[1] * vlen
+            tid += 1
 
-def _member_offset(types: dict[int, dict[str, Any]], struct_id: int, member: str) -> int | None:
-    """Byte offset of ``member`` in a struct, looking into anonymous unions/structs."""
-    t = types.get(_resolve(types, struct_id))
-    if t is None or t["kind"] not in ("STRUCT", "UNION"):
+    def name(self, off: int) -> str:
+        start = self._strings + off
+        return self.data[start:self.data.index(b"\0", start)].decode()
+
+    def _find(self, kind: int, name: str) -> int:
+        want = name.encode() + b"\0"
+        for tid, (k, name_off, _, _, vlen, _) in self.types.items():
+            start = self._strings + name_off
+            if k == kind and (vlen or kind == _KIND_FUNC) and self.data[start:start + len(want)] == want:
+                return tid
+        return 0
+
+    def _resolve(self, tid: int) -> int:
+        for _ in range(32):
+            t = self.types.get(tid)
+            if t is None or t[0] not in _KIND_MODIFIERS:
+                return tid
+            tid = t[2]
+        return tid
+
+    def members(self, tid: int) -> list[tuple[str, int, int]]:
+        """(name, type id, bit offset) of a struct or union."""
+        kind, _, _, pos, vlen, kflag = self.types[tid]
+        out = []
+        for i in range(vlen):
+            name_off, mtype, offset = struct.unpack_from("<III", self.data, pos + 12 * i)
+            out.append((self.name(name_off), mtype, offset & 0xFFFFFF if kflag else offset))
+        return out
+
+    def member_offset(self, tid: int, member: str) -> int | None:
+        """Byte offset of ``member``, looking into anonymous unions and structs."""
+        tid = self._resolve(tid)
+        t = self.types.get(tid)
+        if t is None or t[0] not in (_KIND_STRUCT, _KIND_UNION):
+            return None
+        members = self.members(tid)
+        for name, _, bits in members:
+            if name == member:
+                return bits // 8
+        for name, mtype, bits in members:
+            if name == "":
+                inner = self.member_offset(mtype, member)
+                if inner is not None:
+                    return bits // 8 + inner
         return None
-    for name, mtid, bits in t["members"]:
-        if name == member:
-            return bits // 8
-    for name, mtid, bits in t["members"]:
-        if name == "(anon)":
-            inner = _member_offset(types, mtid, member)
-            if inner is not None:
-                return bits // 8 + inner
-    return None
 
-
-def _struct_id(types: dict[int, dict[str, Any]], name: str) -> int:
-    for tid, t in types.items():
-        if t["kind"] == "STRUCT" and t["name"] == name and t["members"]:
-            return tid
-    raise ProbeError(f"kernel BTF has no struct {name}; cannot locate the network namespace of a socket")
-
-
-def kernel_offsets(btf_text: str) -> KernelOffsets:
-    """The struct offsets phobos.c needs, from the running kernel's BTF."""
-    types = parse_btf_raw(btf_text)
-
-    def off(struct: str, member: str) -> int:
-        value = _member_offset(types, _struct_id(types, struct), member)
+    def offset(self, struct_name: str, member: str) -> int:
+        tid = self._find(_KIND_STRUCT, struct_name)
+        if not tid:
+            raise ProbeError(f"kernel BTF has no struct {struct_name}")
+        value = self.member_offset(tid, member)
         if value is None:
-            raise ProbeError(f"kernel BTF: struct {struct} has no member {member}")
+            raise ProbeError(f"kernel BTF: struct {struct_name} has no member {member}")
         return value
 
-    sock_common = off("sock", "__sk_common")
-    skc_net = sock_common + off("sock_common", "skc_net")
-    ns = off("net", "ns") + off("ns_common", "inum")
-    skc_num = sock_common + off("sock_common", "skc_num")
-    nargs = 2
-    for t in types.values():
-        if t["kind"] == "FUNC" and t["name"] == "inet_csk_accept":
-            proto = types.get(t["type_id"])
-            if proto is not None:
-                nargs = len(proto["members"])
-            break
-    return KernelOffsets(skc_net=skc_net, net_ns_inum=ns, skc_num=skc_num, accept_nargs=nargs)
+    def func_nargs(self, name: str) -> int | None:
+        tid = self._find(_KIND_FUNC, name)
+        proto = self.types.get(self.types[tid][2]) if tid else None
+        return proto[4] if proto is not None else None
 
 
-def read_btf(path: str = "/sys/kernel/btf/vmlinux") -> str:
-    """The raw BTF dump of the kernel (needs bpftool)."""
-    if not os.path.exists(path):
-        raise ProbeError(f"{path} is missing: this kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y is required)")
-    tool = shutil.which("bpftool") or ("/usr/sbin/bpftool" if os.path.exists("/usr/sbin/bpftool") else None)
-    if tool is None:
-        raise ProbeError("bpftool not found: install it (apt-get install bpftool)")
-    proc = subprocess.run([tool, "btf", "dump", "file", path, "format", "raw"],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise ProbeError(f"bpftool could not read {path}: {proc.stderr.strip()}")
-    return proc.stdout
+def kernel_offsets(btf: bytes) -> KernelOffsets:
+    """The struct offsets phobos.c needs, from a BTF blob of the running kernel."""
+    b = Btf(btf)
+    sock_common = b.offset("sock", "__sk_common")
+    return KernelOffsets(
+        skc_net=sock_common + b.offset("sock_common", "skc_net"),
+        net_ns_inum=b.offset("net", "ns") + b.offset("ns_common", "inum"),
+        skc_num=sock_common + b.offset("sock_common", "skc_num"),
+        accept_nargs=b.func_nargs("inet_csk_accept") or 2,
+    )
+
+
+def read_btf(path: str = "/sys/kernel/btf/vmlinux") -> bytes:
+    """The kernel's BTF blob."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise ProbeError(f"{path} is missing: this kernel has no BTF "
+                         "(a kernel built with CONFIG_DEBUG_INFO_BTF=y is required)") from None
+    except OSError as err:
+        raise ProbeError(f"cannot read kernel BTF {path}: {err.strerror}") from None
 
 
 # --------------------------------------------------------------------------
