@@ -204,7 +204,9 @@ class Agent:
                 log.warning("kernel map %s full: %d updates dropped so far", name, value)
         self._drops_seen = drops
         m.map_drops = dict(drops)
-        m.kernel_events = self.probe.stats().get("events", 0)
+        stats = self.probe.stats()
+        m.kernel_events = stats.get("events", 0)
+        m.accepts_without_listener = stats.get("accept_no_listener", 0)
         m.last_drain_s = time.monotonic() - started
         m.last_drain_at = time.time()
         if m.intervals % 60 == 0:
@@ -324,7 +326,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="phobos trace", description=__doc__.split("\n\n")[0])
     configure_parser(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except KeyboardInterrupt:  # before the signal handlers are in place (BPF compile)
+        print("phobos trace: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class TracerMetrics:
         self.edges_read = 0
         self.open_connections = 0
         self.kernel_events = 0
+        self.accepts_without_listener = 0
         self.started_at = time.time()
 
     def healthy(self, now: float | None = None) -> bool:
@@ -78,6 +79,9 @@ class TracerMetrics:
                [("", self.open_connections)])
         metric("phobos_tracer_kernel_events_total", "counter", "TCP state changes seen by the BPF program.",
                [("", self.kernel_events)])
+        metric("phobos_tracer_accepts_without_listener_total", "counter",
+               "Accepted connections whose listener was unknown (charged to pid 0).",
+               [("", self.accepts_without_listener)])
         return "\n".join(lines) + "\n"
 
 
