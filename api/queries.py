@@ -37,6 +37,7 @@ second) and ``fail_rate`` (failed connects per second), plus raw counts.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -363,11 +364,14 @@ def area_exists(store: Any, name: str) -> bool:
 # -- alerts ------------------------------------------------------------------
 
 def firing_alerts(store: Any, at: int, service: str | None = None) -> list[dict[str, Any]]:
-    """Alerts firing at ``at``: the latest notification received by then says so.
+    """Alerts firing at ``at``.
 
-    An alert fires at T when it started by T and either its latest
-    notification is ``firing`` or its end lies after T (Alertmanager sends
-    no end, i.e. the epoch, while an alert fires).
+    An alert fires at T when it started by T and its latest notification
+    puts its end after T: a resolved alert's ``ends_at``, or a firing one's
+    (none - stored as the epoch - while Alertmanager considers it ongoing,
+    otherwise the time it expires).  The latest notification is used rather
+    than the one received by T, so alerts replayed later still show at the
+    time they happened.
     """
     db = store.db
     cond = "AND l_service = {svc:String}" if service is not None else ""
@@ -383,7 +387,6 @@ def firing_alerts(store: Any, at: int, service: str | None = None) -> list[dict[
                  argMax(summary, received_at) AS l_summary, argMax(ends_at, received_at) AS l_ends_at
           FROM {db}.alerts
           WHERE starts_at <= toDateTime({{at:UInt32}}, 'UTC')
-            AND received_at <= toDateTime({{at:UInt32}}, 'UTC') + 60
           GROUP BY fingerprint, starts_at
           HAVING ((l_status = 'firing' AND (l_ends_at <= l_starts OR l_ends_at > toDateTime({{at:UInt32}}, 'UTC')))
               OR (l_status = 'resolved' AND l_ends_at > toDateTime({{at:UInt32}}, 'UTC')))
@@ -622,6 +625,31 @@ def run_sql(store: Any, text: str, fmt: str, *, max_rows: int, max_seconds: floa
 
     Returns column names and rows for ``fmt="json"``, CSV text for ``"csv"``.
     """
+    from api.storage import StoreError
+
+    with _exclusive(store):
+        try:
+            return _run_sql(store, text, fmt, max_rows, max_seconds, max_bytes)
+        except (StoreError, SQLRefused):
+            # chDB hands the partial output of a query that failed midway
+            # (row limit, timeout) to the next query of the session; a
+            # throwaway query takes it while the session is still ours.
+            try:
+                store.query_text("SELECT 1", "CSV")
+            except StoreError:
+                pass
+            raise
+
+
+def _exclusive(store: Any) -> Any:
+    """Hold the embedded session's lock (re-entrant) across several queries."""
+    engine = getattr(store, "_engine", None)
+    mutex = getattr(engine, "mutex", None)
+    return mutex if mutex is not None else contextlib.nullcontext()
+
+
+def _run_sql(store: Any, text: str, fmt: str, max_rows: int, max_seconds: float,
+             max_bytes: int) -> tuple[list[str], list[tuple]] | str:
     canonical = validate_sql(store, text)
     settings = (
         f" SETTINGS readonly = 1, max_execution_time = {float(max_seconds)}, "
