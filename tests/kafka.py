@@ -295,21 +295,30 @@ except ImportError:  # the CLI works without pytest
 
 if pytest is not None:
 
+    _SHARED: dict[str, Broker] = {}
+
     @pytest.fixture(scope="session")
-    def kafka_broker(tmp_path_factory):
-        """One broker per test session on free loopback ports; skipped locally,
-        failed in CI, when it cannot start."""
+    def kafka_broker(request, tmp_path_factory):
+        """One broker per test session on free loopback ports (shared by every
+        module that imports this fixture); skipped locally, failed in CI, when
+        it cannot start.  Tests may stop and start it (same port and data)
+        but must leave it running."""
         from conftest import require
 
-        ok, reason = available()
-        require(ok, reason)
-        broker = Broker(tmp_path_factory.mktemp("kafka"))
-        try:
+        broker = _SHARED.get("broker")
+        if broker is None:
+            ok, reason = available()
+            require(ok, reason)
+            broker = Broker(tmp_path_factory.mktemp("kafka"))
+            try:
+                broker.start()
+            except Exception as err:
+                require(False, f"Kafka broker did not start: {err}")
+            _SHARED["broker"] = broker
+            request.config.add_cleanup(broker.stop)
+        if not broker.running:
             broker.start()
-        except Exception as err:
-            require(False, f"Kafka broker did not start: {err}")
         yield broker
-        broker.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
