@@ -28,8 +28,12 @@
  * takes from the running kernel's BTF and passes as -D flags (kernel headers
  * may not match the kernel).  Accepted connections are charged to the
  * process that called listen() on (netns, port); a listener shared by
- * forked workers is charged to the one that listened.  A socket evicted from
- * the LRU before it closes leaves its edge's open gauge one too high.
+ * forked workers is charged to the one that listened (kprobe/fentry mode
+ * refreshes the listener from inet_csk_accept, see PHOBOS_CALL_PROBES).  A
+ * socket evicted from the LRU before it closes leaves its edge's open gauge
+ * one too high.  Connections that were open before the tracer started are
+ * matched by 4-tuple against the "seeded" map that userspace fills from
+ * /proc, so their close is counted once and never as a new connect.
  */
 
 #ifndef SKC_NET_OFF
