@@ -542,3 +542,110 @@ def test_metrics_text_and_endpoints():
         assert err.value.code == 503
     finally:
         server.close()
+
+
+# --- agent logic with a fake probe ---------------------------------------------------------
+
+class FakeProbe:
+    """Stands in for tracer.probe.Probe: records what the agent asks of the kernel."""
+
+    def __init__(self, tracked=(), orphans=()):
+        self.seeding = []
+        self.listeners_seeded = []
+        self.connections_seeded = {}
+        self._tracked = set(tracked)
+        self._orphans = set(orphans)
+        self.to_drain = []
+        self.listener_map = []
+
+    def set_seeding(self, on):
+        self.seeding.append(on)
+
+    def seed_listener(self, netns, port, ip, pid, comm, count):
+        self.listeners_seeded.append((netns, port, ip, pid, comm, count))
+        return True
+
+    def tracked_tuples(self):
+        return self._tracked
+
+    def seed_connection(self, tup, edge, comm):
+        self.connections_seeded[tup] = (edge, comm)
+
+    def orphans(self):
+        return self._orphans
+
+    def unseed(self, tup):
+        return self.connections_seeded.pop(tup, None) is not None
+
+    def drain(self):
+        out, self.to_drain = self.to_drain, []
+        return out
+
+    def listeners(self):
+        return self.listener_map
+
+    def drops(self):
+        return {"edges": 0, "socks": 0, "listeners": 0, "orphans": 0}
+
+    def stats(self):
+        return {"events": 10, "accept_no_listener": 0}
+
+
+class ListSink(sinks.Sink):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def send(self, connections, listeners):
+        self.batches.append((connections, listeners))
+
+
+def _agent(tmp_path, probe):
+    from tracer.agent import Agent
+
+    args = argparse.Namespace(dc="zone-a", host="h1", interval=10.0, duration=0)
+    proc = _fake_proc(tmp_path)
+    sink = ListSink()
+    agent = Agent(args, probe, sink, attribution.Attributor(str(proc)), TracerMetrics("tracepoint", 10))
+    return agent, sink, proc
+
+
+def test_seed_classifies_directions_skips_tracked_and_unseeds_orphans(tmp_path):
+    tracked = (4026531840, "127.0.0.1", 0xD431, "127.0.0.1", 8080)  # the kernel already follows it
+    orphan = (4026532999, "::1", 443, "::1", 40000)                # closed during the snapshot
+    probe = FakeProbe(tracked=[tracked], orphans=[orphan])
+    agent, sink, proc = _agent(tmp_path, probe)
+    result = agent.seed(str(proc))
+    assert probe.seeding == [True, False]
+    assert (4026531840, 8080, "127.0.0.1", 100, "nginx", 1) in probe.listeners_seeded
+    seeded = probe.connections_seeded
+    assert tracked not in seeded and orphan not in seeded
+    inbound, comm = seeded[(4026531840, "127.0.0.1", 8080, "127.0.0.1", 0xD431)]
+    assert (inbound.direction, inbound.pid, inbound.local_port, inbound.remote_port) == ("inbound", 100, 8080, 0)
+    assert comm == "nginx"
+    mapped, _ = seeded[(4026532999, "10.200.0.1", 80, "10.200.0.2", 50000)]
+    assert mapped.direction == "inbound" and mapped.pid == 300  # v4 client of a listener on ::
+    assert result == {"listeners": 2, "connections": 2}
+
+    conns, _ = agent.drain(10)
+    opened = {(r["direction"], r["local_port"]): r for r in conns}
+    assert opened[("inbound", 8080)]["open"] == 1 and opened[("inbound", 8080)]["accepts"] == 0
+    assert opened[("inbound", 80)]["open"] == 1
+    assert ("inbound", 443) not in opened  # the orphan was taken back
+
+
+def test_drain_sends_valid_records_and_updates_metrics(tmp_path):
+    probe = FakeProbe()
+    agent, sink, _ = _agent(tmp_path, probe)
+    edge = EdgeKey(4026531840, 200, "outbound", "127.0.0.1", 0, "127.0.0.1", 8080)
+    probe.to_drain = [(edge, vals(connects=3, closes=1, open_delta=2))]
+    probe.listener_map = [{"netns": 4026531840, "port": 8080, "pid": 100, "ip": "127.0.0.1", "comm": "nginx",
+                           "count": 1}]
+    agent.drain(10)
+    (conns, lis), = sink.batches
+    assert conns[0]["pid"] == 200 and conns[0]["comm"] == "curl" and conns[0]["connects"] == 3
+    assert conns[0]["open"] == 2 and conns[0]["dc"] == "zone-a" and conns[0]["host"] == "h1"
+    assert lis[0]["service"] == "nginx" and lis[0]["port"] == 8080
+    m = agent.metrics
+    assert (m.intervals, m.edges_read, m.records["connections"], m.open_connections) == (1, 1, 1, 2)
+    assert m.kernel_events == 10 and agent.invalid_records == 0
