@@ -331,7 +331,7 @@ def _loopback_burst(count: int) -> None:
 
 
 def test_userspace_work_does_not_grow_with_connections(bpf_ready):
-    """10 vs 1000 connections: same wake-ups, same number of edges read."""
+    """10 vs 1000 connections: same wake-ups, same records, edges read independent of the count."""
     results = {}
     for count in (10, 1000):
         agent = AgentRun()
@@ -341,21 +341,27 @@ def test_userspace_work_does_not_grow_with_connections(bpf_ready):
             time.sleep(2.2)
         finally:
             summary = agent.stop()
-        mine = [r for r in agent.connections(pid=os.getpid()) if r["direction"] == "outbound"]
-        assert total(mine, "connects") == count
+        mine = agent.connections(pid=os.getpid())
+        assert total([r for r in mine if r["direction"] == "outbound"], "connects") == count
+        assert total([r for r in mine if r["direction"] == "inbound"], "accepts") == count
+        # One outbound and one inbound edge per interval, whatever the count.
+        assert len(mine) <= 2 * summary["intervals"], mine
         results[count] = summary
     small, big = results[10], results[1000]
     assert big["kernel_events"] - small["kernel_events"] >= 4 * 990  # the kernel did see them all
     assert abs(big["wakeups"] - small["wakeups"]) <= 1, results
-    # Edges read: our two edges plus whatever else this host did meanwhile.
-    assert big["edges_read"] <= small["edges_read"] + 4, results
+    # Other processes on a shared CI host add a few edges; 1000 connections must not.
+    assert big["edges_read"] - small["edges_read"] < 100, results
 
 
 def test_full_edge_map_is_counted_as_drops(bpf_ready):
     agent = AgentRun("--max-edges", "2")
     try:
         time.sleep(0.2)
-        for port in range(1, 9):  # eight refused connects, eight distinct edges
+        for _ in range(8):  # eight refused connects, eight distinct edges
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]  # free: nothing listens once closed
             with pytest.raises(OSError):
                 socket.create_connection(("127.0.0.1", port), timeout=2)
         time.sleep(1.5)
