@@ -171,9 +171,10 @@ def area_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], area: st
             data["alerts"] = len(alerts[name])
             data["notices"] = _alert_notices(alerts[name])
         else:
-            data["cls"] = "area" if data["area"] == area else "other"
+            # Externals drawn in the area are still not its services.
+            data["cls"] = "area" if data["area"] == area and data["kind"] == "service" else "other"
     edges = g.contract(rows, lambda r, side: r[f"{side}_name"])
-    own = sorted(n for n, d in nodes.items() if d["area"] == area)
+    own = sorted(n for n, d in nodes.items() if d["area"] == area and d["kind"] == "service")
     edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [q.INTERNET, *own],
                                      "services")
     updated = p["win"].end * 1000
