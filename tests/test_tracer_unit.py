@@ -365,6 +365,11 @@ def test_preflight_names_each_missing_prerequisite(tmp_path):
         problems = preflight.run_checks(**{**dirs, **override})
         assert len(problems) == 1, (name, problems)
         assert fix in str(problems[0]), (name, problems)
+    if os.geteuid() != 0:  # root reads a 0700 directory anyway
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o000)
+        problems = preflight.run_checks(**{**dirs, "tracefs_candidates": [str(locked)]})
+        assert "not readable" in problems[0].what and "root" in problems[0].fix
     (tmp_path / "tracing/events/sock/inet_sock_set_state").rmdir()
     problems = preflight.run_checks(**dirs)
     assert len(problems) == 1 and "sock:inet_sock_set_state" in problems[0].what

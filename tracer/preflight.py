@@ -94,8 +94,14 @@ def find_tracefs(candidates: Iterable[str] = TRACEFS_CANDIDATES) -> str | None:
 
 
 def check_tracefs(candidates: Iterable[str] = TRACEFS_CANDIDATES) -> Problem | None:
+    candidates = tuple(candidates)
     if find_tracefs(candidates) is not None:
         return None
+    for path in candidates:
+        # tracefs is mode 0700: to other users a mounted one looks empty.
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+            return Problem(f"tracefs at {path} is not readable by this user",
+                           "run as root (tracefs is only readable by root)")
     return Problem("tracefs is not mounted (no events/ under " + " or ".join(candidates) + ")",
                    "mount -t tracefs tracefs /sys/kernel/tracing")
 
