@@ -1,0 +1,128 @@
+"""Benchmark: latency of the graph API on a simulated fleet, and the API's peak RSS.
+
+Run:  .venv/bin/python tests/bench/bench_api.py [--dir /tmp/phobos_bench] [--hours 24]
+          [--areas 30 --services 500 --instances 5000] [--repeat 30]
+
+1. Backfills ``--hours`` of a ``--areas``/``--services``/``--instances`` fleet
+   with ``phobos simulate`` in a *separate process* (skipped when ``--dir``
+   already holds data), so that the RSS figure below is the API's alone.
+2. Opens the store in this process, builds the app with ``create_app`` and
+   calls the endpoints through Flask's test client (no sockets: the figures
+   are the application's time, store included, without HTTP overhead).
+3. Each endpoint is called once to warm caches, then ``--repeat`` times;
+   prints p50/p95/max in ms, and the peak RSS of this process.
+
+Endpoints: areas (global), area detail (region, busiest area), service
+detail (focused, busiest service), summary, impact, diff of the last 5 min
+against 24 h earlier, and the 24 h window areas view (hourly rollup).
+Goal: p95 <= 150 ms warm, <= 500 ms for the 24 h diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def backfill(directory: str, args: argparse.Namespace) -> None:
+    cmd = [sys.executable, "-m", "tracer.simulate", "--store", f"chdb://{directory}",
+           "--areas", str(args.areas), "--services", str(args.services), "--instances", str(args.instances),
+           f"--from=-{args.hours}h", "--to", "now", "--quiet"]
+    started = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    print(f"backfill of {args.hours} h: {time.time() - started:.0f} s (separate process)")
+
+
+def measure(client, url: str, repeat: int) -> list[float]:
+    response = client.get(url)  # warm-up
+    assert response.status_code == 200, (url, response.get_data(as_text=True)[:300])
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        response = client.get(url)
+        times.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 200
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", default="/tmp/phobos_bench", help="chDB data directory (kept for reuse)")
+    parser.add_argument("--areas", type=int, default=30)
+    parser.add_argument("--services", type=int, default=500)
+    parser.add_argument("--instances", type=int, default=5000)
+    parser.add_argument("--hours", type=int, default=24)
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    from api.storage import open_store
+
+    has_data = Path(args.dir, "phobos.lock").exists()
+    if has_data:
+        probe = open_store(f"chdb://{args.dir}", role="bench")
+        has_data = probe.schema_version() > 0 and probe.query(
+            f"SELECT count() FROM {probe.db}.edges_1h")[0][0] > 0
+        probe.close()
+    if not has_data:
+        backfill(args.dir, args)
+
+    rss_before = rss_mb()
+    from api import queries
+    from api.app import create_app
+
+    store = open_store(f"chdb://{args.dir}", role="bench")
+    app = create_app({"STORE": store})
+    client = app.test_client()
+    first, last = queries.data_range(store)
+    at = last - 60  # the last complete minute
+    counts = store.query(
+        f"SELECT (SELECT count() FROM {store.db}.connections), (SELECT count() FROM {store.db}.edges_1m), "
+        f"(SELECT uniqExact(service) FROM {store.db}.edges_1h), (SELECT uniqExact(host, pod) FROM {store.db}.edges_1h)")[0]
+    print(f"store: {counts[0]:,} raw records, {counts[1]:,} edges_1m rows, {counts[2]} services, "
+          f"{counts[3]} instances, {(last - first) / 3600:.1f} h of data")
+    rows = queries.graph_rows(store, queries.Window.at(at, 300))
+    busiest_area = max(
+        {r["s_area"] for r in rows if r["s_kind"] == "service"},
+        key=lambda a: sum(r["open"] for r in rows if a in (r["s_area"], r["d_area"])))
+    busiest = max({r["d_name"] for r in rows if r["d_kind"] == "service"},
+                  key=lambda s: sum(r["open"] for r in rows if s in (r["s_name"], r["d_name"])))
+    print(f"window 5 min: {len(rows)} service-level rows; busiest area {busiest_area}, service {busiest}")
+    cases = [
+        ("areas (global)", f"/api/v1/areas?at={at}"),
+        ("area detail (region)", f"/api/v1/areas/{busiest_area}?at={at}"),
+        ("service detail (focused)", f"/api/v1/services/{busiest}?at={at}"),
+        ("service summary", f"/api/v1/services/{busiest}/summary?at={at}"),
+        ("impact", f"/api/v1/services/{busiest}/impact?at={at}"),
+        ("diff now vs 24 h ago", f"/api/v1/diff?to={at}&from={at - 86400}"),
+        ("datacenters (global)", f"/api/v1/datacenters?at={at}"),
+        ("areas, 24 h window", f"/api/v1/areas?at={at}&window=24h"),
+        ("search", f"/api/v1/search?q={busiest[:5]}&at={at}"),
+        ("timeline", "/api/v1/timeline"),
+    ]
+    print(f"{'endpoint':28} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}   (n={args.repeat}, warm)")
+    for name, url in cases:
+        times = sorted(measure(client, url, args.repeat))
+        p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+        print(f"{name:28} {statistics.median(times):8.1f} {p95:8.1f} {times[-1]:8.1f}")
+    print(f"peak RSS of the API process: {rss_mb():.0f} MiB (before opening the store: {rss_before:.0f} MiB)")
+    print(f"cpus: {os.cpu_count()}")
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
