@@ -185,10 +185,11 @@ def migrate_kafka(store: Any, brokers: str, prefix: str = DEFAULT_PREFIX, group:
                 name = _created_object(statement)
                 if not (name and "ENGINE = Kafka" in statement and store.url.scheme == "chdb" and _exists(store, name)):
                     raise
-                # chDB writes the table's definition, then fails starting its
-                # consumers: the DDL is valid, the engine does not run embedded.
-                log.warning("chDB created %s but cannot run the Kafka engine (%s); use `phobos ingest`", name, err)
-                notes = "; chDB cannot run Kafka engine consumers: use `phobos ingest` for the embedded store"
+                # chDB (chdb-core 26.9) reports "Shutdown was called" while
+                # creating a Kafka engine table, yet creates it and its
+                # consumer runs (the tests check it end to end).
+                log.warning("chDB reported %r creating %s; the table exists and is used", str(err), name)
+                notes = "; chDB reported an error creating the Kafka tables but created them"
         store.insert_rows("kafka_migrations", [{
             "name": path.name, "checksum": checksum, "applied_at": int(time.time()),
             "settings": json.dumps({k: v for k, v in values.items() if k != "db"}, sort_keys=True),

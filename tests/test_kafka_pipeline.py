@@ -258,3 +258,45 @@ def test_kafka_engine_ddl_is_created_by_chdb_and_reapplied_only_on_change(kafka_
     for name in ("connections_dead_mv", "connections_offsets_mv", "connections_mv", "listeners_dead_mv",
                  "listeners_offsets_mv", "listeners_mv", "connections_queue", "listeners_queue"):
         store.execute(f"DROP TABLE {store.db}.{name}")
+
+
+def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
+    """ClickHouse consuming the topics itself: queue -> views -> connections,
+    rollups, listeners; malformed messages -> dead_letters with the reason;
+    offsets kept in kafka_offsets."""
+    prefix = fresh_prefix()
+    init_topics(kafka_broker.bootstrap, prefix, partitions=1)
+    topics = topics_for(prefix)
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    good = stream(300)
+    for start in range(0, len(good), 100):
+        producer.produce(topics["connections"], b"\n".join(json.dumps(r).encode() for r in good[start:start + 100]))
+    bad = [b"garbage{", json.dumps(connection(pid="abc")).encode(), json.dumps(connection(v=2)).encode(),
+           json.dumps(connection(remote_ip="nope")).encode(), json.dumps(connection(direction="up")).encode(),
+           json.dumps(connection(connects=-1)).encode()]
+    for value in bad:
+        producer.produce(topics["connections"], value)
+    producer.produce(topics["listeners"], json.dumps(listener()).encode())
+    assert producer.flush(30) == 0
+    migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch")
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            done = totals(store)
+            dead = store.query(f"SELECT count() FROM {store.db}.dead_letters")[0][0]
+            if done["rows"] >= len(good) and dead >= len(bad) and done["listeners"]:
+                break
+            time.sleep(0.5)
+        assert totals(store) == expected(good, listeners=1)
+        reasons = [r[0] for r in store.query(f"SELECT reason FROM {store.db}.dead_letters ORDER BY source")]
+        assert len(reasons) == len(bad)
+        assert reasons[0].startswith("unreadable message") and reasons[1].startswith("unreadable message")
+        assert "unsupported record version 2" in reasons[2]
+        assert "not an IP address" in reasons[3] and "'up'" in reasons[4] and "negative" in reasons[5]
+        offsets = store.query(f"SELECT count(), max(offset) FROM {store.db}.kafka_offsets FINAL "
+                              "WHERE topic = {t:String}", {"t": topics["connections"]})[0]
+        assert offsets == (3 + len(bad), 2 + len(bad))
+    finally:
+        for name in ("connections_dead_mv", "connections_offsets_mv", "connections_mv", "listeners_dead_mv",
+                     "listeners_offsets_mv", "listeners_mv", "connections_queue", "listeners_queue"):
+            store.execute(f"DROP TABLE IF EXISTS {store.db}.{name}")
