@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from tracer import aggregate, attribution, preflight, records
 from tracer.metrics import MetricsServer, TracerMetrics
-from tracer.sinks import SinkError, make_sink
+from tracer.sinks import SinkError, make_sink, sink_factory
 
 __all__ = ["configure_parser", "run", "main", "EXAMPLES"]
 
@@ -276,12 +276,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"phobos trace: cannot load catalog {args.catalog}: {err}", file=sys.stderr)
             return EXIT_PREREQ
     try:
-        sink = make_sink(args.sink, host=args.host, token=os.environ.get("PHOBOS_TOKEN") or None,
-                         max_queue=args.max_queue)
+        sink_factory(args.sink)  # an unknown scheme is reported before the slow compile
     except SinkError as err:
         print(f"phobos trace: {err}", file=sys.stderr)
         return EXIT_PREREQ
-
     from tracer.probe import Probe, ProbeError  # noqa: PLC0415 - BCC only when tracing
 
     try:
@@ -289,6 +287,20 @@ def run(args: argparse.Namespace) -> int:
     except ProbeError as err:
         print(f"phobos trace: cannot start tracing: {err}", file=sys.stderr)
         return EXIT_PREREQ
+    # The sink starts after the probe: auto mode forks to try optional hooks,
+    # and a sink may already run threads (librdkafka does).
+    try:
+        sink = make_sink(args.sink, host=args.host, token=os.environ.get("PHOBOS_TOKEN") or None,
+                         max_queue=args.max_queue)
+    except SinkError as err:
+        print(f"phobos trace: {err}", file=sys.stderr)
+        probe.close()
+        return EXIT_PREREQ
+    except Exception as err:  # a plug-in sink failing to start (missing library, bad URL)
+        print(f"phobos trace: cannot open sink {args.sink}: {type(err).__name__}: {err}", file=sys.stderr)
+        probe.close()
+        return EXIT_PREREQ
+
     metrics = TracerMetrics(mode=probe.mode, interval_s=args.interval)
     server = None
     try:

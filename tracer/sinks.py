@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable, Deque, TextIO
 
-__all__ = ["Sink", "StdoutSink", "HttpSink", "register_sink", "make_sink", "SinkError", "boot_id"]
+__all__ = ["Sink", "StdoutSink", "HttpSink", "register_sink", "sink_factory", "make_sink", "SinkError", "boot_id"]
 
 log = logging.getLogger("phobos.tracer.sinks")
 
@@ -217,17 +217,28 @@ register_sink("http", lambda url, **opts: HttpSink(url, host=opts.get("host", ""
 register_sink("https", _REGISTRY["http"])
 
 
-def make_sink(url: str, **options: Any) -> Sink:
-    """A sink for ``url``: ``stdout``, ``http://…``, or a registered scheme like ``kafka://…``."""
+def sink_factory(url: str) -> Callable[..., Sink]:
+    """The factory for ``url``'s scheme, without opening anything.
+
+    Raises
+    ------
+    SinkError
+        If no sink handles the scheme.
+    """
     scheme = "stdout" if url in ("", "-", "stdout") else url.split("://", 1)[0].lower() if "://" in url else ""
     factory = _REGISTRY.get(scheme)
     if factory is None and scheme == "kafka":
         try:  # the Kafka sink registers itself when imported
             __import__("tracer.kafka_sink")
-        except ImportError:
-            pass
+        except ImportError as err:
+            raise SinkError(f"the kafka sink is not available: {err}") from None
         factory = _REGISTRY.get(scheme)
     if factory is None:
-        known = ", ".join(sorted(s + ("" if s == "stdout" else "://") for s in _REGISTRY))
+        known = ", ".join(sorted(s + ("" if s == "stdout" else "://") for s in {*_REGISTRY, "kafka"}))
         raise SinkError(f"unknown sink {url!r}; use one of: {known}")
-    return factory(url, **options)
+    return factory
+
+
+def make_sink(url: str, **options: Any) -> Sink:
+    """A sink for ``url``: ``stdout``, ``http://…``, or a registered scheme like ``kafka://…``."""
+    return sink_factory(url)(url, **options)
