@@ -278,8 +278,10 @@ def test_api_runs_gunicorn_with_health_probes(rendered, variant):
     (container,) = pod_spec(dep)["containers"]
     cmd = container["command"]
     assert cmd[0] == "gunicorn" and cmd[-1] == "api.app:create_app()"
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Ready only when the store answers and has the schema.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     svc = one(docs, "Service", "api")
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
     env = env_of(container)
@@ -324,6 +326,7 @@ def test_migration_job_is_a_pre_install_hook_with_cluster_and_kafka(rendered):
     assert "--cluster=phobos_cluster" in cmd
     assert "--kafka=kafka-0.kafka.kafka.svc.cluster.local:9093,kafka-1.kafka.kafka.svc.cluster.local:9093," \
            "kafka-2.kafka.kafka.svc.cluster.local:9093" in cmd
+    assert "--topic-prefix=phobos" in cmd
     assert pod_spec(job)["restartPolicy"] == "Never"
     # The catalog is loaded after the release's ConfigMap exists.
     catalog = one(rendered["production"], "Job", "catalog")
@@ -348,7 +351,7 @@ def test_chart_managed_password_has_a_hook_secret_created_before_the_job(rendere
 def test_ingest_consumer_and_its_kafka_settings(rendered):
     dep = one(rendered["ingest"], "Deployment", "ingest")
     (container,) = pod_spec(dep)["containers"]
-    assert container["command"] == ["phobos", "ingest", "--kafka=k1:9092,k2:9092", "--topic=phobos"]
+    assert container["command"] == ["phobos", "ingest", "--kafka=k1:9092,k2:9092", "--topic-prefix=phobos"]
     env = env_of(container)
     assert env["PHOBOS_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
     assert env["PHOBOS_KAFKA_SSL_KEY_LOCATION"]["value"] == "/etc/phobos/kafka-tls/tls.key"
@@ -380,6 +383,55 @@ def test_network_policy_limits_who_reaches_the_api(rendered):
     api = [p for p in find(rendered["ingest"], "NetworkPolicy") if p["metadata"]["name"] == "phobos-api"][0]
     assert {"ipBlock": {"cidr": "10.0.0.0/16"}} in api["spec"]["ingress"][0]["from"]
     assert not find(rendered["default"], "NetworkPolicy")
+
+
+# --- the chart and the code agree ------------------------------------------------------------
+
+
+def _known_env(*paths: str) -> set[str]:
+    return {m for p in paths for m in re.findall(r"PHOBOS_[A-Z_]+", (ROOT / p).read_text())}
+
+
+def test_tracer_env_names_are_the_agents(rendered):
+    known = _known_env("tracer/agent.py", "tracer/kafka_sink.py")
+    for variant in ("default", "production", "ingest"):
+        container = pod_spec(one(rendered[variant], "DaemonSet", "tracer"))["containers"][0]
+        for name in env_of(container):
+            # PHOBOS_KAFKA_* are librdkafka properties, passed through by name.
+            assert name in known or name.startswith("PHOBOS_KAFKA_"), f"the tracer reads no {name}"
+
+
+def test_api_env_names_are_the_apis(rendered):
+    known = _known_env("api/config.py", "api/cli.py", "api/storage.py") | {"PHOBOS_CLICKHOUSE_PASSWORD"}
+    for variant in ("default", "production"):
+        container = pod_spec(one(rendered[variant], "Deployment", "api"))["containers"][0]
+        for name in env_of(container):
+            assert name in known, f"the API reads no {name}"
+
+
+def test_api_serves_the_probed_paths():
+    from api.app import create_app
+
+    rules = {rule.rule for rule in create_app({"TESTING": True}).url_map.iter_rules()}
+    assert {"/healthz", "/readyz", "/api/v1/ingest"} <= rules
+
+
+def test_job_and_consumer_commands_parse(rendered):
+    import argparse
+
+    from api import cli, kafka_ingest
+
+    job = pod_spec(one(rendered["production"], "Job", "migrate"))["containers"][0]["command"]
+    migrate = argparse.ArgumentParser()
+    migrate.add_argument("--cluster")
+    kafka_ingest.configure_migrate_parser(migrate)
+    args = migrate.parse_args(job[2:])
+    assert args.cluster == "phobos_cluster" and args.kafka and args.topic_prefix == "phobos"
+    assert cli.build_parser().parse_args(["migrate", "--cluster=phobos_cluster"]).cluster == "phobos_cluster"
+
+    consumer = pod_spec(one(rendered["ingest"], "Deployment", "ingest"))["containers"][0]["command"]
+    args = kafka_ingest.configure_parser(argparse.ArgumentParser()).parse_args(consumer[2:])
+    assert args.kafka == "k1:9092,k2:9092" and args.topic_prefix == "phobos"
 
 
 # --- values.schema.json ----------------------------------------------------------------------
