@@ -575,6 +575,7 @@ class FakeProbe:
 
     def seed_connection(self, tup, edge, comm):
         self.connections_seeded[tup] = (edge, comm)
+        return True
 
     def orphans(self):
         return self._orphans

@@ -145,6 +145,7 @@ class Agent:
                 seeded_listeners += 1
         tracked = self.probe.tracked_tuples()
         seeded: dict[tuple, Any] = {}
+        skipped = 0
         for tup, owner in snap.connections.items():
             if tup in tracked:
                 continue  # the kernel saw it open after attaching; it is counted already
@@ -157,7 +158,9 @@ class Agent:
                 pid = owner
                 comm = self.attributor.process(owner)["comm"]
                 edge = EdgeKey(netns, pid, "outbound", lip, 0, rip, rport)
-            self.probe.seed_connection(tup, edge, comm)
+            if not self.probe.seed_connection(tup, edge, comm):
+                skipped += 1
+                continue
             self.aggregator.seed(edge, 1, comm)
             seeded[tup] = edge
         self.probe.set_seeding(False)
@@ -167,6 +170,8 @@ class Agent:
             if edge is not None and self.probe.unseed(tup):
                 self.aggregator.unseed(edge)
                 unseeded += 1
+        if skipped:
+            log.warning("%d connections open at start-up are not counted: the seeded map is full", skipped)
         result = {"listeners": seeded_listeners, "connections": len(seeded) - unseeded}
         log.info("start-up snapshot: %d listeners, %d open connections", result["listeners"], result["connections"])
         return result

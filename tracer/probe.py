@@ -464,7 +464,10 @@ class Probe:
         leaf = table.Leaf(pid=pid, count=count)
         leaf.addr[:] = list(_ip_bytes(ip))
         leaf.comm = comm.encode()[:15]
-        table[key] = leaf
+        try:
+            table[key] = leaf
+        except Exception:  # BCC raises bare Exception when the map is full
+            return False
         return True
 
     # -- connections that predate the tracer --------------------------------
@@ -476,7 +479,7 @@ class Probe:
                 out.add((st.edge.netns, _ip(st.edge.laddr), st.sport, _ip(st.edge.raddr), st.dport))
         return out
 
-    def seed_connection(self, tuple_: tuple, edge: EdgeKey, comm: str) -> None:
+    def seed_connection(self, tuple_: tuple, edge: EdgeKey, comm: str) -> bool:
         netns, lip, lport, rip, rport = tuple_
         table = self.bpf["seeded"]
         key = table.Key(netns=netns, lport=lport, rport=rport)
@@ -489,7 +492,11 @@ class Probe:
         e.laddr[:] = list(_ip_bytes(edge.local_ip))
         e.raddr[:] = list(_ip_bytes(edge.remote_ip))
         leaf.comm = comm.encode()[:15]
-        table[key] = leaf
+        try:
+            table[key] = leaf
+        except Exception:  # map full: its close would go unseen, so do not count it
+            return False
+        return True
 
     def unseed(self, tuple_: tuple) -> bool:
         netns, lip, lport, rip, rport = tuple_
