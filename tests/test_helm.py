@@ -132,8 +132,10 @@ def test_helm_lint_passes(helm, variant):
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
 
 
-def _validate(validator: str, path: Path) -> subprocess.CompletedProcess:
+def _validate(validator: str, path: Path, kube_version: str | None = None) -> subprocess.CompletedProcess:
     cmd = [validator, "--strict", "--quiet", str(path)]
+    if kube_version:
+        cmd[1:1] = ["--kubernetes-version", kube_version]
     # As root, prove the schemas are local: no network at all in the validator's namespace.
     if os.geteuid() == 0 and shutil.which("unshare") and subprocess.run(
             ["unshare", "--net", "true"], capture_output=True).returncode == 0:
@@ -148,6 +150,26 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(helm, validator,
     result = _validate(validator, path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ERROR" not in result.stdout + result.stderr
+
+
+def _chart_min_kube() -> str:
+    constraint = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    return re.match(r">=\s*(\d+\.\d+\.\d+)", constraint).group(1)
+
+
+@pytest.mark.parametrize("variant", ["default", "production"])
+def test_manifests_for_the_oldest_supported_kubernetes_validate_there(helm, validator, variant, tmp_path):
+    """Fields newer than Chart.yaml's kubeVersion floor (securityContext.appArmorProfile, 1.30)
+    are rendered only where the cluster knows them."""
+    oldest = _chart_min_kube()
+    docs = render(helm, "--kube-version", oldest, *VARIANTS[variant])
+    path = tmp_path / f"{variant}-{oldest}.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    result = _validate(validator, path, oldest)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ds = one(docs, "DaemonSet", "tracer")
+    assert ds["spec"]["template"]["metadata"]["annotations"][
+        "container.apparmor.security.beta.kubernetes.io/tracer"] == "runtime/default"
 
 
 def test_validator_refuses_a_broken_manifest(validator, rendered, tmp_path):
@@ -186,6 +208,7 @@ def test_tracer_is_not_privileged_and_holds_only_the_listed_capabilities(rendere
     assert set(sc["capabilities"]["add"]) == TRACER_CAPS
     assert "SYS_ADMIN" not in sc["capabilities"]["add"]
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["appArmorProfile"] == {"type": "RuntimeDefault"}
     assert spec["hostPID"] is True and spec["hostNetwork"] is True
     assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert spec["automountServiceAccountToken"] is False
@@ -296,6 +319,9 @@ def test_api_runs_gunicorn_with_health_probes(rendered, variant):
         assert one(docs, "PersistentVolumeClaim")["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     else:
         assert dep["spec"]["replicas"] == 3 and "--workers=4" in cmd
+        pdb = one(docs, "PodDisruptionBudget")
+        assert pdb["spec"]["minAvailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
         assert one(docs, "Ingress")["spec"]["rules"][0]["host"] == "phobos.example.com"
 
 
@@ -406,7 +432,8 @@ def test_api_env_names_are_the_apis(rendered):
     for variant in ("default", "production"):
         container = pod_spec(one(rendered[variant], "Deployment", "api"))["containers"][0]
         for name in env_of(container):
-            assert name in known, f"the API reads no {name}"
+            assert name in known or not name.startswith("PHOBOS_"), f"the API reads no {name}"
+        assert env_of(container)["HOME"]["value"] == "/tmp"  # the root filesystem is read-only
 
 
 def test_api_serves_the_probed_paths():

@@ -82,6 +82,9 @@ into the URL, so the URL itself holds no secret. Call with (dict "ctx" $
 {{- define "phobos.storeEnv" -}}
 {{- $ := .ctx -}}
 {{- $v := $.Values -}}
+# The root filesystem is read-only: anything that writes under $HOME writes to /tmp.
+- name: HOME
+  value: /tmp
 {{- if eq $v.store.type "chdb" }}
 - name: PHOBOS_STORE
   value: chdb:///var/lib/phobos/data
