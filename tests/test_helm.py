@@ -478,7 +478,8 @@ BAD_VALUES = [
     (["--set", "store.type=clickhouse,clickhouse.host=ch,ingest.enabled=true"], "/kafka/brokers"),
     (["--set", "store.type=clickhouse,clickhouse.host=ch,clickhouse.kafkaEngine=true,kafka.brokers={k:9092},"
       "ingest.enabled=true"], "/clickhouse/kafkaEngine"),
-    (["--set", "kafka.brokers={kafka-without-port}"], "/kafka/brokers/0"),
+    (["--set", "store.type=clickhouse,clickhouse.host=ch,kafka.brokers={kafka-without-port}"], "/kafka/brokers/0"),
+    (["--set", "kafka.brokers={k:9092}"], "/kafka/brokers"),  # chDB: nothing would consume the topics
     (["--set", "kafka.sasl.enabled=true"], "/kafka/sasl"),
     (["--set", "kafka.tls.enabled=true"], "/kafka/tls/secretName"),
     (["--set", "clickhouse.cluster=my cluster"], "/clickhouse/cluster"),
