@@ -338,6 +338,20 @@ def test_store_password_reaches_pods_only_through_secrets(rendered):
             assert store.startswith("clickhouse://phobos:$(PHOBOS_CLICKHOUSE_PASSWORD)@"), store
             assert list(env).index("PHOBOS_CLICKHOUSE_PASSWORD") < list(env).index("PHOBOS_STORE")
             assert "secretKeyRef" in env["PHOBOS_CLICKHOUSE_PASSWORD"]["valueFrom"]
+    # What the pod sees once Kubernetes substitutes the (percent-encoded) password.
+    from api.storage import parse_store_url
+
+    import base64
+
+    secret = one(rendered["ingest"], "Secret", "config")
+    encoded = base64.b64decode(secret["data"]["clickhouse-password"]).decode()
+    env = env_of(pod_spec(one(rendered["ingest"], "Deployment", "api"))["containers"][0])
+    url = parse_store_url(env["PHOBOS_STORE"]["value"].replace("$(PHOBOS_CLICKHOUSE_PASSWORD)", encoded))
+    assert (url.host, url.port, url.user, url.password, url.database) == ("ch.example", 9000, "phobos", "p@ss/word",
+                                                                        "phobos")
+    env = env_of(pod_spec(one(rendered["production"], "Deployment", "api"))["containers"][0])
+    url = parse_store_url(env["PHOBOS_STORE"]["value"].replace("$(PHOBOS_CLICKHOUSE_PASSWORD)", "x"))
+    assert (url.port, url.secure) == (9440, True)
     text = yaml.safe_dump_all(rendered["ingest"])
     assert "p@ss/word" not in text and "p%40ss%2Fword" not in text  # only base64 in Secrets
 
@@ -434,6 +448,27 @@ def test_api_env_names_are_the_apis(rendered):
         for name in env_of(container):
             assert name in known or not name.startswith("PHOBOS_"), f"the API reads no {name}"
         assert env_of(container)["HOME"]["value"] == "/tmp"  # the root filesystem is read-only
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_api_accepts_the_charts_settings(rendered, variant):
+    """The API's own config loader takes every value the chart sets (no 1.6e+07 for an int)."""
+    from api.config import load_config
+
+    container = pod_spec(one(rendered[variant], "Deployment", "api"))["containers"][0]
+    environ = {name: e["value"] for name, e in env_of(container).items() if "value" in e}
+    config = load_config(environ=environ)
+    assert config["MAX_BODY_BYTES"] == 16 * 1024 * 1024
+    assert config["SQL_MAX_BYTES"] == 64 * 1024 * 1024
+
+
+def test_numbers_in_environment_values_are_plain(rendered):
+    for variant, docs in rendered.items():
+        for doc in workloads(docs):
+            spec = pod_spec(doc)
+            for container in spec.get("initContainers", []) + spec["containers"]:
+                for e in container.get("env", []):
+                    assert not re.fullmatch(r"[0-9.]+e[+-][0-9]+", e.get("value", "")), (variant, e)
 
 
 def test_api_serves_the_probed_paths():

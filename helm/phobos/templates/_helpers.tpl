@@ -95,11 +95,11 @@ into the URL, so the URL itself holds no secret. Call with (dict "ctx" $
       name: {{ default (include "phobos.clickhouseSecret" $) .secret }}
       key: {{ include "phobos.clickhouseSecretKey" $ }}
 - name: PHOBOS_STORE
-  value: {{ printf "clickhouse://%s:$(PHOBOS_CLICKHOUSE_PASSWORD)@%s:%v/%s%s" (urlquery $v.clickhouse.user) $v.clickhouse.host $v.clickhouse.port $v.clickhouse.database (ternary "?secure=1" "" $v.clickhouse.secure) | quote }}
+  value: {{ printf "clickhouse://%s:$(PHOBOS_CLICKHOUSE_PASSWORD)@%s:%d/%s%s" (urlquery $v.clickhouse.user) $v.clickhouse.host (int64 $v.clickhouse.port) $v.clickhouse.database (ternary "?secure=1" "" $v.clickhouse.secure) | quote }}
 {{- end }}
 {{- if not (kindIs "invalid" $v.store.ttlDays) }}
 - name: PHOBOS_TTL_DAYS
-  value: {{ $v.store.ttlDays | quote }}
+  value: {{ $v.store.ttlDays | int64 | quote }}
 {{- end }}
 {{- end -}}
 
