@@ -88,6 +88,8 @@ VARIANTS = {
         "--set", "networkPolicy.nodeCIDRs={10.0.0.0/16}",
     ),
     "legacy-kernel": ("--set", "tracer.legacyKernel=true,api.service.type=NodePort"),
+    # The API alone, e.g. in front of tracers managed elsewhere.
+    "api-only": ("--set", "tracer.enabled=false,store.chdb.persistence.enabled=false,api.service.type=LoadBalancer"),
 }
 
 
@@ -685,6 +687,25 @@ def test_tracer_unit_keeps_kernel_headers_visible():
     svc = unit("phobos-tracer.service")["Service"]
     assert svc.get("ProtectKernelModules", "no") == "no", "it hides /lib/modules from BCC"
     assert svc["LimitMEMLOCK"] == "infinity"
+
+
+def test_tracer_can_be_left_out(rendered):
+    docs = rendered["api-only"]
+    assert not find(docs, "DaemonSet")
+    assert [sa["metadata"]["name"] for sa in find(docs, "ServiceAccount")] == ["phobos-api"]
+    assert not find(docs, "PersistentVolumeClaim")
+    (data,) = [v for v in pod_spec(one(docs, "Deployment", "api"))["volumes"] if v["name"] == "data"]
+    assert data["emptyDir"] == {}
+
+
+def test_install_script_is_idempotent(helm):
+    if not (TOOLS_BIN / "helm").exists() or not (TOOLS_BIN / "kubernetes-validate").exists():
+        pytest.skip("the tools came from elsewhere than helm/tools/install.sh")
+    result = subprocess.run(["bash", str(ROOT / "helm" / "tools" / "install.sh")], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PHOBOS_TOOLS": str(TOOLS_BIN.parent)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("already in") == 2, result.stderr
+    assert "building" not in result.stderr
 
 
 def test_install_script_is_valid_bash():
