@@ -473,6 +473,21 @@ def test_numbers_in_environment_values_are_plain(rendered):
                     assert not re.fullmatch(r"[0-9.]+e[+-][0-9]+", e.get("value", "")), (variant, e)
 
 
+def test_kafka_environment_is_valid_librdkafka_configuration(rendered):
+    """PHOBOS_KAFKA_X_Y becomes librdkafka's x.y in the tracer and the consumer: the names must exist."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    container = pod_spec(one(rendered["ingest"], "Deployment", "ingest"))["containers"][0]
+    conf = {"bootstrap.servers": "127.0.0.1:1"}
+    for name, e in env_of(container).items():
+        if name.startswith("PHOBOS_KAFKA_") and "value" in e:
+            key = name[len("PHOBOS_KAFKA_"):].lower().replace("_", ".")
+            if not key.endswith(".location"):  # files that exist only in the pod
+                conf[key] = e["value"]
+    conf["sasl.password"] = "from-the-secret"
+    assert {"security.protocol", "sasl.mechanism", "sasl.username"} <= set(conf)
+    confluent_kafka.Producer(conf).flush(0)  # unknown or bad properties raise here
+
+
 def test_api_serves_the_probed_paths():
     from api.app import create_app
 
