@@ -166,6 +166,51 @@ class Tracer:
         return {}
 
 
+def prog_stats(pid: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over the BPF programs the process holds (from fdinfo)."""
+    total_ns = total_cnt = 0
+    fd_dir = f"/proc/{pid}/fdinfo"
+    for fd in os.listdir(fd_dir):
+        try:
+            with open(os.path.join(fd_dir, fd)) as fh:
+                info = dict(line.split(":", 1) for line in fh if ":" in line)
+        except OSError:
+            continue
+        if "prog_type" in info and "run_cnt" in info:
+            total_ns += int(info["run_time_ns"])
+            total_cnt += int(info["run_cnt"])
+    return total_ns, total_cnt
+
+
+def in_kernel_cost(seconds: float) -> dict:
+    """BPF run time per event and per connection, with kernel.bpf_stats_enabled on for the round.
+
+    Unlike the throughput ratio this does not depend on what else the host runs.
+    """
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(path) as fh:
+        old = fh.read().strip()
+    with open(path, "w") as fh:
+        fh.write("1")
+    try:
+        tracer = Tracer(free_port(), mode="tracepoint")
+        try:
+            tracer.wait_first_record()
+            ns0, cnt0 = prog_stats(tracer.proc.pid)
+            w = workload(seconds)
+            ns1, cnt1 = prog_stats(tracer.proc.pid)
+        finally:
+            tracer.stop()
+    finally:
+        with open(path, "w") as fh:
+            fh.write(old)
+    events, ns = cnt1 - cnt0, ns1 - ns0
+    per_conn_ns = ns / max(1, w["connects"])
+    wall_per_conn_ns = w["seconds"] * 1e9 / max(1, w["connects"])
+    return {"events": events, "ns_per_event": ns / max(1, events), "ns_per_conn": per_conn_ns,
+            "conns": w["connects"], "share": per_conn_ns / wall_per_conn_ns, "rate": w["connects"] / w["seconds"]}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -288,6 +333,11 @@ def main() -> int:
               f"accepts {accepted}, map drops {drops} -> {verdict}")
     print(f"kernel events in last round: {summary.get('kernel_events')}, userspace wake-ups: "
           f"{summary.get('wakeups')}, edges read: {summary.get('edges_read')}")
+    cost_k = in_kernel_cost(args.seconds)
+    print(f"in-kernel cost (kernel.bpf_stats_enabled for one round): {cost_k['ns_per_event']:.0f} ns per "
+          f"state change, {cost_k['ns_per_conn']:.0f} ns per connection ({cost_k['events']} events, "
+          f"{cost_k['conns']} connections at {cost_k['rate']:.0f}/s) = {cost_k['share'] * 100:.2f}% of the "
+          f"wall time per connection -> throughput ratio bound >= {1 / (1 + cost_k['share']):.3f} on one core")
     print("BCC tcpconnect-bpfcc:", bcc_tool("/usr/sbin/tcpconnect-bpfcc"))
     print("BCC tcpaccept-bpfcc: ", bcc_tool("/usr/sbin/tcpaccept-bpfcc"))
     cost = proc_net_cost(args.open_sockets, free_port())

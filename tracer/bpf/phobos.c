@@ -338,8 +338,7 @@ static __always_inline void on_accept(const struct tp_state *args,
         count(1, DROP_SOCKS);
 }
 
-static __always_inline void on_close(const struct tp_state *args,
-                                     u64 skp, u32 netns)
+static __always_inline void on_close(const struct tp_state *args, u64 skp)
 {
     struct sock_state *st = socks.lookup(&skp);
     if (st) {
@@ -359,7 +358,7 @@ static __always_inline void on_close(const struct tp_state *args,
     if (args->oldstate == P_TCP_SYN_SENT || args->oldstate == P_TCP_SYN_RECV)
         return;
     /* Not seen opening: maybe a connection from the start-up snapshot. */
-    struct tuple_key tk = {.netns = netns, .lport = args->sport, .rport = args->dport};
+    struct tuple_key tk = {.netns = sk_netns(args->skaddr), .lport = args->sport, .rport = args->dport};
     tp_addrs(args, tk.laddr, tk.raddr);
     struct seed_val *sv = seeded.lookup(&tk);
     if (sv) {
@@ -377,15 +376,35 @@ static __always_inline void on_close(const struct tp_state *args,
     }
 }
 
+enum transition { T_LISTEN = 1, T_UNLISTEN, T_CONNECT, T_CONNECTED, T_ACCEPT, T_CLOSE };
+
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     if (args->protocol != P_IPPROTO_TCP)
         return 0;
     count(0, STAT_EVENTS);
+    int os = args->oldstate, ns = args->newstate, t;
+    /* Most state changes (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, the child's
+     * LISTEN -> SYN_RECV) change nothing we count: leave before any copy. */
+    if (ns == P_TCP_LISTEN)
+        t = T_LISTEN;
+    else if (os == P_TCP_LISTEN && ns == P_TCP_CLOSE)
+        t = T_UNLISTEN;
+    else if (os == P_TCP_CLOSE && ns == P_TCP_SYN_SENT)
+        t = T_CONNECT;
+    else if (os == P_TCP_SYN_SENT && ns == P_TCP_ESTABLISHED)
+        t = T_CONNECTED;
+    else if (os == P_TCP_SYN_RECV && ns == P_TCP_ESTABLISHED)
+        t = T_ACCEPT;
+    else if (ns == P_TCP_CLOSE)
+        t = T_CLOSE;
+    else
+        return 0;
+
     struct tp_state e = {
         .skaddr = args->skaddr,
-        .oldstate = args->oldstate,
-        .newstate = args->newstate,
+        .oldstate = os,
+        .newstate = ns,
         .sport = args->sport,
         .dport = args->dport,
         .family = args->family,
@@ -394,22 +413,27 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     __builtin_memcpy(e.daddr, args->daddr, 4);
     __builtin_memcpy(e.saddr_v6, args->saddr_v6, 16);
     __builtin_memcpy(e.daddr_v6, args->daddr_v6, 16);
-    int os = e.oldstate, ns = e.newstate;
     u64 skp = (u64)e.skaddr;
-    u32 netns = sk_netns(e.skaddr);
 
-    if (ns == P_TCP_LISTEN)
-        on_listen(&e, netns);
-    else if (os == P_TCP_LISTEN && ns == P_TCP_CLOSE)
-        on_unlisten(&e, netns);
-    else if (os == P_TCP_CLOSE && ns == P_TCP_SYN_SENT)
-        on_connect(&e, skp, netns);
-    else if (os == P_TCP_SYN_SENT && ns == P_TCP_ESTABLISHED)
+    switch (t) {
+    case T_LISTEN:
+        on_listen(&e, sk_netns(e.skaddr));
+        break;
+    case T_UNLISTEN:
+        on_unlisten(&e, sk_netns(e.skaddr));
+        break;
+    case T_CONNECT:
+        on_connect(&e, skp, sk_netns(e.skaddr));
+        break;
+    case T_CONNECTED:
         on_connected(&e, skp);
-    else if (os == P_TCP_SYN_RECV && ns == P_TCP_ESTABLISHED)
-        on_accept(&e, skp, netns);
-    else if (ns == P_TCP_CLOSE)
-        on_close(&e, skp, netns);
+        break;
+    case T_ACCEPT:
+        on_accept(&e, skp, sk_netns(e.skaddr));
+        break;
+    default:
+        on_close(&e, skp);
+    }
     return 0;
 }
 
