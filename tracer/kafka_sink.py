@@ -12,7 +12,7 @@ rows per message) and ``phobos ingest`` splits the lines.
 
 Producer: confluent-kafka (librdkafka), idempotent (``enable.idempotence``:
 broker-side retries never duplicate or reorder a partition's messages),
-``compression.type`` (default ``zstd``), batching by ``linger.ms``.  Delivery
+``compression.type`` (default ``lz4``: cheap on both ends), batching by ``linger.ms``.  Delivery
 reports are counted: ``sent`` records, ``errors`` failed deliveries.
 
 Outages: when every broker is down (librdkafka's ``_ALL_BROKERS_DOWN``) or a
@@ -32,7 +32,7 @@ is passed to librdkafka as well, e.g. ``PHOBOS_KAFKA_SASL_PASSWORD`` ->
 
 - ``spool`` spool directory (default ``$PHOBOS_SPOOL_DIR`` or
   ``/var/lib/phobos/spool``), ``spool_mb`` size limit (default 256);
-- ``records_per_message`` (default 1000), ``compression`` (default zstd),
+- ``records_per_message`` (default 1000), ``compression`` (default lz4),
   ``probe_s`` (default 2), ``client_id``;
 - any librdkafka property with a dot, passed through unchanged: TLS
   (``security.protocol=SSL``, ``ssl.ca.location``, ``ssl.certificate.location``,
@@ -136,7 +136,7 @@ class KafkaSink(Sink):
             "client.id": opts.pop("client_id", f"phobos-tracer-{self.key.decode()}"),
             "enable.idempotence": True,
             "acks": "all",
-            "compression.type": opts.pop("compression", "zstd"),
+            "compression.type": opts.pop("compression", "lz4"),
             "linger.ms": 50,
             "batch.size": 1_000_000,
             "message.max.bytes": 1_000_000,
