@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -425,6 +426,62 @@ def test_network_policy_limits_who_reaches_the_api(rendered):
     api = [p for p in find(rendered["ingest"], "NetworkPolicy") if p["metadata"]["name"] == "phobos-api"][0]
     assert {"ipBlock": {"cidr": "10.0.0.0/16"}} in api["spec"]["ingress"][0]["from"]
     assert not find(rendered["default"], "NetworkPolicy")
+
+
+# --- the capability set is enough, and each part of it is needed ---------------------------
+
+CAP_NUMBERS = {"BPF": 39, "PERFMON": 38, "SYS_RESOURCE": 24, "SYS_PTRACE": 19, "SYS_ADMIN": 21}
+
+
+def _bounding_caps() -> set[int]:
+    with open("/proc/self/status") as fh:
+        line = next(line for line in fh if line.startswith("CapBnd:"))
+    mask = int(line.split()[1], 16)
+    return {bit for bit in range(64) if mask >> bit & 1}
+
+
+@pytest.fixture(scope="module")
+def tracer_caps(rendered) -> list[str]:
+    """The default chart's tracer capabilities, if this machine can run the tracer as root."""
+    require(os.geteuid() == 0, "running the tracer with the chart's capabilities needs root")
+    require(shutil.which("setpriv") is not None, "setpriv (util-linux) is missing")
+    from tracer import preflight
+
+    problems = preflight.run_checks()
+    require(not problems, "; ".join(str(p) for p in problems))
+    container = pod_spec(one(rendered["default"], "DaemonSet", "tracer"))["containers"][0]
+    return container["securityContext"]["capabilities"]["add"]
+
+
+def _trace_with(caps: list[str]) -> subprocess.CompletedProcess:
+    """`phobos trace` as uid 0 holding only ``caps`` - what the container gets."""
+    bounding = ",".join(["-all"] + [f"+{c.lower()}" for c in caps])
+    cmd = ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--",
+           sys.executable, "-m", "tracer.agent",
+           "--duration", "3", "--interval", "1", "--metrics-port", "0", "--sink", "stdout", "--mode", "tracepoint"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_tracer_runs_with_only_the_charts_capabilities(tracer_caps):
+    # A sandbox may lack some capability in its own bounding set (SYS_RESOURCE is
+    # only needed on kernels < 5.11); grant what this machine has of the chart's list.
+    available = _bounding_caps()
+    caps = [c for c in tracer_caps if CAP_NUMBERS[c] in available]
+    assert {"BPF", "PERFMON"} <= set(caps)
+    result = _trace_with(caps)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "phobos-trace-summary" in result.stderr
+    records = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert records, "no records traced"
+
+
+@pytest.mark.bpf
+def test_tracer_without_bpf_capabilities_says_what_is_missing(tracer_caps):
+    result = _trace_with([c for c in tracer_caps if c not in ("BPF", "PERFMON")])
+    assert result.returncode == 2
+    assert "CAP_BPF" in result.stderr and "CAP_PERFMON" in result.stderr
 
 
 # --- the chart and the code agree ------------------------------------------------------------
