@@ -141,14 +141,26 @@ def _kafka_files(directory: Path) -> list[Path]:
 
 def migrate_kafka(store: Any, brokers: str, prefix: str = DEFAULT_PREFIX, group: str = DEFAULT_ENGINE_GROUP,
                   topic_connections: str | None = None, topic_listeners: str | None = None,
-                  ttl_days: int = 30, directory: Path = KAFKA_SQL_DIR) -> list[str]:
+                  ttl_days: int = 30, directory: Path = KAFKA_SQL_DIR, allow_embedded: bool = False) -> list[str]:
     """Apply ``sql/kafka/*.sql`` to ``store`` (after ``store.migrate()``); returns what changed.
 
     Each file is recorded in ``$db.kafka_migrations`` with the checksum of its
     rendered text.  Run again with the same settings it changes nothing; with
     other brokers/topics/group the file's Kafka queues and materialized views
     are dropped and created anew (tables holding data are kept).
+
+    Refused on an embedded (chDB) store unless ``allow_embedded``: chDB
+    (chdb-core 26.9) runs Kafka engine tables within the session that
+    created them, but a data directory holding them no longer opens
+    ("Load job 'startup table ..._queue' failed: Shutdown was called").
+    The tests create, exercise and drop them in one session.
     """
+    if store.url.scheme == "chdb" and not allow_embedded:
+        raise StoreError(
+            "the embedded store (chDB) cannot keep Kafka engine tables: a chDB data directory holding them "
+            "fails to open again; consume Kafka into it with `phobos ingest --kafka BROKERS` instead "
+            "(--kafka is for ClickHouse servers)"
+        )
     topics = topics_for(prefix)
     values = dict(
         db=store.db, brokers=_sql_string(brokers), group=_sql_string(group), ttl_days=int(ttl_days),

@@ -14,6 +14,7 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
+from api.storage import StoreError
 from api.kafka_ingest import KafkaIngest, fast_table, init_topics, migrate_kafka, topics_for
 from factories import T0, connection, listener
 from kafka import kafka_broker  # noqa: F401 - pytest fixture
@@ -240,24 +241,28 @@ def test_fast_validation_accepts_exactly_what_the_contract_accepts():
 
 def test_kafka_engine_ddl_is_created_by_chdb_and_reapplied_only_on_change(kafka_broker, store):
     prefix = fresh_prefix()
-    changes = migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch")
-    assert len(changes) == 1 and changes[0].startswith("applied kafka/001_queues.sql")
-    objects = dict(store.query(
-        "SELECT name, engine FROM system.tables WHERE database = {db:String}", {"db": store.db}))
-    for name in ("connections_queue", "listeners_queue"):
-        assert objects[name] == "Kafka"
-    for name in ("connections_mv", "connections_dead_mv", "connections_offsets_mv",
-                 "listeners_mv", "listeners_dead_mv", "listeners_offsets_mv"):
-        assert objects[name] == "MaterializedView"
-    ddl = store.query(f"SHOW CREATE TABLE {store.db}.connections_queue")[0][0]
-    assert "kafka_handle_error_mode = 'stream'" in ddl and f"{prefix}.connections" in ddl
-    assert migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch") == []
-    moved = migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-other")
-    assert len(moved) == 1
-    assert f"{prefix}-other" in store.query(f"SHOW CREATE TABLE {store.db}.listeners_queue")[0][0]
-    for name in ("connections_dead_mv", "connections_offsets_mv", "connections_mv", "listeners_dead_mv",
-                 "listeners_offsets_mv", "listeners_mv", "connections_queue", "listeners_queue"):
-        store.execute(f"DROP TABLE {store.db}.{name}")
+    with pytest.raises(StoreError, match="cannot keep Kafka engine tables"):
+        migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix)
+    changes = migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch", allow_embedded=True)
+    try:
+        assert len(changes) == 1 and changes[0].startswith("applied kafka/001_queues.sql")
+        objects = dict(store.query(
+            "SELECT name, engine FROM system.tables WHERE database = {db:String}", {"db": store.db}))
+        for name in ("connections_queue", "listeners_queue"):
+            assert objects[name] == "Kafka"
+        for name in ("connections_mv", "connections_dead_mv", "connections_offsets_mv",
+                     "listeners_mv", "listeners_dead_mv", "listeners_offsets_mv"):
+            assert objects[name] == "MaterializedView"
+        ddl = store.query(f"SHOW CREATE TABLE {store.db}.connections_queue")[0][0]
+        assert "kafka_handle_error_mode = 'stream'" in ddl and f"{prefix}.connections" in ddl
+        assert migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch", allow_embedded=True) == []
+        moved = migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-other", allow_embedded=True)
+        assert len(moved) == 1
+        assert f"{prefix}-other" in store.query(f"SHOW CREATE TABLE {store.db}.listeners_queue")[0][0]
+    finally:
+        for name in ("connections_dead_mv", "connections_offsets_mv", "connections_mv", "listeners_dead_mv",
+                     "listeners_offsets_mv", "listeners_mv", "connections_queue", "listeners_queue"):
+            store.execute(f"DROP TABLE IF EXISTS {store.db}.{name}")
 
 
 def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
@@ -278,7 +283,7 @@ def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
         producer.produce(topics["connections"], value)
     producer.produce(topics["listeners"], json.dumps(listener()).encode())
     assert producer.flush(30) == 0
-    migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch")
+    migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch", allow_embedded=True)
     try:
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
