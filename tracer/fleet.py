@@ -568,13 +568,17 @@ def build_fleet(config: SimConfig) -> Fleet:
     for e, (c, s) in enumerate(edges):
         clients, servers = inst_of[c], inst_of[s]
         # each client instance talks to 1-3 instances of the dependency
-        k = np.minimum(rng.choice([1, 1, 1, 1, 2, 3], size=len(clients)), len(servers))
+        k = np.minimum(rng.choice([1, 1, 1, 1, 1, 1, 2, 3], size=len(clients)), len(servers))
+        if svc_role[s] in ("db", "queue", "grpc"):
+            # one pool per client: to the primary (db), the partition leader
+            # (queue) or the backend a long-lived HTTP/2 channel settled on (grpc)
+            k[:] = 1
         cl = np.repeat(clients, k)
         sv = np.concatenate([rng.choice(servers, size=kk, replace=False) for kk in k])
         pooled = bool(_ROLES[svc_role[s]][3])
         n = len(cl)
         pool = rng.integers(2, 17, n) if pooled else np.zeros(n, dtype=np.int64)
-        lam = (pool * 0.03 * cfg.interval / 60.0) if pooled else rng.lognormal(1.2, 1.0, n) * cfg.interval / 60.0
+        lam = (pool * 0.03 * cfg.interval / 60.0) if pooled else rng.lognormal(0.8, 1.1, n) * cfg.interval / 60.0
         add_pairs(PAIR_INTERNAL, cl, sv, e, np.zeros(n), int(svc_port[s]), pooled, pool, lam)
     for x, ext in enumerate(externals):
         for c in ext["callers"]:
@@ -583,7 +587,7 @@ def build_fleet(config: SimConfig) -> Fleet:
             add_pairs(PAIR_EXTERNAL, cl, np.full(len(cl), -1), -1, rip, ext["port"], False,
                       np.zeros(len(cl)), rng.lognormal(2.0, 0.8, len(cl)) * cfg.interval / 60.0)
     for s in ingress:
-        sv = np.repeat(inst_of[s], 4)  # four distinct client addresses per instance and interval
+        sv = np.repeat(inst_of[s], 3)  # three distinct client addresses per instance and interval
         add_pairs(PAIR_INTERNET, np.full(len(sv), -1), sv, -1, np.zeros(len(sv)), int(svc_port[s]),
                   False, np.zeros(len(sv)), rng.lognormal(1.5, 0.8, len(sv)) * cfg.interval / 60.0)
     for s, uip in zip(untraced_targets, untraced_ips):
