@@ -1,0 +1,702 @@
+// Phobos web UI: area -> service -> instance graphs drawn by Vizceral 4.9.
+//
+// The API returns one level at a time (api/vizceral.py).  This page nests
+// them into one Vizceral traffic tree - the areas view at the root, the open
+// area's services inside its node, the open service's instances inside the
+// service's node - hands Vizceral the whole tree with updateData() and picks
+// the level with setView().  The view (area, service, time, window, metric,
+// diff, selection) lives in the URL's query string, so deep links and the
+// back button work.
+//
+// Nothing from the data is ever inserted as HTML: the page builds its DOM
+// with textContent, and notice titles that reach Vizceral (which inserts
+// them with innerHTML) are escaped here too, whatever the API did.
+
+const API = '/api/v1';
+const REFRESH_MS = 10000;
+
+// Node and particle colours by class (the legend in index.html uses the same).
+const COLORS = {
+  normal: 'rgb(186, 213, 237)',
+  area: 'rgb(95, 191, 115)',
+  other: 'rgb(91, 155, 213)',
+  alert: 'rgb(214, 69, 69)',
+  danger: 'rgb(214, 69, 69)',
+  warning: 'rgb(240, 185, 73)',
+  impact: 'rgb(240, 160, 48)',
+  focus: 'rgb(255, 255, 255)',
+  new: 'rgb(182, 240, 106)',
+  vanished: 'rgb(110, 110, 110)',
+};
+
+// State visible to tests and benchmarks (read-only for them).
+const phobos = window.phobos = {
+  ready: false, errors: [], renders: 0, frames: 0, view: [], lastRender: null,
+  panel: null, impact: null, diff: null, timeline: null,
+};
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, props = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === 'class') node.className = v;
+    else if (k === 'text') node.textContent = v;
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+};
+
+// -- escaping ----------------------------------------------------------------
+
+const ESC = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+export function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ESC[c]);
+}
+// Notice titles from the API arrive escaped; escape whatever markup is left
+// (an already escaped entity is kept, so nothing is escaped twice).
+function safeNoticeText(text) {
+  return String(text).replace(/&(?!(?:[a-z]+|#\d+|#x[0-9a-f]+);)|[<>"']/gi, (c) => ESC[c]);
+}
+function safeNotices(list) {
+  if (!Array.isArray(list)) return undefined;
+  return list.map((n) => {
+    const out = { title: safeNoticeText(n.title || ''), severity: n.severity | 0 };
+    if (typeof n.link === 'string' && /^https?:\/\//.test(n.link)) out.link = safeNoticeText(n.link);
+    return out;
+  });
+}
+
+// -- URL state ---------------------------------------------------------------
+
+const STATE_KEYS = ['area', 'service', 'at', 'window', 'metric', 'diff', 'sel', 'impact', 'live'];
+
+function readState() {
+  const q = new URLSearchParams(location.search);
+  const s = {};
+  for (const k of STATE_KEYS) {
+    const v = q.get(k);
+    if (v !== null && v !== '') s[k] = v;
+  }
+  if (s.service && !s.area) s.area = null; // resolved from the service's summary
+  return s;
+}
+
+function stateUrl(s) {
+  const q = new URLSearchParams();
+  for (const k of STATE_KEYS) if (s[k] !== undefined && s[k] !== null && s[k] !== '') q.set(k, s[k]);
+  const text = q.toString();
+  return location.pathname + (text ? `?${text}` : '');
+}
+
+let state = readState();
+
+function navigate(change, { replace = false } = {}) {
+  state = { ...state, ...change };
+  for (const k of Object.keys(state)) if (state[k] === undefined || state[k] === null) delete state[k];
+  const url = stateUrl(state);
+  if (url !== location.pathname + location.search) {
+    if (replace) history.replaceState(null, '', url);
+    else history.pushState(null, '', url);
+  }
+  return refresh();
+}
+
+window.addEventListener('popstate', () => { state = readState(); refresh(); });
+
+// -- API ---------------------------------------------------------------------
+
+async function getJson(path, params = {}) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== '') q.set(k, v);
+  const url = `${API}${path}${q.toString() ? `?${q}` : ''}`;
+  const response = await fetch(url, { headers: { Accept: 'application/json' } });
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = null; }
+  if (!response.ok) {
+    const err = new Error((body && body.message) || `${response.status} ${response.statusText}`);
+    err.status = response.status;
+    throw err;
+  }
+  return body;
+}
+
+const enc = encodeURIComponent;
+
+function viewParams() {
+  return { at: atParam(), window: state.window, metric: state.metric };
+}
+
+// `at` of the URL; without one the newest data (live: now).
+function atParam() {
+  if (state.at) return state.at;
+  if (state.live) return 'now';
+  const tl = phobos.timeline;
+  return tl && tl.range ? String(Math.floor(Date.parse(tl.range.last) / 1000)) : 'now';
+}
+
+// -- Vizceral ----------------------------------------------------------------
+
+let viz = null;
+let applyingView = false;
+let lastTree = null;
+
+function initViz() {
+  if (!window.Vizceral || !window.Vizceral.default) {
+    showMessage('Vizceral is not installed: run `npm ci --prefix static` in the Phobos checkout.');
+    return false;
+  }
+  viz = new window.Vizceral.default($('viz'));
+  const traffic = { ...COLORS };
+  viz.updateStyles({
+    colorTraffic: traffic,
+    colorTrafficHighlighted: Object.fromEntries(Object.keys(traffic).map((k) => [k, 'rgb(255, 255, 255)'])),
+  });
+  viz.setOptions({ showLabels: true, allowDraggingOfNodes: false });
+  viz.on('viewChanged', onViewChanged);
+  viz.on('objectHighlighted', onHighlighted);
+  // Count the frames Vizceral draws (for the benchmark's frames per second).
+  const render = viz.render.bind(viz);
+  viz.render = (t) => { phobos.frames += 1; render(t); };
+  viz.animate();
+  return true;
+}
+
+function path() {
+  const p = [];
+  if (state.area) p.push(state.area);
+  if (state.area && state.service) p.push(state.service);
+  return p;
+}
+
+// Vizceral changed the view itself (double-click on a node).
+function onViewChanged(ev) {
+  if (applyingView) return;
+  const view = ev.view || [];
+  const want = path();
+  if (view.length === want.length && view.every((v, i) => v === want[i])) return;
+  navigate({ area: view[0], service: view[1], sel: view[1] || undefined, impact: undefined });
+}
+
+function onHighlighted(obj) {
+  if (applyingView) return;
+  if (!obj || obj.type !== 'node') {
+    if (state.sel && !state.service) navigate({ sel: undefined }, { replace: true });
+    return;
+  }
+  const meta = obj.metadata || {};
+  if (meta.kind === 'instance') { showInstance(obj.name, meta); return; }
+  if (!state.area) { showArea(obj.name, obj); return; }
+  navigate({ sel: obj.name }, { replace: true });
+}
+
+// Put a level's nodes and connections into the tree node that opens it.
+function nest(level, data, renderer) {
+  level.renderer = renderer;
+  level.nodes = data.nodes;
+  level.connections = data.connections;
+  level.maxVolume = data.maxVolume;
+  level.layout = 'ltrTree';
+  if (data.notices) level.notices = data.notices;
+}
+
+function cleanLevel(data, childRenderer) {
+  for (const n of data.nodes) {
+    n.notices = safeNotices(n.notices);
+    if (!n.notices) delete n.notices;
+    if (childRenderer !== undefined) {
+      if (childRenderer) n.renderer = childRenderer; else delete n.renderer;
+    }
+  }
+  for (const c of data.connections) {
+    c.notices = safeNotices(c.notices);
+    if (!c.notices) delete c.notices;
+  }
+  data.notices = safeNotices(data.notices);
+  if (!data.notices) delete data.notices;
+  return data;
+}
+
+// -- loading -------------------------------------------------------------------
+
+let refreshing = null;
+let pending = false;
+
+function refresh() {
+  if (refreshing) { pending = true; return refreshing; }
+  refreshing = (async () => {
+    try {
+      await load();
+    } catch (err) {
+      showMessage(err.message || String(err));
+      phobos.errors.push(String(err.message || err));
+    } finally {
+      refreshing = null;
+      if (pending) { pending = false; refresh(); }
+    }
+  })();
+  return refreshing;
+}
+
+async function loadTimeline() {
+  const tl = await getJson('/timeline', { buckets: 200 });
+  phobos.timeline = tl;
+  return tl;
+}
+
+async function load() {
+  const started = performance.now();
+  hideMessage();
+  const tl = phobos.timeline && !state.live ? phobos.timeline : await loadTimeline();
+  if (!tl.range) { showEmpty(true); phobos.ready = true; return; }
+  showEmpty(false);
+  setupSlider(tl);
+  $('metric').value = state.metric || 'open';
+  $('live').checked = !!state.live;
+  $('diff-toggle').checked = !!state.diff;
+
+  if (state.service && !state.area) {
+    const summary = await getJson(`/services/${enc(state.service)}/summary`, viewParams());
+    state.area = summary.area;
+    history.replaceState(null, '', stateUrl(state));
+  }
+  const params = viewParams();
+  const requests = [getJson('/areas', params)];
+  requests.push(state.area ? getJson(`/areas/${enc(state.area)}`, params).catch(notFound) : null);
+  requests.push(state.service ? getJson(`/services/${enc(state.service)}`, params).catch(notFound) : null);
+  requests.push(state.diff ? getJson('/diff', { from: state.diff, to: params.at, window: state.window,
+    metric: state.metric }) : null);
+  requests.push(state.impact ? getJson(`/services/${enc(state.impact)}/impact`, params).catch(notFound) : null);
+  const [areas, area, service, diff, impact] = await Promise.all(requests);
+
+  if (state.area && !area) { state.area = undefined; state.service = undefined; }
+  if (state.service && !service) state.service = undefined;
+
+  const tree = cleanLevel(areas, 'region');
+  // One constant root name: Vizceral keeps its graphs by name.  The areas are
+  // drawn by the region renderer too: the global one is made for a handful of
+  // regions whose contents are all loaded, not for thirty areas loaded on demand.
+  tree.name = 'phobos';
+  tree.renderer = 'region';
+  tree.layout = 'ltrTree';
+  if (area) {
+    const areaNode = tree.nodes.find((n) => n.name === state.area);
+    if (areaNode) {
+      nest(areaNode, cleanLevel(area, 'region'), 'region');
+      if (service) {
+        const svcNode = areaNode.nodes.find((n) => n.name === state.service);
+        if (svcNode) nest(svcNode, cleanLevel(service, null), 'region');
+        else state.service = undefined;
+      }
+    } else {
+      state.area = undefined; state.service = undefined;
+    }
+  }
+  const level = currentLevel(tree);
+  phobos.impact = impact ? markImpact(level, impact) : null;
+  phobos.diff = diff ? markDiff(level, diff) : null;
+  lastTree = tree;
+  draw(tree);
+  renderCrumbs();
+  renderDiffPanel(diff);
+  await renderPanel(impact);
+  phobos.view = path();
+  phobos.level = { name: level.name || 'phobos', nodes: level.nodes.map((n) => n.name),
+    connections: level.connections.map((c) => [c.source, c.target]) };
+  await afterFrames(2);
+  phobos.renders += 1;
+  phobos.lastRender = { ms: performance.now() - started, at: performance.now(), view: path() };
+  phobos.ready = true;
+}
+
+function notFound(err) {
+  if (err.status === 404) { showMessage(err.message); return null; }
+  throw err;
+}
+
+function currentLevel(tree) {
+  let level = tree;
+  for (const name of path()) {
+    const next = (level.nodes || []).find((n) => n.name === name);
+    if (!next || !next.nodes) break;
+    level = next;
+  }
+  return level;
+}
+
+function afterFrames(n) {
+  return new Promise((resolve) => {
+    const step = () => (n-- <= 0 ? resolve() : requestAnimationFrame(step));
+    requestAnimationFrame(step);
+  });
+}
+
+// Hand Vizceral the whole tree and select the level of the URL.
+function draw(tree) {
+  if (!viz) return;
+  const want = path();
+  applyingView = true;
+  try {
+    viz.updateData(tree);
+    viz.setView(want, state.sel && state.sel !== state.service ? state.sel : undefined);
+    // Known Vizceral bug (#89): after updateData the view sometimes stays on a
+    // level other than the one asked for (typically back to the root after the
+    // data changed). Select the asked-for graph directly when that happens.
+    const current = viz.currentGraph ? viz.currentGraph.graphIndex : null;
+    if (!current || current.length !== want.length || !current.every((v, i) => v === want[i])) {
+      const graph = viz.getNearestValidGraph(want);
+      if (graph) viz.selectGraph(graph);
+    }
+    viz.updateGraph(viz.currentGraph);
+  } finally {
+    applyingView = false;
+  }
+}
+
+// -- impact and diff -----------------------------------------------------------
+
+function markImpact(level, impact) {
+  const upstream = new Set(impact.upstream.map((u) => u.name));
+  const areas = new Set(impact.areas.map((a) => a.name));
+  const highlighted = [];
+  for (const n of level.nodes) {
+    const meta = n.metadata || {};
+    const hit = state.area ? (upstream.has(n.name) || (meta.service && upstream.has(meta.service)))
+      : areas.has(n.name);
+    if (n.name === impact.service) n.class = 'focus';
+    else if (hit && n.class !== 'alert' && n.class !== 'danger') { n.class = 'impact'; highlighted.push(n.name); }
+    else if (hit) highlighted.push(n.name);
+  }
+  return { service: impact.service, upstream: [...upstream], areas: impact.areas.map((a) => a.name),
+    processes: (impact.processes || []).map((p) => p.name), highlighted };
+}
+
+function markDiff(level, diff) {
+  const key = (s, t) => `${s}\u0000${t}`;
+  const added = new Set(diff.new.map((e) => key(e.source, e.target)));
+  const names = new Set(level.nodes.map((n) => n.name));
+  const highlighted = [];
+  for (const c of level.connections) {
+    if (added.has(key(c.source, c.target))) {
+      const m = c.metrics || {};
+      c.metrics = { new: (m.normal || 0) + (m.warning || 0) || 1e-3, danger: m.danger || 0 };
+      highlighted.push([c.source, c.target]);
+    }
+  }
+  const dimmed = [];
+  for (const e of diff.vanished) {
+    if (names.has(e.source) && names.has(e.target)
+        && !level.connections.some((c) => c.source === e.source && c.target === e.target)) {
+      level.connections.push({ source: e.source, target: e.target, class: 'vanished',
+        metrics: { vanished: Math.max(e.before || 0, 1e-3) * 0.2 } });
+      dimmed.push([e.source, e.target]);
+    }
+  }
+  return { new: diff.new.map((e) => [e.source, e.target]), vanished: diff.vanished.map((e) => [e.source, e.target]),
+    changed: diff.changed.map((e) => [e.source, e.target]), highlighted, dimmed };
+}
+
+// -- DOM: breadcrumb, panel, diff list ---------------------------------------------
+
+function renderCrumbs() {
+  const nav = $('crumbs');
+  nav.replaceChildren();
+  const link = (text, change) => el('a', { href: stateUrl({ ...state, ...change }), text,
+    onclick: (e) => { e.preventDefault(); navigate(change); } });
+  nav.append(link('All areas', { area: undefined, service: undefined, sel: undefined, impact: undefined }));
+  if (state.area) {
+    nav.append(el('span', { class: 'sep', text: '›' }));
+    nav.append(link(state.area, { service: undefined, sel: undefined }));
+  }
+  if (state.service) {
+    nav.append(el('span', { class: 'sep', text: '›' }));
+    nav.append(el('span', { class: 'current', text: state.service }));
+  }
+}
+
+const fmt = (v, digits = 2) => (typeof v === 'number' ? (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(digits)) : String(v ?? ''));
+const pct = (v) => `${((v || 0) * 100).toFixed(1)}%`;
+
+function table(headers, rows) {
+  const t = el('table', {}, el('tr', {}, ...headers.map((h) => el('th', { text: h }))));
+  for (const r of rows) {
+    t.append(el('tr', {}, ...r.map((c) => (c instanceof Node ? el('td', {}, c)
+      : el('td', { class: typeof c === 'number' ? 'num' : '', text: typeof c === 'number' ? fmt(c) : c })))));
+  }
+  return t;
+}
+
+function serviceLink(name) {
+  return el('a', { href: '#', text: name, onclick: (e) => { e.preventDefault(); jumpToService(name); } });
+}
+
+async function renderPanel(impact) {
+  const name = state.sel || state.service;
+  const panel = $('panel');
+  if (!name || !state.area) { if (!panel.dataset.kind || panel.dataset.kind === 'service') closePanel(); return; }
+  let summary;
+  try {
+    summary = await getJson(`/services/${enc(name)}/summary`, viewParams());
+  } catch (err) {
+    if (err.status === 404) { closePanel(); return; }
+    throw err;
+  }
+  phobos.panel = summary;
+  const body = $('panel-body');
+  body.replaceChildren();
+  panel.dataset.kind = 'service';
+  panel.hidden = false;
+  body.append(el('h2', { id: 'panel-title', text: summary.service }));
+  const cat = summary.catalog || {};
+  body.append(el('div', { class: 'meta', text: `area ${summary.area}${cat.owner ? ` · owner ${cat.owner}` : ''}`
+    + `${cat.tier !== undefined && cat.tier !== null ? ` · tier ${cat.tier}` : ''}` }));
+  if (cat.description) body.append(el('p', { text: cat.description }));
+  body.append(el('div', { class: 'meta', id: 'panel-seen',
+    text: `first seen ${summary.first_seen || '—'} · last seen ${summary.last_seen || '—'}` }));
+  const buttons = el('div');
+  if (state.service !== summary.service) {
+    buttons.append(el('button', { type: 'button', id: 'open-service', text: 'Instances',
+      onclick: () => navigate({ service: summary.service, sel: summary.service }) }));
+  }
+  buttons.append(el('button', { type: 'button', id: 'impact-button', class: state.impact === summary.service ? 'on' : '',
+    text: state.impact === summary.service ? 'Impact: on' : 'Impact',
+    onclick: () => navigate({ impact: state.impact === summary.service ? undefined : summary.service }) }));
+  body.append(buttons);
+
+  if (impact && state.impact === summary.service) {
+    body.append(el('h3', { text: 'Impact: business areas affected' }));
+    body.append(el('ul', { id: 'impact-areas' }, ...impact.areas.map((a) =>
+      el('li', { text: `${a.name} (${a.services} services)` }))));
+    if (impact.processes && impact.processes.length) {
+      body.append(el('h3', { text: 'Business processes' }));
+      body.append(el('ul', {}, ...impact.processes.map((p) => el('li', { text: `${p.name} via ${p.via.join(', ')}` }))));
+    }
+    body.append(el('div', { class: 'meta', text: `${impact.upstream.length} services upstream depend on it` }));
+  }
+
+  if (summary.alerts && summary.alerts.length) {
+    body.append(el('h3', { class: 'bad', text: `Alerts (${summary.alerts.length})` }));
+    body.append(el('ul', { id: 'panel-alerts' }, ...summary.alerts.map((a) =>
+      el('li', { class: 'bad', text: `${a.alertname}${a.summary ? `: ${a.summary}` : ''}${a.severity ? ` [${a.severity}]` : ''}` }))));
+  }
+  const insts = summary.instances || [];
+  body.append(el('h3', { text: `Instances (${insts.length})` }));
+  body.append(table(['host', 'dc', 'ips', 'ports', 'last seen'], insts.map((i) =>
+    [i.pod ? `${i.host} / ${i.pod}` : i.host, i.dc || '', (i.ips || []).join(' '), (i.ports || []).join(' '),
+      i.last_seen || ''])));
+  body.lastChild.id = 'panel-instances';
+  for (const [dir, title] of [['inbound', 'Inbound (who depends on it)'], ['outbound', 'Outbound (what it depends on)']]) {
+    const deps = summary[dir] || [];
+    body.append(el('h3', { text: `${title} (${deps.length})` }));
+    body.append(table(['service', 'area', 'open', 'new/s', 'failed'], deps.map((d) =>
+      [d.kind === 'service' ? serviceLink(d.name) : d.name, d.area || '', d.open, d.conn_rate,
+        pct(d.failure_ratio)])));
+    body.lastChild.id = `panel-${dir}`;
+  }
+  if (summary.links && summary.links.length) {
+    body.append(el('h3', { text: 'Links' }));
+    const ul = el('ul', { id: 'panel-links' });
+    for (const l of summary.links) {
+      const li = el('li');
+      if (typeof l.url === 'string' && /^https?:\/\//i.test(l.url)) {
+        li.append(el('a', { href: l.url, target: '_blank', rel: 'noopener noreferrer', text: l.title || l.url }));
+      } else {
+        li.append(el('span', { text: l.title || l.url || '' }));
+      }
+      li.append(el('span', { class: 'meta', text: ` ${l.kind || ''}${l.inherited_from ? ` (area ${l.inherited_from})` : ''}` }));
+      ul.append(li);
+    }
+    body.append(ul);
+  }
+  if (summary.processes && summary.processes.length) {
+    body.append(el('h3', { text: 'Business processes' }));
+    body.append(el('ul', {}, ...summary.processes.map((p) => el('li', { text: p }))));
+  }
+}
+
+function showArea(name, obj) {
+  const panel = $('panel');
+  const body = $('panel-body');
+  body.replaceChildren();
+  panel.dataset.kind = 'area';
+  panel.hidden = false;
+  body.append(el('h2', { id: 'panel-title', text: obj.displayName || name }));
+  const meta = obj.metadata || {};
+  body.append(el('div', { class: 'meta', text: `${meta.kind || 'area'} · internal traffic ${fmt(meta.internal || 0)}` }));
+  body.append(el('button', { type: 'button', text: 'Open area', onclick: () => navigate({ area: name, sel: undefined }) }));
+}
+
+function showInstance(name, meta) {
+  const panel = $('panel');
+  const body = $('panel-body');
+  const inst = (phobos.panel && phobos.panel.instances || []).find((i) => i.host === meta.instance || i.pod === meta.instance);
+  body.replaceChildren();
+  panel.dataset.kind = 'instance';
+  panel.hidden = false;
+  body.append(el('h2', { id: 'panel-title', text: meta.instance || name }));
+  body.append(el('div', { class: 'meta', text: `instance of ${meta.service || ''}` }));
+  if (inst) {
+    body.append(table(['', ''], [['dc', inst.dc || ''], ['ips', (inst.ips || []).join(' ')],
+      ['ports', (inst.ports || []).join(' ')], ['pids', (inst.pids || []).join(' ')],
+      ['first seen', inst.first_seen || ''], ['last seen', inst.last_seen || '']]));
+  }
+  body.append(el('button', { type: 'button', text: `Back to ${meta.service || 'service'}`,
+    onclick: () => renderPanel(null) }));
+}
+
+function closePanel() {
+  $('panel').hidden = true;
+  $('panel').dataset.kind = '';
+  phobos.panel = null;
+}
+
+function renderDiffPanel(diff) {
+  const box = $('diff-panel');
+  if (!diff) { box.hidden = true; return; }
+  box.hidden = false;
+  $('diff-range').textContent = `${diff.meta.from} → ${diff.meta.to}`;
+  const list = $('diff-list');
+  list.replaceChildren();
+  const section = (cls, title, items, text) => {
+    list.append(el('div', { class: cls }, el('strong', { text: `${title} (${items.length})` })));
+    const ul = el('ul', { class: cls, id: `diff-${cls}` });
+    for (const e of items.slice(0, 200)) ul.append(el('li', { text: text(e) }));
+    list.append(ul);
+  };
+  section('new', 'New edges', diff.new, (e) => `${e.source} → ${e.target} (${fmt(e.after)})`);
+  section('vanished', 'Vanished edges', diff.vanished, (e) => `${e.source} → ${e.target} (was ${fmt(e.before)})`);
+  section('changed', 'Changed', diff.changed, (e) => `${e.source} → ${e.target}: ${fmt(e.before)} → ${fmt(e.after)}`);
+}
+
+function showEmpty(empty) {
+  $('empty').hidden = !empty;
+  $('viz').style.visibility = empty ? 'hidden' : 'visible';
+  $('legend').hidden = empty;
+}
+function showMessage(text) { const m = $('message'); m.textContent = text; m.hidden = false; }
+function hideMessage() { $('message').hidden = true; }
+
+// -- time slider -----------------------------------------------------------------
+
+const toEpoch = (iso) => Math.floor(Date.parse(iso.includes('T') ? iso : `${iso.replace(' ', 'T')}Z`) / 1000);
+const isoOf = (epoch) => new Date(epoch * 1000).toISOString().replace('.000Z', 'Z');
+
+function setupSlider(tl) {
+  const first = toEpoch(tl.range.first);
+  const last = toEpoch(tl.range.last);
+  const slider = $('slider');
+  const step = tl.bucket >= 3600 ? 60 : 60;
+  for (const s of [slider, $('diff-from')]) {
+    s.min = String(first); s.max = String(Math.max(last, first + 60)); s.step = String(step);
+  }
+  const at = state.at ? Number(state.at) : (state.live ? Math.floor(Date.now() / 1000) : last);
+  slider.value = String(at);
+  $('at-label').textContent = `${state.live ? 'live · ' : ''}at ${isoOf(Number(slider.value) || at)}`;
+  const from = $('diff-from');
+  from.hidden = !state.diff;
+  $('diff-label').hidden = !state.diff;
+  if (state.diff) {
+    from.value = state.diff;
+    $('diff-label').textContent = `compared with ${isoOf(Number(state.diff))}`;
+  }
+  const marks = $('incidents');
+  marks.replaceChildren();
+  const span = Math.max(1, last - first);
+  for (const inc of tl.incidents || []) {
+    const t = toEpoch(inc.start || inc.ts || inc.time || inc.bucket || tl.range.first);
+    const left = Math.min(100, Math.max(0, ((t - first) / span) * 100));
+    const title = inc.title || inc.name || inc.kind || inc.alertname || 'incident';
+    marks.append(el('i', { style: `left:${left}%`, title: `${title} ${inc.start || ''}` }));
+  }
+}
+
+$('slider').addEventListener('input', () => {
+  $('at-label').textContent = `at ${isoOf(Number($('slider').value))}`;
+});
+$('slider').addEventListener('change', () => navigate({ at: $('slider').value, live: undefined }));
+$('diff-from').addEventListener('change', () => navigate({ diff: $('diff-from').value }));
+$('metric').addEventListener('change', () => navigate({ metric: $('metric').value === 'open' ? undefined : $('metric').value }));
+$('diff-toggle').addEventListener('change', () => {
+  if (!$('diff-toggle').checked) { navigate({ diff: undefined }); return; }
+  const at = Number(atParam() === 'now' ? Math.floor(Date.now() / 1000) : atParam());
+  const first = phobos.timeline && phobos.timeline.range ? toEpoch(phobos.timeline.range.first) : at - 86400;
+  navigate({ diff: String(Math.max(first, at - 86400)) });
+});
+$('live').addEventListener('change', () => navigate({ live: $('live').checked ? '1' : undefined, at: undefined }));
+$('panel-close').addEventListener('click', () => { closePanel(); navigate({ sel: undefined }, { replace: true }); });
+
+setInterval(() => {
+  if (document.hidden) return;
+  if (state.live || !phobos.timeline || !phobos.timeline.range) { phobos.timeline = null; refresh(); }
+}, REFRESH_MS);
+
+// -- keyboard: Esc zooms out ---------------------------------------------------------
+
+document.addEventListener('keydown', (e) => {
+  if (e.key !== 'Escape' || e.target === $('search')) return;
+  if (state.impact) { navigate({ impact: undefined }); return; }
+  if (state.service) navigate({ service: undefined, sel: undefined });
+  else if (state.sel) navigate({ sel: undefined }, { replace: true });
+  else if (state.area) navigate({ area: undefined, sel: undefined });
+});
+
+// -- search ------------------------------------------------------------------------------
+
+let searchTimer = null;
+let searchSeq = 0;
+$('search').addEventListener('input', () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(runSearch, 200);
+});
+$('search').addEventListener('keydown', (e) => {
+  if (e.key === 'Enter') { e.preventDefault(); const first = $('search-results').querySelector('li'); if (first) first.click(); }
+  if (e.key === 'Escape') { $('search-results').hidden = true; $('search').blur(); }
+});
+
+async function runSearch() {
+  const text = $('search').value.trim();
+  const box = $('search-results');
+  if (!text) { box.hidden = true; return; }
+  const seq = ++searchSeq;
+  let res;
+  try { res = await getJson('/search', { q: text, limit: 10, at: atParam() }); } catch (err) { return; }
+  if (seq !== searchSeq) return;
+  box.replaceChildren();
+  const item = (kind, label, go) => box.append(el('li', { onclick: () => { box.hidden = true; go(); } },
+    el('span', { class: 'kind', text: kind }), el('span', { text: label })));
+  for (const a of res.areas || []) {
+    const name = typeof a === 'string' ? a : a.name;
+    item('area', name, () => navigate({ area: name, service: undefined, sel: undefined }));
+  }
+  for (const s of res.services || []) {
+    const name = typeof s === 'string' ? s : s.name;
+    item('service', `${name}${s.area ? ` (${s.area})` : ''}`, () => jumpToService(name, s.area));
+  }
+  for (const i of res.instances || []) {
+    item('host', `${i.host || i.instance || i.name} · ${i.service}`, () => jumpToService(i.service, i.area));
+  }
+  for (const i of res.ips || []) {
+    item('ip', `${i.ip} · ${i.service} on ${i.host}`, () => jumpToService(i.service, i.area));
+  }
+  if (!box.children.length) box.append(el('li', { class: 'none', text: 'nothing found' }));
+  box.hidden = false;
+}
+
+async function jumpToService(name, area) {
+  let owner = area;
+  if (!owner) {
+    try { owner = (await getJson(`/services/${enc(name)}/summary`, viewParams())).area; } catch (err) { owner = null; }
+  }
+  if (!owner) { showMessage(`no service named ${name}`); return; }
+  navigate({ area: owner, service: name, sel: name, impact: undefined });
+}
+
+// -- start ------------------------------------------------------------------------------------
+
+window.addEventListener('error', (e) => phobos.errors.push(String(e.message)));
+window.addEventListener('unhandledrejection', (e) => phobos.errors.push(String(e.reason)));
+phobos.started = performance.now();
+if (initViz()) refresh(); else { phobos.ready = true; }
+// For tests and the console: go to a state as a click would.
+phobos.navigate = navigate;
