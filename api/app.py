@@ -25,6 +25,7 @@ from flask import Flask, g, request
 from api.config import load_config
 from api.errors import register_error_handlers
 from api.routes import register_blueprints
+from api.routes.build import ResultCache
 from api.routes.health import record_request
 
 __all__ = ["create_app"]
@@ -57,6 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Views return dicts in a stable order; sorting keys would cost time on big graphs.
     app.json.sort_keys = False
     app.extensions["phobos_store_lock"] = threading.Lock()
+    app.extensions["phobos_cache"] = ResultCache(settings["CACHE_SECONDS"])
     if store_obj is not None and not isinstance(store_obj, str):
         app.extensions["phobos_store"] = store_obj
     register_error_handlers(app)

@@ -109,7 +109,8 @@ def _catalog_version(db: str) -> str:
 
 
 # Loopback addresses are per host: they only ever match the same host.
-_LOOPBACK = "(startsWith(toString({c}), '::ffff:127.') OR {c} = toIPv6('::1'))"
+_LOOPBACK = ("({c} BETWEEN toIPv6('::ffff:127.0.0.0') AND toIPv6('::ffff:127.255.255.255') "
+             "OR {c} = toIPv6('::1'))")
 _WILDCARD = "{c} IN (toIPv6('::'), toIPv6('::ffff:0.0.0.0'))"
 
 
@@ -134,14 +135,21 @@ def _resolved_sql(db: str, win: Window) -> str:
     WITH
       (SELECT mapFromArrays(groupArray(name), groupArray(area))
          FROM {db}.catalog_services WHERE version = {cv}) AS area_of,
-      (SELECT groupArray((cidr, name, area, ports)) FROM (
-         SELECT arrayJoin(cidrs) AS cidr, name, area, ports
-         FROM {db}.catalog_services WHERE version = {cv}
+      -- address ranges as (first, last, name, area, ports), longest prefix first,
+      -- so a row compares two addresses per range instead of parsing text
+      (SELECT groupArray((r.1, r.2, name, area, ports)) FROM (
+         SELECT IPv6CIDRToRange(toIPv6(splitByChar('/', cidr)[1]),
+                                toUInt8OrZero(splitByChar('/', cidr)[2])) AS r, name, area, ports
+         FROM {db}.catalog_services ARRAY JOIN cidrs AS cidr WHERE version = {cv}
          ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS svc_ranges,
-      (SELECT groupArray((cidr, name, if(area = '', '{INTERNET}', area), ports)) FROM (
-         SELECT arrayJoin(cidrs) AS cidr, name, area, ports
-         FROM {db}.catalog_externals WHERE version = {cv}
-         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS ext_ranges
+      (SELECT groupArray((r.1, r.2, name, if(area = '', '{INTERNET}', area), ports)) FROM (
+         SELECT IPv6CIDRToRange(toIPv6(splitByChar('/', cidr)[1]),
+                                toUInt8OrZero(splitByChar('/', cidr)[2])) AS r, name, area, ports
+         FROM {db}.catalog_externals ARRAY JOIN cidrs AS cidr WHERE version = {cv}
+         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS ext_ranges,
+      (SELECT groupUniqArray(host) FROM {db}.listener_spans
+         WHERE hour >= toStartOfHour(toDateTime({{t0:UInt32}} - {{slack:UInt32}} - 3600, 'UTC'))
+           AND hour < toDateTime({{t1:UInt32}}, 'UTC') AND {_WILDCARD.format(c='ip')}) AS wild_hosts
     SELECT
       s_kind, s_name,
       if(s_kind = 'service', if(area_of[s_name] = '', '{UNASSIGNED}', area_of[s_name]), s_area) AS s_area,
@@ -155,13 +163,14 @@ def _resolved_sql(db: str, win: Window) -> str:
       SELECT
         'service' AS s_kind, service AS s_name, '' AS s_area, dc AS s_dc,
         if(pod != '', pod, host) AS s_inst,
-        arrayFirst(x -> isIPAddressInRange(toString(remote_ip), x.1)
-                        AND (empty(x.4) OR has(x.4, remote_port)), svc_ranges) AS sr,
-        arrayFirst(x -> isIPAddressInRange(toString(remote_ip), x.1)
-                        AND (empty(x.4) OR has(x.4, remote_port)), ext_ranges) AS xr,
-        multiIf(hit, 'service', sr.2 != '', 'service', xr.2 != '', 'external', 'internet') AS d_kind,
-        multiIf(hit, l_service, sr.2 != '', sr.2, xr.2 != '', xr.2, '{INTERNET}') AS d_name,
-        multiIf(hit OR sr.2 != '', '', xr.2 != '', xr.3, '{INTERNET}') AS d_area,
+        -- ranges only for what no listener explained (empty arrays cost nothing)
+        arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2 AND (empty(x.5) OR has(x.5, remote_port)),
+                   if(hit, [], svc_ranges)) AS sr,
+        arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2 AND (empty(x.5) OR has(x.5, remote_port)),
+                   if(hit OR sr.3 != '', [], ext_ranges)) AS xr,
+        multiIf(hit, 'service', sr.3 != '', 'service', xr.3 != '', 'external', 'internet') AS d_kind,
+        multiIf(hit, l_service, sr.3 != '', sr.3, xr.3 != '', xr.3, '{INTERNET}') AS d_name,
+        multiIf(hit OR sr.3 != '', '', xr.3 != '', xr.4, '{INTERNET}') AS d_area,
         if(hit, l_dc, '') AS d_dc,
         if(hit, if(l_pod != '', l_pod, l_host), toString(remote_ip)) AS d_inst,
         os, cn, fl, bt
@@ -197,11 +206,13 @@ def _resolved_sql(db: str, win: Window) -> str:
               GROUP BY hour, ip, port, host, service, pod, dc
             ) AS sp
             LEFT JOIN (
-              -- where a wildcard listener can be reached: addresses its host/pod accepted on
+              -- where a wildcard listener can be reached: the addresses its host
+              -- (or pod) accepted on, looked up only for hosts that have one
               SELECT host, pod, groupUniqArray(a) AS addrs FROM (
-                SELECT host, pod, local_ip AS a FROM {table} WHERE direction = 'inbound' AND {rng}
+                SELECT host, pod, local_ip AS a FROM {table}
+                WHERE direction = 'inbound' AND {rng} AND has(wild_hosts, host)
                 UNION ALL
-                SELECT host, '' AS pod, host_ip AS a FROM {table} WHERE {rng}
+                SELECT host, '' AS pod, host_ip AS a FROM {table} WHERE {rng} AND has(wild_hosts, host)
               ) GROUP BY host, pod
             ) AS w ON w.host = sp.host AND w.pod = sp.pod
           )
@@ -215,12 +226,12 @@ def _resolved_sql(db: str, win: Window) -> str:
 
       -- clients that are not traced: the server's inbound records
       SELECT
-        multiIf(sr.2 != '', 'service', xr.2 != '', 'external', 'internet') AS s_kind,
-        multiIf(sr.2 != '', sr.2, xr.2 != '', xr.2, '{INTERNET}') AS s_name,
-        multiIf(sr.2 != '', '', xr.2 != '', xr.3, '{INTERNET}') AS s_area,
+        multiIf(sr.3 != '', 'service', xr.3 != '', 'external', 'internet') AS s_kind,
+        multiIf(sr.3 != '', sr.3, xr.3 != '', xr.3, '{INTERNET}') AS s_name,
+        multiIf(sr.3 != '', '', xr.3 != '', xr.4, '{INTERNET}') AS s_area,
         '' AS s_dc, toString(remote_ip) AS s_inst,
-        arrayFirst(x -> isIPAddressInRange(toString(remote_ip), x.1), svc_ranges) AS sr,
-        arrayFirst(x -> isIPAddressInRange(toString(remote_ip), x.1), ext_ranges) AS xr,
+        arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2, svc_ranges) AS sr,
+        arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2, if(sr.3 != '', [], ext_ranges)) AS xr,
         'service' AS d_kind, service AS d_name, '' AS d_area, dc AS d_dc,
         if(pod != '', pod, host) AS d_inst,
         os, cn, fl, bt

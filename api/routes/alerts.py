@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from api import queries
 from api.errors import ApiError
@@ -95,4 +95,6 @@ def webhook():
     body = json_body(dict)
     rows = alert_rows(body, tuple(get_config()["ALERT_SERVICE_LABELS"]), int(time.time()))
     stored = queries.insert_alerts(get_store(), rows)
+    # New data may change any cached view.
+    current_app.extensions["phobos_cache"].clear()
     return {"stored": stored}

@@ -9,8 +9,10 @@ parameters and returns the JSON-ready response.  They read through
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from typing import Any, Iterable, Mapping
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from typing import Any, Callable, Iterable, Mapping
 
 from api import graph as g
 from api import queries as q
@@ -18,6 +20,7 @@ from api import vizceral as vz
 from api.errors import ApiError
 
 __all__ = [
+    "ResultCache",
     "areas_view",
     "area_view",
     "datacenters_view",
@@ -40,15 +43,78 @@ def _iso(ts: int) -> str:
     return format_ts(ts)
 
 
-def _rows(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], **kw: Any) -> list[dict[str, Any]]:
-    return q.graph_rows(store, p["win"], dc=p.get("dc"), slack=cfg["LISTENER_SLACK"], **kw)
+class ResultCache:
+    """A small LRU of query results with a time to live, shared by the views.
+
+    Every view of one window (areas, an area, impact, summary ...) starts
+    from the same resolved rows, and a UI asks for several of them per
+    click; the rows of a past window only change when late records arrive.
+    Entries of windows ending in the last ``RECENT`` seconds live
+    ``ttl_recent`` seconds (late records), older ones ``ttl``.  Writes
+    through the API (ingest, alerts) clear it.  ``ttl=0`` disables it.
+    """
+
+    RECENT = 900
+
+    def __init__(self, ttl: float, ttl_recent: float | None = None, size: int = 32):
+        self.ttl = ttl
+        self.ttl_recent = min(ttl, 20.0) if ttl_recent is None else ttl_recent
+        self.size = size
+        self._lock = threading.Lock()
+        self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: Any, compute: Callable[[], Any], end: int | None = None) -> Any:
+        if self.ttl <= 0:
+            return compute()
+        now = time.monotonic()
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is not None and entry[0] > now:
+                self._data.move_to_end(key)
+                self.hits += 1
+                return entry[1]
+        self.misses += 1
+        value = compute()
+        recent = end is None or end > time.time() - self.RECENT
+        with self._lock:
+            self._data[key] = (now + (self.ttl_recent if recent else self.ttl), value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+def _cache() -> ResultCache:
+    from flask import current_app
+
+    return current_app.extensions["phobos_cache"]
+
+
+def _rows(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], *, win: q.Window | None = None,
+          **kw: Any) -> list[dict[str, Any]]:
+    win = win or p["win"]
+    key = ("rows", store.db, win, p.get("dc"), tuple(sorted(kw.items())))
+    return _cache().get(key, lambda: q.graph_rows(store, win, dc=p.get("dc"), slack=cfg["LISTENER_SLACK"],
+                                                   **kw), win.end)
+
+
+def _catalog(store: Any) -> dict[str, Any]:
+    return _cache().get(("catalog", store.db), lambda: q.catalog_maps(store))
 
 
 def _alerting(store: Any, at: int) -> dict[str, list[dict[str, Any]]]:
-    by_service: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for alert in q.firing_alerts(store, at):
-        by_service[alert["service"]].append(alert)
-    return by_service
+    def compute() -> dict[str, list[dict[str, Any]]]:
+        by_service: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for alert in q.firing_alerts(store, at):
+            by_service[alert["service"]].append(alert)
+        return by_service
+
+    return _cache().get(("alerts", store.db, at), compute, at)
 
 
 def _alert_notices(alerts: Iterable[Mapping[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
@@ -121,7 +187,7 @@ def _vz_connections(edges: Mapping[tuple[str, str], g.Edge], metric: str) -> lis
 def areas_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
     """Business areas and INTERNET with the traffic between them (Vizceral ``global``)."""
     rows = _rows(store, cfg, p)
-    catalog = q.catalog_maps(store)
+    catalog = _catalog(store)
     alerts = _alerting(store, p["win"].end)
     nodes: dict[str, dict[str, Any]] = {q.INTERNET: {"cls": "normal", "kind": "internet"}}
     for name, area in catalog["areas"].items():
@@ -156,7 +222,7 @@ def area_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], area: st
     if not q.area_exists(store, area):
         raise ApiError(404, f"no business area named {area!r}")
     rows = [r for r in _rows(store, cfg, p) if r["s_area"] == area or r["d_area"] == area]
-    catalog = q.catalog_maps(store)
+    catalog = _catalog(store)
     alerts = _alerting(store, p["win"].end)
     nodes: dict[str, dict[str, Any]] = {}
     for name, svc in catalog["services"].items():
@@ -285,8 +351,8 @@ def _deps(rows: Iterable[Mapping[str, Any]], service: str, side: str) -> list[di
 def service_summary(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], service: str) -> dict[str, Any]:
     """The side panel: instances, dependencies both ways, first/last seen, alerts, links."""
     _require_service(store, service)
-    rows = _rows(store, cfg, p, touching=service)
-    catalog = q.catalog_maps(store)
+    rows = [r for r in _rows(store, cfg, p) if service in (r["s_name"], r["d_name"])]
+    catalog = _catalog(store)
     svc = catalog["services"].get(service)
     area = catalog["areas"].get(svc["area"]) if svc else None
     links = _links(svc["links"]) if svc else []
@@ -301,7 +367,7 @@ def service_summary(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], se
         "inbound": _deps(rows, service, "d"),
         "outbound": _deps(rows, service, "s"),
         **q.service_seen(store, service),
-        "alerts": q.firing_alerts(store, p["win"].end, service),
+        "alerts": _alerting(store, p["win"].end).get(service, []),
         "processes": sorted(n for n, a in catalog["areas"].items()
                             if a["kind"] == "process" and service in a["services"]),
         "meta": _meta(p),
@@ -313,7 +379,7 @@ def service_impact(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], ser
     _require_service(store, service)
     rows = _rows(store, cfg, p)
     graph = g.service_graph(rows, p["metric"])
-    catalog = q.catalog_maps(store)
+    catalog = _catalog(store)
     processes = {n: a["services"] for n, a in catalog["areas"].items() if a["kind"] == "process"}
     result = g.impact(graph, service, processes)
     result["meta"] = _meta(p)
@@ -324,7 +390,7 @@ def graph_diff(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], before_
                min_change: float, min_volume: float) -> dict[str, Any]:
     """New, vanished and changed service edges between ``before_at`` and ``at``."""
     before_win = q.Window.at(before_at, p["window"])
-    before = q.graph_rows(store, before_win, dc=p.get("dc"), slack=cfg["LISTENER_SLACK"])
+    before = _rows(store, cfg, p, win=before_win)
     after = _rows(store, cfg, p)
     out = g.diff(before, after, p["metric"], min_change=min_change, min_volume=min_volume)
     old_nodes = {r[f"{s}_name"] for r in before for s in ("s", "d")}

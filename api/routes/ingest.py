@@ -11,7 +11,7 @@ retries.
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from api.errors import ApiError
 from api.ingest import ingest_batch
@@ -51,4 +51,6 @@ def ingest():
             out[kind] = ingest_batch(store, kind, records, batch_id=batch_id, source="api").as_dict()
     except StoreError as err:
         raise ApiError(503, f"the store failed; retry the batch: {err}") from None
+    # New data may change any cached view.
+    current_app.extensions["phobos_cache"].clear()
     return out

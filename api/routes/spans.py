@@ -16,7 +16,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from api import queries
 from api.errors import ApiError
@@ -118,4 +118,6 @@ def post_spans():
     # A retried post carries the same spans: the content is the dedup token.
     token = "zipkin:" + hashlib.sha256(json.dumps(spans, sort_keys=True, default=str).encode()).hexdigest()[:32]
     queries.insert_trace_edges(get_store(), rows, token)
+    # New data may change any cached view.
+    current_app.extensions["phobos_cache"].clear()
     return {"spans": len(spans), "edges": len(rows)}, 202
