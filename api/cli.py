@@ -54,6 +54,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 0
     with open_store(args.store, role="phobos migrate") as store:
         changes = store.migrate(ttl_days=args.ttl_days, cluster=args.cluster)
+        if args.kafka:
+            from api.kafka_ingest import migrate_from_args
+
+            changes += migrate_from_args(store, args)
         version = store.schema_version()
     for change in changes:
         print(change)
@@ -220,20 +224,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+def _delegate(
+    module: str, configure: str = "configure_parser", run: str = "run"
+) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
     """configure/run of a subcommand implemented in another module, imported lazily."""
+    import importlib
 
-    def configure(parser: argparse.ArgumentParser) -> None:
-        import importlib
+    def configure_fn(parser: argparse.ArgumentParser) -> None:
+        getattr(importlib.import_module(module), configure)(parser)
 
-        importlib.import_module(module).configure_parser(parser)
+    def run_fn(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), run)(args)
 
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+    return configure_fn, run_fn
 
-        return importlib.import_module(module).run(args)
 
-    return configure, run
+#: Subcommands implemented next to what they run: (name, module, configure, run, help).
+DELEGATED = (
+    ("serve", "api.serve", "configure_parser", "run", "serve the API and web UI"),
+    ("up", "api.up", "configure_parser", "run",
+     "one command: API + UI on the embedded store, with the tracer (root) or a simulated fleet"),
+    ("simulate", "tracer.simulate", "configure_parser", "run", "write a simulated fleet's records (backfill and/or live)"),
+    ("trace", "tracer.agent", "configure_parser", "run", "trace this host's TCP connections with eBPF (root)"),
+    ("ingest", "api.kafka_ingest", "configure_parser", "run", "consume records from Kafka into a store"),
+    ("kafka", "api.kafka_ingest", "configure_kafka_parser", "run_kafka", "Kafka topic set-up"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(env PHOBOS_CLUSTER)")
     p.add_argument("--print-ddl", action="store_true",
                    help="print the statements migrate would run on an empty store, and exit")
+    from api.kafka_ingest import configure_migrate_parser
+
+    configure_migrate_parser(p)
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("sql", help="run a read-only query and print the result")
@@ -291,11 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arg(p)
     p.set_defaults(func=cmd_summary)
 
-    for name, module, help_text in (
-        ("simulate", "tracer.simulate", "write a simulated fleet's records (backfill and/or live)"),
-        ("trace", "tracer.agent", "trace this host's TCP connections with eBPF (root)"),
-    ):
-        configure, run = _delegate(module)
+    for name, module, configure_name, run_name, help_text in DELEGATED:
+        configure, run = _delegate(module, configure_name, run_name)
         p = sub.add_parser(name, help=help_text)
         try:
             configure(p)
