@@ -4,13 +4,13 @@ Measured in one run on this machine, against a real broker (started here from
 the jars of ``tests/kafka.py``, or ``--brokers`` for an existing one):
 
 1. sink alone: records/s that ``KafkaSink`` serialises and gets acknowledged
-   (a separate process, like a tracer on another host);
+   (a separate process, like a tracer on another host), nothing else running;
 2. end to end, sustained: the sink process and ``KafkaIngest`` into chDB
    running at the same time; records/s from the first record sent until the
    last one is visible in ``connections`` (and the rollups were fed by the
    materialized views on the way);
-3. ingest alone: a second consumer group reading the whole backlog into a
-   fresh database (the consumer's ceiling);
+3. ingest alone: a consumer reading the backlog written in 1 into a fresh
+   database (the consumer's ceiling);
 4. latency: with the consumer running, one host's interval of records is
    sent every second; time from ``send`` to the records being visible in
    the store (the tracer adds its interval, default 10 s, before ``send``).
@@ -113,44 +113,63 @@ def main() -> int:
         broker = kafka_helper.Broker(work / "broker").start()
         brokers = broker.bootstrap
     prefix = "bench" + uuid.uuid4().hex[:8]
+    backlog = prefix + "b"
     init_topics(brokers, prefix, partitions=args.partitions)
-    print(f"cpu cores {os.cpu_count()}, broker {brokers}, topics {prefix}.*, {args.partitions} partitions, "
-          f"{args.records:,} records from {args.hosts} sink instances")
+    init_topics(brokers, backlog, partitions=args.partitions)
+    print(f"cpu cores {os.cpu_count()}, broker {brokers}, {args.partitions} partitions per topic, "
+          f"{args.records:,} records from {args.hosts} sink instances in one producer process")
+
+    def producer(topic_prefix: str) -> subprocess.Popen:
+        script = work / f"producer-{topic_prefix}.py"
+        script.write_text(PRODUCER.format(root=str(ROOT), tests=str(ROOT / "tests"), records=args.records,
+                                          hosts=args.hosts, brokers=brokers, prefix=topic_prefix,
+                                          spool=work / f"spool-{topic_prefix}"))
+        proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout.readline().startswith("READY")
+        return proc
+
+    def go(proc: subprocess.Popen, result: dict) -> threading.Thread:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        reader = threading.Thread(target=lambda: result.update(done=json.loads(
+            [ln for ln in proc.stdout if ln.startswith("DONE")][0][5:])))
+        reader.start()
+        return reader
+
     try:
+        # 1. The sink alone (nothing else running): fills the backlog topics.
+        alone: dict = {}
+        proc = producer(backlog)
+        go(proc, alone).join(900)
+        proc.wait(60)
+        done = alone["done"]
+        print(f"sink -> broker, alone         {done['sent'] / done['elapsed']:>10,.0f} records/s "
+              f"({done['sent']:,} acknowledged in {done['elapsed']:.1f} s, dropped {done['dropped']})")
+
+        # 2. End to end: the consumer joins first, then the sink starts; both run at once.
         store = open_store(f"chdb://{work / 'store'}?database=bench_e2e", role="bench")
         store.migrate()
-        script = work / "producer.py"
-        script.write_text(PRODUCER.format(root=str(ROOT), tests=str(ROOT / "tests"), records=args.records,
-                                          hosts=args.hosts, brokers=brokers, prefix=prefix, spool=work / "spool"))
-        producer = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    text=True)
-        assert producer.stdout.readline().startswith("READY")
-
-        # The consumer joins first, then the sink starts: both run at once.
+        proc = producer(prefix)
         result: dict = {}
         topics = {t: k for k, t in topics_for(prefix).items()}
         ingest = KafkaIngest(store, brokers, topics, group=f"{prefix}-e2e", batch_records=200_000,
                              batch_interval_s=1.0)
         while not ingest.assigned:
             ingest.poll(0.2)
-        producer.stdin.write("go\n")
-        producer.stdin.flush()
-        reader = threading.Thread(target=lambda: result.update(done=json.loads(
-            [ln for ln in producer.stdout if ln.startswith("DONE")][0][5:])))
-        reader.start()
+        reader = go(proc, result)
         deadline = time.monotonic() + 900
         while ingest.counts["accepted"] < args.records and time.monotonic() < deadline:
             ingest.poll(0.2)
         ingest.flush_all()
         visible_at = time.time()
         reader.join(60)
-        producer.wait(60)
+        proc.wait(60)
         done = result["done"]
         rows = store.query(f"SELECT count() FROM {store.db}.connections")[0][0]
         rolled = store.query(f"SELECT sum(records) FROM {store.db}.edges_1m")[0][0]
         e2e = args.records / (visible_at - done["start"])
-        print(f"sink -> broker (acked)        {done['sent'] / done['elapsed']:>10,.0f} records/s "
-              f"({done['sent']:,} in {done['elapsed']:.1f} s, dropped {done['dropped']})")
+        print(f"sink -> broker, with consumer {done['sent'] / done['elapsed']:>10,.0f} records/s")
         print(f"end to end (sink .. visible)  {e2e:>10,.0f} records/s "
               f"({rows:,} rows in connections, {rolled:,} records in edges_1m, "
               f"{visible_at - done['start']:.1f} s)")
@@ -159,7 +178,7 @@ def main() -> int:
         # Ingest alone, from the backlog, into a fresh database of the same directory.
         store2 = open_store(f"chdb://{work / 'store'}?database=bench_backlog", role="bench")
         store2.migrate()
-        took, stats = run_consumer(store2, brokers, prefix, f"{prefix}-backlog", args.records, 600)
+        took, stats = run_consumer(store2, brokers, backlog, f"{prefix}-backlog", args.records, 600)
         print(f"ingest alone (backlog)        {stats['accepted'] / took:>10,.0f} records/s "
               f"({stats['accepted']:,} in {took:.1f} s, {stats['batches']} batches)")
 
