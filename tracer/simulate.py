@@ -56,7 +56,6 @@ from tracer.fleet import (
     Fleet,
     SimConfig,
     build_fleet,
-    ip_text,
 )
 from tracer.records import CONNECTION_FIELDS, LISTENER_FIELDS, VERSION, format_ts
 
