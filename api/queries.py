@@ -178,21 +178,21 @@ def _resolved_sql(db: str, win: Window) -> str:
         SELECT e.dc AS dc, e.host AS host, e.service AS service, e.pod AS pod,
                e.remote_ip AS remote_ip, e.remote_port AS remote_port,
                s.found = 1 AND e.ts <= s.last_seen + {{slack:UInt32}} AS hit,
-               if(hit, s.service, '') AS l_service, if(hit, s.host, '') AS l_host,
-               if(hit, s.pod, '') AS l_pod, if(hit, s.dc, '') AS l_dc,
+               if(hit, s.sid, 0) AS l_sid,
+               any(if(hit, s.service, '')) AS l_service, any(if(hit, s.host, '')) AS l_host,
+               any(if(hit, s.pod, '')) AS l_pod, any(if(hit, s.dc, '')) AS l_dc,
                sum(e.os) AS os, sum(e.cn) AS cn, sum(e.fl) AS fl, sum(e.bt) AS bt
         FROM (
+          -- rows as stored: the sums below also fold rows the rollup has not merged yet
           SELECT ts, ts + {win.bucket - 1} AS t_end, dc, host, service, pod, remote_ip, remote_port,
                  if({lo_e}, host, '') AS kh,
-                 sum(open_seconds) AS os, sum(connects) AS cn, sum(failures) AS fl,
-                 sum(bytes_sent + bytes_received) AS bt
+                 open_seconds AS os, connects AS cn, failures AS fl, bytes_sent + bytes_received AS bt
           FROM {table}
           WHERE direction = 'outbound' AND {rng}
-          GROUP BY ts, dc, host, service, pod, remote_ip, remote_port
         ) AS e
         ASOF LEFT JOIN (
           SELECT a AS ip, port, if({lo_a}, host, '') AS kh, host, service, pod, dc,
-                 first_seen, last_seen, 1 AS found
+                 first_seen, last_seen, 1 AS found, cityHash64(host, service, pod, dc) AS sid
           FROM (
             SELECT sp.ip AS ip, sp.port AS port, sp.host AS host, sp.service AS service,
                    sp.pod AS pod, sp.dc AS dc, sp.first_seen AS first_seen, sp.last_seen AS last_seen,
@@ -219,7 +219,7 @@ def _resolved_sql(db: str, win: Window) -> str:
           ARRAY JOIN cand AS a
         ) AS s
         ON e.remote_ip = s.ip AND e.remote_port = s.port AND e.kh = s.kh AND e.t_end >= s.first_seen
-        GROUP BY dc, host, service, pod, remote_ip, remote_port, hit, l_service, l_host, l_pod, l_dc
+        GROUP BY dc, host, service, pod, remote_ip, remote_port, hit, l_sid
       )
 
       UNION ALL

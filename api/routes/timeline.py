@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, request
+from flask import Blueprint, current_app, request
 
 from api import queries
 from api.errors import ApiError
@@ -28,9 +28,13 @@ def timeline():
     if end - start > 400 * 86400:
         raise ApiError(400, "at most 400 days per timeline")
     bucket = max(60, -(-(end - start) // int(text) // 60) * 60)
-    if bucket >= 3600:
+    if bucket >= 3600 or end - start > 12 * 3600:
+        # Long ranges read the hourly rollup: a day of minutes is a scan of
+        # every record, an hour bucket is what a time slider can show anyway.
         bucket = -(-bucket // 3600) * 3600
-    data = queries.timeline(store, start // bucket * bucket, end, bucket)
+    first = start // bucket * bucket
+    data = current_app.extensions["phobos_cache"].get(
+        ("timeline", store.db, first, end, bucket), lambda: queries.timeline(store, first, end, bucket), end)
     return {
         "range": {"first": format_ts(span[0]), "last": format_ts(span[1])} if span else None,
         "from": format_ts(start), "to": format_ts(end), "bucket": bucket, **data,
