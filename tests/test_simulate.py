@@ -160,6 +160,15 @@ def test_same_seed_same_data(run_a, stores):
     assert _fingerprint(store_a, "connections") != _fingerprint(store_c, "connections")
 
 
+def test_data_does_not_depend_on_batching(run_a, stores, monkeypatch):
+    store_a, _ = run_a
+    monkeypatch.setattr(sim, "CHUNK_ROWS", 2000)  # many small batches instead of one per epoch
+    store_d = stores("sim_d")
+    sim.simulate(store_d, CFG, catalog=False)
+    for table in ("connections", "listeners"):
+        assert _fingerprint(store_a, table) == _fingerprint(store_d, table)
+
+
 def test_rerun_stores_nothing_twice(run_a):
     store, summary = run_a
     before = {t: _fingerprint(store, t) for t in ("connections", "listeners")}

@@ -585,7 +585,7 @@ def build_fleet(config: SimConfig) -> Fleet:
             cl = inst_of[c]
             rip = rng.choice(ext["ips"], size=len(cl))
             add_pairs(PAIR_EXTERNAL, cl, np.full(len(cl), -1), -1, rip, ext["port"], False,
-                      np.zeros(len(cl)), rng.lognormal(2.0, 0.8, len(cl)) * cfg.interval / 60.0)
+                      np.zeros(len(cl)), rng.lognormal(0.7, 0.8, len(cl)) * cfg.interval / 60.0)
     for s in ingress:
         sv = np.repeat(inst_of[s], 3)  # three distinct client addresses per instance and interval
         add_pairs(PAIR_INTERNET, np.full(len(sv), -1), sv, -1, np.zeros(len(sv)), int(svc_port[s]),
