@@ -227,3 +227,30 @@ def test_zipkin_spans_to_trace_edges(client, store):
 def test_zipkin_bad_payload(client, body):
     response = client.post("/api/v2/spans", json=body, headers=AUTH)
     assert response.status_code == 400 and response.get_json()["code"] == 400
+
+
+def test_writes_clear_the_result_cache(client, store):
+    at = T0 + 600
+    first = [connection(ts=format_ts(T0 + 60), remote_ip="10.0.0.2")]
+    client.post("/api/v1/ingest", json=batch(connections=first), headers=AUTH)
+    view = client.get(f"/api/v1/areas/unassigned?at={at}&window=10m").get_json()
+    assert {n["name"] for n in view["nodes"]} == {"INTERNET", "frontend", "web"}
+    # a new client appears; the cached view must not hide it
+    more = [connection(ts=format_ts(T0 + 120), service="batch", host="host-c", remote_ip="10.0.0.2")]
+    client.post("/api/v1/ingest", json=batch(batch_id="b-2", connections=more, listeners=[]), headers=AUTH)
+    view = client.get(f"/api/v1/areas/unassigned?at={at}&window=10m").get_json()
+    assert "batch" in {n["name"] for n in view["nodes"]}
+
+
+def test_result_cache_can_be_disabled(store):
+    from api.routes.build import ResultCache
+
+    calls = []
+    cache = ResultCache(0)
+    for _ in range(2):
+        cache.get("k", lambda: calls.append(1))
+    assert len(calls) == 2
+    cache = ResultCache(60)
+    for _ in range(2):
+        cache.get("k", lambda: calls.append(1) or "v")
+    assert len(calls) == 3 and cache.hits == 1
