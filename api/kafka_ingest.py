@@ -480,20 +480,23 @@ class KafkaIngest:
             self.consumer.close()
 
     # -- one batch ---------------------------------------------------------------------
-    def _commit(self, part: _Partition, offset: int, metadata: str = "") -> None:
+    def _commit(self, part: _Partition, offset: int, metadata: str = "") -> bool:
+        """Commit synchronously, retrying briefly; False when the partition is
+        no longer ours or the group is unreachable."""
         from confluent_kafka import KafkaException, TopicPartition
 
         tp = TopicPartition(part.topic, part.partition, offset, metadata)
         for attempt in range(5):
             try:
                 self.consumer.commit(offsets=[tp], asynchronous=False)
-                return
+                return True
             except KafkaException as err:
                 self.counts["commit_errors"] += 1
-                if attempt == 4:
-                    raise
-                log.warning("commit of %s/%d@%d failed (%s); retrying", part.topic, part.partition, offset, err)
+                log.warning("commit of %s/%d@%d failed (%s)", part.topic, part.partition, offset, err)
+                if self.stop.is_set() and attempt >= 1:
+                    break
                 time.sleep(0.2 * (attempt + 1))
+        return False
 
     def _flush(self, part: _Partition) -> None:
         batch = part.batch
@@ -508,13 +511,22 @@ class KafkaIngest:
             self.counts["replayed_batches"] += 1
         else:
             rest = []
-            self._commit(part, batch.first, f"{INTENT}{batch.first}-{batch.last}")
+            if not self._commit(part, batch.first, f"{INTENT}{batch.first}-{batch.last}"):
+                # Without a recorded intent the insert could not be replayed
+                # exactly: leave the batch unread and let the partition's
+                # owner (us after a rejoin, or another consumer) read it again.
+                self._abandon(part, batch.first)
+                return
         part.batch = None
         batch_id = f"{part.topic}/{part.partition}/{batch.first}-{batch.last}"
         result = self._insert(part.kind, batch_id, part.topic, part.partition, batch.messages)
         if self.after_insert:
             self.after_insert(batch_id)
-        self._commit(part, batch.last + 1)
+        if not self._commit(part, batch.last + 1):
+            # Inserted but not committed: whoever reads the partition next
+            # finds the intent and replays this batch with the same token.
+            self._abandon(part, batch.first)
+            return
         self.counts["batches"] += 1
         self.last_batch_at = time.time()
         if self.on_batch:
@@ -522,6 +534,16 @@ class KafkaIngest:
         if rest:
             part.batch = _Batch(first=rest[0][0], last=rest[-1][0], messages=rest,
                                 records=sum(m[2] for m in rest))
+
+    def _abandon(self, part: _Partition, offset: int) -> None:
+        """Forget the partition's buffered messages and read again from ``offset``."""
+        from confluent_kafka import TopicPartition
+
+        self.parts.pop((part.topic, part.partition), None)
+        try:
+            self.consumer.seek(TopicPartition(part.topic, part.partition, offset))
+        except Exception as err:  # not assigned any more: the new owner reads it
+            log.info("%s/%d: not re-reading from %d here (%s)", part.topic, part.partition, offset, err)
 
     def _insert(self, kind: str, batch_id: str, topic: str, partition: int,
                 messages: list[tuple[int, bytes, int]]) -> dict[str, Any]:

@@ -136,3 +136,41 @@ def test_sigkill_mid_batch_and_restart_keeps_totals_exact(kafka_broker, tmp_path
     assert rollup == {"n": len(records), "c": sum(r["connects"] for r in records)}
     hourly = query(store_url, "SELECT sum(connects) AS c FROM phobos.edges_1h")[0]
     assert hourly["c"] == sum(r["connects"] for r in records)
+
+
+def test_phobos_ingest_command_reports_and_stops_cleanly_on_sigterm(kafka_broker, tmp_path):
+    prefix = "t" + uuid.uuid4().hex[:10]
+    init_topics(kafka_broker.bootstrap, prefix, partitions=2)
+    records = stream(5_000)
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    topic = topics_for(prefix)["connections"]
+    for start_at in range(0, len(records), 500):
+        producer.produce(topic, b"\n".join(json.dumps(r).encode() for r in records[start_at:start_at + 500]))
+    producer.produce(topic, b"not json")
+    assert producer.flush(30) == 0
+    store_url = f"chdb://{tmp_path / 'store'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.kafka_ingest", "ingest", "--kafka", kafka_broker.bootstrap,
+         "--topic-prefix", prefix, "--group", f"{prefix}-cli", "--store", store_url, "--report", "0.5",
+         "-X", "session.timeout.ms=6000"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reports = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("phobos-ingest "):
+            reports.append(json.loads(line[len("phobos-ingest "):]))
+            if reports[-1]["accepted"] == len(records) and reports[-1]["lag_messages"] == 0:
+                break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    last = reports[-1]
+    assert last["accepted"] == len(records) and last["rejected"] == 1
+    assert {"rows_per_s", "lag_messages", "batches"} <= set(last)
+    row = query(store_url, "SELECT count() AS n, sum(connects) AS c FROM phobos.connections")[0]
+    assert row == {"n": len(records), "c": sum(r["connects"] for r in records)}
+    dead = query(store_url, "SELECT source, reason FROM phobos.dead_letters")
+    assert len(dead) == 1 and dead[0]["reason"].startswith("not JSON")
