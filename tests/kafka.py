@@ -62,22 +62,6 @@ _POM = """<?xml version="1.0" encoding="UTF-8"?>
 </project>
 """
 
-_LOG4J2 = """Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        Pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: kafka.server.KafkaRaftServer
-        level: INFO
-"""
-
 _LOG4J2_PROPERTIES = """status = warn
 appender.out.type = Console
 appender.out.name = STDOUT

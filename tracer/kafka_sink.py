@@ -53,7 +53,7 @@ import os
 import tempfile
 import time
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 from tracer.sinks import Sink, SinkError, register_sink
 from tracer.spool import Spool
