@@ -208,6 +208,9 @@ function cleanLevel(data, childRenderer) {
     if (childRenderer !== undefined) {
       if (childRenderer) n.renderer = childRenderer; else delete n.renderer;
     }
+    // A double-click opens the node's graph before its data arrives;
+    // Vizceral needs a scale for it even while it is empty.
+    if (n.renderer && !(n.maxVolume > 0)) n.maxVolume = data.maxVolume;
   }
   for (const c of data.connections) {
     c.notices = safeNotices(c.notices);
@@ -247,6 +250,7 @@ async function loadTimeline() {
 
 async function load() {
   const started = performance.now();
+  phobos.ready = false;
   hideMessage();
   const tl = phobos.timeline && !state.live ? phobos.timeline : await loadTimeline();
   if (!tl.range) { showEmpty(true); phobos.ready = true; return; }
@@ -700,3 +704,15 @@ phobos.started = performance.now();
 if (initViz()) refresh(); else { phobos.ready = true; }
 // For tests and the console: go to a state as a click would.
 phobos.navigate = navigate;
+// Where a node of the current view is drawn, in page pixels (tests click there).
+phobos.nodePosition = (name) => {
+  const graph = viz && viz.currentGraph;
+  const node = graph && graph.nodes[name];
+  const view = node && node.getView && node.getView();
+  if (!view || !view.container || !view.container.parent) return null;
+  const parent = view.container.parent;
+  parent.updateMatrixWorld(true);
+  const v = view.container.position.clone().applyMatrix4(parent.matrixWorld).project(viz.camera);
+  const r = viz.renderer.domElement.getBoundingClientRect();
+  return { x: r.left + ((v.x + 1) / 2) * r.width, y: r.top + ((1 - v.y) / 2) * r.height };
+};

@@ -103,3 +103,63 @@ def wait_for(page, expression: str, timeout: float = 30.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise TimeoutError(f"{expression!r} still false after {timeout} s")
         time.sleep(interval)
+
+
+def png_rgb(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Decode an 8-bit RGB/RGBA, non-interlaced PNG (what Chromium's screenshots are).
+
+    Returns ``(width, height, rows)`` with each row as packed RGB bytes.  A
+    small decoder keeps an image library out of the test dependencies.
+    """
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, [], None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        pos += 12 + length
+    width, height, depth, color, _, _, interlace = header
+    assert depth == 8 and color in (2, 6) and interlace == 0, f"unsupported PNG {header}"
+    bpp = 3 if color == 2 else 4
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * bpp
+    rows, prev, i = [], bytearray(stride), 0
+    for _ in range(height):
+        kind, line = raw[i], bytearray(raw[i + 1:i + 1 + stride])
+        i += 1 + stride
+        for x in range(stride):
+            a = line[x - bpp] if x >= bpp else 0
+            b = prev[x]
+            c = prev[x - bpp] if x >= bpp else 0
+            if kind == 1:
+                line[x] = (line[x] + a) & 255
+            elif kind == 2:
+                line[x] = (line[x] + b) & 255
+            elif kind == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        prev = line
+        rows.append(bytes(line) if bpp == 3 else bytes(v for k, v in enumerate(line) if k % 4 != 3))
+    return width, height, rows
+
+
+def drawn_pixels(png: bytes, background: tuple[int, int, int] = (45, 45, 45), tolerance: int = 12) -> tuple[int, int]:
+    """``(pixels unlike the background, distinct colours)`` of a screenshot."""
+    _, _, rows = png_rgb(png)
+    drawn, colours = 0, set()
+    for row in rows:
+        for k in range(0, len(row), 3):
+            r, g, b = row[k], row[k + 1], row[k + 2]
+            if abs(r - background[0]) + abs(g - background[1]) + abs(b - background[2]) > tolerance:
+                drawn += 1
+                colours.add((r >> 3, g >> 3, b >> 3))
+    return drawn, len(colours)
