@@ -8,9 +8,10 @@ How: messages are appended to the newest segment (``<first seq>.seg``);
 when it passes ``segment_bytes`` a new one starts.  Readers take messages in
 sequence order from a read position; ``ack(seq)`` marks one delivered, and the
 durable cursor (``cursor`` file) moves over the delivered prefix, deleting
-segments that are wholly delivered.  After a restart everything at or after
-the cursor is replayed (a message delivered but not yet past the cursor at a
-crash is sent again - at-least-once).
+segments that are wholly delivered; the cursor file also lists messages
+delivered out of order beyond it.  After a restart everything undelivered
+is replayed (a message whose delivery was not yet written down when the
+process died is sent again - at-least-once).
 
 Bounded: when the spool holds more than ``max_bytes``, whole oldest segments
 are deleted and the records they held are added to ``dropped`` (and logged):
@@ -79,8 +80,8 @@ class Spool:
         self.dropped_messages = 0
         self._segments: list[_Segment] = []
         self._writer = None
-        self._cursor = self._read_cursor()
         self._acked: set[int] = set()
+        self._cursor = self._read_cursor()
         self._load()
         self._next_seq = max([s.last for s in self._segments if s.last >= 0], default=self._cursor - 1) + 1
         self._next_seq = max(self._next_seq, self._cursor)
@@ -88,14 +89,20 @@ class Spool:
 
     # -- start-up -----------------------------------------------------------
     def _read_cursor(self) -> int:
+        """The first undelivered seq; messages delivered out of order beyond it
+        (listed on the file's second line) are not replayed either."""
         try:
-            return int((self.dir / "cursor").read_text().strip() or 0)
+            lines = (self.dir / "cursor").read_text().split("\n")
+            cursor = int(lines[0].strip() or 0)
+            self._acked = {int(x) for x in (lines[1].split() if len(lines) > 1 else []) if int(x) >= cursor}
+            return cursor
         except (OSError, ValueError):
+            self._acked = set()
             return 0
 
     def _write_cursor(self) -> None:
         tmp = self.dir / "cursor.tmp"
-        tmp.write_text(f"{self._cursor}\n")
+        tmp.write_text(f"{self._cursor}\n{' '.join(map(str, sorted(self._acked)))}\n")
         os.replace(tmp, self.dir / "cursor")
 
     def _load(self) -> None:
@@ -108,7 +115,7 @@ class Spool:
             good = 0
             for msg, end in self._frames(path):
                 seg.last = msg.seq
-                if msg.seq >= self._cursor:
+                if msg.seq >= self._cursor and msg.seq not in self._acked:
                     seg.records += msg.records
                 good = end
             size = path.stat().st_size
