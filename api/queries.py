@@ -178,10 +178,9 @@ def _resolved_sql(db: str, win: Window) -> str:
         SELECT e.dc AS dc, e.host AS host, e.service AS service, e.pod AS pod,
                e.remote_ip AS remote_ip, e.remote_port AS remote_port,
                s.found = 1 AND e.ts <= s.last_seen + {{slack:UInt32}} AS hit,
-               if(hit, s.sid, 0) AS l_sid,
-               any(if(hit, s.service, '')) AS l_service, any(if(hit, s.host, '')) AS l_host,
-               any(if(hit, s.pod, '')) AS l_pod, any(if(hit, s.dc, '')) AS l_dc,
-               sum(e.os) AS os, sum(e.cn) AS cn, sum(e.fl) AS fl, sum(e.bt) AS bt
+               if(hit, s.service, '') AS l_service, if(hit, s.host, '') AS l_host,
+               if(hit, s.pod, '') AS l_pod, if(hit, s.dc, '') AS l_dc,
+               e.os AS os, e.cn AS cn, e.fl AS fl, e.bt AS bt
         FROM (
           -- rows as stored: the sums below also fold rows the rollup has not merged yet
           SELECT ts, ts + {win.bucket - 1} AS t_end, dc, host, service, pod, remote_ip, remote_port,
@@ -192,18 +191,18 @@ def _resolved_sql(db: str, win: Window) -> str:
         ) AS e
         ASOF LEFT JOIN (
           SELECT a AS ip, port, if({lo_a}, host, '') AS kh, host, service, pod, dc,
-                 first_seen, last_seen, 1 AS found, cityHash64(host, service, pod, dc) AS sid
+                 first_seen, last_seen, 1 AS found
           FROM (
             SELECT sp.ip AS ip, sp.port AS port, sp.host AS host, sp.service AS service,
                    sp.pod AS pod, sp.dc AS dc, sp.first_seen AS first_seen, sp.last_seen AS last_seen,
                    if({wild}, w.addrs, [sp.ip]) AS cand
             FROM (
-              SELECT ip, port, host, service, pod, dc,
-                     min(first_seen) AS first_seen, max(last_seen) AS last_seen
+              -- spans as stored, unmerged parts included: each covers its own
+              -- stretch of time, which is all the ASOF join needs
+              SELECT ip, port, host, service, pod, dc, first_seen, last_seen
               FROM {db}.listener_spans
               WHERE hour >= toStartOfHour(toDateTime({{t0:UInt32}} - {{slack:UInt32}} - 3600, 'UTC'))
                 AND hour < toDateTime({{t1:UInt32}}, 'UTC')
-              GROUP BY hour, ip, port, host, service, pod, dc
             ) AS sp
             LEFT JOIN (
               -- where a wildcard listener can be reached: the addresses its host
@@ -219,7 +218,6 @@ def _resolved_sql(db: str, win: Window) -> str:
           ARRAY JOIN cand AS a
         ) AS s
         ON e.remote_ip = s.ip AND e.remote_port = s.port AND e.kh = s.kh AND e.t_end >= s.first_seen
-        GROUP BY dc, host, service, pod, remote_ip, remote_port, hit, l_sid
       )
 
       UNION ALL
