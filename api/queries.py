@@ -172,7 +172,7 @@ def _resolved_sql(db: str, win: Window) -> str:
         multiIf(hit, l_service, sr.3 != '', sr.3, xr.3 != '', xr.3, '{INTERNET}') AS d_name,
         multiIf(hit OR sr.3 != '', '', xr.3 != '', xr.4, '{INTERNET}') AS d_area,
         if(hit, l_dc, '') AS d_dc,
-        if(hit, if(l_pod != '', l_pod, l_host), toString(remote_ip)) AS d_inst,
+        if(hit, if(l_pod != '', l_pod, l_host), {_ipstr('remote_ip')}) AS d_inst,
         os, cn, fl, bt
       FROM (
         SELECT e.dc AS dc, e.host AS host, e.service AS service, e.pod AS pod,
@@ -227,7 +227,7 @@ def _resolved_sql(db: str, win: Window) -> str:
         multiIf(sr.3 != '', 'service', xr.3 != '', 'external', 'internet') AS s_kind,
         multiIf(sr.3 != '', sr.3, xr.3 != '', xr.3, '{INTERNET}') AS s_name,
         multiIf(sr.3 != '', '', xr.3 != '', xr.4, '{INTERNET}') AS s_area,
-        '' AS s_dc, toString(remote_ip) AS s_inst,
+        '' AS s_dc, {_ipstr('remote_ip')} AS s_inst,
         arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2, svc_ranges) AS sr,
         arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2, if(sr.3 != '', [], ext_ranges)) AS xr,
         'service' AS d_kind, service AS d_name, '' AS d_area, dc AS d_dc,
@@ -345,13 +345,16 @@ def catalog_maps(store: Any) -> dict[str, Any]:
 
 
 def service_exists(store: Any, name: str) -> bool:
-    """Whether the catalog names ``name`` or any record was ever reported for it."""
-    db = store.db
+    """Whether ``name`` is a node the graph can show: a catalog service or
+    external, INTERNET, or anything a record or listener was ever reported for."""
+    if name == INTERNET:
+        return True
+    db, cv = store.db, _catalog_version(store.db)
     rows = store.query(
-        f"SELECT (SELECT count() FROM {db}.catalog_services WHERE version = {_catalog_version(db)} "
-        f"AND name = {{n:String}}) + (SELECT count() FROM (SELECT 1 FROM {db}.edges_1h "
-        f"WHERE service = {{n:String}} LIMIT 1)) + (SELECT count() FROM (SELECT 1 FROM "
-        f"{db}.listener_spans WHERE service = {{n:String}} LIMIT 1))",
+        f"SELECT (SELECT count() FROM {db}.catalog_services WHERE version = {cv} AND name = {{n:String}})"
+        f" + (SELECT count() FROM {db}.catalog_externals WHERE version = {cv} AND name = {{n:String}})"
+        f" + (SELECT count() FROM (SELECT 1 FROM {db}.edges_1h WHERE service = {{n:String}} LIMIT 1))"
+        f" + (SELECT count() FROM (SELECT 1 FROM {db}.listener_spans WHERE service = {{n:String}} LIMIT 1))",
         {"n": name},
     )
     return bool(rows and rows[0][0])

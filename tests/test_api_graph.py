@@ -271,3 +271,11 @@ def test_views_are_json_serialisable_vizceral(client):
         assert view["maxVolume"] > 0
         for c in view["connections"]:
             assert c["source"] in names and c["target"] in names
+
+
+def test_internet_and_externals_have_detail_views(client):
+    view = get(client, f"/api/v1/services/INTERNET?{VIEW}")
+    # as a client: the INTERNET address that called web; as a server: the unknown address web called
+    assert {n["name"] for n in view["nodes"] if n["class"] == "area"} == {"198.51.100.7", "192.0.2.50"}
+    impact = get(client, f"/api/v1/services/stripe/impact?{VIEW}")
+    assert {e["name"] for e in impact["upstream"]} == {"ledger", "api", "web", "batch", "INTERNET"}
