@@ -167,11 +167,13 @@ def impact(graph: nx.DiGraph, service: str,
     # node are not callers of what the INTERNET node calls).  Their server
     # side becomes a separate sink node for the search.
     graph = _outside_split(graph)
-    up = nx.ancestors(graph, service)
+    # For INTERNET or an external, callers reach its sink side.
+    called = ("sink", service) if ("sink", service) in graph else service
+    up = nx.ancestors(graph, called)
     down = nx.descendants(graph, service)
-    up_hops = _depth(graph, service, reverse=True)
+    up_hops = _depth(graph, called, reverse=True)
     down_hops = _depth(graph, service, reverse=False)
-    towards = up | {service}
+    towards = up | {called}
 
     def entry(node: Any, hops: int, weight: float) -> dict[str, Any]:
         data = graph.nodes[node]
