@@ -135,7 +135,9 @@ class Broker:
     would, which is what the outage tests need.
     """
 
-    def __init__(self, directory: str | os.PathLike, port: int | None = None, controller_port: int | None = None):
+    def __init__(self, directory: str | os.PathLike, port: int | None = None, controller_port: int | None = None,
+                 tied: bool = False):
+        self.tied = tied  # the broker dies with this process (tests), or outlives it (CLI start)
         self.dir = Path(directory)
         self.port = port or free_port()
         self.controller_port = controller_port or free_port()
@@ -183,7 +185,7 @@ class Broker:
         if background:
             out = open(log, "ab") if log else subprocess.DEVNULL
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent if self.tied else None)
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(args[:2])} failed: {res.stdout}{res.stderr}")
@@ -259,6 +261,15 @@ class Broker:
         self.stop()
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started it dies (even by
+    SIGKILL), so a killed test run leaves no broker behind (Linux prctl)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _cluster_id() -> str:
     import base64
 
@@ -293,7 +304,7 @@ if pytest is not None:
         if broker is None:
             ok, reason = available()
             require(ok, reason)
-            broker = Broker(tmp_path_factory.mktemp("kafka"))
+            broker = Broker(tmp_path_factory.mktemp("kafka"), tied=True)
             try:
                 broker.start()
             except Exception as err:

@@ -110,7 +110,7 @@ def main() -> int:
         import kafka as kafka_helper
 
         kafka_helper.install()
-        broker = kafka_helper.Broker(work / "broker").start()
+        broker = kafka_helper.Broker(work / "broker", tied=True).start()
         brokers = broker.bootstrap
     prefix = "bench" + uuid.uuid4().hex[:8]
     backlog = prefix + "b"
