@@ -31,6 +31,7 @@ __all__ = [
     "cycles",
     "diff",
     "long_tail",
+    "node_volumes",
 ]
 
 #: metric name of the API -> value key of the rows.
@@ -341,5 +342,3 @@ def node_volumes(edges: Mapping[tuple[str, str], Edge], metric: str) -> dict[str
         vol[dst] += v
     return dict(vol)
 
-
-__all__.append("node_volumes")
