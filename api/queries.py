@@ -30,6 +30,11 @@ six hours and more, where minute detail would only cost time).
   ``cidrs``/``ports`` first, then externals (longest prefix wins), else it
   is the ``INTERNET`` node.
 
+Caveat of long windows: from six hours on, the hourly rollup is read and a
+bucket is an hour, so an address that changed owner *within* an hour is
+attributed, for that hour, to the owner that started last in it.  Windows
+shorter than that resolve minute by minute.
+
 The value columns are per-second over the window: ``open`` (time-averaged
 open connections, from ``open_seconds``), ``conn_rate`` (new connections per
 second) and ``fail_rate`` (failed connects per second), plus raw counts.

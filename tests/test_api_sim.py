@@ -71,6 +71,13 @@ def test_every_epoch_resolves_to_the_true_edges(fleet_store):
             assert r["d_name"] in services | externals | {q.INTERNET}
             if r["d_name"] in externals:
                 assert r["d_kind"] == "external"
+        # INTERNET clients reach the ingress services; untraced clients (not
+        # in the catalog) are INTERNET too, and call a few api/db services
+        callers_of = {r["d_name"] for r in rows if r["s_name"] == q.INTERNET}
+        assert {fleet.svc_name[i] for i in fleet.ingress} <= callers_of
+        ext_called = {(r["s_name"], r["d_name"]) for r in rows if r["d_kind"] == "external"}
+        truth_ext = {(fleet.svc_name[c], e["name"]) for e in fleet.externals for c in e["callers"]}
+        assert ext_called == truth_ext
         checked += 1
     assert checked >= 3
 
