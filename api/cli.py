@@ -210,7 +210,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         [
             "--store", args.store,
             "--areas", str(args.areas), "--services", str(args.services),
-            "--instances", str(args.instances), "--from", args.since, "--seed", str(args.seed),
+            "--instances", str(args.instances), "--from", f"-{int(args.hours * 60)}m", "--seed", str(args.seed),
         ]
     )
     started = time.time()
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--areas", type=int, default=30)
     p.add_argument("--services", type=int, default=500)
     p.add_argument("--instances", type=int, default=5000)
-    p.add_argument("--since", default="-3h", help="how much history to simulate (default %(default)s)")
+    p.add_argument("--hours", type=float, default=3, help="hours of history to simulate (default %(default)s)")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_demo)
 

@@ -61,3 +61,20 @@ def test_user_errors_are_one_line_not_a_traceback(url, tmp_path):
     assert out.returncode == 2 and "unknown store scheme" in out.stderr
     out = phobos("catalog", "load", str(ROOT / "api" / "catalog_example.yaml"), "--store", url)
     assert out.returncode == 0 and "loaded as catalog version" in out.stdout, out.stderr
+
+
+def test_demo_fills_a_store_and_summarises_it(url):
+    out = phobos("demo", "--store", url, "--hours", "1", "--areas", "3", "--services", "12", "--instances", "30")
+    assert out.returncode == 0, out.stderr
+    assert "applied 001_core.sql" in out.stdout
+    assert "12 services, 30 instances, seed 1" in out.stdout
+    assert "busiest clients (outbound, all time):" in out.stdout
+    assert "catalog         v1:" in out.stdout
+    # A second run over (nearly) the same hour adds only the minutes that
+    # passed in between: every other batch is deduplicated.
+    before = phobos("sql", "--store", url, "--format", "csv", "SELECT count() FROM phobos.connections").stdout
+    again = phobos("demo", "--store", url, "--hours", "1", "--areas", "3", "--services", "12", "--instances", "30")
+    assert again.returncode == 0, again.stderr
+    after = phobos("sql", "--store", url, "--format", "csv", "SELECT count() FROM phobos.connections").stdout
+    added = int(after.splitlines()[1]) - int(before.splitlines()[1])
+    assert 0 <= added <= int(before.splitlines()[1]) // 20

@@ -465,7 +465,6 @@ def simulate(store: Any, config: SimConfig, progress: Callable[[int, int, int], 
 
     worker = threading.Thread(target=produce, name="phobos-simulate", daemon=True)
     worker.start()
-    restore = _fast_inserts(store)
     try:
         while True:
             batch = batches.get()
@@ -487,42 +486,12 @@ def simulate(store: Any, config: SimConfig, progress: Callable[[int, int, int], 
             except queue.Empty:
                 pass
         worker.join()
-        restore()
         if progress and hasattr(progress, "close"):
             progress.close()
     if failed:
         raise failed[0]
     summary.seconds = time.monotonic() - started
     return summary
-
-
-#: Session settings for bulk inserts into the embedded store.  Pre-summing
-#: each inserted block for the SummingMergeTree rollups (optimize_on_insert)
-#: costs more than the insert itself here and changes nothing users see:
-#: background merges and every query sum the rows anyway.
-_BULK_SETTINGS = {"optimize_on_insert": "0", "parallel_view_processing": "1"}
-
-
-def _fast_inserts(store: Any) -> Callable[[], None]:
-    """Apply ``_BULK_SETTINGS`` to a chDB session; returns what restores them."""
-    if getattr(getattr(store, "url", None), "scheme", "") != "chdb":
-        return lambda: None
-    try:
-        before = dict(store.query(
-            "SELECT name, value FROM system.settings WHERE name IN {names:Array(String)}",
-            {"names": list(_BULK_SETTINGS)}))
-        for name, value in _BULK_SETTINGS.items():
-            store.execute(f"SET {name} = {value}")
-    except Exception:
-        return lambda: None
-
-    def restore() -> None:
-        for name, value in before.items():
-            try:
-                store.execute(f"SET {name} = {value}")
-            except Exception:
-                pass
-    return restore
 
 
 def write_interval(store: Any, fleet: Fleet, ts: int) -> int:
