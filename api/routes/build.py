@@ -363,10 +363,11 @@ def service_summary(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], se
         "area": svc["area"] if svc else q.UNASSIGNED,
         "catalog": ({k: svc[k] for k in ("title", "owner", "tier", "description")} if svc else None),
         "links": links,
-        "instances": q.service_instances(store, service, p["win"]),
+        "instances": _cache().get(("instances", store.db, service, p["win"]),
+                                  lambda: q.service_instances(store, service, p["win"]), p["win"].end),
         "inbound": _deps(rows, service, "d"),
         "outbound": _deps(rows, service, "s"),
-        **q.service_seen(store, service),
+        **_cache().get(("seen", store.db, service), lambda: q.service_seen(store, service)),
         "alerts": _alerting(store, p["win"].end).get(service, []),
         "processes": sorted(n for n, a in catalog["areas"].items()
                             if a["kind"] == "process" and service in a["services"]),
