@@ -10,7 +10,9 @@ Run:  .venv/bin/python tests/bench/bench_api.py [--dir /tmp/phobos_bench] [--hou
    calls the endpoints through Flask's test client (no sockets: the figures
    are the application's time, store included, without HTTP overhead).
 3. Each endpoint is called once to warm caches, then ``--repeat`` times;
-   prints p50/p95/max in ms, and the peak RSS of this process.
+   prints p50/p95/max in ms - once with the API's result cache off (every
+   request resolves the window in ClickHouse) and once with it on (the
+   default) - and the peak RSS of this process.
 
 Endpoints: areas (global), area detail (region, busiest area), service
 detail (focused, busiest service), summary, impact, diff of the last 5 min
@@ -85,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     from api.app import create_app
 
     store = open_store(f"chdb://{args.dir}", role="bench")
-    app = create_app({"STORE": store})
-    client = app.test_client()
     first, last = queries.data_range(store)
     at = last - 60  # the last complete minute
     counts = store.query(
@@ -113,11 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         ("search", f"/api/v1/search?q={busiest[:5]}&at={at}"),
         ("timeline", "/api/v1/timeline"),
     ]
-    print(f"{'endpoint':28} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}   (n={args.repeat}, warm)")
-    for name, url in cases:
-        times = sorted(measure(client, url, args.repeat))
-        p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
-        print(f"{name:28} {statistics.median(times):8.1f} {p95:8.1f} {times[-1]:8.1f}")
+    for title, cache in (("result cache off: every request queries the store", 0),
+                         ("result cache on (default): views of one window share one resolution", 300)):
+        client = create_app({"STORE": store, "CACHE_SECONDS": cache}).test_client()
+        print(f"\n{title}")
+        print(f"{'endpoint':28} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}   (n={args.repeat} after one warm-up)")
+        for name, url in cases:
+            times = sorted(measure(client, url, args.repeat))
+            p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+            print(f"{name:28} {statistics.median(times):8.1f} {p95:8.1f} {times[-1]:8.1f}")
     print(f"peak RSS of the API process: {rss_mb():.0f} MiB (before opening the store: {rss_before:.0f} MiB)")
     print(f"cpus: {os.cpu_count()}")
     store.close()
