@@ -1,4 +1,4 @@
-"""``phobos serve``: run the API with Flask's threaded development server.
+"""``phobos serve``: run the API and the web page with Flask's threaded development server.
 
 This is the embedded mode's server: one process (chDB opens a data
 directory from one process only) with a thread per request.  For
@@ -68,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"phobos serve: {err}", file=sys.stderr)
         store.close()
         return 2
+    # The web page rides along on the same server (it only reads the API).
+    from api.routes import ui
+
+    ui.register(app)
     if not app.config.get("TOKEN") and args.host not in ("127.0.0.1", "::1", "localhost"):
         print("phobos serve: PHOBOS_TOKEN is unset and the server is not bound to loopback: "
               "write endpoints are refused", file=sys.stderr)

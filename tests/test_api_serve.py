@@ -84,6 +84,8 @@ def test_phobos_serve_development_server(tmp_path):
         assert status == 200 and body["connections"]["accepted"] == 1
         status, body = post(port, "/api/v1/sql", {"query": "SELECT count() FROM phobos.connections"})
         assert status == 200 and body["rows"] == [[1]]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.status == 200 and b"<html" in response.read().lower()
 
 
 def test_serve_refuses_a_store_without_schema(tmp_path):
