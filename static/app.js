@@ -182,13 +182,27 @@ function onViewChanged(ev) {
 function onHighlighted(obj) {
   if (applyingView) return;
   if (!obj || obj.type !== 'node') {
-    if (state.sel && !state.service) navigate({ sel: undefined }, { replace: true });
+    if (state.sel && !state.service) select(undefined);
     return;
   }
   const meta = obj.metadata || {};
   if (meta.kind === 'instance') { showInstance(obj.name, meta); return; }
   if (!state.area) { showArea(obj.name, obj); return; }
-  navigate({ sel: obj.name }, { replace: true });
+  select(obj.name);
+}
+
+// A click selects a node: the side panel changes, the graph need not be fetched again.
+async function select(name) {
+  state = { ...state, sel: name };
+  if (!name) delete state.sel;
+  history.replaceState(null, '', stateUrl(state));
+  if (!name) { closePanel(); return; }
+  try {
+    const summary = await getJson(`/services/${enc(name)}/summary`, viewParams());
+    if (state.sel === name) renderPanel(null, summary);
+  } catch (err) {
+    if (err.status === 404) closePanel(); else showMessage(err.message);
+  }
 }
 
 // Put a level's nodes and connections into the tree node that opens it.
@@ -272,7 +286,12 @@ async function load() {
   requests.push(state.diff ? getJson('/diff', { from: state.diff, to: params.at, window: state.window,
     metric: state.metric }) : null);
   requests.push(state.impact ? getJson(`/services/${enc(state.impact)}/impact`, params).catch(notFound) : null);
-  const [areas, area, service, diff, impact] = await Promise.all(requests);
+  const selected = state.sel || state.service;
+  requests.push(selected ? getJson(`/services/${enc(selected)}/summary`, params).catch((err) => {
+    if (err.status === 404) return null;
+    throw err;
+  }) : null);
+  const [areas, area, service, diff, impact, summary] = await Promise.all(requests);
 
   if (state.area && !area) { state.area = undefined; state.service = undefined; }
   if (state.service && !service) state.service = undefined;
@@ -304,7 +323,7 @@ async function load() {
   draw(tree);
   renderCrumbs();
   renderDiffPanel(diff);
-  await renderPanel(impact);
+  renderPanel(impact, summary);
   phobos.view = path();
   phobos.level = { name: level.name || 'phobos', nodes: level.nodes.map((n) => n.name),
     connections: level.connections.map((c) => [c.source, c.target]) };
@@ -435,17 +454,11 @@ function serviceLink(name) {
   return el('a', { href: '#', text: name, onclick: (e) => { e.preventDefault(); jumpToService(name); } });
 }
 
-async function renderPanel(impact) {
+function renderPanel(impact, summary) {
   const name = state.sel || state.service;
   const panel = $('panel');
   if (!name || !state.area) { if (!panel.dataset.kind || panel.dataset.kind === 'service') closePanel(); return; }
-  let summary;
-  try {
-    summary = await getJson(`/services/${enc(name)}/summary`, viewParams());
-  } catch (err) {
-    if (err.status === 404) { closePanel(); return; }
-    throw err;
-  }
+  if (!summary) { closePanel(); return; }
   phobos.panel = summary;
   const body = $('panel-body');
   body.replaceChildren();
@@ -546,7 +559,7 @@ function showInstance(name, meta) {
       ['first seen', inst.first_seen || ''], ['last seen', inst.last_seen || '']]));
   }
   body.append(el('button', { type: 'button', text: `Back to ${meta.service || 'service'}`,
-    onclick: () => renderPanel(null) }));
+    onclick: () => renderPanel(null, phobos.panel) }));
 }
 
 function closePanel() {
@@ -628,7 +641,7 @@ $('diff-toggle').addEventListener('change', () => {
   navigate({ diff: String(Math.max(first, at - 86400)) });
 });
 $('live').addEventListener('change', () => navigate({ live: $('live').checked ? '1' : undefined, at: undefined }));
-$('panel-close').addEventListener('click', () => { closePanel(); navigate({ sel: undefined }, { replace: true }); });
+$('panel-close').addEventListener('click', () => select(undefined));
 
 setInterval(() => {
   if (document.hidden) return;
