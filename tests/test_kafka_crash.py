@@ -142,7 +142,7 @@ def test_phobos_ingest_command_reports_and_stops_cleanly_on_sigterm(kafka_broker
     prefix = "t" + uuid.uuid4().hex[:10]
     init_topics(kafka_broker.bootstrap, prefix, partitions=2)
     records = stream(5_000)
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "enable.idempotence": True})
     topic = topics_for(prefix)["connections"]
     for start_at in range(0, len(records), 500):
         producer.produce(topic, b"\n".join(json.dumps(r).encode() for r in records[start_at:start_at + 500]))

@@ -186,7 +186,8 @@ def test_malformed_messages_land_in_dead_letters_and_the_pipeline_goes_on(kafka_
     prefix = fresh_prefix()
     init_topics(kafka_broker.bootstrap, prefix, partitions=1)
     topic = topics_for(prefix)["connections"]
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "message.max.bytes": 4 << 20})
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "message.max.bytes": 4 << 20,
+                         "enable.idempotence": True})
     good = stream(100)
     wrong_type = connection(pid="one hundred")
     bad_version = connection(v=2)
@@ -211,7 +212,9 @@ def test_malformed_messages_land_in_dead_letters_and_the_pipeline_goes_on(kafka_
     assert totals(store) == expected(good)
     rows = store.query_dicts(f"SELECT source, kind, reason, raw FROM {store.db}.dead_letters ORDER BY source")
     reasons = {r["source"]: r["reason"] for r in rows}
-    assert len(rows) == 6
+    assert len(rows) == 6, rows
+    assert set(reasons) == {f"kafka:{topic}/0@{where}" for where in
+                            ("1 line 1", "2 line 1", "3 line 1", "4", "5 line 2", "5 line 3")}, rows
     assert all(r["kind"] == "connections" and r["source"].startswith(f"kafka:{topic}/0@") for r in rows)
     assert reasons[f"kafka:{topic}/0@1 line 1"].startswith("not JSON")
     assert "field 'pid' must be a whole number" in reasons[f"kafka:{topic}/0@2 line 1"]
@@ -272,7 +275,7 @@ def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
     prefix = fresh_prefix()
     init_topics(kafka_broker.bootstrap, prefix, partitions=1)
     topics = topics_for(prefix)
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "enable.idempotence": True})
     good = stream(300)
     for start in range(0, len(good), 100):
         producer.produce(topics["connections"], b"\n".join(json.dumps(r).encode() for r in good[start:start + 100]))
