@@ -58,6 +58,7 @@ __all__ = [
     "firing_alerts",
     "service_instances",
     "service_seen",
+    "trace_calls",
     "search",
     "timeline",
     "data_range",
@@ -351,7 +352,7 @@ def catalog_maps(store: Any) -> dict[str, Any]:
 
 def service_exists(store: Any, name: str) -> bool:
     """Whether ``name`` is a node the graph can show: a catalog service or
-    external, INTERNET, or anything a record or listener was ever reported for."""
+    external, INTERNET, or anything a record, listener or trace span named."""
     if name == INTERNET:
         return True
     db, cv = store.db, _catalog_version(store.db)
@@ -359,7 +360,9 @@ def service_exists(store: Any, name: str) -> bool:
         f"SELECT (SELECT count() FROM {db}.catalog_services WHERE version = {cv} AND name = {{n:String}})"
         f" + (SELECT count() FROM {db}.catalog_externals WHERE version = {cv} AND name = {{n:String}})"
         f" + (SELECT count() FROM (SELECT 1 FROM {db}.edges_1h WHERE service = {{n:String}} LIMIT 1))"
-        f" + (SELECT count() FROM (SELECT 1 FROM {db}.listener_spans WHERE service = {{n:String}} LIMIT 1))",
+        f" + (SELECT count() FROM (SELECT 1 FROM {db}.listener_spans WHERE service = {{n:String}} LIMIT 1))"
+        f" + (SELECT count() FROM (SELECT 1 FROM {db}.trace_edges WHERE parent_service = {{n:String}}"
+        f" OR child_service = {{n:String}} LIMIT 1))",
         {"n": name},
     )
     return bool(rows and rows[0][0])
@@ -475,6 +478,24 @@ def service_seen(store: Any, service: str) -> dict[str, Any]:
     if not row or not row.get("n"):
         return {"first_seen": None, "last_seen": None}
     return {"first_seen": row["first_seen"], "last_seen": row["last_seen"]}
+
+
+def trace_calls(store: Any, service: str, win: Window) -> list[dict[str, Any]]:
+    """Calls to and from ``service`` seen by distributed tracing (Zipkin) in the window."""
+    rows = store.query_dicts(
+        f"""
+        SELECT toString(parent_service) AS caller, toString(child_service) AS callee,
+               sum(t.calls) AS n_calls, sum(t.errors) AS n_errors,
+               if(n_calls > 0, sum(t.duration_us_sum) / n_calls / 1000, 0) AS mean_ms
+        FROM {store.db}.trace_edges AS t
+        WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC')
+          AND (parent_service = {{svc:String}} OR child_service = {{svc:String}})
+        GROUP BY caller, callee ORDER BY n_calls DESC, caller, callee LIMIT 1000
+        """,
+        {"svc": service, "t0": win.start, "t1": win.end},
+    )
+    return [{"caller": r["caller"], "callee": r["callee"], "calls": r["n_calls"], "errors": r["n_errors"],
+             "mean_ms": r["mean_ms"]} for r in rows]
 
 
 # -- search and timeline -----------------------------------------------------

@@ -220,6 +220,11 @@ def test_zipkin_spans_to_trace_edges(client, store):
     # a retried post changes nothing
     client.post("/api/v2/spans", json=spans, headers=AUTH)
     assert store.query(f"SELECT sum(calls) FROM {store.db}.trace_edges")[0][0] == 3
+    # the service summary shows them
+    summary = client.get(f"/api/v1/services/api/summary?at={T0 + 120}&window=5m")
+    assert summary.status_code == 200
+    calls = {(c["caller"], c["callee"]): (c["calls"], c["errors"]) for c in summary.get_json()["traced_calls"]}
+    assert calls == {("web", "api"): (1, 0), ("api", "ledger"): (1, 1), ("api", "db"): (1, 0)}
 
 
 @pytest.mark.parametrize("body", [{}, [1], [{"id": "x"}], [{"traceId": "t", "id": "x", "timestamp": "now"}],

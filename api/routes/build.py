@@ -369,6 +369,9 @@ def service_summary(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], se
         "outbound": _deps(rows, service, "s"),
         **_cache().get(("seen", store.db, service), lambda: q.service_seen(store, service)),
         "alerts": _alerting(store, p["win"].end).get(service, []),
+        # what distributed tracing saw (Zipkin spans), beside what TCP saw
+        "traced_calls": _cache().get(("traces", store.db, service, p["win"]),
+                                     lambda: q.trace_calls(store, service, p["win"]), p["win"].end),
         "processes": sorted(n for n, a in catalog["areas"].items()
                             if a["kind"] == "process" and service in a["services"]),
         "meta": _meta(p),
