@@ -15,16 +15,18 @@ broker-side retries never duplicate or reorder a partition's messages),
 ``compression.type`` (default ``lz4``: cheap on both ends), batching by ``linger.ms``.  Delivery
 reports are counted: ``sent`` records, ``errors`` failed deliveries.
 
-Outages: when every broker is down (librdkafka's ``_ALL_BROKERS_DOWN``) or a
-message times out, queued messages are taken back from librdkafka (purge) and,
-with everything sent from then on, written to a bounded on-disk spool
-(``tracer.spool``).  While the spool is not empty the broker is probed at
-most every ``probe_s``; once it answers, the spool is replayed in order and
-a spooled message is deleted only after its delivery report.  The spool's
-size is capped (``spool_mb``); beyond it the oldest messages are dropped,
-counted in ``dropped`` and logged - never silently.  ``flush`` (and a clean
-shutdown) delivers what it can in the time given and spools the rest, which
-the next start replays.
+Outages: when every broker is down (librdkafka's ``_ALL_BROKERS_DOWN``)
+everything sent from then on is written to a bounded on-disk spool
+(``tracer.spool``); what librdkafka already holds stays there and is retried
+by librdkafka itself (``message.timeout.ms`` = 0: no expiry), so the
+idempotent producer can still deduplicate it.  While the spool is not empty
+the broker is probed at most every ``probe_s``; once it answers, the spool is
+replayed in order and a spooled message is deleted only after its delivery
+report.  The spool's size is capped (``spool_mb``); beyond it the oldest
+messages are dropped, counted in ``dropped`` and logged - never silently.
+``flush`` delivers what it can in the time given; ``close`` (clean
+shutdown) writes whatever is still undelivered to the spool, which the next
+start replays.
 
 Options (URL query or keyword; every ``PHOBOS_KAFKA_*`` environment variable
 is passed to librdkafka as well, e.g. ``PHOBOS_KAFKA_SASL_PASSWORD`` ->
@@ -39,10 +41,12 @@ is passed to librdkafka as well, e.g. ``PHOBOS_KAFKA_SASL_PASSWORD`` ->
   ``ssl.key.location``, ``ssl.key.password``) and SASL (``sasl.mechanism``,
   ``sasl.username``, ``sasl.password``), ``linger.ms``, ``message.timeout.ms`` ...
 
-Caveat: a message that was in flight to a broker that died may have been
-written although no report says so; if it is spooled and replayed the
-consumer sees it twice (at a different offset).  librdkafka retries with
-idempotence make this rare; it is the only duplication path.
+Caveat: closing while the brokers are down takes back requests that were in
+flight; if a broker had written one without acknowledging it, the replay
+after the next start writes it again (the consumer then counts it twice).
+That is the only duplication path; a crash of the tracer loses what
+librdkafka held in memory (at most the messages queued before the outage
+was noticed), never what is in the spool.
 """
 
 from __future__ import annotations
@@ -140,7 +144,7 @@ class KafkaSink(Sink):
             "linger.ms": 50,
             "batch.size": 1_000_000,
             "message.max.bytes": 1_000_000,
-            "message.timeout.ms": 60_000,
+            "message.timeout.ms": 0,  # librdkafka retries until close(); see the module docstring
             "queue.buffering.max.kbytes": 262_144,
             "error_cb": self._on_error,
             "log_level": 3,
@@ -188,7 +192,8 @@ class KafkaSink(Sink):
         self.failed_messages += 1
         self.errors += 1
         self.online = False
-        # Purged (never sent) or timed out: keep it on disk for the replay.
+        # Taken back at close (or timed out, if message.timeout.ms was set):
+        # keep it on disk for the replay.
         self.spool.append(msg.topic(), msg.key(), msg.value(), records)
         self.spooled_records += records
 
@@ -224,8 +229,6 @@ class KafkaSink(Sink):
 
     def send(self, connections: list[dict[str, Any]], listeners: list[dict[str, Any]]) -> None:
         self.producer.poll(0)
-        if not self.online:
-            self._go_offline()
         for kind, records in (("connections", connections), ("listeners", listeners)):
             topic = self.topics[kind]
             for value, count in self._messages(kind, records):
@@ -256,11 +259,6 @@ class KafkaSink(Sink):
                     log.warning("kafka sink: producer queue full; spooling")
         self.spool.append(topic, self.key, value, count)
         self.spooled_records += count
-
-    def _go_offline(self) -> None:
-        """Take queued (unsent) messages back from librdkafka into the spool."""
-        self.producer.purge(in_queue=True, in_flight=False, blocking=False)
-        self.producer.poll(0)
 
     def _probe(self) -> bool:
         now = time.monotonic()
@@ -300,8 +298,6 @@ class KafkaSink(Sink):
         """Deliver queued and spooled messages for up to ``timeout_s``; spool the rest."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self.online:
-                self._go_offline()
             self._replay()
             remaining = self.producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
             if remaining == 0 and len(self.spool) == 0:
