@@ -61,7 +61,7 @@ from tracer.records import RECORD_FIELDS, U32, Rejection, normalize_ip, validate
 
 __all__ = [
     "DEFAULT_PREFIX", "DEFAULT_GROUP", "DEFAULT_ENGINE_GROUP", "KAFKA_SQL_DIR",
-    "KafkaIngest", "topics_for", "init_topics", "migrate_kafka", "fast_table",
+    "KafkaIngest", "topics_for", "init_topics", "migrate_kafka", "kafka_statements", "fast_table",
     "configure_parser", "run", "configure_kafka_parser", "run_kafka",
     "configure_migrate_parser", "migrate_from_args",
 ]
@@ -208,6 +208,16 @@ def migrate_kafka(store: Any, brokers: str, prefix: str = DEFAULT_PREFIX, group:
         }])
         changes.append(f"applied kafka/{path.name} (brokers {brokers}, group {group}){notes}")
     return changes
+
+
+def kafka_statements(db: str, brokers: str, prefix: str = DEFAULT_PREFIX, group: str = DEFAULT_ENGINE_GROUP,
+                     ttl_days: int = 30, directory: Path = KAFKA_SQL_DIR) -> list[str]:
+    """The statements ``migrate_kafka`` would run on an empty store (for ``--print-ddl``)."""
+    topics = topics_for(prefix)
+    values = dict(db=db, brokers=_sql_string(brokers), group=_sql_string(group), ttl_days=int(ttl_days),
+                  topic_connections=_sql_string(topics["connections"]),
+                  topic_listeners=_sql_string(topics["listeners"]))
+    return [stmt for path in _kafka_files(directory) for stmt in split_statements(render_sql(path.read_text(), **values))]
 
 
 def _exists(store: Any, name: str) -> bool:

@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Producer
 
 from api.storage import StoreError
-from api.kafka_ingest import KafkaIngest, fast_table, init_topics, migrate_kafka, topics_for
+from api.kafka_ingest import KafkaIngest, fast_table, init_topics, kafka_statements, migrate_kafka, topics_for
 from factories import T0, connection, listener
 from kafka import kafka_broker  # noqa: F401 - pytest fixture
 from tracer.kafka_sink import KafkaSink
@@ -256,6 +256,8 @@ def test_kafka_engine_ddl_is_created_by_chdb_and_reapplied_only_on_change(kafka_
         for name in ("connections_mv", "connections_dead_mv", "connections_offsets_mv",
                      "listeners_mv", "listeners_dead_mv", "listeners_offsets_mv"):
             assert objects[name] == "MaterializedView"
+        printed = kafka_statements(store.db, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch")
+        assert len(printed) == 11 and sum("ENGINE = Kafka" in stmt for stmt in printed) == 2
         ddl = store.query(f"SHOW CREATE TABLE {store.db}.connections_queue")[0][0]
         assert "kafka_handle_error_mode = 'stream'" in ddl and f"{prefix}.connections" in ddl
         assert migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch", allow_embedded=True) == []
