@@ -257,7 +257,7 @@ def test_kafka_engine_ddl_is_created_by_chdb_and_reapplied_only_on_change(kafka_
                      "listeners_mv", "listeners_dead_mv", "listeners_offsets_mv"):
             assert objects[name] == "MaterializedView"
         printed = kafka_statements(store.db, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch")
-        assert len(printed) == 11 and sum("ENGINE = Kafka" in stmt for stmt in printed) == 2
+        assert len(printed) == 9 and sum("ENGINE = Kafka" in stmt for stmt in printed) == 2
         ddl = store.query(f"SHOW CREATE TABLE {store.db}.connections_queue")[0][0]
         assert "kafka_handle_error_mode = 'stream'" in ddl and f"{prefix}.connections" in ddl
         assert migrate_kafka(store, kafka_broker.bootstrap, prefix=prefix, group=f"{prefix}-ch", allow_embedded=True) == []
