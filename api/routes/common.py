@@ -25,6 +25,7 @@ __all__ = [
     "get_config",
     "parse_time",
     "parse_window",
+    "parse_metric",
     "view_params",
     "float_param",
     "json_body",
@@ -38,6 +39,7 @@ _MAX_PARAM = 256
 
 
 def get_config() -> dict[str, Any]:
+    """The running app's settings (``api.config``)."""
     return current_app.config
 
 
@@ -116,6 +118,7 @@ def parse_window(name: str = "window") -> int:
 
 
 def parse_metric() -> str:
+    """The edge volume to draw: ``open`` (default), ``connects`` or ``failures``."""
     text = _arg("metric")
     if text is None or text == "":
         return "open"
@@ -134,6 +137,7 @@ def view_params() -> dict[str, Any]:
 
 
 def float_param(name: str, default: float, lo: float = 0.0, hi: float = 1e12) -> float:
+    """A number from the query string within ``[lo, hi]`` (NaN refused)."""
     text = _arg(name)
     if text is None or text == "":
         return default
@@ -156,6 +160,7 @@ def json_body(kind: type = dict) -> Any:
 
 
 def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a name or an address, brackets allowed) is this machine's loopback."""
     if not host:
         return False
     if host == "localhost":
