@@ -42,7 +42,6 @@ second) and ``fail_rate`` (failed connects per second), plus raw counts.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -663,31 +662,6 @@ def run_sql(store: Any, text: str, fmt: str, *, max_rows: int, max_seconds: floa
 
     Returns column names and rows for ``fmt="json"``, CSV text for ``"csv"``.
     """
-    from api.storage import StoreError
-
-    with _exclusive(store):
-        try:
-            return _run_sql(store, text, fmt, max_rows, max_seconds, max_bytes)
-        except (StoreError, SQLRefused):
-            # chDB hands the partial output of a query that failed midway
-            # (row limit, timeout) to the next query of the session; a
-            # throwaway query takes it while the session is still ours.
-            try:
-                store.query_text("SELECT 1", "CSV")
-            except StoreError:
-                pass
-            raise
-
-
-def _exclusive(store: Any) -> Any:
-    """Hold the embedded session's lock (re-entrant) across several queries."""
-    engine = getattr(store, "_engine", None)
-    mutex = getattr(engine, "mutex", None)
-    return mutex if mutex is not None else contextlib.nullcontext()
-
-
-def _run_sql(store: Any, text: str, fmt: str, max_rows: int, max_seconds: float,
-             max_bytes: int) -> tuple[list[str], list[tuple]] | str:
     canonical = validate_sql(store, text)
     settings = (
         f" SETTINGS readonly = 1, max_execution_time = {float(max_seconds)}, "

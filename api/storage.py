@@ -541,7 +541,18 @@ class ChdbStore(Store):
                     return engine.session.query(sql, fmt, params=_chdb_params(params))
                 return engine.session.query(sql, fmt)
             except Exception as err:
+                self._discard_partial_output(engine)
                 raise StoreError(_clean_error(err)) from None
+
+    @staticmethod
+    def _discard_partial_output(engine: "_ChdbEngine") -> None:
+        # chDB hands the partial output of a query that failed midway (row
+        # limit, timeout) to the session's next query; a throwaway query
+        # takes it while the lock is still held.
+        try:
+            engine.session.query("SELECT 1", "CSV")
+        except Exception:
+            pass
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._run(sql, "CSV", params)
@@ -587,6 +598,7 @@ class ChdbStore(Store):
             try:
                 engine.session.query(sql, "CSV")
             except Exception as err:
+                self._discard_partial_output(engine)
                 raise StoreError(f"insert into {self.db}.{table} failed: {_clean_error(err)}") from None
         return data.num_rows
 
