@@ -620,12 +620,24 @@ function setupSlider(tl) {
   const marks = $('incidents');
   marks.replaceChildren();
   const span = Math.max(1, last - first);
+  const place = (t) => `${Math.min(100, Math.max(0, ((t - first) / span) * 100))}%`;
+  // Alerts (Alertmanager) on the timeline, in red ...
   for (const inc of tl.incidents || []) {
-    const t = toEpoch(inc.start || inc.ts || inc.time || inc.bucket || tl.range.first);
-    const left = Math.min(100, Math.max(0, ((t - first) / span) * 100));
-    const title = inc.title || inc.name || inc.kind || inc.alertname || 'incident';
-    marks.append(el('i', { style: `left:${left}%`, title: `${title} ${inc.start || ''}` }));
+    const t = toEpoch(inc.starts_at || tl.range.first);
+    const what = `${inc.alertname || 'alert'}${inc.service ? ` (${inc.service})` : ''} from ${inc.starts_at || ''}`;
+    marks.append(el('i', { class: 'alert', style: `left:${place(t)}`, title: what }));
   }
+  // ... and buckets whose share of failed connects stands out, in orange.
+  const ratios = (tl.buckets || []).map((b) => (b.connects ? b.failures / b.connects : 0));
+  const sorted = [...ratios].sort((a, b) => a - b);
+  const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
+  (tl.buckets || []).forEach((b, i) => {
+    if (b.failures > 0 && ratios[i] > Math.max(3 * median, 0.01)) {
+      marks.append(el('i', { class: 'spike', style: `left:${place(toEpoch(b.bucket))}`,
+        title: `${b.bucket}: ${b.failures} of ${b.connects} connects failed` }));
+    }
+  });
+  phobos.incidents = marks.children.length;
 }
 
 $('slider').addEventListener('input', () => {

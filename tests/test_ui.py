@@ -377,6 +377,11 @@ def test_hostile_service_name_does_not_run_script(page, xss):
         page.open(xss.url + url)
         time.sleep(0.5)
     assert page.page.locator("#panel-title").inner_text() == XSS
+    assert page.js("window.phobos.incidents") >= 1  # the alert is marked on the time line
+    # Hovering the alerting instance brings up Vizceral's notices (inserted as HTML).
+    x, y = page.node_xy("h-x")
+    page.page.mouse.move(x, y)
+    time.sleep(0.5)
     assert XSS in page.page.locator("#crumbs").inner_text()
     alerts = page.page.locator("#panel-alerts").inner_text()
     assert XSS in alerts

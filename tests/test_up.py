@@ -117,15 +117,15 @@ def _has_data(u: Up) -> bool:
     return bool(tl.get("range"))
 
 
-def _open_ui(url: str, shot: str) -> dict:
-    """Open the UI in Chromium, wait for a rendered view; returns what it drew."""
+def _open_ui(url: str, shot: str, renders: int = 1) -> dict:
+    """Open the UI in Chromium, wait for ``renders`` rendered views; returns what it drew."""
     with browser.launch() as (_, context):
         page = context.new_page()
         errors: list[str] = []
         page.on("console", lambda m: m.type == "error" and errors.append(m.text))
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(url)
-        browser.wait_for(page, "window.phobos && window.phobos.ready && (window.phobos.renders > 0"
+        browser.wait_for(page, f"window.phobos && window.phobos.ready && (window.phobos.renders >= {renders}"
                                " || !document.getElementById('empty').hidden)", 60)
         time.sleep(1.0)
         (browser.ARTIFACTS / "ui").mkdir(parents=True, exist_ok=True)
@@ -203,6 +203,9 @@ def test_up_simulate_serves_a_working_ui_and_stops_cleanly(tmp_path):
         area = sorted(n for n in state["level"]["nodes"] if n != "INTERNET")[0]
         state = _open_ui(u.url + "/?area=" + urllib.parse.quote(area), "up-simulate-area")
         assert state["view"] == [area] and len(state["level"]["nodes"]) > 1 and state["errors"] == []
+        # Live mode refreshes by itself (every 10 s).
+        state = _open_ui(u.url + "/?live=1", "up-simulate-live", renders=2)
+        assert state["errors"] == [] and state["level"]["connections"]
     finally:
         if u.proc.poll() is None:
             code = u.interrupt()
