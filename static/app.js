@@ -51,9 +51,6 @@ const el = (tag, props = {}, ...children) => {
 // -- escaping ----------------------------------------------------------------
 
 const ESC = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
-export function escapeHtml(text) {
-  return String(text).replace(/[&<>"']/g, (c) => ESC[c]);
-}
 // Notice titles from the API arrive escaped; escape whatever markup is left
 // (an already escaped entity is kept, so nothing is escaped twice).
 function safeNoticeText(text) {
