@@ -173,6 +173,8 @@ function onViewChanged(ev) {
   const view = ev.view || [];
   const want = path();
   if (view.length === want.length && view.every((v, i) => v === want[i])) return;
+  // A peer service double-clicked in a service's view: open that service in its own area.
+  if (view.length > 2) { jumpToService(view[2]); return; }
   navigate({ area: view[0], service: view[1], sel: view[1] || undefined, impact: undefined });
 }
 
@@ -306,7 +308,10 @@ async function load() {
       nest(areaNode, cleanLevel(area, 'region'), 'region');
       if (service) {
         const svcNode = areaNode.nodes.find((n) => n.name === state.service);
-        if (svcNode) nest(svcNode, cleanLevel(service, null), 'region');
+        // Peers can be double-clicked (to open them), instances cannot.
+        cleanLevel(service, 'region');
+        for (const n of service.nodes) if ((n.metadata || {}).kind === 'instance') delete n.renderer;
+        if (svcNode) nest(svcNode, service, 'region');
         else state.service = undefined;
       }
     } else {

@@ -235,6 +235,12 @@ def test_drill_down_area_service_instance_and_back(page, fx):
     assert "".join(page.page.locator("#crumbs").inner_text().split()) == "Allareas›shop›api"
     page.shot("03-service-api")
 
+    x, y = page.node_xy("db")  # a peer of api, in area pay: double-click opens it there
+    page.page.mouse.dblclick(x, y)
+    browser.wait_for(page.page, "JSON.stringify(window.phobos.view) === '[\"pay\",\"db\"]' && window.phobos.ready", 30)
+    assert page.query.get("service") == "db" and page.query.get("area") == "pay"
+    page.page.go_back()
+
     page.page.go_back()
     browser.wait_for(page.page, "JSON.stringify(window.phobos.view) === '[\"shop\"]'", 30)
     assert "service" not in page.query and page.query.get("area") == "shop"
