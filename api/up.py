@@ -140,6 +140,14 @@ def _start_tracer(args: argparse.Namespace, url: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
+def _watch_tracer(proc: subprocess.Popen, stop: threading.Event) -> None:
+    """Say so when the tracer ends on its own; the API and UI keep serving."""
+    code = proc.wait()
+    if not stop.is_set():
+        print(f"phobos up: the tracer exited with status {code} (its messages are above); "
+              f"the API and UI keep running without it", file=sys.stderr, flush=True)
+
+
 def _stop_tracer(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -190,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
         url = f"http://{'[' + local + ']' if ':' in local else local}:{port}"
 
+        stop = threading.Event()
         sources = []
         if args.no_trace:
             print("phobos up: tracing off (--no-trace)", file=sys.stderr)
@@ -205,12 +214,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 tracer = _start_tracer(args, url)
                 sources.append(f"tracing this host every {args.interval:g} s (tracer pid {tracer.pid})")
+                threading.Thread(target=_watch_tracer, args=(tracer, stop), name="phobos-up-tracer",
+                                 daemon=True).start()
         if args.simulate:
             sim = _Simulator(store, args)
             sim.start()
             sources.append(f"simulating {args.sim_services} services in {args.sim_areas} areas")
-
-        stop = threading.Event()
 
         def shut_down() -> None:
             # The tracer first, while the API still takes its last batch.

@@ -296,6 +296,11 @@ async function load() {
   if (state.service && !service) state.service = undefined;
 
   const tree = cleanLevel(areas, 'region');
+  // INTERNET and a group of the long tail are not areas: nothing to open.
+  for (const n of tree.nodes) {
+    const meta = n.metadata || {};
+    if (meta.kind === 'internet' || meta.grouped) { delete n.renderer; delete n.maxVolume; }
+  }
   // One constant root name: Vizceral keeps its graphs by name.  The areas are
   // drawn by the region renderer too: the global one is made for a handful of
   // regions whose contents are all loaded, not for thirty areas loaded on demand.
@@ -305,12 +310,17 @@ async function load() {
   if (area) {
     const areaNode = tree.nodes.find((n) => n.name === state.area);
     if (areaNode) {
-      nest(areaNode, cleanLevel(area, 'region'), 'region');
+      cleanLevel(area, 'region');
+      for (const n of area.nodes) if ((n.metadata || {}).grouped) { delete n.renderer; delete n.maxVolume; }
+      nest(areaNode, area, 'region');
       if (service) {
         const svcNode = areaNode.nodes.find((n) => n.name === state.service);
         // Peers can be double-clicked (to open them), instances cannot.
         cleanLevel(service, 'region');
-        for (const n of service.nodes) if ((n.metadata || {}).kind === 'instance') delete n.renderer;
+        for (const n of service.nodes) {
+          const meta = n.metadata || {};
+          if (meta.kind === 'instance' || meta.grouped) { delete n.renderer; delete n.maxVolume; }
+        }
         if (svcNode) nest(svcNode, service, 'region');
         else state.service = undefined;
       }

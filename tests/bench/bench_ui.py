@@ -39,6 +39,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+ERRORS: list[str] = []
+
+
 def backfill(directory: str, args: argparse.Namespace) -> None:
     cmd = [sys.executable, "-m", "tracer.simulate", "--store", f"chdb://{directory}",
            "--areas", str(args.areas), "--services", str(args.services), "--instances", str(args.instances),
@@ -75,6 +78,8 @@ def first_frame(context, url: str) -> tuple[float, dict]:
     import browser
 
     page = context.new_page()
+    page.on("console", lambda m: m.type == "error" and ERRORS.append(m.text))
+    page.on("pageerror", lambda e: ERRORS.append(str(e)))
     page.goto(url)
     browser.wait_for(page, "window.phobos && window.phobos.renders > 0 && window.phobos.ready", 60, 0.02)
     ms = page.evaluate("window.phobos.lastRender.at")  # performance.now() is ms since navigation start
@@ -205,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         httpd.shutdown()
         store.close()
-    print(f"\ncpus: {os.cpu_count()}; Chromium {browser.CHROMIUM} with SwiftShader WebGL")
+    print(f"\nconsole errors in the measured pages: {len(ERRORS)}" + (f" (first: {ERRORS[0]})" if ERRORS else ""))
+    print(f"cpus: {os.cpu_count()}; Chromium {browser.CHROMIUM} with SwiftShader WebGL")
     return 0
 
 
