@@ -235,6 +235,12 @@ def test_drill_down_area_service_instance_and_back(page, fx):
     assert "".join(page.page.locator("#crumbs").inner_text().split()) == "Allareas›shop›api"
     page.shot("03-service-api")
 
+    x, y = page.node_xy("h-api2")  # an instance: a click shows it in the panel
+    page.page.mouse.click(x, y)
+    browser.wait_for(page.page, "document.getElementById('panel-title').textContent === 'h-api2'", 15)
+    assert "10.0.0.3" in page.page.locator("#panel").inner_text()
+    page.shot("03b-instance")
+
     x, y = page.node_xy("db")  # a peer of api, in area pay: double-click opens it there
     page.page.mouse.dblclick(x, y)
     browser.wait_for(page.page, "JSON.stringify(window.phobos.view) === '[\"pay\",\"db\"]' && window.phobos.ready", 30)

@@ -220,11 +220,20 @@ def test_up_simulate_serves_a_working_ui_and_stops_cleanly(tmp_path):
 
 
 @pytest.mark.slow
-def test_up_without_data_tells_the_page_how_to_get_some(tmp_path):
+def test_up_unprivileged_explains_tracing_and_the_page_how_to_get_data(tmp_path):
+    """No root, no data: the terminal says why tracing is off and offers --simulate; the page says how to get data."""
     require(browser.available(), browser.why_unavailable() or "")
-    u = Up(["--data", str(tmp_path / "d"), "--no-trace"])
+    user, env = None, {}
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        user = "65534"
+        tmp_path = Path(tempfile.mkdtemp(prefix="phobos-up-"))
+        os.chmod(tmp_path, 0o777)
+        env = {"HOME": str(tmp_path)}
+    u = Up(["--data", str(tmp_path / "d")], user=user, env=env)
     try:
         u.wait_for("Phobos is up")
+        if user or os.geteuid() != 0:
+            assert "tracing this host is off" in u.output and "phobos up --simulate" in u.output, u.output
         with urllib.request.urlopen(u.url + "/", timeout=30) as response:
             assert b"No data yet" in response.read()
         state = _open_ui(u.url + "/", "up-empty")
@@ -232,6 +241,8 @@ def test_up_without_data_tells_the_page_how_to_get_some(tmp_path):
     finally:
         code = u.interrupt() if u.proc.poll() is None else u.proc.returncode
         u.kill()
+        if user:
+            shutil.rmtree(tmp_path, ignore_errors=True)
     assert code == 0, u.output
 
 
