@@ -741,6 +741,9 @@ phobos.started = performance.now();
 if (initViz()) refresh(); else { phobos.ready = true; }
 // For tests and the console: go to a state as a click would.
 phobos.navigate = navigate;
+// What Vizceral really draws now: its current graph's level and nodes.
+phobos.drawn = () => (viz && viz.currentGraph ? { view: viz.currentGraph.graphIndex,
+  nodes: Object.keys(viz.currentGraph.nodes).sort() } : null);
 // Where a node of the current view is drawn, in page pixels (tests click there).
 phobos.nodePosition = (name) => {
   const graph = viz && viz.currentGraph;

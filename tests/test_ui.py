@@ -255,6 +255,7 @@ def test_drill_down_area_service_instance_and_back(page, fx):
     page.settle()
     assert "area" not in page.query
     assert set(_level(page)["nodes"]) == {"INTERNET", "pay", "shop", "unassigned"}
+    assert page.js("window.phobos.drawn()") == {"view": [], "nodes": ["INTERNET", "pay", "shop", "unassigned"]}
     page.shot("04-back-to-areas")
     assert page.errors == []
 
@@ -317,6 +318,14 @@ def test_time_slider_changes_at_and_the_graph(page, fx):
     page.settle(renders + 2)
     assert page.query.get("at") == str(AT)
     assert ("ledger", "api") in {tuple(c) for c in _level(page)["connections"]}
+    # Back to the areas after the data changed (Vizceral bug #89): Vizceral itself
+    # draws the root level with the areas of the new time.
+    page.page.keyboard.press("Escape")
+    browser.wait_for(page.page, "window.phobos.ready && window.phobos.view.length === 0", 30)
+    want = sorted(n["name"] for n in fx.get(f"/api/v1/areas?at={AT}&window=240")["nodes"])
+    drawn = browser.wait_for(page.page, "(() => { const d = window.phobos.drawn(); "
+                                        "return d && d.view.length === 0 && d.nodes.length ? d : null; })()", 10)
+    assert drawn["nodes"] == want
     assert page.errors == []
 
 
