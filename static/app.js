@@ -411,11 +411,21 @@ function markDiff(level, diff) {
   const key = (s, t) => `${s}\u0000${t}`;
   const added = new Set(diff.new.map((e) => key(e.source, e.target)));
   const names = new Set(level.nodes.map((n) => n.name));
+  // Diffs are between services; in a service's view its instances stand for it.
+  const serviceOf = {};
+  for (const n of level.nodes) {
+    const meta = n.metadata || {};
+    serviceOf[n.name] = meta.kind === 'instance' && meta.service ? meta.service : n.name;
+  }
   const highlighted = [];
   for (const c of level.connections) {
-    if (added.has(key(c.source, c.target))) {
+    if (added.has(key(serviceOf[c.source], serviceOf[c.target]))) {
       const m = c.metrics || {};
-      c.metrics = { new: (m.normal || 0) + (m.warning || 0) || 1e-3, danger: m.danger || 0 };
+      // Dense green particles: a new edge must stand out even when it is small.
+      const volume = (m.normal || 0) + (m.warning || 0);
+      c.metrics = { new: Math.max(volume, (level.maxVolume || 1) * 0.3), danger: m.danger || 0 };
+      // ... and carries a marker: Vizceral draws a connection's notices on it.
+      c.notices = [...(c.notices || []), { title: safeNoticeText(`new since ${diff.meta.from}`), severity: 0 }];
       highlighted.push([c.source, c.target]);
     }
   }

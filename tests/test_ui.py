@@ -338,6 +338,10 @@ def test_diff_mode_highlights_the_new_edge(page, fx):
     assert page.page.locator("#diff-new").inner_text().startswith("ledger → api")
     assert page.page.locator("#diff-panel").is_visible()
     page.shot("08-diff")
+    # In api's own view the new edge ends at the instance that took the traffic.
+    page.open(fx.url + f"/?area=shop&service=api&window=300&at={AT}&diff={T0 + 300}")
+    assert ["ledger", "h-api2"] in page.js("window.phobos.diff")["highlighted"]
+    page.shot("08b-diff-service")
     # Turning diff off from the control drops it from the URL and the page.
     page.page.locator("#diff-toggle").uncheck()
     browser.wait_for(page.page, "window.phobos.ready && window.phobos.diff === null", 30)
