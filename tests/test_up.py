@@ -102,6 +102,16 @@ class Up:
             self.proc.wait()
 
 
+def _unprivileged_user() -> str | None:
+    """As root, the uid to run ``phobos up`` as an ordinary user - if that user can
+    read this checkout and its virtualenv (a clone under /root may not be)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return None
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                            "-c", "import api.up, api.app, chdb"], cwd=ROOT, capture_output=True, timeout=60)
+    return "65534" if probe.returncode == 0 else None
+
+
 def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -177,19 +187,19 @@ def test_up_simulate_serves_a_working_ui_and_stops_cleanly(tmp_path):
     from api.routes.ui import VIZCERAL_JS
 
     require(VIZCERAL_JS.is_file(), "Vizceral is not installed: npm ci --prefix static")
-    user = None
-    if os.geteuid() == 0 and shutil.which("setpriv"):
-        # Like a user's first try: no root, so tracing is off and says why.
+    # Like a user's first try: no root, so tracing is off and says why.
+    user = _unprivileged_user()
+    if user:
         # pytest's tmp_path is private to root; this directory is not.
-        user = "65534"
         tmp_path = Path(tempfile.mkdtemp(prefix="phobos-up-"))
         os.chmod(tmp_path, 0o777)
     data = tmp_path / "data"
     home = tmp_path / "home"
     home.mkdir(mode=0o777)
     os.chmod(home, 0o777)
+    extra = ["--no-trace"] if os.geteuid() == 0 and not user else []
     u = Up(["--data", str(data), "--simulate", "--sim-history", "-30m", "--sim-services", "40",
-            "--sim-areas", "6", "--sim-instances", "150"], user=user, env={"HOME": str(home)})
+            "--sim-areas", "6", "--sim-instances", "150", *extra], user=user, env={"HOME": str(home)})
     try:
         u.wait_for("Phobos is up: open http://127.0.0.1:")
         assert f"open {u.url}/" in u.output
@@ -223,13 +233,13 @@ def test_up_simulate_serves_a_working_ui_and_stops_cleanly(tmp_path):
 def test_up_unprivileged_explains_tracing_and_the_page_how_to_get_data(tmp_path):
     """No root, no data: the terminal says why tracing is off and offers --simulate; the page says how to get data."""
     require(browser.available(), browser.why_unavailable() or "")
-    user, env = None, {}
-    if os.geteuid() == 0 and shutil.which("setpriv"):
-        user = "65534"
+    user, env = _unprivileged_user(), {}
+    if user:
         tmp_path = Path(tempfile.mkdtemp(prefix="phobos-up-"))
         os.chmod(tmp_path, 0o777)
         env = {"HOME": str(tmp_path)}
-    u = Up(["--data", str(tmp_path / "d")], user=user, env=env)
+    extra = ["--no-trace"] if os.geteuid() == 0 and not user else []
+    u = Up(["--data", str(tmp_path / "d"), *extra], user=user, env=env)
     try:
         u.wait_for("Phobos is up")
         if user or os.geteuid() != 0:
