@@ -185,6 +185,7 @@ def split_statements(text: str) -> list[str]:
 _CREATE = re.compile(
     r"^CREATE (?P<what>DATABASE|TABLE|MATERIALIZED VIEW) IF NOT EXISTS (?P<name>[\w.]+)(?P<rest>.*)$", re.S
 )
+_ALTER = re.compile(r"^ALTER TABLE (?P<name>[\w.]+)(?P<rest>.*)$", re.S)
 _ENGINE = re.compile(r"ENGINE = (?P<kind>\w*)MergeTree(?:\((?P<args>[^)]*)\))?")
 
 
@@ -213,6 +214,12 @@ def clustered_statements(statements: list[str], db: str, cluster: str) -> list[s
             local.add(match["name"])
     out = []
     for stmt in statements:
+        alter = _ALTER.match(stmt)
+        if alter:
+            # Settings, TTLs and columns belong to the replicated tables; the
+            # Distributed ones take new columns from them on the next DDL.
+            out.append(f"ALTER TABLE {alter['name']}_local ON CLUSTER {cluster}{alter['rest']}")
+            continue
         match = _CREATE.match(stmt)
         if not match:
             raise StoreError(f"cannot make this statement clustered: {stmt[:60]}...")
