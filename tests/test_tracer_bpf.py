@@ -31,18 +31,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import netns  # noqa: E402
+from conftest import require as _need  # noqa: E402
 from tracer import records  # noqa: E402
-
-IN_CI = os.environ.get("CI") == "true"
-
-
-def _need(ok: bool, reason: str) -> None:
-    if ok:
-        return
-    if IN_CI:
-        pytest.fail(f"CI=true and the tracer's BPF prerequisites are missing: {reason}")
-    pytest.skip(reason)
-
 
 @pytest.fixture(scope="module")
 def bpf_ready():
