@@ -68,10 +68,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"phobos serve: {err}", file=sys.stderr)
         store.close()
         return 2
-    # The web page rides along on the same server (it only reads the API).
-    from api.routes import ui
-
-    ui.register(app)
     if not app.config.get("TOKEN") and args.host not in ("127.0.0.1", "::1", "localhost"):
         print("phobos serve: PHOBOS_TOKEN is unset and the server is not bound to loopback: "
               "write endpoints are refused", file=sys.stderr)

@@ -165,7 +165,6 @@ def run(args: argparse.Namespace) -> int:
     from werkzeug.serving import make_server
 
     from api.app import create_app
-    from api.routes import ui
     from api.storage import StoreError, open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -187,7 +186,6 @@ def run(args: argparse.Namespace) -> int:
         for change in store.migrate():
             print(change, file=sys.stderr)
         app = create_app({"STORE": store, "BIND_HOST": args.host})
-        ui.register(app)
         try:
             server = make_server(args.host, args.port, app, threaded=True)
         except OSError as err:

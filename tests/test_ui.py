@@ -41,10 +41,7 @@ class Server:
         from werkzeug.serving import make_server
 
         from api.app import create_app
-        from api.routes import ui
-
         app = create_app({"STORE": store, "BIND_HOST": "127.0.0.1"})
-        ui.register(app)
         self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -14,14 +14,14 @@ __all__ = ["BLUEPRINTS", "register_blueprints"]
 
 def _blueprints() -> list:
     from api.routes import (alerts, areas, datacenters, diff, health, ingest, search, services,
-                            spans, sql, timeline)
+                            spans, sql, timeline, ui)
 
     return [areas.bp, datacenters.bp, services.bp, diff.bp, search.bp, timeline.bp,
-            ingest.bp, alerts.bp, spans.bp, sql.bp, health.bp]
+            ingest.bp, alerts.bp, spans.bp, sql.bp, health.bp, ui.bp]
 
 
 BLUEPRINTS = ("areas", "datacenters", "services", "diff", "search", "timeline", "ingest", "alerts",
-              "spans", "sql", "health")
+              "spans", "sql", "health", "ui")
 
 
 def register_blueprints(app: Flask) -> None:

@@ -20,7 +20,7 @@ from flask import Blueprint, Response, send_file
 
 from api.errors import ApiError
 
-__all__ = ["bp", "STATIC_DIR", "VIZCERAL_JS", "register"]
+__all__ = ["bp", "STATIC_DIR", "VIZCERAL_JS"]
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 VIZCERAL_JS = STATIC_DIR / "node_modules" / "vizceral" / "dist" / "vizceral.min.js"
@@ -72,8 +72,3 @@ def vizceral():
         return _secure(Response(body, mimetype="text/javascript"), "no-store")
     return _secure(send_file(VIZCERAL_JS, mimetype="text/javascript", max_age=86400), "public, max-age=86400")
 
-
-def register(app) -> None:
-    """Mount the UI on ``app`` unless it already is (idempotent)."""
-    if "ui" not in app.blueprints:
-        app.register_blueprint(bp)

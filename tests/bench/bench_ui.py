@@ -64,10 +64,8 @@ def serve(store):
     from werkzeug.serving import make_server
 
     from api.app import create_app
-    from api.routes import ui
 
     app = create_app({"STORE": store, "BIND_HOST": "127.0.0.1"})
-    ui.register(app)
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd, f"http://127.0.0.1:{httpd.server_port}"
