@@ -57,7 +57,7 @@ import pyarrow as pa
 
 from api.ingest import STATS, IngestResult, records_to_arrow
 from api.storage import DEFAULT_STORE_URL, SQL_DIR, StoreError, open_store, render_sql, split_statements
-from tracer.records import RECORD_FIELDS, U32, Rejection, normalize_ip, validate_batch
+from tracer.records import RECORD_FIELDS, U32, VERSION, Rejection, normalize_ip, validate_batch
 
 __all__ = [
     "DEFAULT_PREFIX", "DEFAULT_GROUP", "DEFAULT_ENGINE_GROUP", "KAFKA_SQL_DIR",
@@ -282,7 +282,7 @@ def fast_table(kind: str, data: bytes, lines: int) -> pa.Table | None:
             lo_hi = pc.min_max(col).as_py()
             if lo_hi["min"] < 0 or lo_hi["max"] > f.max:
                 return None
-            if f.name == "v" and not lo_hi["min"] == lo_hi["max"] == 1:
+            if f.name == "v" and not lo_hi["min"] == lo_hi["max"] == VERSION:
                 return None
             out[f.name] = col.cast(pa.uint64())
         elif f.kind == "str":

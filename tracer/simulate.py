@@ -181,6 +181,20 @@ def _dict(codes: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(codes, type=pa.int32()), dictionary)
 
 
+def _instance_columns(ea: _EpochArrays, slot: np.ndarray) -> dict[str, pa.Array]:
+    """Where and what each record's instance is: the fields both record kinds share."""
+    return {
+        "dc": _dict(ea.dc_codes[slot], ea.dc_dict),
+        "host": _dict(ea.host_codes[slot], ea.host_dict),
+        "pid": pa.array(ea.epoch.pid[slot]),
+        "comm": _dict(ea.comm_codes[slot], ea.comm_dict),
+        "service": _dict(ea.svc_codes[slot], ea.svc_dict),
+        "container_id": _dict(ea.cid_codes[slot], ea.cid_dict),
+        "pod": _dict(ea.pod_codes[slot], ea.pod_dict),
+        "namespace": _dict(ea.ns_codes[slot], ea.ns_dict),
+    }
+
+
 def connection_table(fleet: Fleet, ea: _EpochArrays, parts: list[tuple[int, dict]]) -> pa.Table:
     """The ConnectionRecords of some intervals of one epoch as an Arrow table.
 
@@ -222,16 +236,9 @@ def connection_table(fleet: Fleet, ea: _EpochArrays, parts: list[tuple[int, dict
         "v": pa.array(np.full(n, VERSION, dtype=np.uint8)),
         "ts": pa.array(stamps),
         "interval_s": pa.array(np.full(n, fleet.config.interval, dtype=np.uint32)),
-        "dc": _dict(ea.dc_codes[slot], ea.dc_dict),
-        "host": _dict(ea.host_codes[slot], ea.host_dict),
+        **_instance_columns(ea, slot),
         "host_ip": pa.array(ep.host_ip[slot]),
         "netns": pa.array(ep.netns[slot]),
-        "pid": pa.array(ep.pid[slot]),
-        "comm": _dict(ea.comm_codes[slot], ea.comm_dict),
-        "service": _dict(ea.svc_codes[slot], ea.svc_dict),
-        "container_id": _dict(ea.cid_codes[slot], ea.cid_dict),
-        "pod": _dict(ea.pod_codes[slot], ea.pod_dict),
-        "namespace": _dict(ea.ns_codes[slot], ea.ns_dict),
         "direction": pa.DictionaryArray.from_arrays(pa.array(direction), pa.array(["outbound", "inbound"])),
         "local_ip": pa.array(ep.ip[slot]),
     })
@@ -246,16 +253,9 @@ def listener_table(fleet: Fleet, ea: _EpochArrays, stamps: list[int]) -> pa.Tabl
     cols = {
         "v": pa.array(np.full(len(slot), VERSION, dtype=np.uint8)),
         "ts": pa.array(np.repeat(np.asarray(stamps, dtype=np.int64), n_slots)),
-        "dc": _dict(ea.dc_codes[slot], ea.dc_dict),
-        "host": _dict(ea.host_codes[slot], ea.host_dict),
+        **_instance_columns(ea, slot),
         "ip": pa.array(ep.ip[slot]),
         "port": pa.array(ea.listen_port[slot]),
-        "pid": pa.array(ep.pid[slot]),
-        "comm": _dict(ea.comm_codes[slot], ea.comm_dict),
-        "service": _dict(ea.svc_codes[slot], ea.svc_dict),
-        "container_id": _dict(ea.cid_codes[slot], ea.cid_dict),
-        "pod": _dict(ea.pod_codes[slot], ea.pod_dict),
-        "namespace": _dict(ea.ns_codes[slot], ea.ns_dict),
     }
     return pa.table({f.name: cols[f.name] for f in LISTENER_FIELDS})
 
