@@ -16,14 +16,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
+from typing import Any
 
-__all__ = ["configure_parser", "run"]
+__all__ = ["configure_parser", "run", "start_kafka_ingest"]
+
+log = logging.getLogger("phobos.serve")
 
 EXAMPLES = """examples:
   phobos serve                                         # chdb://./data/phobos on 127.0.0.1:8080
   phobos serve --store chdb:///var/lib/phobos --port 9000
   PHOBOS_TOKEN=secret phobos serve --host 0.0.0.0      # writes need 'Authorization: Bearer secret'
+  phobos serve --kafka 127.0.0.1:9092                  # also consume phobos.connections/.listeners into the store
 production:
   gunicorn -w 1 --threads 8 -b 0.0.0.0:8080 'api.app:create_app()'
 """
@@ -42,7 +48,36 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="port (env PHOBOS_PORT; default %(default)s)")
     parser.add_argument("--migrate", action="store_true",
                         help="create or upgrade the schema before serving")
+    parser.add_argument("--kafka", default=os.environ.get("PHOBOS_KAFKA_BROKERS") or None, metavar="BROKERS",
+                        help="also consume the record topics from BROKERS into the store, in this process "
+                        "(the way an embedded store ingests from Kafka while it is served) "
+                        "(env PHOBOS_KAFKA_BROKERS)")
+    parser.add_argument("--topic-prefix", default=os.environ.get("PHOBOS_TOPIC_PREFIX", "phobos"),
+                        help="with --kafka: topics PREFIX.connections and PREFIX.listeners "
+                        "(env PHOBOS_TOPIC_PREFIX; default %(default)s)")
     parser.add_argument("--debug", action="store_true", help="Flask debug mode (never in production)")
+
+
+def start_kafka_ingest(store: Any, brokers: str, prefix: str) -> tuple[Any, threading.Thread]:
+    """Consume ``prefix``'s record topics into ``store`` on a background thread.
+
+    chDB opens a data directory from one process only, so the process that
+    serves an embedded store is also the one that must write Kafka's records
+    into it; a separate ``phobos ingest`` would be refused the store.
+    """
+    from api.kafka_ingest import KafkaIngest, topics_for
+
+    topics = {topic: kind for kind, topic in topics_for(prefix).items()}
+    ingest = KafkaIngest(store, brokers, topics)
+
+    def report(stats: dict[str, Any]) -> None:
+        log.info("kafka ingest: %s", {k: v for k, v in stats.items() if k != "lag"})
+
+    thread = threading.Thread(target=ingest.run, kwargs={"report_s": 60.0, "report": report},
+                              name="phobos-kafka-ingest", daemon=True)
+    thread.start()
+    log.info("consuming %s from %s into the store", ", ".join(topics), brokers)
+    return ingest, thread
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,10 +106,25 @@ def run(args: argparse.Namespace) -> int:
     if not app.config.get("TOKEN") and args.host not in ("127.0.0.1", "::1", "localhost"):
         print("phobos serve: PHOBOS_TOKEN is unset and the server is not bound to loopback: "
               "write endpoints are refused", file=sys.stderr)
+    def stop(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (systemd, Kubernetes) stops like Ctrl-C: the finally below runs.
+    signal.signal(signal.SIGTERM, stop)
+    ingest = None
+    if args.kafka:
+        ingest, ingest_thread = start_kafka_ingest(store, args.kafka, args.topic_prefix)
     try:
         # Threads, not processes: the embedded store lives in this process.
         app.run(host=args.host, port=args.port, threaded=True, debug=args.debug, use_reloader=False)
+    except KeyboardInterrupt:
+        pass
     finally:
+        if ingest is not None:
+            # The batch in hand is inserted and committed before the store closes.
+            ingest.stop.set()
+            ingest_thread.join(timeout=30)
+            ingest.close()
         store.close()
     return 0
 
