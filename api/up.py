@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -56,8 +55,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                           "and the tracer (as root) or a simulated fleet (--simulate).")
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    # `--sim-history -24h` must read -24h as a value (as `phobos simulate --from -24h` does).
-    parser._negative_number_matcher = re.compile(r"^-\d+(\.\d+)?[smhdw]?$")
+    from tracer.simulate import accept_relative_times
+
+    accept_relative_times(parser)  # --sim-history -24h
     add = parser.add_argument
     add("--data", default=_env("PHOBOS_DATA", "./data/phobos"),
         help="data directory of the embedded store, kept between runs (env PHOBOS_DATA; default %(default)s)")

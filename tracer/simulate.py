@@ -542,16 +542,23 @@ def _env(name: str, default: Any) -> Any:
     return os.environ.get(f"PHOBOS_SIM_{name}", default)
 
 
+def accept_relative_times(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser`` read ``-24h`` as a value (``--from -24h``).
+
+    argparse takes anything that starts with "-" and is not a negative
+    number for an option, so widen its notion of a number to relative times
+    (no flag of ours looks like one).
+    """
+    parser._negative_number_matcher = re.compile(r"^-\d+(\.\d+)?[smhdw]?$")
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``phobos simulate`` flags (each also read from ``PHOBOS_SIM_<FLAG>``)."""
     parser.description = ("Write the records of a simulated multi-area fleet (backfill and/or live) "
                           "and its catalog into a store.")
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    # `--from -24h` must read -24h as a value: argparse takes anything that
-    # starts with "-" and is not a negative number for an option, so widen
-    # its notion of a number to relative times (no flag of ours looks like one).
-    parser._negative_number_matcher = re.compile(r"^-\d+(\.\d+)?[smhdw]?$")
+    accept_relative_times(parser)
     parser.add_argument("--store", default=os.environ.get("PHOBOS_STORE") or "chdb://./data/phobos",
                         help="store URL (env PHOBOS_STORE; default %(default)s)")
     parser.add_argument("--areas", type=int, default=int(_env("AREAS", 6)),
