@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from api.storage import DEFAULT_STORE_URL, StoreError, open_store
+from api.storage import DEFAULT_STORE_URL, ReadLimits, StoreError, open_store
 
 __all__ = ["main", "build_parser"]
 
@@ -70,13 +70,21 @@ _SQL_FORMATS = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json"
 
 def cmd_sql(args: argparse.Namespace) -> int:
     query = args.query if args.query != "-" else sys.stdin.read()
+    from api.analyst_sql import SQLRefused, run_sql
+    from api.config import load_config
+
+    cfg = load_config()
+    limits = ReadLimits(max_seconds=cfg["SQL_MAX_SECONDS"], max_memory_bytes=cfg["SQL_MAX_MEMORY"],
+                        max_rows=cfg["SQL_MAX_ROWS"], max_result_bytes=cfg["SQL_MAX_BYTES"])
     with open_store(args.store, role="phobos sql") as store:
-        # readonly=2: reads and per-query settings only, for the rest of this
-        # one-shot process; writes, DDL and multi-statement tricks are refused
-        # by ClickHouse itself rather than by guessing at the SQL text.
-        store.execute("SET readonly = 2")
-        fmt = _SQL_FORMATS[args.format]
-        text = store.query_text(query, fmt)
+        # The same check and read-only connection as the API's SQL endpoint.
+        reader = store.open_reader(limits, cfg.get("SQL_STORE"))
+        try:
+            text = run_sql(reader, query, _SQL_FORMATS[args.format])
+        except SQLRefused as err:
+            raise UsageError(f"refused (phobos sql is readonly): {err}") from None
+        finally:
+            reader.close()
     sys.stdout.write(text)
     return 0
 

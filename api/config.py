@@ -9,6 +9,7 @@ key                       environment                  default
 ========================  ===========================  =====================
 STORE                     PHOBOS_STORE                 chdb://./data/phobos
 TOKEN                     PHOBOS_TOKEN                 (unset: writes only on loopback)
+READ_TOKEN                PHOBOS_READ_TOKEN            (unset: SQL reads only on loopback or with TOKEN)
 BIND_HOST                 PHOBOS_BIND                  (unknown: treated as public)
 MAX_BODY_BYTES            PHOBOS_MAX_BODY_BYTES        16 MiB
 MAX_NODES                 PHOBOS_MAX_NODES             150
@@ -19,6 +20,9 @@ CACHE_SECONDS             PHOBOS_CACHE_SECONDS         300 (0: no result cache)
 SQL_MAX_ROWS              PHOBOS_SQL_MAX_ROWS          10000
 SQL_MAX_SECONDS           PHOBOS_SQL_MAX_SECONDS       10
 SQL_MAX_BYTES             PHOBOS_SQL_MAX_BYTES         64 MiB
+SQL_MAX_MEMORY            PHOBOS_SQL_MAX_MEMORY        2 GiB (per query)
+SQL_CONCURRENCY           PHOBOS_SQL_CONCURRENCY       2 (queries at once; more get 429)
+SQL_STORE                 PHOBOS_SQL_STORE             (unset: the store's URL; a read-only user)
 ALERT_SERVICE_LABELS      PHOBOS_ALERT_SERVICE_LABELS  service,app,job
 DIFF_MIN_CHANGE           PHOBOS_DIFF_MIN_CHANGE       0.5 (relative)
 DIFF_MIN_VOLUME           PHOBOS_DIFF_MIN_VOLUME       0.01 (per second)
@@ -35,6 +39,7 @@ __all__ = ["DEFAULTS", "load_config"]
 DEFAULTS: dict[str, Any] = {
     "STORE": None,
     "TOKEN": None,
+    "READ_TOKEN": None,
     "BIND_HOST": None,
     "MAX_BODY_BYTES": 16 * 1024 * 1024,
     "MAX_NODES": 150,
@@ -45,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "SQL_MAX_ROWS": 10_000,
     "SQL_MAX_SECONDS": 10.0,
     "SQL_MAX_BYTES": 64 * 1024 * 1024,
+    "SQL_MAX_MEMORY": 2 * 1024**3,
+    "SQL_CONCURRENCY": 2,
+    "SQL_STORE": None,
     "ALERT_SERVICE_LABELS": ("service", "app", "job"),
     "DIFF_MIN_CHANGE": 0.5,
     "DIFF_MIN_VOLUME": 0.01,
@@ -53,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
 _ENV = {
     "STORE": "PHOBOS_STORE",
     "TOKEN": "PHOBOS_TOKEN",
+    "READ_TOKEN": "PHOBOS_READ_TOKEN",
     "BIND_HOST": "PHOBOS_BIND",
     "MAX_BODY_BYTES": "PHOBOS_MAX_BODY_BYTES",
     "MAX_NODES": "PHOBOS_MAX_NODES",
@@ -63,6 +72,9 @@ _ENV = {
     "SQL_MAX_ROWS": "PHOBOS_SQL_MAX_ROWS",
     "SQL_MAX_SECONDS": "PHOBOS_SQL_MAX_SECONDS",
     "SQL_MAX_BYTES": "PHOBOS_SQL_MAX_BYTES",
+    "SQL_MAX_MEMORY": "PHOBOS_SQL_MAX_MEMORY",
+    "SQL_CONCURRENCY": "PHOBOS_SQL_CONCURRENCY",
+    "SQL_STORE": "PHOBOS_SQL_STORE",
     "ALERT_SERVICE_LABELS": "PHOBOS_ALERT_SERVICE_LABELS",
     "DIFF_MIN_CHANGE": "PHOBOS_DIFF_MIN_CHANGE",
     "DIFF_MIN_VOLUME": "PHOBOS_DIFF_MIN_VOLUME",
@@ -108,6 +120,8 @@ def load_config(overrides: Mapping[str, Any] | None = None,
     for key, value in overrides.items():
         if key not in config:
             config[key] = value  # Flask's own keys (TESTING ...) pass through
+    if config["SQL_CONCURRENCY"] < 1:
+        raise ValueError("PHOBOS_SQL_CONCURRENCY must be at least 1")
     if config["MAX_NODES"] < 3:
         raise ValueError("PHOBOS_MAX_NODES must be at least 3")
     return config

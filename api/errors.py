@@ -41,7 +41,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
-        return error_response(err.status, err.message, **err.extra)
+        response = error_response(err.status, err.message, **err.extra)
+        if "retry_after_s" in err.extra:
+            response.headers["Retry-After"] = str(err.extra["retry_after_s"])
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):

@@ -63,8 +63,6 @@ __all__ = [
     "data_range",
     "insert_alerts",
     "insert_trace_edges",
-    "validate_sql",
-    "run_sql",
     "ping",
 ]
 
@@ -592,86 +590,6 @@ def timeline(store: Any, start: int, end: int, bucket: int) -> dict[str, list[di
           GROUP BY fingerprint, starts_at
         ) ORDER BY l_starts, fingerprint LIMIT 1000""", p)
     return {"buckets": buckets, "incidents": incidents}
-
-
-# -- analysts' SQL -----------------------------------------------------------
-
-_ALLOWED_TOP = ("SelectWithUnionQuery", "SelectIntersectExceptQuery", "Show", "Describe", "Explain",
-                "ExistsTableQuery")
-
-
-class SQLRefused(ValueError):
-    """The text is not one read-only statement the SQL endpoint runs."""
-
-
-def validate_sql(store: Any, text: str) -> str:
-    """ClickHouse's own parser decides what the statement is.
-
-    Returns the statement in ClickHouse's canonical one-line form (comments
-    gone, so nothing appended to it can be commented out).
-
-    Raises
-    ------
-    SQLRefused
-        For anything but one SELECT/WITH/SHOW/DESCRIBE/EXPLAIN/EXISTS
-        statement, for ``INTO OUTFILE``/``FORMAT`` clauses, and for any
-        ``SETTINGS`` clause (a nested ``SETTINGS readonly=0`` is how a
-        query would try to lift the limits it runs under).
-    """
-    from api.storage import StoreError
-
-    try:
-        canonical = store.query("SELECT formatQuerySingleLine({q:String})", {"q": text})[0][0]
-    except StoreError as err:
-        message = str(err)
-        if "Multi-statements" in message:
-            raise SQLRefused("only one statement per request") from None
-        raise SQLRefused(f"cannot parse the query: {message}") from None
-    if not canonical.strip():
-        raise SQLRefused("the query is empty")
-    try:
-        ast = [row[0] for row in store.query(f"EXPLAIN AST {canonical}")]
-    except StoreError as err:
-        raise SQLRefused(f"cannot parse the query: {err}") from None
-    top = ast[0].strip() if ast else ""
-    if not top.startswith(_ALLOWED_TOP):
-        kind = top.split(" ", 1)[0] or "empty"
-        raise SQLRefused(f"only read-only statements (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) are "
-                         f"allowed, this is {kind}")
-    if top.startswith("SelectWithUnionQuery"):
-        # Children at depth one besides the union list are INTO OUTFILE / FORMAT.
-        extra = [line for line in ast[1:] if line.startswith(" ") and not line.startswith("  ")
-                 and not line.strip().startswith("ExpressionList")]
-        if extra:
-            raise SQLRefused("INTO OUTFILE and FORMAT clauses are not allowed; choose the "
-                             "format with the request's \"format\" field")
-    if any(line.strip() == "Set" or line.strip().startswith("Set ") for line in ast):
-        raise SQLRefused("SETTINGS clauses are not allowed; the endpoint sets its own limits")
-    return canonical
-
-
-def run_sql(store: Any, text: str, fmt: str, *, max_rows: int, max_seconds: float,
-            max_bytes: int) -> tuple[list[str], list[tuple]] | str:
-    """Run one validated read-only statement under ClickHouse's own limits.
-
-    ``readonly=1`` is a query-level setting here, never a session one: on
-    the embedded store the session is shared by the whole process, and a
-    read-only session could never write again.  ``validate_sql`` has
-    already refused any SETTINGS clause of the user's, so these settings
-    cannot be overridden.
-
-    Returns column names and rows for ``fmt="json"``, CSV text for ``"csv"``.
-    """
-    canonical = validate_sql(store, text)
-    settings = (
-        f" SETTINGS readonly = 1, max_execution_time = {float(max_seconds)}, "
-        f"max_result_rows = {int(max_rows)}, max_result_bytes = {int(max_bytes)}, "
-        f"result_overflow_mode = 'throw'"
-    )
-    sql = canonical + settings
-    if fmt == "csv":
-        return store.query_text(sql, "CSVWithNames")
-    return store.query_columns(sql)
 
 
 def ping(store: Any) -> bool:

@@ -46,6 +46,7 @@ __all__ = [
     "StoreBusyError",
     "StoreURL",
     "Store",
+    "ReadLimits",
     "parse_store_url",
     "open_store",
     "schema_files",
@@ -252,6 +253,33 @@ def _sql_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """Limits of a read-only connection for ad-hoc queries.
+
+    They hold for the whole query on the server side (``max_execution_time``
+    and ``max_memory_usage`` are ClickHouse's own); ``max_threads`` keeps one
+    heavy query from taking every core from ingest and the views.
+    """
+
+    max_seconds: float = 10.0
+    max_memory_bytes: int = 2 * 1024**3
+    max_rows: int = 10_000
+    max_result_bytes: int = 64 * 1024 * 1024
+    max_threads: int = 1
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "max_execution_time": float(self.max_seconds),
+            "timeout_overflow_mode": "throw",
+            "max_memory_usage": int(self.max_memory_bytes),
+            "max_result_rows": int(self.max_rows),
+            "max_result_bytes": int(self.max_result_bytes),
+            "result_overflow_mode": "throw",
+            "max_threads": int(self.max_threads),
+        }
+
+
 class Store:
     """What Phobos needs from ClickHouse; see the module docstring."""
 
@@ -274,6 +302,18 @@ class Store:
         raise NotImplementedError
 
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
+        raise NotImplementedError
+
+    def open_reader(self, limits: ReadLimits, url: str | None = None) -> "Store":
+        """A separate read-only connection for analysts' queries.
+
+        It has its own session (embedded) or connection (server), so a slow
+        query there never waits for, or holds up, ingest and the views; its
+        current database is ``db``, the limits cannot be lifted from a query
+        (``readonly = 1`` is set last), and writes are refused. ``url``
+        names a server user made for it (see ``sql/server/analyst.sql``);
+        without one the store's own URL is used.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
@@ -498,6 +538,7 @@ class _ChdbEngine:
             raise StoreError(f"cannot open the embedded store {path}: {err}") from None
         self.mutex = threading.RLock()
         self.users = 0
+        self.readers: list["_ChdbEngine"] = []  # read-only sessions on this path
         # Numbers as JSON numbers: Python reads them exactly at any size.
         self.session.query("SET output_format_json_quote_64bit_integers = 0", "CSV")
 
@@ -510,6 +551,11 @@ class _ChdbEngine:
             self.lock_file.close()
 
     def close(self) -> None:
+        # chDB keeps a path open while any session on it lives, and then
+        # refuses to open another path in this process.
+        for reader in self.readers:
+            reader.session.close()
+        self.readers.clear()
         self.session.close()
         self._release()
 
@@ -609,6 +655,12 @@ class ChdbStore(Store):
                 raise StoreError(f"insert into {self.db}.{table} failed: {_clean_error(err)}") from None
         return data.num_rows
 
+    def open_reader(self, limits: ReadLimits, url: str | None = None) -> "Store":
+        if url:
+            raise StoreError("a separate reader URL is for ClickHouse servers; the embedded store "
+                             "opens its own read-only session")
+        return _ChdbReader(self, limits)
+
     def close(self) -> None:
         engine, self._engine = self._engine, None
         if engine is None:
@@ -618,6 +670,62 @@ class ChdbStore(Store):
             if engine.users == 0:
                 _CHDB_OPEN.pop(engine.path, None)
                 engine.close()
+
+
+class _ChdbReader(ChdbStore):
+    """A read-only session on the engine of an open ``ChdbStore``.
+
+    chDB runs several sessions on one data path inside a process, each with
+    its own settings, and a query on one does not wait for the others (a
+    single session runs its queries one at a time).
+    """
+
+    def __init__(self, owner: ChdbStore, limits: ReadLimits):
+        from chdb import session as chdb_session
+
+        self.url = owner.url
+        self.db = owner.db
+        engine = owner.engine
+        reader = _ChdbEngine.__new__(_ChdbEngine)
+        reader.path = engine.path
+        reader.session = chdb_session.Session(engine.path)
+        reader.mutex = threading.RLock()
+        reader.users = 1
+        reader.readers = []
+        try:
+            for statement in (
+                "SET output_format_json_quote_64bit_integers = 0",
+                f"USE {self.db}",
+                *(f"SET {k} = {_sql_literal(v)}" for k, v in limits.settings().items()),
+                "SET readonly = 1",  # last: from here on no setting can change
+            ):
+                reader.session.query(statement, "CSV")
+        except Exception as err:
+            reader.session.close()
+            raise StoreError(f"cannot open a read-only session: {_clean_error(err)}") from None
+        self._owner = engine
+        self._engine = reader
+        with _CHDB_LOCK:
+            engine.readers.append(reader)
+
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
+        raise StoreError("this session is read-only")
+
+    def open_reader(self, limits: ReadLimits, url: str | None = None) -> "Store":
+        raise StoreError("a read-only session opens no further sessions")
+
+    def close(self) -> None:
+        reader, self._engine = self._engine, None
+        if reader is None:
+            return
+        with _CHDB_LOCK:
+            if reader in self._owner.readers:
+                self._owner.readers.remove(reader)
+                reader.session.close()
+
+
+def _sql_literal(value: Any) -> str:
+    return _sql_quote(value) if isinstance(value, str) else repr(value)
 
 
 def _chdb_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -643,7 +751,8 @@ def _clean_error(err: Exception) -> str:
 class ClickHouseStore(Store):
     """A ClickHouse server through clickhouse-driver (native protocol)."""
 
-    def __init__(self, url: StoreURL, role: str = "phobos"):
+    def __init__(self, url: StoreURL, role: str = "phobos", settings: dict[str, Any] | None = None,
+                 send_settings: bool = True):
         from clickhouse_driver import Client
 
         self.url = url
@@ -652,9 +761,26 @@ class ClickHouseStore(Store):
         self._client_args = dict(
             host=url.host, port=url.port, user=url.user, password=url.password,
             secure=url.secure, client_name=f"phobos-{role}",
-            settings={"use_numpy": False},
+            settings={"use_numpy": False, **((settings or {}) if send_settings else {})},
         )
         self._client_cls = Client
+        self.read_only = bool(settings and settings.get("readonly"))
+        if self.read_only:
+            # Unqualified table names in analysts' queries mean Phobos' tables.
+            self._client_args["database"] = url.database
+
+    def open_reader(self, limits: ReadLimits, url: str | None = None) -> "Store":
+        parsed = parse_store_url(url) if url else self.url
+        if parsed.scheme != "clickhouse":
+            raise StoreError("the reader URL of a ClickHouse store must be clickhouse://...")
+        if parsed.database != self.db:
+            raise StoreError(f"the reader URL names database {parsed.database}, the store {self.db}")
+        if url:
+            # A user made for analysts has these limits and readonly = 1 in its
+            # own profile (sql/server/analyst.sql); a readonly user may not
+            # send settings, so none are sent.
+            return ClickHouseStore(parsed, "phobos-sql", {"readonly": 1}, send_settings=False)
+        return ClickHouseStore(parsed, "phobos-sql", {**limits.settings(), "readonly": 1})
 
     @property
     def client(self) -> Any:
@@ -690,6 +816,8 @@ class ClickHouseStore(Store):
         return pa.table({name: pa.array([_driver_value(v) for v in col]) for (name, _), col in zip(columns, rows)})
 
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
+        if self.read_only:
+            raise StoreError("this connection is read-only")
         if data.num_rows == 0:
             return 0
         types = self.column_types(table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api import queries
+from api import analyst_sql as queries
 from api.app import create_app
 from api.storage import StoreError
 from factories import connection
@@ -15,7 +15,8 @@ def client(store):
     from api.ingest import ingest_batch
 
     ingest_batch(store, "connections", [connection(pid=p) for p in range(1, 6)])
-    app = create_app({"STORE": store, "TESTING": True, "SQL_MAX_ROWS": 100, "SQL_MAX_SECONDS": 1})
+    app = create_app({"STORE": store, "TESTING": True, "BIND_HOST": "127.0.0.1", "SQL_MAX_ROWS": 100,
+                      "SQL_MAX_SECONDS": 1})
     return app.test_client()
 
 

@@ -22,6 +22,7 @@ from api.queries import Window
 
 __all__ = [
     "get_store",
+    "get_sql_readers",
     "get_config",
     "parse_time",
     "parse_window",
@@ -30,6 +31,7 @@ __all__ = [
     "float_param",
     "json_body",
     "require_token",
+    "require_read_token",
     "is_loopback",
 ]
 
@@ -56,6 +58,26 @@ def get_store() -> Any:
                 store = open_store(current_app.config.get("STORE"), role="phobos serve")
                 ext["phobos_store"] = store
     return store
+
+
+def get_sql_readers() -> Any:
+    """The app's pool of read-only connections for analysts' SQL (``api.analyst_sql``)."""
+    ext = current_app.extensions
+    pool = ext.get("phobos_sql_readers")
+    if pool is None:
+        from api.analyst_sql import ReaderPool
+        from api.storage import ReadLimits
+
+        store = get_store()
+        cfg = current_app.config
+        limits = ReadLimits(max_seconds=cfg["SQL_MAX_SECONDS"], max_memory_bytes=cfg["SQL_MAX_MEMORY"],
+                            max_rows=cfg["SQL_MAX_ROWS"], max_result_bytes=cfg["SQL_MAX_BYTES"])
+        with ext["phobos_store_lock"]:
+            pool = ext.get("phobos_sql_readers")
+            if pool is None:
+                pool = ReaderPool(store, limits, size=cfg["SQL_CONCURRENCY"], url=cfg.get("SQL_STORE"))
+                ext["phobos_sql_readers"] = pool
+    return pool
 
 
 def _arg(name: str) -> str | None:
@@ -171,6 +193,39 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def _bearer_matches(*tokens: str | None) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    given_b = given.strip().encode()
+    return any(t and hmac.compare_digest(given_b, t.encode()) for t in tokens)
+
+
+def require_read_token(view: Callable) -> Callable:
+    """Guard a read endpoint that reaches the store's tables directly (SQL).
+
+    With ``PHOBOS_READ_TOKEN`` or ``PHOBOS_TOKEN`` configured, one of them
+    is required as a bearer token. Without either, only a server bound to
+    loopback answers, and only requests from loopback.
+    """
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cfg = get_config()
+        tokens = (cfg.get("READ_TOKEN"), cfg.get("TOKEN"))
+        if any(tokens):
+            if not _bearer_matches(*tokens):
+                raise ApiError(401, "a valid 'Authorization: Bearer <token>' header is required "
+                                    "(PHOBOS_READ_TOKEN or PHOBOS_TOKEN)")
+        elif not (is_loopback(cfg.get("BIND_HOST")) and is_loopback(request.remote_addr)):
+            raise ApiError(403, "SQL is disabled on a server reachable from other machines without a "
+                                "token: set PHOBOS_READ_TOKEN (or PHOBOS_TOKEN), or bind to 127.0.0.1")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
 def require_token(view: Callable) -> Callable:
     """Guard a write endpoint with the bearer token ``PHOBOS_TOKEN``.
 
@@ -184,11 +239,8 @@ def require_token(view: Callable) -> Callable:
         cfg = get_config()
         token = cfg.get("TOKEN")
         if token:
-            header = request.headers.get("Authorization", "")
-            scheme, _, given = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-                err = ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
-                raise err
+            if not _bearer_matches(token):
+                raise ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
         elif not (is_loopback(cfg.get("BIND_HOST")) and is_loopback(request.remote_addr)):
             raise ApiError(403, "writes are disabled: set PHOBOS_TOKEN, or bind the server to "
                                 "127.0.0.1 and write from the same machine")
