@@ -25,6 +25,7 @@ so.  BCC prints its own compiler warnings to stderr.
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 import ipaddress
 import logging
 import os
@@ -51,7 +52,7 @@ MODES = ("auto", "tracepoint", "kprobe", "fentry")
 BPF_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "phobos.c")
 DIRECTIONS = {1: "outbound", 2: "inbound"}
 DROP_NAMES = ("edges", "socks", "listeners", "orphans")
-STAT_NAMES = ("events", "accept_no_listener")
+STAT_NAMES = ("events", "accept_no_listener", "missed_closes")
 # Time for programs that read the old generation index to finish.  A BPF
 # program runs for microseconds with migration disabled; 5 ms is ample.
 GENERATION_GRACE_S = 0.005
@@ -242,7 +243,13 @@ def import_bcc():
 
 
 def _ip(raw: Iterable[int]) -> str:
-    addr = ipaddress.IPv6Address(bytes(raw))
+    return _ip_text(bytes(raw))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_text(raw: bytes) -> str:
+    # Cached: reading a full socket map converts the same few addresses tens of thousands of times.
+    addr = ipaddress.IPv6Address(raw)
     return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
 
 
@@ -295,6 +302,7 @@ class Probe:
             raise ProbeError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self._bcc = import_bcc()
         self.offsets = offsets or kernel_offsets(read_btf())
+        self.max_socks = int(max_socks)
         self._base_cflags = self.offsets.cflags() + [
             f"-DMAX_EDGES={int(max_edges)}", f"-DMAX_SOCKS={int(max_socks)}", "-w"]
         self.bpf = None
@@ -471,13 +479,27 @@ class Probe:
         return True
 
     # -- connections that predate the tracer --------------------------------
+    @staticmethod
+    def _items(table) -> Iterable:
+        """All entries, in batches of up to 4096 per syscall where the kernel allows (5.6+)."""
+        try:
+            yield from table.items_lookup_batch()
+            return
+        except Exception:  # BCC raises bare Exception when batch lookups are refused
+            pass
+        yield from table.items()
+
     def tracked_tuples(self) -> set[tuple]:
         """(netns, local ip, local port, remote ip, remote port) the kernel already follows."""
         out = set()
-        for _, st in self.bpf["socks"].items():
+        for _, st in self._items(self.bpf["socks"]):
             if st.established:
                 out.add((st.edge.netns, _ip(st.edge.laddr), st.sport, _ip(st.edge.raddr), st.dport))
         return out
+
+    def seeded_tuples(self) -> set[tuple]:
+        """Tuples in the seeded map: connections followed by 4-tuple whose close is still to come."""
+        return {(k.netns, _ip(k.laddr), k.lport, _ip(k.raddr), k.rport) for k, _ in self._items(self.bpf["seeded"])}
 
     def seed_connection(self, tuple_: tuple, edge: EdgeKey, comm: str) -> bool:
         netns, lip, lport, rip, rport = tuple_
@@ -529,3 +551,21 @@ class Probe:
 
     def stats(self) -> dict[str, int]:
         return self._percpu("stats", STAT_NAMES)
+
+    def missed_events(self) -> int:
+        """Times the kernel skipped the program (another tracing program was running on the CPU).
+
+        The kernel counts them per program as ``recursion_misses`` (shown in
+        the program's fdinfo, kernel 5.12+; 0 where it is not shown).  A
+        missed state change can be a lost connect, accept or close.
+        """
+        total = 0
+        for fn in self.bpf.funcs.values():
+            try:
+                with open(f"/proc/self/fdinfo/{fn.fd}") as fh:
+                    for line in fh:
+                        if line.startswith("recursion_misses:"):
+                            total += int(line.split()[1])
+            except (OSError, ValueError):
+                continue
+        return total

@@ -11,17 +11,46 @@
  *   any      -> CLOSE        end of a connection; from SYN_SENT it is a
  *                            failed connect (refused, timed out, reset)
  *
- * How: a per-socket LRU hash keyed by the socket pointer remembers which
- * edge a socket belongs to, so that transitions running in softirq (where
+ * How: a per-socket hash keyed by the socket pointer remembers which edge a
+ * socket belongs to, so that transitions running in softirq (where
  * "current" is whatever task happened to be interrupted) are charged to the
  * process that connected or listened.  Per-edge counters live in two hash
  * generations; userspace flips config[CFG_GEN] and drains the idle
  * generation, so no increment races with the read.  Nothing is sent to
  * userspace per event: no perf buffer, no ring buffer.
  *
+ * Which sockets hold a socks entry: a connecting socket from CLOSE->SYN_SENT
+ * and an accepted one from SYN_RECV->ESTABLISHED (the handshake completed,
+ * even if the server has not called accept() yet) until the socket reaches
+ * CLOSE - through ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING.
+ * Listeners, request sockets (SYN_RECV) and TIME_WAIT do not: the kernel
+ * replaces a closing socket by a timewait mini-socket and moves the full
+ * socket to CLOSE, which the tracepoint sees.  Both ends of a loopback
+ * connection hold one entry each.
+ *
+ * Why a plain hash and not an LRU: an LRU evicts the oldest socket silently
+ * when it is full, and that socket's close is then lost (its edge's open
+ * gauge stays one too high, with no trace of why).  A plain, preallocated
+ * hash refuses the new socket instead; the refusal is counted exactly in
+ * drops[DROP_SOCKS], the refused socket adds nothing to the open gauge, and
+ * userspace reconciles: after an interval with drops it reads the kernel's
+ * socket list and enters the open connections the map refused into the
+ * "seeded" map (keyed by 4-tuple), whose close is counted like that of a
+ * connection that predates the tracer.  Entries cannot leak: every TCP
+ * socket that passes CLOSE->SYN_SENT or SYN_RECV->ESTABLISHED later passes
+ * ->CLOSE (tcp_set_state, tcp_done, tcp_disconnect all go through
+ * inet_sk_state_store, which fires the tracepoint) - unless the kernel
+ * skipped this program because another tracing program was running on the
+ * CPU (counted by the kernel as the program's recursion_misses, which
+ * userspace reports).  An entry whose close was missed is found when the
+ * kernel reuses the socket's address for a new connection; the stale
+ * entry's open count is then taken back (stats[STAT_MISSED_CLOSES]).
+ *
  * Cost: a handful of hash lookups per state change (a TCP connection has
  * about five), none per packet.  Bytes are not counted: the tracepoint does
  * not carry them and reading them at close would need more struct offsets.
+ * A full socks map costs one failed insert per refused socket and one
+ * seeded-map lookup at its close.
  *
  * Caveats: the tracepoint has no network namespace field, so netns is read
  * from sk->__sk_common.skc_net->ns.inum with byte offsets that userspace
@@ -30,10 +59,12 @@
  * process that called listen() on (netns, port); a listener shared by
  * forked workers is charged to the one that listened (kprobe/fentry mode
  * refreshes the listener from inet_csk_accept, see PHOBOS_CALL_PROBES).  A
- * socket evicted from the LRU before it closes leaves its edge's open gauge
- * one too high.  Connections that were open before the tracer started are
- * matched by 4-tuple against the "seeded" map that userspace fills from
- * /proc, so their close is counted once and never as a new connect.
+ * socket refused by a full socks map has its connect or accept counted but
+ * not its failure, close or duration unless a reconciliation seeded it
+ * while it was open.  Connections that were open before the tracer started
+ * (or that the socks map refused) are matched by 4-tuple against the
+ * "seeded" map that userspace fills from /proc, so their close is counted
+ * once and never as a new connect.
  */
 
 #ifndef SKC_NET_OFF
@@ -54,6 +85,9 @@
 #ifndef MAX_SEEDED
 #define MAX_SEEDED 65536
 #endif
+#ifndef MAX_ORPHANS
+#define MAX_ORPHANS 16384
+#endif
 
 /* Kernel ABI constants, spelled out so no kernel header is needed. */
 #define P_AF_INET 2
@@ -70,7 +104,7 @@
 
 /* config[] slots, written by userspace */
 #define CFG_GEN 0      /* which edges map the kernel writes: 0 or 1 */
-#define CFG_SEEDING 1  /* 1 while userspace reads /proc at start-up */
+#define CFG_SEEDING 1  /* 1 while userspace reads /proc (start-up, reconciliation) */
 
 /* drops[] slots: failed map updates, per CPU */
 #define DROP_EDGES 0
@@ -82,7 +116,8 @@
 /* stats[] slots, per CPU */
 #define STAT_EVENTS 0
 #define STAT_ACCEPT_NO_LISTENER 1
-#define STAT_SLOTS 2
+#define STAT_MISSED_CLOSES 2   /* stale socks entries found at address reuse */
+#define STAT_SLOTS 3
 
 struct edge_key {
     u32 netns;
@@ -162,10 +197,12 @@ struct seed_val {
 
 BPF_HASH(edges0, struct edge_key, struct edge_val, MAX_EDGES);
 BPF_HASH(edges1, struct edge_key, struct edge_val, MAX_EDGES);
-BPF_TABLE("lru_hash", u64, struct sock_state, socks, MAX_SOCKS);
+/* Plain, preallocated: a full map refuses (counted) instead of evicting. */
+BPF_HASH(socks, u64, struct sock_state, MAX_SOCKS);
 BPF_HASH(listeners, struct listen_key, struct listen_val, MAX_LISTENERS);
 BPF_HASH(seeded, struct tuple_key, struct seed_val, MAX_SEEDED);
-BPF_TABLE("lru_hash", struct tuple_key, u32, orphans, 4096);
+/* 4-tuples closed while userspace reads /proc; it clears the map after. */
+BPF_HASH(orphans, struct tuple_key, u32, MAX_ORPHANS);
 BPF_ARRAY(config, u32, 2);
 BPF_PERCPU_ARRAY(drops, u64, DROP_SLOTS);
 BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
@@ -276,6 +313,25 @@ static __always_inline void on_unlisten(const struct tp_state *args, u32 netns)
         __sync_fetch_and_add(&lv->count, -1);
 }
 
+/*
+ * A socks entry for a socket that is only now connecting or being accepted
+ * belongs to an earlier socket at the same address whose close this program
+ * never saw (every seen close deletes the entry).  Take back what that
+ * socket added to its edge's open gauge before the entry is overwritten.
+ */
+static __always_inline void forget_stale(u64 skp)
+{
+    struct sock_state *old = socks.lookup(&skp);
+    if (!old)
+        return;
+    count(0, STAT_MISSED_CLOSES);
+    if (!old->established)
+        return;
+    struct edge_val *ev = edge_get(&old->edge, old->comm);
+    if (ev)
+        __sync_fetch_and_add(&ev->open_delta, -1);
+}
+
 static __always_inline void on_connect(const struct tp_state *args,
                                        u64 skp, u32 netns)
 {
@@ -291,6 +347,9 @@ static __always_inline void on_connect(const struct tp_state *args,
     struct edge_val *ev = edge_get(&st.edge, st.comm);
     if (ev)
         __sync_fetch_and_add(&ev->connects, 1);
+    forget_stale(skp);
+    /* Full map: the connect is counted, the socket is not followed.  Its
+     * ESTABLISHED then finds no entry and adds nothing to the open gauge. */
     if (socks.update(&skp, &st) != 0)
         count(1, DROP_SOCKS);
 }
@@ -329,17 +388,38 @@ static __always_inline void on_accept(const struct tp_state *args,
     st.sport = args->sport;
     st.dport = args->dport;
     st.established = 1;
+    forget_stale(skp);
+    /* The socket is locked while its state changes, so its close cannot
+     * run between the insert and the open count below. */
+    int followed = socks.update(&skp, &st) == 0;
+    if (!followed)
+        count(1, DROP_SOCKS);   /* counted as accepted, never as open */
     struct edge_val *ev = edge_get(&st.edge, st.comm);
     if (ev) {
         __sync_fetch_and_add(&ev->accepts, 1);
-        __sync_fetch_and_add(&ev->open_delta, 1);
+        if (followed)
+            __sync_fetch_and_add(&ev->open_delta, 1);
     }
-    if (socks.update(&skp, &st) != 0)
-        count(1, DROP_SOCKS);
 }
 
 static __always_inline void on_close(const struct tp_state *args, u64 skp)
 {
+    int opening = args->oldstate == P_TCP_SYN_SENT || args->oldstate == P_TCP_SYN_RECV;
+    struct tuple_key tk = {};
+    if (!opening) {
+        tk.netns = sk_netns(args->skaddr);
+        tk.lport = args->sport;
+        tk.rport = args->dport;
+        tp_addrs(args, tk.laddr, tk.raddr);
+        /* Closed while userspace reads /proc: whatever it finds of this
+         * connection in its snapshot is gone already, so it must not seed
+         * it (userspace takes back what it seeded for these tuples). */
+        if (cfg(CFG_SEEDING)) {
+            u32 one = 1;
+            if (orphans.update(&tk, &one) != 0)
+                count(1, DROP_ORPHANS);
+        }
+    }
     struct sock_state *st = socks.lookup(&skp);
     if (st) {
         struct edge_val *ev = edge_get(&st->edge, st->comm);
@@ -355,11 +435,10 @@ static __always_inline void on_close(const struct tp_state *args, u64 skp)
         socks.delete(&skp);
         return;
     }
-    if (args->oldstate == P_TCP_SYN_SENT || args->oldstate == P_TCP_SYN_RECV)
+    if (opening)
         return;
-    /* Not seen opening: maybe a connection from the start-up snapshot. */
-    struct tuple_key tk = {.netns = sk_netns(args->skaddr), .lport = args->sport, .rport = args->dport};
-    tp_addrs(args, tk.laddr, tk.raddr);
+    /* Not followed: a connection from a /proc snapshot, or one the full
+     * socks map refused (seeded by a reconciliation), or neither. */
     struct seed_val *sv = seeded.lookup(&tk);
     if (sv) {
         struct edge_val *ev = edge_get(&sv->edge, sv->comm);
@@ -368,11 +447,6 @@ static __always_inline void on_close(const struct tp_state *args, u64 skp)
             __sync_fetch_and_add(&ev->open_delta, -1);
         }
         seeded.delete(&tk);
-    } else if (cfg(CFG_SEEDING)) {
-        /* Closed while userspace was reading /proc: tell it not to seed. */
-        u32 one = 1;
-        if (orphans.update(&tk, &one) != 0)
-            count(1, DROP_ORPHANS);
     }
 }
 
