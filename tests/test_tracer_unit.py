@@ -562,6 +562,8 @@ class FakeProbe:
         self._orphans = set(orphans)
         self.to_drain = []
         self.listener_map = []
+        self.socks_drops = 0
+        self.max_socks = 512
 
     def set_seeding(self, on):
         self.seeding.append(on)
@@ -572,6 +574,9 @@ class FakeProbe:
 
     def tracked_tuples(self):
         return self._tracked
+
+    def seeded_tuples(self):
+        return set(self.connections_seeded)
 
     def seed_connection(self, tup, edge, comm):
         self.connections_seeded[tup] = (edge, comm)
@@ -591,10 +596,13 @@ class FakeProbe:
         return self.listener_map
 
     def drops(self):
-        return {"edges": 0, "socks": 0, "listeners": 0, "orphans": 0}
+        return {"edges": 0, "socks": self.socks_drops, "listeners": 0, "orphans": 0}
 
     def stats(self):
-        return {"events": 10, "accept_no_listener": 0}
+        return {"events": 10, "accept_no_listener": 0, "missed_closes": 0}
+
+    def missed_events(self):
+        return 0
 
 
 class ListSink(sinks.Sink):

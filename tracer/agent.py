@@ -55,6 +55,19 @@ every flag can be set by its PHOBOS_* environment variable (PHOBOS_TOKEN: bearer
 """
 
 EXIT_PREREQ = 2
+WARN_EVERY_S = 60.0   # at most one warning per kind of loss per minute
+SIZING = ("size --max-socks above the peak number of TCP sockets on the host, all network namespaces "
+          "(\"alloc\" in /proc/net/sockstat is a safe upper bound)")
+LOSS_TEXT = {
+    "socks": "kernel map socks full ({max_socks} entries): {value} sockets not followed so far (+{new}); "
+             "their connects/accepts are counted, their closes only if a reconciliation finds them open; "
+             + SIZING,
+    "seeded": "kernel map seeded full: {value} open connections not counted so far (+{new}); " + SIZING,
+    "missed_events": "the kernel skipped the tracer's program {value} times so far (+{new}) because another "
+                     "tracing program was running on the CPU; connects, accepts or closes were lost",
+    "missed_closes": "{value} socket entries so far (+{new}) belonged to sockets whose close was never seen; "
+                     "their open count was taken back",
+}
 
 
 def _env(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
@@ -96,7 +109,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     add("--max-edges", type=int, default=_env("PHOBOS_MAX_EDGES", 16384, int),
         help="kernel edge map size per generation [PHOBOS_MAX_EDGES, default 16384]")
     add("--max-socks", type=int, default=_env("PHOBOS_MAX_SOCKS", 65536, int),
-        help="kernel per-socket map size [PHOBOS_MAX_SOCKS, default 65536]")
+        help="kernel per-socket map size: one entry per TCP socket from connect or completed handshake "
+             "to close (not listeners, not TIME_WAIT; both ends of a local connection count); size it "
+             "above the host's peak of TCP sockets in all network namespaces (\"alloc\" in "
+             "/proc/net/sockstat is a safe upper bound). Sockets beyond it are counted as "
+             "map_drops.socks and repaired by reconciling with /proc [PHOBOS_MAX_SOCKS, default 65536]")
     add("--duration", type=float, default=_env("PHOBOS_DURATION", 0.0, float),
         help="stop after this many seconds, 0 = run until signalled [PHOBOS_DURATION]")
     add("--log-level", default=_env("PHOBOS_LOG_LEVEL", "info"),
@@ -123,12 +140,42 @@ class Agent:
         self.host_ip = attribution.host_ip()
         self.stop = threading.Event()
         self.invalid_records = 0
-        self._drops_seen: dict[str, int] = {}
         self.first_record_at: float | None = None
+        self.seed_failures = 0          # connections the full seeded map refused
+        self._stats: dict[str, int] = {}
+        self._warned: dict[str, tuple[int, float]] = {}
+        self._reconciled_at = 0         # unfollowed-socket count the last reconciliation answered
+        self._next_reconcile = 0.0
 
-    # -- start-up ------------------------------------------------------------
+    # -- start-up and reconciliation -----------------------------------------
     def seed(self, proc_root: str = "/proc") -> dict[str, int]:
         """Listeners and open connections that predate the tracer, from one /proc read."""
+        result = self._seed_from_snapshot(proc_root, listeners=True)
+        log.info("start-up snapshot: %d listeners, %d open connections", result["listeners"], result["connections"])
+        return result
+
+    def reconcile(self, proc_root: str = "/proc") -> dict[str, int]:
+        """Repair the open gauges after the kernel could not follow some sockets.
+
+        The same /proc read as at start-up: every open connection the kernel
+        follows neither in its socket map nor in the seeded map (refused by a
+        full socket map, or its accept missed) is seeded, so it counts as open
+        now and its close is counted when it comes.
+        """
+        started = time.monotonic()
+        result = self._seed_from_snapshot(proc_root, listeners=False)
+        took = time.monotonic() - started
+        m = self.metrics
+        m.reconciliations += 1
+        m.reconciled_connections += result["connections"]
+        m.last_reconcile_s = took
+        # Bounded cost: at most a tenth of the time goes to reconciling.
+        self._next_reconcile = time.monotonic() + 10 * took
+        log.info("reconciled with the kernel's socket list in %.3f s: %d open connections the socket map "
+                 "could not follow are now counted", took, result["connections"])
+        return result
+
+    def _seed_from_snapshot(self, proc_root: str, listeners: bool) -> dict[str, int]:
         from tracer.probe import EdgeKey  # noqa: PLC0415 - keeps the import graph of tests small
 
         self.probe.set_seeding(True)
@@ -141,14 +188,16 @@ class Agent:
         for (netns, port), entries in by_port.items():
             ip, pid, comm, _ = entries[0]
             listener_pid[(netns, port)] = (pid, comm)
-            if self.probe.seed_listener(netns, port, ip, pid, comm, sum(e[3] for e in entries)):
+            if listeners and self.probe.seed_listener(netns, port, ip, pid, comm, sum(e[3] for e in entries)):
                 seeded_listeners += 1
-        tracked = self.probe.tracked_tuples()
+        # Read after the snapshot: a connection in the snapshot is either
+        # followed by now, or closed meanwhile (and then in orphans below).
+        tracked = self.probe.tracked_tuples() | self.probe.seeded_tuples()
         seeded: dict[tuple, Any] = {}
         skipped = 0
         for tup, owner in snap.connections.items():
             if tup in tracked:
-                continue  # the kernel saw it open after attaching; it is counted already
+                continue  # the kernel follows it already; it is counted
             netns, lip, lport, rip, rport = tup
             if (netns, lport) in listener_pid and any(
                     ip in (lip, "0.0.0.0", "::") for ip, *_ in by_port[(netns, lport)]):
@@ -171,14 +220,41 @@ class Agent:
                 self.aggregator.unseed(edge)
                 unseeded += 1
         if skipped:
-            log.warning("%d connections open at start-up are not counted: the seeded map is full", skipped)
-        result = {"listeners": seeded_listeners, "connections": len(seeded) - unseeded}
-        log.info("start-up snapshot: %d listeners, %d open connections", result["listeners"], result["connections"])
-        return result
+            self.seed_failures += skipped
+            log.warning("%d open connections are not counted: the seeded map is full", skipped)
+        return {"listeners": seeded_listeners, "connections": len(seeded) - unseeded}
 
     # -- each interval -------------------------------------------------------
+    def _losses(self) -> dict[str, int]:
+        """Cumulative kernel-side losses: failed map inserts by map, plus missed events and closes."""
+        losses = dict(self.probe.drops())
+        losses["seeded"] = self.seed_failures
+        self._stats = self.probe.stats()
+        losses["missed_events"] = self.probe.missed_events()
+        losses["missed_closes"] = self._stats.get("missed_closes", 0)
+        return losses
+
+    def _report_losses(self, losses: dict[str, int]) -> None:
+        """One warning per kind of loss, at most every WARN_EVERY_S, with the growth since the last one."""
+        now = time.monotonic()
+        for name, value in losses.items():
+            warned = self._warned.get(name, (0, -WARN_EVERY_S))
+            if value <= warned[0] or now - warned[1] < WARN_EVERY_S:
+                continue
+            what = LOSS_TEXT.get(name, "kernel map {name} full: {value} updates dropped so far")
+            log.warning(what.format(name=name, value=value, new=value - warned[0],
+                                    max_socks=getattr(self.probe, "max_socks", "?")))
+            self._warned[name] = (value, now)
+
     def drain(self, interval_s: float) -> tuple[list[dict], list[dict]]:
         started = time.monotonic()
+        losses = self._losses()
+        # Sockets the kernel could not follow since the last reconciliation:
+        # refused by the full socket map, or state changes it never saw.
+        unfollowed = losses["socks"] + losses["missed_events"]
+        if unfollowed > self._reconciled_at and started >= self._next_reconcile:
+            self._reconciled_at = unfollowed
+            self.reconcile()
         drained = self.probe.drain()
         counts = self.aggregator.apply(drained)
         now = time.time()
@@ -203,13 +279,11 @@ class Agent:
         m.sink_dropped = self.sink.dropped
         m.queue_len = self.sink.queue_len
         m.open_connections = self.aggregator.open_total()
-        drops = self.probe.drops()
-        for name, value in drops.items():
-            if value > self._drops_seen.get(name, 0):
-                log.warning("kernel map %s full: %d updates dropped so far", name, value)
-        self._drops_seen = drops
-        m.map_drops = dict(drops)
-        stats = self.probe.stats()
+        self._report_losses(losses)
+        m.map_drops = {k: v for k, v in losses.items() if k not in ("missed_events", "missed_closes")}
+        m.missed_events = losses["missed_events"]
+        m.missed_closes = losses["missed_closes"]
+        stats = self._stats
         m.kernel_events = stats.get("events", 0)
         m.accepts_without_listener = stats.get("accept_no_listener", 0)
         m.last_drain_s = time.monotonic() - started
@@ -256,7 +330,9 @@ class Agent:
         return {"mode": m.mode, "intervals": m.intervals, "wakeups": m.wakeups, "edges_read": m.edges_read,
                 "records": dict(m.records), "map_drops": m.map_drops, "sink_errors": m.sink_errors,
                 "sink_dropped": m.sink_dropped, "invalid_records": self.invalid_records,
-                "kernel_events": m.kernel_events}
+                "kernel_events": m.kernel_events, "missed_events": m.missed_events,
+                "missed_closes": m.missed_closes, "reconciliations": m.reconciliations,
+                "reconciled_connections": m.reconciled_connections, "open_connections": m.open_connections}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,6 +39,11 @@ class TracerMetrics:
         self.open_connections = 0
         self.kernel_events = 0
         self.accepts_without_listener = 0
+        self.missed_events = 0
+        self.missed_closes = 0
+        self.reconciliations = 0
+        self.reconciled_connections = 0
+        self.last_reconcile_s = 0.0
         self.started_at = time.time()
 
     def healthy(self, now: float | None = None) -> bool:
@@ -62,8 +67,23 @@ class TracerMetrics:
         metric("phobos_tracer_records_emitted_total", "counter", "Records handed to the sink.",
                [(f'{{kind="{k}"}}', v) for k, v in sorted(self.records.items())])
         metric("phobos_tracer_map_full_drops_total", "counter",
-               "Kernel map updates that failed (map full), by map.",
+               "Kernel map updates that failed (map full), by map; socks = sockets not followed, "
+               "seeded = open connections not counted.",
                [(f'{{map="{k}"}}', v) for k, v in sorted(self.map_drops.items())] or [('{map="edges"}', 0)])
+        metric("phobos_tracer_missed_events_total", "counter",
+               "TCP state changes the kernel did not run the BPF program for (another tracing program "
+               "was running on the CPU: the program's recursion_misses).", [("", self.missed_events)])
+        metric("phobos_tracer_missed_closes_total", "counter",
+               "Socket entries found stale when their address was reused (close never seen); their open "
+               "count was taken back.", [("", self.missed_closes)])
+        metric("phobos_tracer_reconciliations_total", "counter",
+               "Times the open gauges were reconciled with the kernel's socket list after drops.",
+               [("", self.reconciliations)])
+        metric("phobos_tracer_reconciled_connections_total", "counter",
+               "Open connections the socket map could not follow, counted by reconciliation.",
+               [("", self.reconciled_connections)])
+        metric("phobos_tracer_last_reconcile_duration_seconds", "gauge", "Duration of the last reconciliation.",
+               [("", f"{self.last_reconcile_s:.6f}")])
         metric("phobos_tracer_lost_samples_total", "counter",
                "Samples lost between kernel and userspace (always 0: no per-event buffer is used).",
                [("", 0)])
