@@ -536,6 +536,9 @@ def test_metrics_text_and_endpoints():
     assert "phobos_tracer_intervals_drained_total 3" in text
     assert 'phobos_tracer_records_emitted_total{kind="connections"} 12' in text
     assert 'phobos_tracer_map_full_drops_total{map="edges"} 2' in text
+    for name in ("missed_events_total", "missed_closes_total", "reconciliations_total",
+                 "reconciled_connections_total"):
+        assert f"# TYPE phobos_tracer_{name} counter" in text
     server = MetricsServer(m, "127.0.0.1", 0)
     try:
         base = f"http://127.0.0.1:{server.port}"
@@ -663,3 +666,50 @@ def test_drain_sends_valid_records_and_updates_metrics(tmp_path):
     m = agent.metrics
     assert (m.intervals, m.edges_read, m.records["connections"], m.open_connections) == (1, 1, 1, 2)
     assert m.kernel_events == 10 and agent.invalid_records == 0
+
+
+def test_socket_map_drops_trigger_one_reconciliation_that_seeds_only_unfollowed(tmp_path, caplog):
+    refused = (4026531840, "127.0.0.1", 0xD431, "127.0.0.1", 8080)
+    probe = FakeProbe(tracked=[refused])
+    agent, sink, proc = _agent(tmp_path, probe)
+    agent.seed(str(proc))
+    assert refused not in probe.connections_seeded and len(probe.connections_seeded) == 3
+    agent.drain(10)
+    assert agent.metrics.reconciliations == 0 and agent.metrics.open_connections == 3
+
+    # The kernel's socket map refused a socket: the next drain reconciles with /proc and
+    # seeds just that one (the three seeded at start-up are followed already).
+    probe._tracked = set()
+    probe.socks_drops = 5
+    with caplog.at_level("WARNING", logger="phobos.tracer"):
+        conns, _ = agent.drain(10)
+    m = agent.metrics
+    assert (m.reconciliations, m.reconciled_connections, m.open_connections) == (1, 1, 4)
+    assert refused in probe.connections_seeded
+    out = [r for r in conns if r["direction"] == "outbound" and r["remote_port"] == 8080]
+    assert out and out[0]["open"] == 1 and out[0]["connects"] == 0
+    assert m.map_drops["socks"] == 5 and 'phobos_tracer_map_full_drops_total{map="socks"} 5' in m.render()
+    assert "phobos_tracer_reconciliations_total 1" in m.render()
+    socks_warnings = [r for r in caplog.records if "socks full" in r.getMessage()]
+    assert len(socks_warnings) == 1 and "--max-socks" in socks_warnings[0].getMessage()
+
+    agent.drain(10)  # no new drops: no new reconciliation
+    assert m.reconciliations == 1
+    probe.socks_drops = 9  # new drops: reconciled again, nothing counted twice, warned at most once a minute
+    agent._next_reconcile = 0.0  # as if ten times the last reconciliation's duration had passed
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="phobos.tracer"):
+        agent.drain(10)
+    assert (m.reconciliations, m.reconciled_connections, m.open_connections) == (2, 1, 4)
+    assert not [r for r in caplog.records if "socks full" in r.getMessage()]
+    assert agent.summary()["map_drops"]["socks"] == 9 and agent.summary()["reconciliations"] == 2
+
+
+def test_reconciliation_takes_back_connections_closed_while_reading_proc(tmp_path):
+    gone = (4026532999, "::1", 443, "::1", 40000)  # closed between the /proc read and the seeding
+    probe = FakeProbe(orphans=[gone])
+    agent, _, proc = _agent(tmp_path, probe)
+    probe.socks_drops = 1
+    agent.drain(10)
+    assert gone not in probe.connections_seeded
+    assert agent.metrics.reconciled_connections == 3 and agent.metrics.open_connections == 3

@@ -148,13 +148,13 @@ class Agent:
         self._next_reconcile = 0.0
 
     # -- start-up and reconciliation -----------------------------------------
-    def seed(self, proc_root: str = "/proc") -> dict[str, int]:
+    def seed(self, proc_root: str | None = None) -> dict[str, int]:
         """Listeners and open connections that predate the tracer, from one /proc read."""
-        result = self._seed_from_snapshot(proc_root, listeners=True)
+        result = self._seed_from_snapshot(proc_root or self.attributor.proc_root, listeners=True)
         log.info("start-up snapshot: %d listeners, %d open connections", result["listeners"], result["connections"])
         return result
 
-    def reconcile(self, proc_root: str = "/proc") -> dict[str, int]:
+    def reconcile(self, proc_root: str | None = None) -> dict[str, int]:
         """Repair the open gauges after the kernel could not follow some sockets.
 
         The same /proc read as at start-up: every open connection the kernel
@@ -163,7 +163,7 @@ class Agent:
         now and its close is counted when it comes.
         """
         started = time.monotonic()
-        result = self._seed_from_snapshot(proc_root, listeners=False)
+        result = self._seed_from_snapshot(proc_root or self.attributor.proc_root, listeners=False)
         took = time.monotonic() - started
         m = self.metrics
         m.reconciliations += 1
