@@ -207,6 +207,17 @@ BPF_ARRAY(config, u32, 2);
 BPF_PERCPU_ARRAY(drops, u64, DROP_SLOTS);
 BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
 
+#ifdef PHOBOS_CALL_PROBES
+/* A tcp_v4_connect/tcp_v6_connect call in progress, by thread (see below). */
+struct connect_call {
+    const void *sk;
+    const void *uaddr;
+    u32 syn_sent;       /* the tracepoint saw this call reach SYN_SENT */
+    char comm[16];
+};
+BPF_HASH(connect_calls, u64, struct connect_call, 1024);
+#endif
+
 static __always_inline void count(int is_drop, u32 slot)
 {
     u64 *v = is_drop ? drops.lookup(&slot) : stats.lookup(&slot);
@@ -347,6 +358,15 @@ static __always_inline void on_connect(const struct tp_state *args,
     struct edge_val *ev = edge_get(&st.edge, st.comm);
     if (ev)
         __sync_fetch_and_add(&ev->connects, 1);
+#ifdef PHOBOS_CALL_PROBES
+    /* CLOSE->SYN_SENT runs inside the connect call: the return probe must
+     * not count this connect again if the call fails after this point,
+     * whether or not the socket got an entry below. */
+    u64 tid = bpf_get_current_pid_tgid();
+    struct connect_call *call = connect_calls.lookup(&tid);
+    if (call)
+        call->syn_sent = 1;
+#endif
     forget_stale(skp);
     /* Full map: the connect is counted, the socket is not followed.  Its
      * ESTABLISHED then finds no entry and adds nothing to the open gauge. */
@@ -528,13 +548,6 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 #include <uapi/linux/ptrace.h>  /* struct pt_regs: user ABI, stable across kernels */
 #endif
 
-struct connect_call {
-    const void *sk;
-    const void *uaddr;
-    char comm[16];
-};
-BPF_HASH(connect_calls, u64, struct connect_call, 1024);
-
 static __always_inline void refresh_listener(const void *newsk)
 {
     if (!newsk)
@@ -562,8 +575,7 @@ static __always_inline void connect_return(int ret)
     struct connect_call *c = connect_calls.lookup(&tid);
     if (!c)
         return;
-    u64 skp = (u64)c->sk;
-    if (ret != 0 && !socks.lookup(&skp)) {
+    if (ret != 0 && !c->syn_sent) {
         struct sock_state st = {};
         u16 family = 0, port = 0;
         bpf_probe_read_kernel(&family, sizeof(family), c->uaddr);
