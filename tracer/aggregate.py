@@ -6,7 +6,9 @@ one of two map generations; each interval the agent drains the idle
 generation (see ``tracer/probe.py``) and hands the result here.  Event
 counters are already per-interval deltas; ``open`` is a gauge that lives
 here: the sum of every delta the kernel reported plus the connections found
-open in /proc at start-up.
+open in /proc at start-up or by a reconciliation (after the kernel's socket
+map refused sockets, the agent seeds the open connections it does not
+follow, see ``tracer/agent.py``).
 
 Pure logic, no BPF and no /proc: everything is unit-testable.
 

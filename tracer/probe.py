@@ -15,7 +15,9 @@ Cost: compiling takes a second or two of CPU at start-up (clang); after that
 the only work is one drain per interval: flip the generation index, wait a
 few milliseconds for programs still running on the old generation, then
 look up and delete each edge of the old generation (one syscall per edge,
-independent of how many connections the edge saw).
+independent of how many connections the edge saw).  Reconciliation (only
+after the socket map refused sockets) reads the socket and seeded maps in
+batches of 4096 entries per syscall.
 
 Caveats: modes other than ``tracepoint`` need kprobes or BPF trampolines;
 kernels built without kprobes or locked down refuse them, and the error says
