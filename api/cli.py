@@ -44,6 +44,18 @@ def _store_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    if args.print_analyst_user:
+        from api.storage import analyst_user_statements, parse_store_url
+
+        db = parse_store_url(args.store).database
+        try:
+            statements = analyst_user_statements(db, args.print_analyst_user,
+                                                 os.environ.get("PHOBOS_SQL_PASSWORD", ""), args.cluster)
+        except StoreError as err:
+            raise UsageError(str(err)) from None
+        for statement in statements:
+            print(statement + ";\n")
+        return 0
     if args.print_ddl:
         from api.storage import DEFAULT_TTL_DAYS, parse_store_url, schema_files, schema_statements
 
@@ -287,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", default=os.environ.get("PHOBOS_CLUSTER") or None,
                    help="ClickHouse cluster name: Replicated*/Distributed tables, DDL ON CLUSTER "
                    "(env PHOBOS_CLUSTER)")
+    p.add_argument("--print-analyst-user", metavar="USER",
+                   help="print the statements that make USER the read-only ClickHouse user of the "
+                        "analysts' SQL (password from PHOBOS_SQL_PASSWORD), then exit")
     p.add_argument("--print-ddl", action="store_true",
                    help="print the statements migrate would run on an empty store, and exit")
     from api.kafka_ingest import configure_migrate_parser

@@ -54,6 +54,7 @@ __all__ = [
     "split_statements",
     "schema_statements",
     "clustered_statements",
+    "analyst_user_statements",
 ]
 
 DEFAULT_STORE_URL = "chdb://./data/phobos"
@@ -247,6 +248,18 @@ def clustered_statements(statements: list[str], db: str, cluster: str) -> list[s
                 rest = re.sub(rf"\b{re.escape(table)}\b", f"{table}_local", rest)
             out.append(f"{head} {name} ON CLUSTER {cluster}{rest}")
     return out
+
+
+def analyst_user_statements(db: str, user: str, password: str, cluster: str | None = None) -> list[str]:
+    """The statements that make the analysts' read-only server user (``sql/server/analyst.sql``)."""
+    for what, name in (("user", user), ("cluster", cluster or "x")):
+        if not _IDENT.match(name):
+            raise StoreError(f"{what} name {name!r} is not a plain identifier")
+    if not password:
+        raise StoreError("the analysts' user needs a password (PHOBOS_SQL_PASSWORD)")
+    text = (SQL_DIR / "server" / "analyst.sql").read_text()
+    return split_statements(render_sql(text, db=db, user=user, password=_sql_quote(password),
+                                       on_cluster=f"ON CLUSTER {cluster}" if cluster else ""))
 
 
 def _sql_quote(value: str) -> str:
@@ -734,11 +747,20 @@ def _chdb_params(params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, datetime):
             value = value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         elif isinstance(value, (list, tuple)):
+            # An array is read as a literal: escapes inside its quoted strings.
             value = "[" + ",".join(
-                _sql_quote(v) if isinstance(v, str) else str(v) for v in value
+                "'" + v.translate(_QUOTED_FORM) + "'" if isinstance(v, str) else str(v) for v in value
             ) + "]"
+        elif isinstance(value, str):
+            # ClickHouse reads parameter values in its escaped (TSV) form: a
+            # raw newline or tab is refused and a backslash starts an escape.
+            value = value.translate(_ESCAPED_FORM)
         out[key] = value
     return out
+
+
+_QUOTED_FORM = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"})
+_ESCAPED_FORM = str.maketrans({"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"})
 
 
 def _clean_error(err: Exception) -> str:

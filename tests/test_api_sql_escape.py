@@ -149,6 +149,7 @@ def test_what_analysts_do_still_works(client, store):
         return response.get_json()["rows"]
 
     assert rows("SELECT count() FROM connections") == [[3]]  # unqualified: Phobos' database
+    assert rows("SELECT\n\tcount() -- how many\nFROM connections\nWHERE comm != 'a\\b'") == [[3]]
     assert rows(f"WITH c AS (SELECT pid FROM {db}.connections) SELECT max(pid) FROM c") == [[3]]
     assert rows(f"SELECT count() FROM {db}.connections WHERE pid IN (SELECT number FROM numbers(3))") == [[2]]
     assert len(rows(f"DESCRIBE TABLE {db}.edges_1m")) > 5

@@ -783,3 +783,17 @@ def test_install_script_is_idempotent(helm):
 def test_install_script_is_valid_bash():
     result = subprocess.run(["bash", "-n", str(ROOT / "helm" / "tools" / "install.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_analysts_sql_uses_the_read_only_user_in_production(rendered):
+    """Server mode: /api/v1/sql logs in as the user of sql/server/analyst.sql, with limits."""
+    (container,) = pod_spec(one(rendered["production"], "Deployment", "api"))["containers"]
+    env = env_of(container)
+    assert env["PHOBOS_SQL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "phobos-clickhouse-analyst", "key": "password"}
+    assert env["PHOBOS_SQL_STORE"]["value"].startswith("clickhouse://phobos_analyst:$(PHOBOS_SQL_PASSWORD)@")
+    assert env["PHOBOS_SQL_STORE"]["value"].endswith("/phobos?secure=1")
+    assert int(env["PHOBOS_SQL_MAX_MEMORY"]["value"]) > 0 and int(env["PHOBOS_SQL_CONCURRENCY"]["value"]) >= 1
+    # the embedded default has no such user: the reader is a read-only chDB session
+    (default,) = pod_spec(one(rendered["default"], "Deployment", "api"))["containers"]
+    assert "PHOBOS_SQL_STORE" not in env_of(default)

@@ -262,3 +262,10 @@ def test_cluster_variant_is_parsed_by_clickhouse(store):
         clustered_statements(["DROP TABLE x"], "phobos", "prod")
     with pytest.raises(StoreError, match="cluster name"):
         store.migrate(cluster="bad name")
+
+
+@pytest.mark.parametrize("value", ["a\nb", "a\\'b", "tab\there", "a\\nb", "x'y", "\\", "cr\r nul\0", "é ✓"])
+def test_string_parameters_arrive_exactly(store, value):
+    """Query parameters reach ClickHouse unchanged, whatever escapes they hold."""
+    assert store.query("SELECT {q:String}", {"q": value}) == [(value,)]
+    assert store.query("SELECT {q:Array(String)}", {"q": [value, "z"]}) == [([value, "z"],)]
