@@ -713,3 +713,16 @@ def test_reconciliation_takes_back_connections_closed_while_reading_proc(tmp_pat
     agent.drain(10)
     assert gone not in probe.connections_seeded
     assert agent.metrics.reconciled_connections == 3 and agent.metrics.open_connections == 3
+
+
+def test_a_full_seeded_map_is_reported_as_drops(tmp_path, caplog):
+    probe = FakeProbe()
+    probe.seed_connection = lambda tup, edge, comm: False  # the kernel refuses every insert
+    agent, _, proc = _agent(tmp_path, probe)
+    agent.seed(str(proc))
+    with caplog.at_level("WARNING", logger="phobos.tracer"):
+        agent.drain(10)
+    assert agent.metrics.open_connections == 0
+    assert agent.summary()["map_drops"]["seeded"] == 4
+    assert 'phobos_tracer_map_full_drops_total{map="seeded"} 4' in agent.metrics.render()
+    assert [r for r in caplog.records if "seeded full" in r.getMessage()]

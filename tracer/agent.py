@@ -238,9 +238,7 @@ class Agent:
             if edge is not None and self.probe.unseed(tup):
                 self.aggregator.unseed(edge)
                 unseeded += 1
-        if skipped:
-            self.seed_failures += skipped
-            log.warning("%d open connections are not counted: the seeded map is full", skipped)
+        self.seed_failures += skipped  # reported with the other losses at the next drain
         return {"listeners": seeded_listeners, "connections": len(seeded) - unseeded}
 
     # -- each interval -------------------------------------------------------
@@ -274,6 +272,7 @@ class Agent:
         if unfollowed > self._reconciled_at and started >= self._next_reconcile:
             self._reconciled_at = unfollowed
             self.reconcile()
+            losses["seeded"] = self.seed_failures
         drained = self.probe.drain()
         counts = self.aggregator.apply(drained)
         now = time.time()
