@@ -540,3 +540,34 @@ def test_entry_whose_close_was_missed_is_taken_back_when_its_address_is_reused(b
         srv.close()
         probe.close()
         os.sched_setaffinity(0, affinity)
+
+
+def test_followed_sockets_match_the_proc_snapshot_so_reconciliation_never_counts_them_twice(bpf_ready):
+    """Reconciliation seeds what /proc shows open and the kernel does not follow: the kernel's
+    socket map must spell every tuple as /proc does (IPv4, IPv6, v4-mapped on a dual-stack socket)."""
+    from tracer import attribution
+    from tracer.probe import Probe
+
+    probe = Probe(mode="tracepoint")
+    servers, held = [], []
+    try:
+        for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"), (socket.AF_INET6, "::")):
+            srv = socket.socket(family)
+            if addr == "::":
+                srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            srv.bind((addr, 0))
+            srv.listen(64)
+            servers.append(srv)
+            target = "127.0.0.1" if addr == "::" else addr  # v4 client of a dual-stack listener
+            for _ in range(3):
+                held.append(socket.create_connection((target, srv.getsockname()[1])))
+                held.append(srv.accept()[0])
+        ports = {s.getsockname()[1] for s in servers}
+        snap = attribution.tcp_snapshot()
+        mine = {t for t, owner in snap.connections.items() if owner == os.getpid() and (t[2] in ports or t[4] in ports)}
+        assert len(mine) == 18, mine
+        assert mine <= probe.tracked_tuples(), mine - probe.tracked_tuples()
+    finally:
+        for s in held + servers:
+            s.close()
+        probe.close()
