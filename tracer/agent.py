@@ -34,6 +34,10 @@ is not lost.  A socket the full map refused and that closed before the next
 reconciliation has its connect or accept counted but not its close (the
 open gauge is right either way).  Open connections beyond ``--max-socks``
 plus the seeded map's 65,536 are not counted (``map_drops.seeded``).
+/proc shows which process owns a socket, and only owned sockets are
+seeded: a refused connection still in a listener's accept queue at the
+reconciliation is counted only at the next one (which only runs after new
+drops).
 
 Examples::
 

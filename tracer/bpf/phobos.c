@@ -44,13 +44,17 @@
  * CPU (counted by the kernel as the program's recursion_misses, which
  * userspace reports).  An entry whose close was missed is found when the
  * kernel reuses the socket's address for a new connection; the stale
- * entry's open count is then taken back (stats[STAT_MISSED_CLOSES]).
+ * entry's open count is then taken back (stats[STAT_MISSED_CLOSES]).  Until
+ * then (the slab normally hands a freed socket's memory to the next socket
+ * allocated on that CPU) it holds a slot and one open connection too many.
  *
  * Cost: a handful of hash lookups per state change (a TCP connection has
  * about five), none per packet.  Bytes are not counted: the tracepoint does
  * not carry them and reading them at close would need more struct offsets.
  * A full socks map costs one failed insert per refused socket and one
- * seeded-map lookup at its close.
+ * seeded-map lookup at its close.  Measured here with bpf_stats on a
+ * loopback connect/accept/close loop: about 400 ns per traced state change
+ * (LRU 384, this hash 397 with the stale-entry lookup, a full map 380).
  *
  * Caveats: the tracepoint has no network namespace field, so netns is read
  * from sk->__sk_common.skc_net->ns.inum with byte offsets that userspace
