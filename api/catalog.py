@@ -72,8 +72,11 @@ resolve a remote address to the service when no listener record covers it.
 
 Every error names the file, line and column and says how to fix it; all
 errors are collected (up to ``MAX_ERRORS``) and nothing is returned unless
-the whole file is valid.  Order carries no meaning for areas and externals,
-so they are kept sorted by name; services keep file order.
+the whole file is valid.  A document nested more than ``_MAX_DEPTH`` (64)
+levels deep, or expanding to more than ``_MAX_NODES`` nodes through aliases,
+is refused where the limit is hit instead of exhausting the stack or memory.
+Order carries no meaning for areas and externals, so they are kept sorted by
+name; services keep file order.
 """
 
 from __future__ import annotations
@@ -122,6 +125,10 @@ _HOSTNAME_RE = re.compile(
 _COMM_MAX = 15
 # Aliases can make a small file expand exponentially; refuse rather than hang.
 _MAX_NODES = 200_000
+# A catalog is at most 6 levels deep (services > service > match > k8s_labels
+# > value); PyYAML composes nodes recursively, so thousands of levels would
+# exhaust Python's stack.  Deeper documents are refused at this depth.
+_MAX_DEPTH = 64
 
 _MATCH_LISTS = ("comm", "exe", "cmdline", "systemd_unit", "hosts", "cidrs")
 
@@ -521,7 +528,15 @@ def parse_catalog(text: str, source: str = "<string>") -> Catalog:
     """
     chk = _Checker(source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
+    except _TooDeep as exc:
+        chk.err(exc.problem_mark, f"the YAML is nested more than {_MAX_DEPTH} levels deep "
+                "here (a catalog needs at most 6); look for unclosed '[' or '{' or a run of "
+                "'-' items, and flatten the structure")
+        raise CatalogError(chk.messages()) from None
+    except RecursionError:
+        raise CatalogError([f"{source}:1:1: the YAML is nested too deeply to read; a catalog "
+                            "needs at most 6 levels"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or "invalid YAML"
@@ -541,6 +556,30 @@ def parse_catalog(text: str, source: str = "<string>") -> Catalog:
     if chk.errors or catalog is None:
         raise CatalogError(chk.messages())
     return catalog
+
+
+class _TooDeep(yaml.MarkedYAMLError):
+    """The document nests deeper than ``_MAX_DEPTH``; raised while composing."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses to compose nodes deeper than ``_MAX_DEPTH``.
+
+    PyYAML's scanner and parser keep explicit stacks, but its composer
+    recurses once per level, so depth is checked there, before the stack
+    runs out; the error points at the first node that is too deep.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self._depth >= _MAX_DEPTH and not self.check_event(yaml.AliasEvent):
+            raise _TooDeep(problem="nested too deeply", problem_mark=self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 class _Map(dict):
