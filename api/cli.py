@@ -124,9 +124,10 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from api.ingest import ingest_batch
+    from api.ingest import Undecodable, decode_record, ingest_batch
 
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    # Bytes, not text: a line that is not UTF-8 is one refused record, not the end of the load.
+    stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
     totals = {"connections": 0, "listeners": 0, "rejected": 0}
     with open_store(args.store, role="phobos load") as store, stream:
         store.migrate()
@@ -144,16 +145,18 @@ def cmd_load(args: argparse.Namespace) -> int:
         for lineno, line in enumerate(stream, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except ValueError as err:
-                print(f"{args.file}:{lineno}: not JSON ({err})", file=sys.stderr)
-                totals["rejected"] += 1
-                continue
-            # Listener records are the ones with a listening port and no direction.
-            kind = "connections" if isinstance(record, dict) and "direction" in record else "listeners"
+            record = decode_record(line.rstrip(b"\r\n"))
+            if isinstance(record, Undecodable):
+                print(f"{args.file}:{lineno}: {record.reason}", file=sys.stderr)
+                record = Undecodable(record.raw, f"line {lineno}: {record.reason}")
+            # Listener records are the ones without a direction; a line that is
+            # not even JSON is kept with the connections' dead letters.
             if args.kind:
                 kind = args.kind
+            elif isinstance(record, Undecodable) or (isinstance(record, dict) and "direction" in record):
+                kind = "connections"
+            else:
+                kind = "listeners"
             pending[kind].append(record)
             if len(pending[kind]) >= args.batch:
                 flush(kind)

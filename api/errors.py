@@ -59,6 +59,16 @@ def register_error_handlers(app: Flask) -> None:
                 response.headers["Allow"] = ", ".join(allowed)
         return response
 
+    from api.storage import StoreError
+
+    @app.errorhandler(StoreError)
+    def _store_failed(err: StoreError):
+        # The request was fine; the store was not. 503 tells senders to retry.
+        log.warning("store failed: %s", err)
+        response = error_response(503, f"the store failed; retry later: {err}")
+        response.headers["Retry-After"] = "5"
+        return response
+
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
         log.exception("unhandled error")

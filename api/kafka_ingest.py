@@ -55,7 +55,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from api.ingest import STATS, IngestResult, records_to_arrow
+from api.ingest import STATS, IngestResult, Undecodable, dead_letter_row, decode_record, records_to_arrow
 from api.storage import DEFAULT_STORE_URL, SQL_DIR, StoreError, open_store, render_sql, split_statements
 from tracer.records import RECORD_FIELDS, U32, VERSION, Rejection, normalize_ip, validate_batch
 
@@ -74,7 +74,6 @@ DEFAULT_ENGINE_GROUP = "phobos-clickhouse"
 KAFKA_SQL_DIR = SQL_DIR / "kafka"
 KINDS = ("connections", "listeners")
 INTENT = "phobos-batch:"
-MAX_DEAD_LETTER_BYTES = 64 * 1024
 
 
 def topics_for(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
@@ -561,11 +560,8 @@ class KafkaIngest:
         now = int(time.time())
 
         def dead_letter(offset: int, line: int | None, reason: str, raw: bytes) -> None:
-            text = raw[:MAX_DEAD_LETTER_BYTES].decode("utf-8", "replace")
-            if len(raw) > MAX_DEAD_LETTER_BYTES:
-                reason += f" (raw message cut to {MAX_DEAD_LETTER_BYTES} bytes)"
             where = f"kafka:{topic}/{partition}@{offset}" + (f" line {line}" if line is not None else "")
-            dead.append({"received_at": now, "source": where, "kind": kind, "reason": reason, "raw": text})
+            dead.append(dead_letter_row(kind, where, reason, raw, now, unit="message"))
 
         # Fast path: the batch's messages as one JSON-lines document, checked
         # column by column; any doubt sends the whole batch to the exact path.
@@ -587,11 +583,12 @@ class KafkaIngest:
                 for n, line in enumerate(value.split(b"\n"), 1):
                     if not line.strip():
                         continue
-                    try:
-                        records.append(json.loads(line))
+                    record = decode_record(line)
+                    if isinstance(record, Undecodable):
+                        dead_letter(offset, n, record.reason, line)
+                    else:
+                        records.append(record)
                         where.append((offset, n, line))
-                    except ValueError as err:
-                        dead_letter(offset, n, f"not JSON: {err}", line)
             good, bad = validate_batch(kind, records)
             for rejection in bad:
                 offset, n, line = where[rejection.index]

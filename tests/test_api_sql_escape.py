@@ -240,9 +240,10 @@ def test_a_full_pool_answers_429_at_once(store):
         pool.close()
 
 
-def test_heavy_sql_never_blocks_ingest_views_or_health(app, store):
+def test_heavy_sql_never_blocks_ingest_views_or_health(store):
     """Three heavy queries at once (two run, one is turned away): ingest, a view and
     /readyz answer while they run, on the store's own session."""
+    app = create_app({"STORE": store, "TESTING": True, "BIND_HOST": "127.0.0.1", "SQL_MAX_SECONDS": 8})
     client = app.test_client()
     heavy = "SELECT count() FROM system.numbers_mt WHERE sipHash64(number) = 1"
     statuses: list[int] = []
@@ -259,7 +260,7 @@ def test_heavy_sql_never_blocks_ingest_views_or_health(app, store):
         thread.start()
     time.sleep(0.5)
     answered = []
-    for _ in range(3):
+    for _ in range(2):
         assert client.get("/readyz").status_code == 200
         ingest = client.post("/api/v1/ingest", json={"connections": [connection(pid=99, ts=connection()["ts"])]})
         assert ingest.status_code == 200

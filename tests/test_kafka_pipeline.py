@@ -225,6 +225,33 @@ def test_malformed_messages_land_in_dead_letters_and_the_pipeline_goes_on(kafka_
     assert any("raw message cut" in r["reason"] for r in rows)
 
 
+def test_poison_records_become_dead_letters_and_the_partition_moves_on(kafka_broker, store):
+    """Inputs that used to crash the consumer on every restart: a line nested 100,000 deep,
+    a lone surrogate escape, bytes that are not UTF-8 - each beside a good record."""
+    prefix = fresh_prefix()
+    init_topics(kafka_broker.bootstrap, prefix, partitions=1)
+    topic = topics_for(prefix)["connections"]
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "message.max.bytes": 4 << 20})
+    deep = b"[" * 100_000 + b"]" * 100_000
+    surrogate = json.dumps(connection(pid=9)).replace('"comm": "curl"', '"comm": "\\ud800"').encode()
+    good = [connection(pid=1), connection(pid=2), connection(pid=3)]
+    for value in (json.dumps(good[0]).encode() + b"\n" + deep, surrogate + b"\n" + json.dumps(good[1]).encode(),
+                  b'{"v": 1, "comm": "\xff"}', json.dumps(good[2]).encode()):
+        producer.produce(topic, value, b"host-x")
+    assert producer.flush(30) == 0
+    group = f"{prefix}-ingest"
+    ingest = consume(store, kafka_broker, prefix, expect=6, group=group)
+    assert (ingest.counts["accepted"], ingest.counts["rejected"]) == (3, 3)
+    assert sorted(r[0] for r in store.query(f"SELECT pid FROM {store.db}.connections")) == [1, 2, 3]
+    reasons = sorted(r[0] for r in store.query(f"SELECT reason FROM {store.db}.dead_letters"))
+    assert any("nested deeper" in r for r in reasons) and any("not valid Unicode" in r for r in reasons)
+    assert any("not UTF-8" in r for r in reasons), reasons
+    # a restarted consumer of the same group finds its offsets past the poison
+    again = consume(store, kafka_broker, prefix, expect=1, group=group, timeout_s=5)
+    assert again.counts["accepted"] + again.counts["rejected"] == 0
+    assert store.query(f"SELECT count() FROM {store.db}.connections")[0][0] == 3
+
+
 def test_fast_validation_accepts_exactly_what_the_contract_accepts():
     from api.ingest import records_to_arrow
     from tracer.records import validate_batch
@@ -283,7 +310,12 @@ def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
         producer.produce(topics["connections"], b"\n".join(json.dumps(r).encode() for r in good[start:start + 100]))
     bad = [b"garbage{", json.dumps(connection(pid="abc")).encode(), json.dumps(connection(v=2)).encode(),
            json.dumps(connection(remote_ip="nope")).encode(), json.dumps(connection(direction="up")).encode(),
-           json.dumps(connection(connects=-1)).encode()]
+           json.dumps(connection(connects=-1)).encode(),
+           # inputs that once stopped the consumer: deep nesting, a lone surrogate, bytes not UTF-8, a zone
+           b"[" * 100_000 + b"]" * 100_000,
+           json.dumps(connection(pid=9)).replace('"comm": "curl"', '"comm": "\\ud800"').encode(),
+           json.dumps(connection(pid=10)).replace('"comm": "curl"', '"comm": "\xff"').encode("latin-1"),
+           json.dumps(connection(local_ip="fe80::1%eth0")).encode()]
     for value in bad:
         producer.produce(topics["connections"], value)
     producer.produce(topics["listeners"], json.dumps(listener()).encode())
@@ -298,11 +330,14 @@ def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
                 break
             time.sleep(0.5)
         assert totals(store) == expected(good, listeners=1)
-        reasons = [r[0] for r in store.query(f"SELECT reason FROM {store.db}.dead_letters ORDER BY source")]
+        reasons = [r[0] for r in store.query(f"SELECT reason FROM {store.db}.dead_letters "
+                                             f"ORDER BY toUInt64(splitByChar('@', source)[2])")]
         assert len(reasons) == len(bad)
         assert reasons[0].startswith("unreadable message") and reasons[1].startswith("unreadable message")
         assert "unsupported record version 2" in reasons[2]
         assert "not an IP address" in reasons[3] and "'up'" in reasons[4] and "negative" in reasons[5]
+        assert reasons[6].startswith("unreadable message") and reasons[7].startswith("unreadable message")
+        assert "not valid UTF-8" in reasons[8] and "not an IP address" in reasons[9]
         offsets = store.query(f"SELECT count(), max(offset) FROM {store.db}.kafka_offsets FINAL "
                               "WHERE topic = {t:String}", {"t": topics["connections"]})[0]
         assert offsets == (3 + len(bad), 2 + len(bad))

@@ -205,6 +205,10 @@ def normalize_ip(value: Any) -> str:
         addr = ipaddress.ip_address(value.strip())
     except ValueError:
         raise RecordError(f"{value!r} is not an IP address") from None
+    if getattr(addr, "scope_id", None):
+        # fe80::1%eth0: the zone names an interface of the sender's host only,
+        # and an IPv6 column cannot hold it (it would be stored as ::).
+        raise RecordError(f"{value!r} has a zone (%{addr.scope_id}); send the address without it")
     if addr.version == 4:
         return f"::ffff:{addr}"
     if addr.ipv4_mapped is not None:
@@ -231,6 +235,12 @@ def _check(field: Field, value: Any) -> Any:
             raise RecordError(f"must be a string, got {type(value).__name__}")
         if len(value) > 4096:
             raise RecordError(f"is {len(value)} characters long, at most 4096 allowed")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                # A "\ud800" escape decodes to a lone surrogate, which no store can hold.
+                raise RecordError(f"is not valid Unicode ({err.reason} at character {err.start})") from None
         return value
     if field.kind == "ip":
         return normalize_ip(value)

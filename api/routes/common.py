@@ -172,13 +172,30 @@ def float_param(name: str, default: float, lo: float = 0.0, hi: float = 1e12) ->
     return value
 
 
-def json_body(kind: type = dict) -> Any:
-    """The request's JSON body, which must be a ``kind`` (object or array)."""
-    data = request.get_json(silent=True, force=True)
-    if not isinstance(data, kind):
+def json_body(kind: type = dict, records_at: int | None = None) -> Any:
+    """The request's JSON body, which must be a ``kind`` (object or array).
+
+    Bodies that are not UTF-8 JSON, or nest deeper than
+    ``api.ingest.MAX_JSON_DEPTH``, are a 400 saying so; a body over
+    ``PHOBOS_MAX_BODY_BYTES`` is a 413, chunked or not. ``records_at``: see
+    ``api.ingest.decode_body`` (records too deep to decode stand in the
+    result as ``Undecodable``).
+    """
+    from api.ingest import decode_body
+
+    data = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH when the length is declared
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit and len(data) >= limit:
+        # A chunked body is cut at the limit rather than refused: refuse it here.
+        raise ApiError(413, f"request body too large; at most {limit - 1} bytes are accepted in chunked form")
+    try:
+        value = decode_body(data, records_at=records_at)
+    except ValueError as err:
+        raise ApiError(400, f"{err} (Content-Type: application/json)") from None
+    if not isinstance(value, kind):
         what = "a JSON object" if kind is dict else "a JSON array"
         raise ApiError(400, f"the request body must be {what} (Content-Type: application/json)")
-    return data
+    return value
 
 
 def is_loopback(host: str | None) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 
 from api.errors import ApiError
-from api.ingest import ingest_batch
+from api.ingest import dead_letter_row, ingest_batch
 from api.routes.common import get_store, json_body, require_token
 from api.storage import StoreError
 
@@ -28,7 +28,13 @@ MAX_RECORDS = 200_000
 @bp.post("")
 @require_token
 def ingest():
-    body = json_body(dict)
+    try:
+        body = json_body(dict, records_at=3)
+    except ApiError as err:
+        if err.status == 400:
+            # Nothing of it can be read: keep it where an operator looks, then refuse it.
+            _keep_refused_body(err.message)
+        raise
     unknown = set(body) - {"batch_id", "connections", "listeners"}
     if unknown:
         raise ApiError(400, f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; expected "
@@ -54,3 +60,12 @@ def ingest():
     # New data may change any cached view.
     current_app.extensions["phobos_cache"].clear()
     return out
+
+
+def _keep_refused_body(reason: str) -> None:
+    from flask import request
+
+    try:
+        get_store().insert_rows("dead_letters", [dead_letter_row("body", "api", reason, request.get_data())])
+    except StoreError:
+        pass  # the 400 still tells the sender; the store's trouble shows in /readyz

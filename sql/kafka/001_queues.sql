@@ -102,6 +102,7 @@ SELECT
 FROM $db.connections_queue AS q
 WHERE length(_error) = 0
   AND q.v = 1
+  AND isValidUTF8(concat(q.dc, q.host, q.comm, q.service, q.container_id, q.pod, q.namespace))
   AND parseDateTimeBestEffortOrNull(q.ts, 'UTC') IS NOT NULL
   AND toIPv6OrNull(q.host_ip) IS NOT NULL AND toIPv6OrNull(q.local_ip) IS NOT NULL
   AND toIPv6OrNull(q.remote_ip) IS NOT NULL
@@ -118,6 +119,7 @@ SELECT
     multiIf(
         length(_error) > 0, concat('unreadable message: ', _error),
         v != 1, concat('unsupported record version ', toString(v), ', this Phobos reads v=1'),
+        NOT isValidUTF8(concat(dc, host, comm, service, container_id, pod, namespace)), 'a text field is not valid UTF-8',
         parseDateTimeBestEffortOrNull(ts, 'UTC') IS NULL, concat('field \'ts\' ', concat('''', ts, ''''), ' is not a time'),
         toIPv6OrNull(host_ip) IS NULL OR toIPv6OrNull(local_ip) IS NULL OR toIPv6OrNull(remote_ip) IS NULL,
             'field host_ip, local_ip or remote_ip is not an IP address',
@@ -131,6 +133,7 @@ FROM $db.connections_queue
 WHERE NOT (
     length(_error) = 0
     AND v = 1
+    AND isValidUTF8(concat(dc, host, comm, service, container_id, pod, namespace))
     AND parseDateTimeBestEffortOrNull(ts, 'UTC') IS NOT NULL
     AND toIPv6OrNull(host_ip) IS NOT NULL AND toIPv6OrNull(local_ip) IS NOT NULL
     AND toIPv6OrNull(remote_ip) IS NOT NULL
@@ -185,6 +188,7 @@ SELECT
 FROM $db.listeners_queue AS q
 WHERE length(_error) = 0
   AND q.v = 1
+  AND isValidUTF8(concat(q.dc, q.host, q.comm, q.service, q.container_id, q.pod, q.namespace))
   AND parseDateTimeBestEffortOrNull(q.ts, 'UTC') IS NOT NULL
   AND toIPv6OrNull(q.ip) IS NOT NULL
   AND q.port BETWEEN 0 AND 65535
@@ -198,6 +202,7 @@ SELECT
     multiIf(
         length(_error) > 0, concat('unreadable message: ', _error),
         v != 1, concat('unsupported record version ', toString(v), ', this Phobos reads v=1'),
+        NOT isValidUTF8(concat(dc, host, comm, service, container_id, pod, namespace)), 'a text field is not valid UTF-8',
         parseDateTimeBestEffortOrNull(ts, 'UTC') IS NULL, concat('field \'ts\' ', concat('''', ts, ''''), ' is not a time'),
         toIPv6OrNull(ip) IS NULL, concat('field \'ip\' ', concat('''', ip, ''''), ' is not an IP address'),
         'field port or pid is negative or too large') AS reason,
@@ -208,6 +213,7 @@ FROM $db.listeners_queue
 WHERE NOT (
     length(_error) = 0
     AND v = 1
+    AND isValidUTF8(concat(dc, host, comm, service, container_id, pod, namespace))
     AND parseDateTimeBestEffortOrNull(ts, 'UTC') IS NOT NULL
     AND toIPv6OrNull(ip) IS NOT NULL
     AND port BETWEEN 0 AND 65535
