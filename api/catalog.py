@@ -84,11 +84,12 @@ pattern's position, what RE2 does not have: backreferences (``\1``,
 atomic groups and possessive quantifiers, ``(?x)``/``(?a)`` flags (RE2 has
 ``i``, ``m``, ``s``, ``U``), ``\Z`` (write ``\z``), counted repetition above
 ``{1000}``, and patterns that compile to more than ``_REGEX_MAX_PROGRAM``
-instructions.  Where Python and RE2 both accept a pattern it means the same,
-except: ``\d``, ``\w``, ``\s`` and ``\b`` are ASCII-only (use ``\pL``,
-``\pN`` for Unicode letters and digits), ``$`` matches only at the very end
-(Python's also before a final newline), and ``x{,3}`` is literal text in RE2
-(write ``x{0,3}``).
+(10,000) instructions.  A pattern both engines accept nearly always means the
+same; the differences: ``\d``, ``\w``, ``\s`` and ``\b`` are ASCII-only (use
+``\pL``, ``\pN`` for Unicode letters and digits), ``$`` matches only at the
+very end (Python's also before a final newline; the tracer's command lines
+never end in one), ``x{,3}`` is literal text (write ``x{0,3}``) and POSIX
+classes such as ``[[:alpha:]]`` work (Python reads them as a plain set).
 
 Every error names the file, line and column and says how to fix it; all
 errors are collected (up to ``MAX_ERRORS``) and nothing is returned unless
