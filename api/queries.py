@@ -51,6 +51,7 @@ __all__ = [
     "UNASSIGNED",
     "Window",
     "graph_rows",
+    "resolved_until",
     "catalog_maps",
     "service_exists",
     "area_exists",
@@ -123,20 +124,10 @@ def _ipstr(col: str) -> str:
             f"substring(toString({col}), 8), toString({col}))")
 
 
-def _resolved_sql(db: str, win: Window) -> str:
-    """Instance-level resolved rows of the window (see the module docstring).
-
-    Parameters are ``t0``, ``t1`` (UInt32 epoch seconds), ``slack`` (UInt32).
-    """
-    table = f"{db}.{win.table}"
-    cv = _catalog_version(db)
-    rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
-    lo_e = _LOOPBACK.format(c="remote_ip")
-    lo_a = _LOOPBACK.format(c="a")
-    wild = _WILDCARD.format(c="sp.ip")
-    return f"""
-    WITH
-      (SELECT mapFromArrays(groupArray(name), groupArray(area))
+def _catalog_lookups(db: str, cv: str) -> str:
+    """``area_of`` (service -> area) and the address ranges of services and
+    externals as WITH expressions, for catalog version ``cv``."""
+    return f"""(SELECT mapFromArrays(groupArray(name), groupArray(area))
          FROM {db}.catalog_services WHERE version = {cv}) AS area_of,
       -- address ranges as (first, last, name, area, ports), longest prefix first,
       -- so a row compares two addresses per range instead of parsing text
@@ -149,7 +140,28 @@ def _resolved_sql(db: str, win: Window) -> str:
          SELECT IPv6CIDRToRange(toIPv6(splitByChar('/', cidr)[1]),
                                 toUInt8OrZero(splitByChar('/', cidr)[2])) AS r, name, area, ports
          FROM {db}.catalog_externals ARRAY JOIN cidrs AS cidr WHERE version = {cv}
-         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS ext_ranges,
+         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS ext_ranges"""
+
+
+def _resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
+    """Instance-level resolved rows of the window (see the module docstring).
+
+    Parameters are ``t0``, ``t1`` (UInt32 epoch seconds), ``slack`` (UInt32).
+    Each row keeps its bucket (``ts``) and, for a server no listener
+    explains, the port it was reached on (``d_port``). Without ``catalog``
+    no address ranges are applied: what no listener explains stays an
+    address (kind ``internet``, the address in ``*_inst``) - the form the
+    resolution stage stores, applying the catalog when it is read.
+    """
+    table = f"{db}.{win.table}"
+    cv = _catalog_version(db) if catalog else "0"
+    rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
+    lo_e = _LOOPBACK.format(c="remote_ip")
+    lo_a = _LOOPBACK.format(c="a")
+    wild = _WILDCARD.format(c="sp.ip")
+    return f"""
+    WITH
+      {_catalog_lookups(db, cv)},
       (SELECT groupUniqArray(host) FROM {db}.listener_spans
          WHERE hour >= toStartOfHour(toDateTime({{t0:UInt32}} - {{slack:UInt32}} - 3600, 'UTC'))
            AND hour < toDateTime({{t1:UInt32}}, 'UTC') AND {_WILDCARD.format(c='ip')}) AS wild_hosts
@@ -159,7 +171,7 @@ def _resolved_sql(db: str, win: Window) -> str:
       s_dc, s_inst,
       d_kind, d_name,
       if(d_kind = 'service', if(area_of[d_name] = '', '{UNASSIGNED}', area_of[d_name]), d_area) AS d_area,
-      d_dc, d_inst,
+      d_dc, d_inst, d_port, ts,
       os, cn, fl, bt
     FROM (
       -- clients that are traced: their outbound records, server by listener as of the bucket
@@ -176,9 +188,10 @@ def _resolved_sql(db: str, win: Window) -> str:
         multiIf(hit OR sr.3 != '', '', xr.3 != '', xr.4, '{INTERNET}') AS d_area,
         if(hit, l_dc, '') AS d_dc,
         if(hit, if(l_pod != '', l_pod, l_host), {_ipstr('remote_ip')}) AS d_inst,
+        if(hit, toUInt16(0), remote_port) AS d_port, ts,
         os, cn, fl, bt
       FROM (
-        SELECT e.dc AS dc, e.host AS host, e.service AS service, e.pod AS pod,
+        SELECT e.ts AS ts, e.dc AS dc, e.host AS host, e.service AS service, e.pod AS pod,
                e.remote_ip AS remote_ip, e.remote_port AS remote_port,
                s.found = 1 AND e.ts <= s.last_seen + {{slack:UInt32}} AS hit,
                if(hit, s.service, '') AS l_service, if(hit, s.host, '') AS l_host,
@@ -234,20 +247,66 @@ def _resolved_sql(db: str, win: Window) -> str:
         arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2, svc_ranges) AS sr,
         arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2, if(sr.3 != '', [], ext_ranges)) AS xr,
         'service' AS d_kind, service AS d_name, '' AS d_area, dc AS d_dc,
-        if(pod != '', pod, host) AS d_inst,
+        if(pod != '', pod, host) AS d_inst, toUInt16(0) AS d_port, ts,
         os, cn, fl, bt
       FROM (
-        SELECT dc, host, service, pod, remote_ip,
+        SELECT ts, dc, host, service, pod, remote_ip,
                sum(open_seconds) AS os, sum(accepts) AS cn, toUInt64(0) AS fl,
                sum(bytes_sent + bytes_received) AS bt
         FROM {table}
         WHERE direction = 'inbound' AND {rng}
-          AND remote_ip NOT IN (
-            SELECT local_ip FROM {table} WHERE direction = 'outbound' AND {rng}
+          -- per bucket, so that a minute resolves the same in any window
+          AND (ts, remote_ip) NOT IN (
+            SELECT ts, local_ip FROM {table} WHERE direction = 'outbound' AND {rng}
             UNION ALL
-            SELECT host_ip FROM {table} WHERE {rng})
-        GROUP BY dc, host, service, pod, remote_ip
+            SELECT ts, host_ip FROM {table} WHERE {rng})
+        GROUP BY ts, dc, host, service, pod, remote_ip
       )
+    )
+    """
+
+
+def _stored_sql(db: str, table: str) -> str:
+    """Rows of a resolved table (``sql/003_resolved.sql``) in the shape of
+    ``_resolved_sql``: the catalog's ranges, externals and areas applied now,
+    to what the resolution stage kept as addresses.
+
+    Parameters are ``t0``, ``t1``. Instance-level tables (``resolved_1m``)
+    give ``s_inst``/``d_inst``; the service-level ones give the address of
+    address rows there and an empty string for services.
+    """
+    inst = table == "resolved_1m"
+    s_addr, d_addr = ("s_inst", "d_inst") if inst else ("s_addr", "d_addr")
+    cv = _catalog_version(db)
+    return f"""
+    WITH {_catalog_lookups(db, cv)}
+    SELECT
+      multiIf(sk = 'service', 'service', sr.3 != '', 'service', xr.3 != '', 'external', 'internet') AS s_kind,
+      multiIf(sk = 'service', sn, sr.3 != '', sr.3, xr.3 != '', xr.3, '{INTERNET}') AS s_name,
+      multiIf(sk = 'service', if(area_of[sn] = '', '{UNASSIGNED}', area_of[sn]),
+              sr.3 != '', if(area_of[sr.3] = '', '{UNASSIGNED}', area_of[sr.3]),
+              xr.3 != '', xr.4, '{INTERNET}') AS s_area,
+      s_dc, sa AS s_inst,
+      multiIf(dk = 'service', 'service', dr.3 != '', 'service', yr.3 != '', 'external', 'internet') AS d_kind,
+      multiIf(dk = 'service', dn, dr.3 != '', dr.3, yr.3 != '', yr.3, '{INTERNET}') AS d_name,
+      multiIf(dk = 'service', if(area_of[dn] = '', '{UNASSIGNED}', area_of[dn]),
+              dr.3 != '', if(area_of[dr.3] = '', '{UNASSIGNED}', area_of[dr.3]),
+              yr.3 != '', yr.4, '{INTERNET}') AS d_area,
+      d_dc, da AS d_inst,
+      n, os, cn, fl, bt
+    FROM (
+      SELECT s_kind AS sk, s_name AS sn, s_dc, {s_addr} AS sa, d_kind AS dk, d_name AS dn, d_dc,
+             {d_addr} AS da, d_port AS dp, n, open_seconds AS os, connects AS cn, failures AS fl, bytes AS bt,
+             toIPv6OrDefault(sa) AS s_ip, toIPv6OrDefault(da) AS d_ip,
+             -- untraced clients are matched by address, servers by address and port
+             arrayFirst(x -> s_ip BETWEEN x.1 AND x.2, if(sk = 'service', [], svc_ranges)) AS sr,
+             arrayFirst(x -> s_ip BETWEEN x.1 AND x.2, if(sk = 'service' OR sr.3 != '', [], ext_ranges)) AS xr,
+             arrayFirst(x -> d_ip BETWEEN x.1 AND x.2 AND (empty(x.5) OR has(x.5, dp)),
+                        if(dk = 'service', [], svc_ranges)) AS dr,
+             arrayFirst(x -> d_ip BETWEEN x.1 AND x.2 AND (empty(x.5) OR has(x.5, dp)),
+                        if(dk = 'service' OR dr.3 != '', [], ext_ranges)) AS yr
+      FROM {db}.{table}
+      WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC')
     )
     """
 
@@ -264,6 +323,24 @@ def _params(win: Window, slack: int, **extra: Any) -> dict[str, Any]:
     return {"t0": win.start, "t1": win.end, "secs": float(win.seconds), "slack": int(slack), **extra}
 
 
+def resolved_until(store: Any, win: Window) -> int:
+    """Where the resolution stage's rows for ``win`` end: the first minute of
+    the window with records that the stage has not resolved yet (``win.end``
+    when there is none), rounded down to the window's bucket."""
+    db = store.db
+    first = store.query(
+        f"""SELECT toUInt32(min(ts)) FROM (
+              SELECT ts FROM {db}.minute_marks
+              WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC')
+              GROUP BY ts HAVING sum(records) > 0)
+            WHERE ts NOT IN (SELECT ts FROM {db}.resolved_minutes
+                             WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC'))""",
+        {"t0": win.start, "t1": win.end})[0][0]
+    if not first:
+        return win.end
+    return max(win.start, int(first) // win.bucket * win.bucket)
+
+
 def graph_rows(
     store: Any,
     win: Window,
@@ -272,8 +349,14 @@ def graph_rows(
     instances_of: str | None = None,
     touching: str | None = None,
     slack: int = 600,
+    resolved: bool = True,
 ) -> list[dict[str, Any]]:
     """Resolved edges of the window, one row per (client, server) pair.
+
+    The window's minutes that the resolution stage has resolved are read
+    from its tables (``sql/003_resolved.sql``); the ones it has not reached
+    yet - the last minute or two of a live view, or a store still being
+    back-filled - are resolved now, the same way.
 
     Parameters
     ----------
@@ -289,6 +372,8 @@ def graph_rows(
         Keep only edges with this node (service, external, INTERNET) at one end.
     slack : int
         Seconds a listener is still believed after its last report.
+    resolved : bool
+        False resolves the whole window now, ignoring the stage's tables.
 
     Returns
     -------
@@ -311,12 +396,42 @@ def graph_rows(
     elif touching is not None:
         where.append("(s_name = {svc:String} OR d_name = {svc:String})")
         extra["svc"] = touching
-    sql = (
-        f"SELECT {', '.join(keys)}, {_VALUES} FROM ({_resolved_sql(store.db, win)}) "
-        + (f"WHERE {' AND '.join(where)} " if where else "")
-        + f"GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
-    )
-    return store.query_dicts(sql, _params(win, slack, **extra))
+    filters = f"WHERE {' AND '.join(where)} " if where else ""
+    split = resolved_until(store, win) if resolved else win.start
+    parts: list[tuple[str, dict[str, Any]]] = []
+    if split > win.start:
+        table = ("resolved_1m" if instances_of is not None
+                 else "resolved_svc_1h" if win.bucket == 3600 else "resolved_svc_1m")
+        parts.append((
+            f"SELECT {', '.join(keys)}, {_VALUES} FROM ({_stored_sql(store.db, table)}) {filters}"
+            f"GROUP BY {', '.join(keys)} HAVING sum(n) > 0",
+            {"t0": win.start, "t1": split, "secs": float(win.seconds), **extra}))
+    if split < win.end:
+        live = Window(split, win.end)
+        parts.append((
+            f"SELECT {', '.join(keys)}, {_VALUES} FROM ({_resolved_sql(store.db, live)}) {filters}"
+            f"GROUP BY {', '.join(keys)}",
+            {**_params(live, slack, **extra), "secs": float(win.seconds)}))
+    if len(parts) == 1:
+        sql, params = parts[0]
+        rows = store.query_dicts(sql, params)
+    else:
+        merged: dict[tuple, dict[str, Any]] = {}
+        for sql, params in parts:
+            for row in store.query_dicts(sql, params):
+                key = tuple(row[k] for k in keys)
+                have = merged.get(key)
+                if have is None:
+                    merged[key] = row
+                else:
+                    for value in _VALUE_NAMES:
+                        have[value] += row[value]
+        rows = list(merged.values())
+    rows.sort(key=lambda r: tuple(r[k] for k in keys))
+    return rows
+
+
+_VALUE_NAMES = ("open", "conn_rate", "fail_rate", "connects", "failures", "bytes")
 
 
 # -- catalog -----------------------------------------------------------------

@@ -29,7 +29,7 @@ def test_migrate_twice_changes_nothing(store):
     before = snapshot(store)
     assert store.migrate() == []
     assert snapshot(store) == before
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     names = {name for name, _ in before[0]}
     assert {"connections", "listeners", "edges_1m", "edges_1h", "catalog_areas", "catalog_services",
             "alerts", "trace_edges", "dead_letters", "listener_spans"} <= names
