@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 
 from api.errors import ApiError
 from api.ingest import STATS
 from api.routes.common import get_store
+from api.store_damage import MONITOR, RECOVERY_HINT, check_at_start
 
 __all__ = ["bp", "REQUESTS", "record_request"]
 
 bp = Blueprint("health", __name__)
+log = logging.getLogger("phobos.health")
 
 _LOCK = threading.Lock()
 #: (endpoint, method, status) -> [count, seconds]
@@ -34,21 +37,118 @@ def healthz():
     return {"status": "ok"}
 
 
+@bp.record_once
+def _check_store_at_start(state) -> None:
+    """Look for store damage as soon as an app is built around an open store.
+
+    ``phobos serve`` opens the store before it builds the app, so damage is
+    logged at start-up; an app that opens its store on first use (gunicorn)
+    checks on the first ``/readyz`` or ``/metrics``.
+    """
+    store = state.app.extensions.get("phobos_store")
+    if store is None:
+        return
+    try:
+        check_at_start(store)
+    except Exception as err:  # a check must never stop the API from starting
+        log.warning("store damage check failed at start-up: %s", err)
+
+
+def _damage(store):
+    try:
+        return MONITOR.report(store)
+    except Exception as err:
+        log.warning("store damage check failed: %s", err)
+        return None
+
+
 @bp.get("/readyz")
 def readyz():
+    """Ready (200 ``ready``), degraded (200 ``degraded`` with the damage), or not ready (503).
+
+    A store with broken parts or a damaged deduplication log still answers
+    every query: taking the API out of rotation would hide the whole map
+    and cannot repair anything, so degraded stays 200 - alert on
+    ``phobos_store_damaged``. ``?strict=1`` makes degraded a 503, for
+    checks that must not pass on a damaged store (a deploy gate, say).
+    """
     from api import queries
 
     try:
-        ready = queries.ping(get_store())
+        store = get_store()
+        ready = queries.ping(store)
     except Exception as err:  # any failure of the store means not ready
         raise ApiError(503, f"the store is not ready: {err}") from None
     if not ready:
         raise ApiError(503, "the store has no schema; run `phobos migrate`")
-    return {"status": "ready"}
+    report = _damage(store)
+    if report is None or not report.damaged:
+        return {"status": "ready"}
+    body = {"status": "degraded", "reasons": report.reasons(), "damage": report.as_dict(),
+            "recovery": RECOVERY_HINT}
+    strict = request.args.get("strict", "").lower() in ("1", "true", "yes")
+    return body, 503 if strict else 200
 
 
 def _label(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _damage_lines(report) -> list[str]:
+    """Store damage (``api.store_damage``) as Prometheus lines; None: the check could not run."""
+    label = _label
+    lines = [
+        "# HELP phobos_store_damage_check_ok Whether the last store damage check ran completely.",
+        "# TYPE phobos_store_damage_check_ok gauge",
+        f"phobos_store_damage_check_ok {int(report is not None and not report.problems)}",
+    ]
+    if report is None:
+        return lines
+    lines += [
+        "# HELP phobos_store_damaged 1 when the store has broken parts or a damaged deduplication log.",
+        "# TYPE phobos_store_damaged gauge",
+        f"phobos_store_damaged {int(report.damaged)}",
+        "# HELP phobos_store_detached_parts Detached parts, by table and reason (empty reason: detached by a person).",
+        "# TYPE phobos_store_detached_parts gauge",
+    ]
+    counts: dict[tuple[str, str], int] = {}
+    for part in report.detached:
+        counts[(part.table, part.reason)] = counts.get((part.table, part.reason), 0) + 1
+    for (table, reason), n in sorted(counts.items()):
+        lines.append(f'phobos_store_detached_parts{{table="{label(table)}",reason="{label(reason)}"}} {n}')
+    lines += [
+        "# HELP phobos_store_broken_parts Parts ClickHouse detached as broken, by table.",
+        "# TYPE phobos_store_broken_parts gauge",
+    ]
+    broken: dict[str, list] = {}
+    for part in report.broken_parts:
+        broken.setdefault(part.table, []).append(part)
+    for table, parts in sorted(broken.items()):
+        lines.append(f'phobos_store_broken_parts{{table="{label(table)}"}} {len(parts)}')
+    lines += [
+        "# HELP phobos_store_broken_rows Rows in parts ClickHouse detached as broken, by table.",
+        "# TYPE phobos_store_broken_rows gauge",
+    ]
+    for table, parts in sorted(broken.items()):
+        lines.append(f'phobos_store_broken_rows{{table="{label(table)}"}} {sum(p.rows or 0 for p in parts)}')
+    lines += [
+        "# HELP phobos_store_dedup_log_damaged Damaged deduplication log files, by table "
+        "(read at start-up; embedded store only).",
+        "# TYPE phobos_store_dedup_log_damaged gauge",
+    ]
+    dedup: dict[str, list] = {}
+    for item in report.dedup_logs:
+        dedup.setdefault(item.table, []).append(item)
+    for table, items in sorted(dedup.items()):
+        lines.append(f'phobos_store_dedup_log_damaged{{table="{label(table)}"}} {len(items)}')
+    lines += [
+        "# HELP phobos_store_dedup_records_ignored Deduplication records ClickHouse did not load, by table.",
+        "# TYPE phobos_store_dedup_records_ignored gauge",
+    ]
+    for table, items in sorted(dedup.items()):
+        lines.append(f'phobos_store_dedup_records_ignored{{table="{label(table)}"}} '
+                     f'{sum(i.records_lost for i in items)}')
+    return lines
 
 
 @bp.get("/metrics")
@@ -84,6 +184,11 @@ def metrics():
     for (endpoint, method, status), (_, seconds) in snapshot:
         lines.append(f'phobos_http_request_seconds_total{{endpoint="{_label(endpoint)}",method="{method}",'
                      f'status="{status}"}} {seconds:.6f}')
+    try:
+        report = _damage(get_store())
+    except Exception:  # the store cannot be opened: /readyz says why
+        report = None
+    lines += _damage_lines(report)
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
 
 
