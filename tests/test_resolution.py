@@ -1,0 +1,144 @@
+"""The resolution stage (api/resolution.py) against real chDB: minutes resolved once,
+late and replayed data, IP reuse, both ends, listeners that arrive late, catalog changes.
+
+The hand-built fleet of test_api_fixture.py has a known exact graph; every
+test here compares what views read from the resolved tables with that graph
+and with resolving the raw rows afresh (``graph_rows(resolved=False)``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import test_api_fixture as fx
+from api import queries as q
+from api.catalog import parse_catalog
+from api.catalog_store import load_into_store
+from api.ingest import ingest_batch
+from api.resolution import Resolver, _runs
+from factories import T0, connection, listener
+from tracer.records import format_ts
+
+LATER = T0 + 6 * 3600  # every minute of the fixture has settled by then
+
+
+def resolver(store, **kw) -> Resolver:
+    return Resolver(store, now=lambda: LATER, **kw)
+
+
+def resolve_all(store) -> int:
+    r = resolver(store)
+    done = r.run_once(budget_s=120)
+    assert r.pending() == []
+    return done
+
+
+def views(store) -> list[tuple[q.Window, dict]]:
+    out = []
+    for at, window in ((fx.AT, fx.WINDOW), (T0 + 300, 240), (T0 + 600, 300)):
+        win = q.Window.at(at, window)
+        out += [(win, {}), (win, {"instances_of": "api"}), (win, {"touching": "web"}), (win, {"dc": "dc1"})]
+    return out
+
+
+def assert_same_as_fresh(store) -> None:
+    for win, options in views(store):
+        stored = q.graph_rows(store, win, **options)
+        assert q.resolved_until(store, win) == win.end, "the view should read resolved rows only"
+        assert stored == q.graph_rows(store, win, resolved=False, **options), (win, options)
+
+
+def test_the_fixture_resolves_to_its_known_graph(store):
+    fx.build(store)
+    assert resolve_all(store) == 9
+    rows = q.graph_rows(store, q.Window.at(fx.AT, fx.WINDOW))
+    # IP reuse: no web->ledger, no api->api; both ends: web->api once.
+    assert {(r["s_name"], r["d_name"]): r["open"] for r in rows} == pytest.approx(fx.EXPECTED_OPEN)
+    assert_same_as_fresh(store)
+    # far fewer resolved rows than raw ones, and nothing left to do
+    assert resolver(store).run_once() == 0
+
+
+def test_late_batches_give_the_graph_of_a_fresh_resolution(store):
+    fx.build(store)
+    resolve_all(store)
+    # minutes later: more connections of a resolved minute, a new edge, a new client
+    late = [connection(ts=format_ts(T0 + 180), host="h-web", host_ip="10.0.0.1", service="web",
+                       local_ip="10.0.0.1", remote_ip="10.0.0.2", remote_port=8080, connects=7, open=2),
+            connection(ts=format_ts(T0 + 240), host="h-bat", host_ip="10.0.0.7", service="batch",
+                       local_ip="10.0.0.7", remote_ip="192.0.2.99", remote_port=443, connects=3)]
+    ingest_batch(store, "connections", late, batch_id="late-1")
+    r = resolver(store)
+    assert r.pending() == [T0 + 240, T0 + 180]
+    r.run_once()
+    assert_same_as_fresh(store)
+    win = q.Window.at(T0 + 300, 240)
+    edges = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win)}
+    fresh = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win, resolved=False)}
+    assert edges[("batch", "INTERNET")]["connects"] == fresh[("batch", "INTERNET")]["connects"] >= 3
+    # a replay of the late batch changes nothing and gives no work
+    ingest_batch(store, "connections", late, batch_id="late-1")
+    assert r.pending() == []
+    assert {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win)} == edges
+
+
+def test_a_client_before_its_servers_listener_is_resolved_again_when_the_listener_arrives(store):
+    ts = format_ts(T0 + 120)
+    ingest_batch(store, "connections", [connection(ts=ts, host="h-c", service="client", remote_ip="10.7.0.9",
+                                                   remote_port=9000, connects=4)])
+    r = resolver(store)
+    r.run_once()
+    win = q.Window.at(T0 + 180, 120)
+    assert [(e["d_kind"], e["d_name"]) for e in q.graph_rows(store, win)] == [("internet", q.INTERNET)]
+    # the server's host reports its listener a few minutes late
+    ingest_batch(store, "listeners", [listener(ts=ts, host="h-s", ip="10.7.0.9", port=9000, service="server")])
+    assert r.pending() == [T0 + 120]  # the minute of the listener record
+    r.run_once()
+    rows = q.graph_rows(store, win)
+    assert [(e["d_kind"], e["d_name"], e["connects"]) for e in rows] == [("service", "server", 4)]
+    assert rows == q.graph_rows(store, win, resolved=False)
+
+
+def test_a_catalog_change_shows_without_resolving_again(store):
+    fx.build(store)
+    resolve_all(store)
+    win = q.Window.at(fx.AT, fx.WINDOW)
+    before = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win)}
+    assert before[("ledger", "stripe")]["d_kind"] == "external"
+    assert before[("web", "INTERNET")]["d_kind"] == "internet"
+    # api moves to another area, stripe is renamed, and 192.0.2.0/24 becomes a known external
+    moved = (fx.CATALOG.replace("{name: api, area: shop", "{name: api, area: pay")
+             .replace("{name: stripe,", "{name: stripe-payments,")
+             + "  - {name: docs, cidrs: [192.0.2.0/24]}\n")
+    assert moved.count("area: pay") == fx.CATALOG.count("area: pay") + 1
+    load_into_store(store, parse_catalog(moved), source="test")
+    assert resolver(store).pending() == []  # nothing to resolve again ...
+    after = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win)}
+    assert after[("api", "db")]["s_area"] == "pay"  # ... and the view shows the new catalog
+    assert ("ledger", "stripe-payments") in after and ("ledger", "stripe") not in after
+    assert after[("web", "docs")]["d_kind"] == "external"
+    assert after == {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win, resolved=False)}
+
+
+def test_minutes_the_stage_has_not_reached_are_resolved_when_read(store):
+    """The live edge of a view: a minute not yet settled is shown, resolved on the spot."""
+    fx.build(store)
+    early = Resolver(store, now=lambda: T0 + 5 * 60 + 90)  # minutes up to T0+240 have settled
+    early.run_once()
+    win = q.Window.at(fx.AT, fx.WINDOW)
+    assert q.resolved_until(store, win) == T0 + 300
+    rows = q.graph_rows(store, win)
+    assert {(r["s_name"], r["d_name"]): r["open"] for r in rows} == pytest.approx(fx.EXPECTED_OPEN)
+
+
+def test_a_second_stage_stands_by_while_the_first_holds_the_lease(store):
+    fx.build(store)
+    first, second = resolver(store, lease=True), resolver(store, lease=True)
+    assert first.run_once() == 9
+    assert second.run_once() == 0 and second.progress.standing_by
+    assert first.run_once() == 0 and not first.progress.standing_by
+
+
+def test_runs_of_consecutive_minutes():
+    assert _runs([0, 60, 120, 300, 360], batch=2) == [(0, 60), (120, 120), (300, 360)]
+    assert _runs([], batch=5) == []
