@@ -196,7 +196,7 @@ def _record_problem(raw: bytes) -> str | None:
     return None
 
 
-def _dedup_damage(store: Any, tables: list[dict[str, Any]]) -> list[DedupLogDamage]:
+def _dedup_damage(tables: list[dict[str, Any]]) -> list[DedupLogDamage]:
     found = []
     for table in tables:
         window = _WINDOW.search(table.get("engine_full") or "")
@@ -300,7 +300,7 @@ def check_store(store: Any, dedup_logs: bool = True) -> DamageReport:
             ))
             for table in tables:
                 table["active_parts"] = active.get(table["name"], 0)
-            report.dedup_logs = _dedup_damage(store, tables)
+            report.dedup_logs = _dedup_damage(tables)
             report.dedup_logs_checked = True
         except Exception as err:
             report.problems.append(f"the deduplication logs could not be checked: {err}")
