@@ -48,7 +48,7 @@ _ALLOWED_ROOTS = _SELECTS + ("Explain", "DescribeQuery", "ShowTables", "ShowCrea
                              "ShowCreateViewQuery", "ExistsTableQuery")
 #: ``system`` tables that describe the schema and nothing else.
 SYSTEM_TABLES = frozenset({"one", "numbers", "numbers_mt", "zeros", "zeros_mt", "tables", "columns",
-                           "parts", "functions", "data_type_families", "time_zones", "formats"})
+                           "parts", "detached_parts", "functions", "data_type_families", "time_zones", "formats"})
 #: Table functions that only generate numbers.
 _TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generateseries",
                               "generate_series", "values"})

@@ -28,7 +28,7 @@ from api.routes import register_blueprints
 from api.routes.build import ResultCache
 from api.routes.health import record_request
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "start_resolution"]
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -78,3 +78,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return response
 
     return app
+
+
+def start_resolution(app: Flask, store: Any) -> Any:
+    """Run the resolution stage for ``store`` in this process, in the background.
+
+    The process that owns an embedded store is the only one that can write
+    it, so ``phobos serve`` and ``phobos up`` run the stage themselves; with a
+    ClickHouse server it takes a lease, so that a ``phobos resolve``
+    elsewhere and this one never work at once. ``/metrics`` and ``/readyz``
+    report its progress. Stop it with ``.stop()`` before closing the store.
+    """
+    from api.resolution import Resolver
+
+    resolver = Resolver(store, settle_s=app.config["RESOLVE_SETTLE"], slack=app.config["LISTENER_SLACK"],
+                        lease=store.url.scheme != "chdb")
+    app.extensions["phobos_resolver"] = resolver
+    return resolver.start()

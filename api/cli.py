@@ -25,6 +25,7 @@ examples:
   phobos migrate --store chdb://./data/phobos  # create or upgrade the schema (idempotent)
   phobos simulate --areas 30 --services 500 --instances 5000 --from -24h
   phobos catalog load api/catalog_example.yaml
+  phobos resolve --once                        # resolve what was stored before the stage ran
   phobos sql "SELECT service, sum(connects) FROM phobos.connections GROUP BY service"
   phobos trace --sink stdout | phobos load -  # trace this host into the store (root)
 """
@@ -242,8 +243,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(change)
         summary = simulate.simulate(store, simulate.config_from_args(sim_args), progress=simulate.default_progress())
         print(f"simulated {summary.describe()} in {time.time() - started:.1f} s")
+        started = time.time()
+        minutes = resolve_pending(store)
+        print(f"resolved {minutes} minutes in {time.time() - started:.1f} s")
         print()
         print_summary(store)
+    return 0
+
+
+def resolve_pending(store: Any, out: Any = sys.stderr, settle_s: float | None = None) -> int:
+    """Resolve every settled minute the stage has not (``phobos resolve --once``,
+    ``phobos demo``), printing progress; returns the minutes resolved."""
+    from api.config import load_config
+    from api.resolution import Resolver
+
+    cfg = load_config()
+    resolver = Resolver(store, settle_s=cfg["RESOLVE_SETTLE"] if settle_s is None else settle_s,
+                        slack=cfg["LISTENER_SLACK"], lease=store.url.scheme != "chdb")
+    started, total = time.time(), 0
+    resolver.seed_marks()
+    todo = resolver.pending()
+    while todo:
+        chunk, todo = todo[:120], todo[120:]
+        total += resolver.resolve(chunk)
+        rate = total / max(time.time() - started, 1e-6)
+        print(f"resolved {total} minutes, {len(todo)} to go ({rate:.0f} minutes/s)", file=out, flush=True)
+        if not todo:
+            todo = resolver.pending()  # rows that arrived meanwhile
+    return total
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    import signal
+
+    from api.config import load_config
+    from api.resolution import Resolver
+
+    with open_store(args.store, role="phobos resolve") as store:
+        if store.schema_version() == 0:
+            raise UsageError(f"{args.store} has no Phobos schema yet; run `phobos migrate --store {args.store}`")
+        if args.once:
+            total = resolve_pending(store, settle_s=args.settle)
+            print(f"resolved {total} minutes; nothing left to resolve")
+            return 0
+        cfg = load_config()
+        resolver = Resolver(store, settle_s=cfg["RESOLVE_SETTLE"] if args.settle is None else args.settle,
+                            slack=cfg["LISTENER_SLACK"], lease=store.url.scheme != "chdb")
+        signal.signal(signal.SIGTERM, lambda *_: resolver.stop(timeout_s=0))
+        resolver.start()
+        print(f"phobos resolve: resolving {store.url.redacted()} as minutes close (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+        try:
+            while resolver._thread is not None and resolver._thread.is_alive():
+                resolver._thread.join(args.report_s)
+                p = resolver.progress
+                print(f"phobos resolve: {p.resolved_minutes} minutes resolved, {p.pending} pending"
+                      + (", standing by (another stage holds the lease)" if p.standing_by else "")
+                      + (f", last error: {p.last_error}" if p.last_error else ""), file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            resolver.stop()
     return 0
 
 
@@ -292,6 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=3, help="hours of history to simulate (default %(default)s)")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("resolve", help="run the resolution stage: endpoint rows -> resolved edges as minutes close")
+    _store_arg(p)
+    p.add_argument("--once", action="store_true", help="resolve every settled minute not yet resolved, then exit")
+    p.add_argument("--settle", type=float, default=None, metavar="SECONDS",
+                   help="resolve a minute this long after it ends (env PHOBOS_RESOLVE_SETTLE; default 90)")
+    p.add_argument("--report-s", type=float, default=30.0, help="seconds between progress lines")
+    p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema (idempotent)")
     _store_arg(p)

@@ -25,7 +25,8 @@ def _resp(description: str, schema: Mapping[str, Any] | None = None,
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad parameter or body", 401: "Missing or wrong bearer token",
             403: "Writes disabled (no token configured)", 404: "Unknown area or service",
-            413: "Body too large", 503: "Store unavailable"}
+            413: "Body too large", 429: "Too many analysts' queries at once; retry (Retry-After)",
+            503: "Store unavailable"}
     return {str(c): _resp(text[c], _ERROR) for c in codes}
 
 
@@ -203,7 +204,9 @@ def openapi_spec(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
                 "responses": {"202": _resp("Accepted", {"type": "object"}), **_errors(400, 401, 403, 413)},
             }},
             "/api/v1/sql": {"post": {
-                "summary": "One read-only statement (SELECT/WITH/SHOW/DESCRIBE/EXPLAIN) with limits.",
+                "summary": "One read-only statement over Phobos' own tables (SELECT/WITH/EXPLAIN/DESCRIBE/"
+                           "SHOW TABLES/SHOW CREATE TABLE/EXISTS), with time, memory and row limits.",
+                "security": [{"bearer": []}, {}],
                 "operationId": "sql",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["query"],
@@ -219,14 +222,19 @@ def openapi_spec(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
                             "rows": {"type": "array", "items": {"type": "array"}},
                             "count": {"type": "integer"}}}},
                         "text/csv": {"schema": {"type": "string"}}}},
-                    **_errors(400, 413),
+                    **_errors(400, 401, 403, 413, 429, 503),
                 },
             }},
             "/healthz": {"get": {"summary": "Liveness.", "operationId": "healthz",
                                  "responses": {"200": _resp("Alive", {"type": "object"})}}},
-            "/readyz": {"get": {"summary": "Readiness: the store answers and has the schema.",
+            "/readyz": {"get": {"summary": "Readiness: the store answers and has the schema. 200 with status "
+                                           "'degraded' (and the damage) when parts are broken or a "
+                                           "deduplication log is damaged; 'resolution' while the "
+                                           "resolution stage has a backlog.",
                                 "operationId": "readyz",
-                                "responses": {"200": _resp("Ready", {"type": "object"}),
+                                "parameters": [_q("strict", "1: answer 503 instead of 200 when degraded",
+                                                  {"type": "string", "enum": ["0", "1", "true", "false"]})],
+                                "responses": {"200": _resp("Ready or degraded", {"type": "object"}),
                                               **_errors(503)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (ingest counters, requests).",
                                  "operationId": "metrics",

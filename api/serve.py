@@ -55,6 +55,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic-prefix", default=os.environ.get("PHOBOS_TOPIC_PREFIX", "phobos"),
                         help="with --kafka: topics PREFIX.connections and PREFIX.listeners "
                         "(env PHOBOS_TOPIC_PREFIX; default %(default)s)")
+    parser.add_argument("--no-resolve", action="store_true",
+                        default=os.environ.get("PHOBOS_NO_RESOLVE", "") in ("1", "true", "yes"),
+                        help="do not run the resolution stage in this process (a `phobos resolve` runs it); "
+                             "views then resolve what the stage has not (env PHOBOS_NO_RESOLVE)")
     parser.add_argument("--debug", action="store_true", help="Flask debug mode (never in production)")
 
 
@@ -82,7 +86,7 @@ def start_kafka_ingest(store: Any, brokers: str, prefix: str) -> tuple[Any, thre
 
 def run(args: argparse.Namespace) -> int:
     """Open the store, then serve until interrupted; returns the exit status."""
-    from api.app import create_app
+    from api.app import create_app, start_resolution
     from api.storage import StoreError, open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -112,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM (systemd, Kubernetes) stops like Ctrl-C: the finally below runs.
     signal.signal(signal.SIGTERM, stop)
     ingest = None
+    resolver = start_resolution(app, store) if not args.no_resolve else None
     if args.kafka:
         ingest, ingest_thread = start_kafka_ingest(store, args.kafka, args.topic_prefix)
     try:
@@ -125,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
             ingest.stop.set()
             ingest_thread.join(timeout=30)
             ingest.close()
+        if resolver is not None:
+            resolver.stop()
         store.close()
     return 0
 

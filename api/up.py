@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     """Start everything, serve until Ctrl-C/SIGTERM, stop in order; returns the exit status."""
     from werkzeug.serving import make_server
 
-    from api.app import create_app
+    from api.app import create_app, start_resolution
     from api.storage import StoreError, open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -181,11 +181,12 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as err:
         print(f"phobos up: {err}", file=sys.stderr)
         return 2
-    server = tracer = sim = None
+    server = tracer = sim = resolver = None
     try:
         for change in store.migrate():
             print(change, file=sys.stderr)
         app = create_app({"STORE": store, "BIND_HOST": args.host})
+        resolver = start_resolution(app, store)
         try:
             server = make_server(args.host, args.port, app, threaded=True)
         except OSError as err:
@@ -249,6 +250,8 @@ def run(args: argparse.Namespace) -> int:
             sim.join(60)
         if server is not None:
             server.server_close()
+        if resolver is not None:
+            resolver.stop()
         store.close()
         print(f"phobos up: stopped; data kept in {data}", file=sys.stderr, flush=True)
 

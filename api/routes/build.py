@@ -50,8 +50,10 @@ class ResultCache:
     from the same resolved rows, and a UI asks for several of them per
     click; the rows of a past window only change when late records arrive.
     Entries of windows ending in the last ``RECENT`` seconds live
-    ``ttl_recent`` seconds (late records), older ones ``ttl``.  Writes
-    through the API (ingest, alerts) clear it.  ``ttl=0`` disables it.
+    ``ttl_recent`` seconds (late records), older ones ``ttl``.  Ingest
+    clears only the recent ones (``clear_recent``): a closed window's views
+    stay, and late rows reach them within ``ttl``; alerts clear it all.
+    ``ttl=0`` disables it.
     """
 
     RECENT = 900
@@ -61,7 +63,7 @@ class ResultCache:
         self.ttl_recent = min(ttl, 20.0) if ttl_recent is None else ttl_recent
         self.size = size
         self._lock = threading.Lock()
-        self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self._data: OrderedDict[Any, tuple[float, Any, bool]] = OrderedDict()
         self.hits = self.misses = 0
 
     def get(self, key: Any, compute: Callable[[], Any], end: int | None = None) -> Any:
@@ -78,7 +80,7 @@ class ResultCache:
         value = compute()
         recent = end is None or end > time.time() - self.RECENT
         with self._lock:
-            self._data[key] = (now + (self.ttl_recent if recent else self.ttl), value)
+            self._data[key] = (now + (self.ttl_recent if recent else self.ttl), value, recent)
             self._data.move_to_end(key)
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
@@ -87,6 +89,12 @@ class ResultCache:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+    def clear_recent(self) -> None:
+        """Forget the views of windows that new records can still change."""
+        with self._lock:
+            for key in [k for k, entry in self._data.items() if entry[2]]:
+                del self._data[key]
 
 
 def _cache() -> ResultCache:

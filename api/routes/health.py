@@ -82,12 +82,60 @@ def readyz():
     if not ready:
         raise ApiError(503, "the store has no schema; run `phobos migrate`")
     report = _damage(store)
+    behind = _resolution_backlog()
     if report is None or not report.damaged:
-        return {"status": "ready"}
+        return {"status": "ready", **behind}
     body = {"status": "degraded", "reasons": report.reasons(), "damage": report.as_dict(),
-            "recovery": RECOVERY_HINT}
+            "recovery": RECOVERY_HINT, **behind}
     strict = request.args.get("strict", "").lower() in ("1", "true", "yes")
     return body, 503 if strict else 200
+
+
+def _resolver():
+    return current_app.extensions.get("phobos_resolver")
+
+
+def _resolution_backlog() -> dict:
+    """The resolution stage's progress while it has a backlog or trouble (views
+    resolve what it has not reached, so the API is ready meanwhile)."""
+    resolver = _resolver()
+    if resolver is None:
+        return {}
+    p = resolver.progress
+    if not p.pending and not p.last_error:
+        return {}
+    return {"resolution": {"pending_minutes": p.pending, "resolved_minutes": p.resolved_minutes,
+                           "errors": p.errors, "last_error": p.last_error}}
+
+
+def _resolution_lines() -> list[str]:
+    resolver = _resolver()
+    if resolver is None:
+        return []
+    p = resolver.progress
+    return [
+        "# HELP phobos_resolution_pending_minutes Settled minutes the resolution stage has still to resolve.",
+        "# TYPE phobos_resolution_pending_minutes gauge",
+        f"phobos_resolution_pending_minutes {p.pending}",
+        "# HELP phobos_resolution_minutes_total Minutes resolved (again, for late rows) by this process.",
+        "# TYPE phobos_resolution_minutes_total counter",
+        f"phobos_resolution_minutes_total {p.resolved_minutes}",
+        "# HELP phobos_resolution_rounds_total Rounds of the resolution stage.",
+        "# TYPE phobos_resolution_rounds_total counter",
+        f"phobos_resolution_rounds_total {p.rounds}",
+        "# HELP phobos_resolution_errors_total Rounds that failed (the store was unavailable, say).",
+        "# TYPE phobos_resolution_errors_total counter",
+        f"phobos_resolution_errors_total {p.errors}",
+        "# HELP phobos_resolution_minute_seconds Time the last resolution took per minute.",
+        "# TYPE phobos_resolution_minute_seconds gauge",
+        f"phobos_resolution_minute_seconds {p.last_minute_s:.6f}",
+        "# HELP phobos_resolution_last_resolved_timestamp_seconds Newest minute resolved.",
+        "# TYPE phobos_resolution_last_resolved_timestamp_seconds gauge",
+        f"phobos_resolution_last_resolved_timestamp_seconds {p.last_resolved}",
+        "# HELP phobos_resolution_standing_by 1 while another stage holds the lease (server mode).",
+        "# TYPE phobos_resolution_standing_by gauge",
+        f"phobos_resolution_standing_by {int(p.standing_by)}",
+    ]
 
 
 def _label(value: object) -> str:
@@ -189,6 +237,7 @@ def metrics():
     except Exception:  # the store cannot be opened: /readyz says why
         report = None
     lines += _damage_lines(report)
+    lines += _resolution_lines()
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
 
 

@@ -57,8 +57,8 @@ def ingest():
             out[kind] = ingest_batch(store, kind, records, batch_id=batch_id, source="api").as_dict()
     except StoreError as err:
         raise ApiError(503, f"the store failed; retry the batch: {err}") from None
-    # New data may change any cached view.
-    current_app.extensions["phobos_cache"].clear()
+    # New records change the views of recent windows; closed ones keep theirs.
+    current_app.extensions["phobos_cache"].clear_recent()
     return out
 
 
