@@ -208,6 +208,8 @@ class IngestResult:
     kind: str
     accepted: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    #: earliest ``ts`` of the records stored (None when none were)
+    first_ts: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -293,6 +295,7 @@ def ingest_batch(
             token = f"{kind}:sha:{digest}"
         store.insert_arrow(kind, records_to_arrow(kind, good), dedup_token=token)
         result.accepted = len(good)
+        result.first_ts = min(r["ts"] for r in good)
     if bad:
         rows = _dead_letter_rows(kind, source, raw, bad)
         # A redelivered batch refuses the same records again: keep them once.

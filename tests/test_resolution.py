@@ -142,3 +142,19 @@ def test_a_second_stage_stands_by_while_the_first_holds_the_lease(store):
 def test_runs_of_consecutive_minutes():
     assert _runs([0, 60, 120, 300, 360], batch=2) == [(0, 60), (120, 120), (300, 360)]
     assert _runs([], batch=5) == []
+
+
+def test_ingest_keeps_cached_views_of_windows_its_records_miss():
+    from api.routes.build import ResultCache
+
+    cache = ResultCache(300)
+    calls = []
+    for key, end in (("closed", T0 + 600), ("live", T0 + 7200), ("no window", None)):
+        cache.get(key, lambda k=key: calls.append(k) or k, end)
+    cache.forget_from(T0 + 3600)  # records of an hour after the closed window
+    for key, end in (("closed", T0 + 600), ("live", T0 + 7200), ("no window", None)):
+        cache.get(key, lambda k=key: calls.append(k) or k, end)
+    assert calls == ["closed", "live", "no window", "live", "no window"]
+    cache.forget_from(T0 + 60)  # a late record inside the closed window reaches it too
+    cache.get("closed", lambda: calls.append("closed again"), T0 + 600)
+    assert calls[-1] == "closed again"

@@ -51,9 +51,9 @@ class ResultCache:
     click; the rows of a past window only change when late records arrive.
     Entries of windows ending in the last ``RECENT`` seconds live
     ``ttl_recent`` seconds (late records), older ones ``ttl``.  Ingest
-    clears only the recent ones (``clear_recent``): a closed window's views
-    stay, and late rows reach them within ``ttl``; alerts clear it all.
-    ``ttl=0`` disables it.
+    forgets only the views of windows its records fall into
+    (``forget_from``): the cached views of closed windows stay while no
+    late row reaches them; alerts clear it all.  ``ttl=0`` disables it.
     """
 
     RECENT = 900
@@ -63,7 +63,7 @@ class ResultCache:
         self.ttl_recent = min(ttl, 20.0) if ttl_recent is None else ttl_recent
         self.size = size
         self._lock = threading.Lock()
-        self._data: OrderedDict[Any, tuple[float, Any, bool]] = OrderedDict()
+        self._data: OrderedDict[Any, tuple[float, Any, int | None]] = OrderedDict()
         self.hits = self.misses = 0
 
     def get(self, key: Any, compute: Callable[[], Any], end: int | None = None) -> Any:
@@ -80,7 +80,7 @@ class ResultCache:
         value = compute()
         recent = end is None or end > time.time() - self.RECENT
         with self._lock:
-            self._data[key] = (now + (self.ttl_recent if recent else self.ttl), value, recent)
+            self._data[key] = (now + (self.ttl_recent if recent else self.ttl), value, end)
             self._data.move_to_end(key)
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
@@ -90,10 +90,14 @@ class ResultCache:
         with self._lock:
             self._data.clear()
 
-    def clear_recent(self) -> None:
-        """Forget the views of windows that new records can still change."""
+    def forget_from(self, ts: int | None) -> None:
+        """Forget what records from ``ts`` on can change: views of windows
+        ending after it, and entries of no window."""
+        if ts is None:
+            return
+        minute = int(ts) // 60 * 60
         with self._lock:
-            for key in [k for k, entry in self._data.items() if entry[2]]:
+            for key in [k for k, entry in self._data.items() if entry[2] is None or entry[2] > minute]:
                 del self._data[key]
 
 

@@ -52,13 +52,17 @@ def ingest():
         raise ApiError(413, f"at most {MAX_RECORDS} records per batch")
     store = get_store()
     out = {"batch_id": batch_id}
+    first: list[int] = []
     try:
         for kind, records in batches.items():
-            out[kind] = ingest_batch(store, kind, records, batch_id=batch_id, source="api").as_dict()
+            result = ingest_batch(store, kind, records, batch_id=batch_id, source="api")
+            out[kind] = result.as_dict()
+            if result.first_ts is not None:
+                first.append(result.first_ts)
     except StoreError as err:
         raise ApiError(503, f"the store failed; retry the batch: {err}") from None
-    # New records change the views of recent windows; closed ones keep theirs.
-    current_app.extensions["phobos_cache"].clear_recent()
+    # New records change the views of the windows they fall into; other windows keep theirs.
+    current_app.extensions["phobos_cache"].forget_from(min(first, default=None))
     return out
 
 

@@ -118,6 +118,6 @@ def post_spans():
     # A retried post carries the same spans: the content is the dedup token.
     token = "zipkin:" + hashlib.sha256(json.dumps(spans, sort_keys=True, default=str).encode()).hexdigest()[:32]
     queries.insert_trace_edges(get_store(), rows, token)
-    # New records change the views of recent windows; closed ones keep theirs.
-    current_app.extensions["phobos_cache"].clear_recent()
+    # New calls change the views of the windows they fall into; other windows keep theirs.
+    current_app.extensions["phobos_cache"].forget_from(min((r["ts"] for r in rows), default=None))
     return {"spans": len(spans), "edges": len(rows)}, 202
