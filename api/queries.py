@@ -42,6 +42,8 @@ second) and ``fail_rate`` (failed connects per second), plus raw counts.
 
 from __future__ import annotations
 
+import ipaddress
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -266,49 +268,119 @@ def _resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
     """
 
 
-def _stored_sql(db: str, table: str) -> str:
-    """Rows of a resolved table (``sql/003_resolved.sql``) in the shape of
-    ``_resolved_sql``: the catalog's ranges, externals and areas applied now,
-    to what the resolution stage kept as addresses.
+@dataclass(frozen=True)
+class _CatalogIndex:
+    """The catalog as the resolved rows need it: areas of services, and the
+    address ranges of services and externals, longest prefix first."""
 
-    Parameters are ``t0``, ``t1``. Instance-level tables (``resolved_1m``)
-    give ``s_inst``/``d_inst``; the service-level ones give the address of
-    address rows there and an empty string for services.
-    """
+    area_of: dict[str, str]
+    services: tuple[tuple[int, int, str, str, frozenset[int]], ...]
+    externals: tuple[tuple[int, int, str, str, frozenset[int]], ...]
+
+    def area(self, service: str) -> str:
+        return self.area_of.get(service) or UNASSIGNED
+
+    def address(self, text: str, port: int | None) -> tuple[str, str, str]:
+        """(kind, name, area) of an address no listener explained; ``port``
+        None for a client (ranges then match on the address alone)."""
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            return "internet", INTERNET, INTERNET
+        value = int(addr) | (0xFFFF << 32) if addr.version == 4 else int(addr)
+        for lo, hi, name, area, ports in self.services:
+            if lo <= value <= hi and (port is None or not ports or port in ports):
+                return "service", name, self.area(name)
+        for lo, hi, name, area, ports in self.externals:
+            if lo <= value <= hi and (port is None or not ports or port in ports):
+                return "external", name, area
+        return "internet", INTERNET, INTERNET
+
+
+_CATALOG_INDEX: dict[tuple[str, int], _CatalogIndex] = {}
+_CATALOG_INDEX_LOCK = threading.Lock()
+
+
+def _catalog_index(store: Any) -> _CatalogIndex:
+    db = store.db
+    version = int(store.query(f"SELECT toUInt64(max(version)) FROM {db}.catalog_loads")[0][0] or 0)
+    key = (f"{id(store)}:{db}", version)
+    index = _CATALOG_INDEX.get(key)
+    if index is not None:
+        return index
+    cv = str(version)
+    (row,) = store.query(f"""WITH {_catalog_lookups(db, cv)}
+        SELECT mapKeys(area_of), mapValues(area_of),
+               arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3, x.4, x.5), svc_ranges),
+               arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3, x.4, x.5), ext_ranges)""")
+
+    def ranges(items: list) -> tuple[tuple[int, int, str, str, frozenset[int]], ...]:
+        return tuple((int(ipaddress.IPv6Address(lo)), int(ipaddress.IPv6Address(hi)), name, area,
+                      frozenset(int(p) for p in ports)) for lo, hi, name, area, ports in items)
+
+    index = _CatalogIndex(dict(zip(row[0], row[1])), ranges(row[2]), ranges(row[3]))
+    with _CATALOG_INDEX_LOCK:
+        if len(_CATALOG_INDEX) > 16:
+            _CATALOG_INDEX.clear()
+        _CATALOG_INDEX[key] = index
+    return index
+
+
+def _stored_rows(store: Any, table: str, win: Window, end: int, keys: list[str], *, dc: str | None,
+                 svc: str | None) -> dict[tuple, list[int]]:
+    """Sums of a resolved table over ``[win.start, end)`` by the view's ``keys``,
+    with the catalog applied here to the rows kept as addresses (one lookup
+    per distinct address, in Python: cheaper than per row in SQL)."""
+    db = store.db
     inst = table == "resolved_1m"
     s_addr, d_addr = ("s_inst", "d_inst") if inst else ("s_addr", "d_addr")
-    cv = _catalog_version(db)
-    return f"""
-    WITH {_catalog_lookups(db, cv)}
-    SELECT
-      multiIf(sk = 'service', 'service', sr.3 != '', 'service', xr.3 != '', 'external', 'internet') AS s_kind,
-      multiIf(sk = 'service', sn, sr.3 != '', sr.3, xr.3 != '', xr.3, '{INTERNET}') AS s_name,
-      multiIf(sk = 'service', if(area_of[sn] = '', '{UNASSIGNED}', area_of[sn]),
-              sr.3 != '', if(area_of[sr.3] = '', '{UNASSIGNED}', area_of[sr.3]),
-              xr.3 != '', xr.4, '{INTERNET}') AS s_area,
-      s_dc, sa AS s_inst,
-      multiIf(dk = 'service', 'service', dr.3 != '', 'service', yr.3 != '', 'external', 'internet') AS d_kind,
-      multiIf(dk = 'service', dn, dr.3 != '', dr.3, yr.3 != '', yr.3, '{INTERNET}') AS d_name,
-      multiIf(dk = 'service', if(area_of[dn] = '', '{UNASSIGNED}', area_of[dn]),
-              dr.3 != '', if(area_of[dr.3] = '', '{UNASSIGNED}', area_of[dr.3]),
-              yr.3 != '', yr.4, '{INTERNET}') AS d_area,
-      d_dc, da AS d_inst,
-      n, os, cn, fl, bt
-    FROM (
-      SELECT s_kind AS sk, s_name AS sn, s_dc, {s_addr} AS sa, d_kind AS dk, d_name AS dn, d_dc,
-             {d_addr} AS da, d_port AS dp, n, open_seconds AS os, connects AS cn, failures AS fl, bytes AS bt,
-             toIPv6OrDefault(sa) AS s_ip, toIPv6OrDefault(da) AS d_ip,
-             -- untraced clients are matched by address, servers by address and port
-             arrayFirst(x -> s_ip BETWEEN x.1 AND x.2, if(sk = 'service', [], svc_ranges)) AS sr,
-             arrayFirst(x -> s_ip BETWEEN x.1 AND x.2, if(sk = 'service' OR sr.3 != '', [], ext_ranges)) AS xr,
-             arrayFirst(x -> d_ip BETWEEN x.1 AND x.2 AND (empty(x.5) OR has(x.5, dp)),
-                        if(dk = 'service', [], svc_ranges)) AS dr,
-             arrayFirst(x -> d_ip BETWEEN x.1 AND x.2 AND (empty(x.5) OR has(x.5, dp)),
-                        if(dk = 'service' OR dr.3 != '', [], ext_ranges)) AS yr
-      FROM {db}.{table}
-      WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC')
-    )
-    """
+    where = ["ts >= toDateTime({t0:UInt32}, 'UTC')", "ts < toDateTime({t1:UInt32}, 'UTC')"]
+    params: dict[str, Any] = {"t0": win.start, "t1": end}
+    if svc is not None:
+        # Address rows may turn out to be the service, by its catalog ranges.
+        where.append("(s_name = {svc:String} OR d_name = {svc:String} OR s_kind = 'addr' OR d_kind = 'addr')")
+        params["svc"] = svc
+    rows = store.query(
+        f"SELECT toString(s_kind), s_name, s_dc, {s_addr}, toString(d_kind), d_name, d_dc, {d_addr}, d_port, "
+        f"sum(n), sum(open_seconds), sum(connects), sum(failures), sum(bytes) FROM {db}.{table} "
+        f"WHERE {' AND '.join(where)} "
+        f"GROUP BY s_kind, s_name, s_dc, {s_addr}, d_kind, d_name, d_dc, {d_addr}, d_port HAVING sum(n) > 0",
+        params)
+    catalog = _catalog_index(store)
+    sources: dict[str, tuple[str, str, str]] = {}
+    servers: dict[tuple[str, int], tuple[str, str, str]] = {}
+    out: dict[tuple, list[int]] = {}
+    for sk, sn, sdc, sa, dk, dn, ddc, da, port, _n, os_, cn, fl, bt in rows:
+        if sk == "service":
+            s_kind, s_name, s_area = "service", sn, catalog.area(sn)
+        else:
+            hit = sources.get(sa)
+            if hit is None:
+                hit = sources[sa] = catalog.address(sa, None)
+            s_kind, s_name, s_area = hit
+        if dk == "service":
+            d_kind, d_name, d_area = "service", dn, catalog.area(dn)
+        else:
+            hit = servers.get((da, port))
+            if hit is None:
+                hit = servers[(da, port)] = catalog.address(da, port)
+            d_kind, d_name, d_area = hit
+        if dc and dc not in (sdc, ddc):
+            continue
+        if svc is not None and svc not in (s_name, d_name):
+            continue
+        row = {"s_kind": s_kind, "s_name": s_name, "s_area": s_area, "s_dc": sdc, "d_kind": d_kind,
+               "d_name": d_name, "d_area": d_area, "d_dc": ddc, "s_inst": sa, "d_inst": da}
+        key = tuple(row[k] for k in keys)
+        sums = out.get(key)
+        if sums is None:
+            out[key] = [os_, cn, fl, bt]
+        else:
+            sums[0] += os_
+            sums[1] += cn
+            sums[2] += fl
+            sums[3] += bt
+    return out
 
 
 # The value columns every graph query returns, per second of the window.
@@ -399,34 +471,33 @@ def graph_rows(
     filters = f"WHERE {' AND '.join(where)} " if where else ""
     split = resolved_until(store, win) if resolved else win.start
     parts: list[tuple[str, dict[str, Any]]] = []
+    merged: dict[tuple, dict[str, Any]] = {}
     if split > win.start:
         table = ("resolved_1m" if instances_of is not None
                  else "resolved_svc_1h" if win.bucket == 3600 else "resolved_svc_1m")
-        parts.append((
-            f"SELECT {', '.join(keys)}, {_VALUES} FROM ({_stored_sql(store.db, table)}) {filters}"
-            f"GROUP BY {', '.join(keys)} HAVING sum(n) > 0",
-            {"t0": win.start, "t1": split, "secs": float(win.seconds), **extra}))
+        secs = float(win.seconds)
+        for key, (os_, cn, fl, bt) in _stored_rows(store, table, win, split, keys, dc=dc,
+                                                   svc=instances_of if instances_of is not None else touching).items():
+            row = dict(zip(keys, key))
+            row.update(open=os_ / secs, conn_rate=cn / secs, fail_rate=fl / secs, connects=cn, failures=fl,
+                       bytes=bt)
+            merged[key] = row
     if split < win.end:
         live = Window(split, win.end)
         parts.append((
             f"SELECT {', '.join(keys)}, {_VALUES} FROM ({_resolved_sql(store.db, live)}) {filters}"
             f"GROUP BY {', '.join(keys)}",
             {**_params(live, slack, **extra), "secs": float(win.seconds)}))
-    if len(parts) == 1:
-        sql, params = parts[0]
-        rows = store.query_dicts(sql, params)
-    else:
-        merged: dict[tuple, dict[str, Any]] = {}
-        for sql, params in parts:
-            for row in store.query_dicts(sql, params):
-                key = tuple(row[k] for k in keys)
-                have = merged.get(key)
-                if have is None:
-                    merged[key] = row
-                else:
-                    for value in _VALUE_NAMES:
-                        have[value] += row[value]
-        rows = list(merged.values())
+    for sql, params in parts:
+        for row in store.query_dicts(sql, params):
+            key = tuple(row[k] for k in keys)
+            have = merged.get(key)
+            if have is None:
+                merged[key] = row
+            else:
+                for value in _VALUE_NAMES:
+                    have[value] += row[value]
+    rows = list(merged.values())
     rows.sort(key=lambda r: tuple(r[k] for k in keys))
     return rows
 
