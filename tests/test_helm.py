@@ -797,3 +797,15 @@ def test_analysts_sql_uses_the_read_only_user_in_production(rendered):
     # the embedded default has no such user: the reader is a read-only chDB session
     (default,) = pod_spec(one(rendered["default"], "Deployment", "api"))["containers"]
     assert "PHOBOS_SQL_STORE" not in env_of(default)
+
+
+def test_a_resolution_stage_runs_beside_a_clickhouse_store(rendered):
+    """Server mode: one `phobos resolve` pod, recreated (a second copy would stand by on the lease)."""
+    dep = one(rendered["production"], "Deployment", "resolve")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    (container,) = pod_spec(dep)["containers"]
+    assert container["command"] == ["phobos", "resolve"]
+    env = env_of(container)
+    assert env["PHOBOS_STORE"]["value"].startswith("clickhouse://") and env["PHOBOS_RESOLVE_SETTLE"]["value"]
+    # chDB: the API pod resolves in its own process
+    assert not find(rendered["default"], "Deployment", "resolve")
