@@ -30,10 +30,13 @@ six hours and more, where minute detail would only cost time).
   ``cidrs``/``ports`` first, then externals (longest prefix wins), else it
   is the ``INTERNET`` node.
 
-Caveat of long windows: from six hours on, the hourly rollup is read and a
-bucket is an hour, so an address that changed owner *within* an hour is
-attributed, for that hour, to the owner that started last in it.  Windows
-shorter than that resolve minute by minute.
+This resolution runs once per minute in the resolution stage
+(``api/resolution.py``), whose tables ``graph_rows`` reads; it runs here
+only for minutes the stage has not reached. Caveat of that fallback for long
+windows: from six hours on it reads the hourly rollup, so an address that
+changed owner *within* an hour is attributed, for that hour, to the owner
+that started last in it. The stage's own hourly rows are sums of minutes
+resolved one by one and have no such caveat.
 
 The value columns are per-second over the window: ``open`` (time-averaged
 open connections, from ``open_seconds``), ``conn_rate`` (new connections per
