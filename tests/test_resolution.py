@@ -158,3 +158,23 @@ def test_ingest_keeps_cached_views_of_windows_its_records_miss():
     cache.forget_from(T0 + 60)  # a late record inside the closed window reaches it too
     cache.get("closed", lambda: calls.append("closed again"), T0 + 600)
     assert calls[-1] == "closed again"
+
+
+def test_the_stage_runs_in_the_serving_process_and_reports_progress(store):
+    import time
+
+    from api.app import create_app, start_resolution
+
+    fx.build(store)
+    app = create_app({"STORE": store, "TESTING": True})
+    resolver = start_resolution(app, store)
+    try:
+        deadline = time.monotonic() + 60
+        while resolver.progress.resolved_minutes < 9 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = app.test_client().get("/metrics").get_data(as_text=True)
+        assert "phobos_resolution_minutes_total 9" in text and "phobos_resolution_pending_minutes 0" in text
+        assert app.test_client().get("/readyz").get_json() == {"status": "ready"}  # no backlog left
+    finally:
+        resolver.stop()
+    assert not resolver.progress.running

@@ -108,34 +108,29 @@ def _resolution_backlog() -> dict:
                            "errors": p.errors, "last_error": p.last_error}}
 
 
+#: (metric, type, help, progress field) of the resolution stage.
+_RESOLUTION_METRICS = (
+    ("pending_minutes", "gauge", "Settled minutes the resolution stage has still to resolve.", "pending"),
+    ("minutes_total", "counter", "Minutes resolved (again, for late rows) by this process.", "resolved_minutes"),
+    ("rounds_total", "counter", "Rounds of the resolution stage.", "rounds"),
+    ("errors_total", "counter", "Rounds that failed (the store was unavailable, say).", "errors"),
+    ("minute_seconds", "gauge", "Time the last resolution took per minute.", "last_minute_s"),
+    ("last_resolved_timestamp_seconds", "gauge", "Newest minute resolved.", "last_resolved"),
+    ("standing_by", "gauge", "1 while another stage holds the lease (server mode).", "standing_by"),
+)
+
+
 def _resolution_lines() -> list[str]:
     resolver = _resolver()
     if resolver is None:
         return []
-    p = resolver.progress
-    return [
-        "# HELP phobos_resolution_pending_minutes Settled minutes the resolution stage has still to resolve.",
-        "# TYPE phobos_resolution_pending_minutes gauge",
-        f"phobos_resolution_pending_minutes {p.pending}",
-        "# HELP phobos_resolution_minutes_total Minutes resolved (again, for late rows) by this process.",
-        "# TYPE phobos_resolution_minutes_total counter",
-        f"phobos_resolution_minutes_total {p.resolved_minutes}",
-        "# HELP phobos_resolution_rounds_total Rounds of the resolution stage.",
-        "# TYPE phobos_resolution_rounds_total counter",
-        f"phobos_resolution_rounds_total {p.rounds}",
-        "# HELP phobos_resolution_errors_total Rounds that failed (the store was unavailable, say).",
-        "# TYPE phobos_resolution_errors_total counter",
-        f"phobos_resolution_errors_total {p.errors}",
-        "# HELP phobos_resolution_minute_seconds Time the last resolution took per minute.",
-        "# TYPE phobos_resolution_minute_seconds gauge",
-        f"phobos_resolution_minute_seconds {p.last_minute_s:.6f}",
-        "# HELP phobos_resolution_last_resolved_timestamp_seconds Newest minute resolved.",
-        "# TYPE phobos_resolution_last_resolved_timestamp_seconds gauge",
-        f"phobos_resolution_last_resolved_timestamp_seconds {p.last_resolved}",
-        "# HELP phobos_resolution_standing_by 1 while another stage holds the lease (server mode).",
-        "# TYPE phobos_resolution_standing_by gauge",
-        f"phobos_resolution_standing_by {int(p.standing_by)}",
-    ]
+    lines = []
+    for name, kind, text, attr in _RESOLUTION_METRICS:
+        value = getattr(resolver.progress, attr)
+        lines += [f"# HELP phobos_resolution_{name} {text}", f"# TYPE phobos_resolution_{name} {kind}",
+                  f"phobos_resolution_{name} {float(value):g}" if isinstance(value, float)
+                  else f"phobos_resolution_{name} {int(value)}"]
+    return lines
 
 
 def _label(value: object) -> str:
