@@ -94,10 +94,19 @@ class Window:
     end: int
 
     @classmethod
-    def at(cls, at: int, window: int) -> "Window":
+    def at(cls, at: int, window: int, live: bool = False) -> "Window":
+        """The window of ``window`` seconds ending at ``at``.
+
+        ``live``: ``at`` is the present, and the minute being written is
+        shown as far as it has been (``end = at``) rather than left out, so
+        a map is never blank in its first minute; sums are then per second
+        of the time covered.
+        """
         bucket = 3600 if window >= HOURLY_FROM else 60
         end = at // bucket * bucket
         length = max(bucket, -(-window // bucket) * bucket)
+        if live and bucket == 60 and at > end:
+            return cls(end - length + 60, int(at))
         return cls(end - length, end)
 
     @property

@@ -178,3 +178,25 @@ def test_the_stage_runs_in_the_serving_process_and_reports_progress(store):
     finally:
         resolver.stop()
     assert not resolver.progress.running
+
+
+def test_the_minute_being_written_shows_in_live_views(store):
+    """`phobos up` in its first minute: records of the current minute are drawn at once."""
+    import time
+
+    from api.app import create_app
+
+    now = int(time.time())
+    if now % 60 < 2:  # the minute has just begun: nothing of it could have been reported yet
+        time.sleep(2)
+        now = int(time.time())
+    ts = format_ts(now - 1)
+    ingest_batch(store, "listeners", [listener(ts=ts, host="h-s", ip="10.8.0.1", port=7000, service="fresh-db")])
+    ingest_batch(store, "connections", [connection(ts=ts, host="h-c", service="fresh-app", remote_ip="10.8.0.1",
+                                                   remote_port=7000, connects=2, open=1)])
+    live = q.Window.at(now, 300, live=True)  # the same minute as the records
+    assert live.end == now and live.start % 60 == 0
+    assert [(r["s_name"], r["d_name"]) for r in q.graph_rows(store, live)] == [("fresh-app", "fresh-db")]
+    assert q.graph_rows(store, q.Window.at(now, 300)) == []  # a past view keeps whole minutes
+    view = create_app({"STORE": store, "TESTING": True}).test_client().get("/api/v1/areas/unassigned").get_json()
+    assert {"fresh-app", "fresh-db"} <= {n["name"] for n in view["nodes"]}

@@ -158,7 +158,9 @@ def view_params() -> dict[str, Any]:
     window = parse_window()
     metric = parse_metric()
     dc = _arg("dc") or None
-    return {"at": at, "window": window, "metric": metric, "dc": dc, "win": Window.at(at, window)}
+    # A view of the present includes the minute being written (Window.at).
+    live = at >= time.time() - 60
+    return {"at": at, "window": window, "metric": metric, "dc": dc, "win": Window.at(at, window, live=live)}
 
 
 def float_param(name: str, default: float, lo: float = 0.0, hi: float = 1e12) -> float:
