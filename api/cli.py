@@ -67,6 +67,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 0
     with open_store(args.store, role="phobos migrate") as store:
         changes = store.migrate(ttl_days=args.ttl_days, cluster=args.cluster)
+        if "applied 003_resolved.sql" in changes:
+            from api.resolution import Resolver
+
+            # Records stored before the resolved tables existed get their minute
+            # marks now, so views know those minutes are still to be resolved.
+            marked = Resolver(store).seed_marks()
+            if marked:
+                changes.append(f"marked {marked} minutes of earlier records for the resolution stage "
+                               f"(`phobos resolve --once` resolves them now)")
         if args.kafka:
             from api.kafka_ingest import migrate_from_args
 

@@ -200,3 +200,19 @@ def test_the_minute_being_written_shows_in_live_views(store):
     assert q.graph_rows(store, q.Window.at(now, 300)) == []  # a past view keeps whole minutes
     view = create_app({"STORE": store, "TESTING": True}).test_client().get("/api/v1/areas/unassigned").get_json()
     assert {"fresh-app", "fresh-db"} <= {n["name"] for n in view["nodes"]}
+
+
+def test_a_store_from_before_the_resolved_tables_is_marked_and_back_filled(store):
+    """Records stored without minute marks (an older schema) are found, marked once and resolved."""
+    fx.build(store)
+    store.execute(f"TRUNCATE TABLE {store.db}.minute_marks")  # as if they predated the marks
+    win = q.Window.at(fx.AT, fx.WINDOW)
+    r = resolver(store)
+    assert r.pending() == []
+    assert r.seed_marks() == 9 and r.seed_marks() == 0  # once: a second call finds nothing unmarked
+    assert len(r.pending()) == 9
+    assert q.resolved_until(store, win) == T0 + 60  # the first minute with records: from there views resolve on the spot
+    assert {(x["s_name"], x["d_name"]): x["open"] for x in q.graph_rows(store, win)} == pytest.approx(fx.EXPECTED_OPEN)
+    r.run_once()
+    assert q.resolved_until(store, win) == win.end
+    assert {(x["s_name"], x["d_name"]): x["open"] for x in q.graph_rows(store, win)} == pytest.approx(fx.EXPECTED_OPEN)
