@@ -36,7 +36,7 @@ import queue
 import re
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
 
 from api.storage import ReadLimits, Store, StoreError
 

@@ -9,7 +9,6 @@ are printed as one message with exit code 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
