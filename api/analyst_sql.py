@@ -40,7 +40,7 @@ from typing import Iterator
 
 from api.storage import ReadLimits, Store, StoreError
 
-__all__ = ["SQLRefused", "ReadersBusy", "ReaderPool", "validate_sql", "run_sql", "SYSTEM_TABLES"]
+__all__ = ["SQLRefused", "ReadersBusy", "ReaderPool", "read_limits", "validate_sql", "run_sql", "SYSTEM_TABLES"]
 
 #: Statements an analyst may run, by the name of the tree's root node.
 _SELECTS = ("SelectWithUnionQuery", "SelectIntersectExceptQuery")
@@ -61,6 +61,12 @@ _IN_FUNCTIONS = frozenset({"in", "notin", "globalin", "globalnotin", "nullin", "
 _READABLE_ENGINE = re.compile(r"^(\w*MergeTree|View|MaterializedView|Distributed)$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _NODE = re.compile(r"^(?P<indent> *)(?P<kind>\S+)(?: (?P<rest>.*?))?(?: \(children \d+\))?$")
+
+
+def read_limits(cfg: dict) -> ReadLimits:
+    """The limits of analysts' queries from ``api.config`` (``PHOBOS_SQL_*``)."""
+    return ReadLimits(max_seconds=cfg["SQL_MAX_SECONDS"], max_memory_bytes=cfg["SQL_MAX_MEMORY"],
+                      max_rows=cfg["SQL_MAX_ROWS"], max_result_bytes=cfg["SQL_MAX_BYTES"])
 
 
 class SQLRefused(ValueError):
@@ -197,7 +203,7 @@ def validate_sql(store: Store, text: str) -> str:
     """
     canonical, nodes = _parse(store, text)
     db = store.db
-    root_depth, root, root_rest = nodes[0]
+    root = nodes[0][1]
     if not root.startswith(_ALLOWED_ROOTS):
         raise SQLRefused(f"only read-only statements (SELECT, WITH, EXPLAIN, DESCRIBE, SHOW TABLES, "
                          f"SHOW CREATE TABLE, EXISTS) are allowed, this is {root}")

@@ -91,7 +91,6 @@ def start_resolution(app: Flask, store: Any) -> Any:
     """
     from api.resolution import Resolver
 
-    resolver = Resolver(store, settle_s=app.config["RESOLVE_SETTLE"], slack=app.config["LISTENER_SLACK"],
-                        lease=store.url.scheme != "chdb")
+    resolver = Resolver.from_config(store, app.config)
     app.extensions["phobos_resolver"] = resolver
     return resolver.start()

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from api.storage import DEFAULT_STORE_URL, ReadLimits, StoreError, open_store
+from api.storage import DEFAULT_STORE_URL, StoreError, open_store
 
 __all__ = ["main", "build_parser"]
 
@@ -91,12 +91,11 @@ _SQL_FORMATS = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json"
 
 def cmd_sql(args: argparse.Namespace) -> int:
     query = args.query if args.query != "-" else sys.stdin.read()
-    from api.analyst_sql import SQLRefused, run_sql
+    from api.analyst_sql import SQLRefused, read_limits, run_sql
     from api.config import load_config
 
     cfg = load_config()
-    limits = ReadLimits(max_seconds=cfg["SQL_MAX_SECONDS"], max_memory_bytes=cfg["SQL_MAX_MEMORY"],
-                        max_rows=cfg["SQL_MAX_ROWS"], max_result_bytes=cfg["SQL_MAX_BYTES"])
+    limits = read_limits(cfg)
     with open_store(args.store, role="phobos sql") as store:
         # The same check and read-only connection as the API's SQL endpoint.
         reader = store.open_reader(limits, cfg.get("SQL_STORE"))
@@ -265,9 +264,7 @@ def resolve_pending(store: Any, out: Any = sys.stderr, settle_s: float | None = 
     from api.config import load_config
     from api.resolution import Resolver
 
-    cfg = load_config()
-    resolver = Resolver(store, settle_s=cfg["RESOLVE_SETTLE"] if settle_s is None else settle_s,
-                        slack=cfg["LISTENER_SLACK"], lease=store.url.scheme != "chdb")
+    resolver = Resolver.from_config(store, load_config(), settle_s)
     started, total = time.time(), 0
     resolver.seed_marks()
     todo = resolver.pending()
@@ -294,16 +291,13 @@ def cmd_resolve(args: argparse.Namespace) -> int:
             total = resolve_pending(store, settle_s=args.settle)
             print(f"resolved {total} minutes; nothing left to resolve")
             return 0
-        cfg = load_config()
-        resolver = Resolver(store, settle_s=cfg["RESOLVE_SETTLE"] if args.settle is None else args.settle,
-                            slack=cfg["LISTENER_SLACK"], lease=store.url.scheme != "chdb")
+        resolver = Resolver.from_config(store, load_config(), args.settle)
         signal.signal(signal.SIGTERM, lambda *_: resolver.stop(timeout_s=0))
         resolver.start()
         print(f"phobos resolve: resolving {store.url.redacted()} as minutes close (Ctrl-C stops)",
               file=sys.stderr, flush=True)
         try:
-            while resolver._thread is not None and resolver._thread.is_alive():
-                resolver._thread.join(args.report_s)
+            while resolver.wait(args.report_s):
                 p = resolver.progress
                 print(f"phobos resolve: {p.resolved_minutes} minutes resolved, {p.pending} pending"
                       + (", standing by (another stage holds the lease)" if p.standing_by else "")

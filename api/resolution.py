@@ -89,23 +89,30 @@ class Resolver:
     batch : most minutes one query resolves.
     period_s : pause between rounds when there is nothing to do.
     lease : take a lease before each round (server mode, where more than one
-        stage could run against the same store).
+        stage could run against the same store); None: for a ClickHouse server,
+        not for the embedded store, which one process owns.
     now : clock, for tests.
     """
 
     def __init__(self, store: Any, settle_s: float = SETTLE_S, slack: int = 600, batch: int = 15,
-                 period_s: float = 5.0, lease: bool = False, now: Callable[[], float] = time.time):
+                 period_s: float = 5.0, lease: bool | None = None, now: Callable[[], float] = time.time):
         self.store = store
         self.settle_s = settle_s
         self.slack = slack
         self.batch = max(1, batch)
         self.period_s = period_s
-        self.lease = lease
+        self.lease = store.url.scheme != "chdb" if lease is None else lease
         self.now = now
         self.progress = ResolutionProgress()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, store: Any, cfg: dict[str, Any], settle_s: float | None = None) -> "Resolver":
+        """A stage with the settle delay and listener slack of ``api.config`` (``settle_s`` overrides)."""
+        return cls(store, settle_s=cfg["RESOLVE_SETTLE"] if settle_s is None else settle_s,
+                   slack=cfg["LISTENER_SLACK"])
 
     # -- what to do -------------------------------------------------------------
     def seed_marks(self) -> int:
@@ -143,10 +150,7 @@ class Resolver:
         marked = {int(ts) for ts, *_ in rows}
         for ts, records, listeners, found, done_records, done_listeners in rows:
             ts = int(ts)
-            if not found and not records:
-                todo.add(ts)  # listeners only: nothing to draw, but the minute is settled
-                continue
-            todo.add(ts)
+            todo.add(ts)  # also a minute of listeners only: nothing to draw, but it has settled
             if found and listeners > done_listeners:
                 # New listener rows change how the minutes after them resolve too: up to
                 # the slack after them, and to the end of their hour (a listener span is
@@ -162,7 +166,7 @@ class Resolver:
         return sorted(todo, reverse=True)
 
     # -- doing it ---------------------------------------------------------------
-    def resolve(self, minutes: list[int], listener_counts: dict[int, int] | None = None) -> int:
+    def resolve(self, minutes: list[int]) -> int:
         """Resolve ``minutes`` (epoch seconds, any order); returns how many were resolved."""
         done = 0
         for first, last in _runs(sorted(set(minutes)), self.batch):
@@ -288,6 +292,14 @@ class Resolver:
             self._thread = threading.Thread(target=self.run, name="phobos-resolution", daemon=True)
             self._thread.start()
         return self
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the background thread; whether it still runs."""
+        thread = self._thread
+        if thread is None:
+            return False
+        thread.join(timeout_s)
+        return thread.is_alive()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()

@@ -68,13 +68,11 @@ def get_sql_readers() -> Any:
     ext = current_app.extensions
     pool = ext.get("phobos_sql_readers")
     if pool is None:
-        from api.analyst_sql import ReaderPool
-        from api.storage import ReadLimits
+        from api.analyst_sql import ReaderPool, read_limits
 
         store = get_store()
         cfg = current_app.config
-        limits = ReadLimits(max_seconds=cfg["SQL_MAX_SECONDS"], max_memory_bytes=cfg["SQL_MAX_MEMORY"],
-                            max_rows=cfg["SQL_MAX_ROWS"], max_result_bytes=cfg["SQL_MAX_BYTES"])
+        limits = read_limits(cfg)
         with ext["phobos_store_lock"]:
             pool = ext.get("phobos_sql_readers")
             if pool is None:
