@@ -411,6 +411,25 @@ def test_unavailable_modes_fail_clearly_and_auto_falls_back(bpf_ready, mode):
         probe.close()
 
 
+def test_auto_mode_says_in_one_line_which_mode_and_why_not_the_others(bpf_ready):
+    """Trying the optional modes leaves none of BCC's raw output on the terminal (libbcc
+    writes every refused load to stderr); one line names the mode and why each mode tried
+    before it was not used."""
+    proc = subprocess.run([sys.executable, "-m", "tracer.agent", "--mode", "auto", "--metrics-port", "0",
+                           "--interval", "0.5", "--duration", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert all(" phobos." in line or line.startswith("phobos-trace-summary ") for line in lines), proc.stderr
+    said = [line for line in lines if "tracing mode: " in line]
+    assert len(said) == 1, proc.stderr
+    order = ("fentry", "kprobe", "tracepoint")
+    mode = said[0].split("tracing mode: ", 1)[1].split()[0]
+    assert mode in order
+    for tried in order[:order.index(mode)]:
+        assert f"{tried} not used: " in said[0], said[0]
+
+
 def test_kprobe_programs_pass_the_verifier_even_where_they_cannot_attach(bpf_ready):
     from tracer.probe import verify_call_probes
 

@@ -21,7 +21,12 @@ batches of 4096 entries per syscall.
 
 Caveats: modes other than ``tracepoint`` need kprobes or BPF trampolines;
 kernels built without kprobes or locked down refuse them, and the error says
-so.  BCC prints its own compiler warnings to stderr.
+so.  ``auto`` tries them in a forked child whose stderr goes to a scratch
+file: libbcc writes every refused load ("bpf: Failed to load program: ...")
+straight to file descriptor 2, which would read like a failure of Phobos.
+The outcome is one log line in Phobos' words (the mode, and why each other
+mode was not used); BCC's raw text is logged at debug level.  The real load
+is never silenced: if it fails, BCC's messages and the error are shown.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import struct
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -61,7 +68,24 @@ GENERATION_GRACE_S = 0.005
 
 
 class ProbeError(RuntimeError):
-    """A probe could not be loaded or attached; the message says why and what to do."""
+    """A probe could not be loaded or attached; the message says why and what to do.
+
+    ``reason`` is the why alone (no mode, no advice), for the one line that
+    ``auto`` logs about the modes it did not use.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def _mode_error(mode: str, reason: str) -> ProbeError:
+    hint = "; use --mode tracepoint" if mode != "tracepoint" else ""
+    return ProbeError(f"{mode} mode: {reason}{hint}", reason=reason)
+
+
+# What libbcc prints to stderr when the kernel refuses a program (src/cc/libbpf.c).
+_BCC_LOAD_FAILED = re.compile(r"^bpf: Failed to load program: (.+)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -310,7 +334,7 @@ class Probe:
         self.bpf = None
         self.mode = ""
         if mode == "auto":
-            errors = []
+            unused = []
             for candidate in ("fentry", "kprobe"):
                 why = self._try_in_child(candidate)
                 if why is None:
@@ -318,14 +342,14 @@ class Probe:
                         self._load(candidate)
                         break
                     except ProbeError as err:
-                        why = str(err)
-                errors.append(why)
-                log.info("mode %s unavailable: %s", candidate, why)
+                        why = err.reason
+                unused.append(f"{candidate} not used: {why}")
             else:
                 self._load("tracepoint")
+            log.info("tracing mode: %s%s", self.mode, f" ({'; '.join(unused)})" if unused else "")
         else:
             self._load(mode)
-        log.info("tracing mode: %s", self.mode)
+            log.info("tracing mode: %s (--mode %s)", self.mode, mode)
         _release_heap()
         self.gen = 0
         self._edges = [self.bpf["edges0"], self.bpf["edges1"]]
@@ -337,50 +361,64 @@ class Probe:
         """Whether ``mode`` loads, tried in a forked child: None, or why not.
 
         A failed compile leaves tens of MB of clang heap behind; in a child
-        it costs the agent nothing.
+        it costs the agent nothing.  The child's stderr (libbcc writes there
+        from C, below Python) goes to a scratch file: a trial that fails is
+        an answer, not an error, and is reported by the caller in one line.
         """
-        rfd, wfd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: never returns
+        with tempfile.TemporaryFile() as scratch:
+            rfd, wfd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # child: never returns
+                os.close(rfd)
+                os.dup2(scratch.fileno(), 2)
+                try:
+                    self._load(mode)
+                    self.close()
+                    msg = b""
+                except BaseException as err:  # report anything, exit cleanly
+                    why = getattr(err, "reason", None) or str(err) or type(err).__name__
+                    msg = why.encode()[:8000]
+                os.write(wfd, b"E" + msg if msg else b"K")
+                os._exit(0)
+            os.close(wfd)
+            chunks = []
+            while True:
+                chunk = os.read(rfd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
             os.close(rfd)
-            try:
-                self._load(mode)
-                self.close()
-                msg = b""
-            except BaseException as err:  # report anything, exit cleanly
-                msg = (str(err) or type(err).__name__).encode()[:8000]
-            os.write(wfd, b"E" + msg if msg else b"K")
-            os._exit(0)
-        os.close(wfd)
-        chunks = []
-        while True:
-            chunk = os.read(rfd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        os.close(rfd)
-        os.waitpid(pid, 0)
+            os.waitpid(pid, 0)
+            scratch.seek(0)
+            raw = scratch.read().decode(errors="replace").strip()
+        if raw:
+            log.debug("BCC's output while trying %s mode:\n%s", mode, raw)
         reply = b"".join(chunks)
         if reply == b"K":
             return None
-        return reply[1:].decode(errors="replace") if reply else f"{mode} mode: probe process died"
+        why = reply[1:].decode(errors="replace") if reply else "the trial process died"
+        refused = _BCC_LOAD_FAILED.findall(raw)
+        if refused and refused[-1] not in why:
+            # BCC turns EPERM into "Need super-user privileges", also for root
+            # on a kernel that refuses the program type; the errno says more.
+            why += f", bpf() said: {refused[-1]}"
+        return why
 
     def _load(self, mode: str) -> None:
         BPF = self._bcc.BPF
         if not BPF.tracepoint_exists("sock", "inet_sock_set_state"):
-            raise ProbeError("tracepoint sock:inet_sock_set_state is missing (kernel >= 4.16 with "
-                             "CONFIG_TRACEPOINTS; is tracefs mounted? mount -t tracefs tracefs /sys/kernel/tracing)")
+            why = ("tracepoint sock:inet_sock_set_state is missing (kernel >= 4.16 with "
+                   "CONFIG_TRACEPOINTS; is tracefs mounted? mount -t tracefs tracefs /sys/kernel/tracing)")
+            raise ProbeError(why, reason=why)
         cflags = list(self._base_cflags)
         if mode == "kprobe":
             if not os.path.exists("/sys/kernel/tracing/kprobe_events") and \
                     not os.path.exists("/sys/kernel/debug/tracing/kprobe_events"):
-                raise ProbeError("kprobe mode: this kernel has no kprobes (CONFIG_KPROBE_EVENTS is off); "
-                                 "use --mode tracepoint")
+                raise _mode_error(mode, "this kernel has no kprobes (CONFIG_KPROBE_EVENTS is off)")
             cflags.append("-DPHOBOS_CALL_PROBES")
         elif mode == "fentry":
             if not BPF.support_kfunc():
-                raise ProbeError("fentry mode: this kernel has no BPF trampolines (fentry/fexit); "
-                                 "use --mode tracepoint")
+                raise _mode_error(mode, "this kernel has no BPF trampolines (fentry/fexit)")
             cflags += ["-DPHOBOS_CALL_PROBES", "-DPHOBOS_FENTRY"]
         try:
             # The constructor also attaches the TRACEPOINT_PROBE and, in
@@ -388,10 +426,10 @@ class Probe:
             bpf = BPF(src_file=BPF_SOURCE.encode(), cflags=cflags)
         except Exception as err:  # BCC raises bare Exception
             if mode == "fentry":
-                raise ProbeError("fentry mode: the kernel refused to attach fentry/fexit programs to "
-                                 "tcp_v4_connect/tcp_v6_connect/inet_csk_accept (kernel lockdown or no "
-                                 f"trampoline support; BCC said: {err}); use --mode tracepoint") from None
-            raise ProbeError(f"{mode} mode: the kernel refused the BPF program: {err}") from None
+                raise _mode_error(mode, "the kernel refused to attach fentry/fexit programs to "
+                                  "tcp_v4_connect/tcp_v6_connect/inet_csk_accept (kernel lockdown or no "
+                                  f"trampoline support), BCC said: {err}") from None
+            raise _mode_error(mode, f"the kernel refused the BPF program: {err}") from None
         if mode == "kprobe":
             try:
                 for fn in ("tcp_v4_connect", "tcp_v6_connect"):
@@ -400,7 +438,7 @@ class Probe:
                 bpf.attach_kretprobe(event="inet_csk_accept", fn_name="phobos_accept_return")
             except Exception as err:
                 bpf.cleanup()
-                raise ProbeError(f"kprobe mode: could not attach kprobes: {err}") from None
+                raise _mode_error(mode, f"could not attach kprobes: {err}") from None
         self.bpf = bpf
         self.mode = mode
 
