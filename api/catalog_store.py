@@ -15,20 +15,26 @@ are expected to be serialised by whoever runs them.
 
 The store is anything with ``db``, ``insert_rows(table, rows, dedup_token)``
 and ``query(sql, params) -> list[tuple]`` (``api.storage.Store``).
+``catalog_to_rows``/``catalog_from_rows`` turn a ``Catalog`` (the model in
+``tracer/catalog.py``) into the tables' rows and back.
 
 ``phobos catalog load FILE --store URL`` (``api/cli.py``) validates the
-file with ``api.catalog.load_catalog`` and then calls ``load_into_store``.
+file with ``tracer.catalog.load_catalog`` and then calls ``load_into_store``.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import time
-from typing import Any
+from typing import Any, Iterable, Mapping
 
-from api.catalog import Catalog, CatalogError, load_catalog
+from tracer.catalog import Area, Catalog, External, Link, Match, Service
 
 __all__ = [
     "CATALOG_TABLES",
+    "catalog_to_rows",
+    "catalog_from_rows",
     "load_into_store",
     "current_version",
     "current_catalog_rows",
@@ -48,6 +54,81 @@ CATALOG_TABLES: dict[str, tuple[str, ...]] = {
 }
 # catalog_loads last: its row is what makes a version visible.
 _WRITE_ORDER = ("catalog_areas", "catalog_services", "catalog_externals", "catalog_loads")
+# The rules of a service's ``match`` that are lists of text.
+_MATCH_LISTS = ("comm", "exe", "cmdline", "systemd_unit", "hosts", "cidrs")
+
+
+def catalog_to_rows(catalog: Catalog, version: int, source: str = "",
+                    loaded_at: int = 0) -> dict[str, list[dict]]:
+    """Rows for the ``catalog_*`` tables, all stamped with ``version``.
+
+    ``catalog_loads`` holds the single row that makes the version current;
+    it must be written after the other tables.  The ``cidrs`` columns
+    hold IPv4 ranges in IPv4-mapped IPv6 form (``10.1.2.0/24`` becomes
+    ``::ffff:10.1.2.0/120``) because addresses are stored as IPv6, so
+    ``isIPAddressInRange(toString(ip), c)`` works for both families.
+    ``match`` of a service is the JSON of its rules plus ``order``, its
+    position in the file, since the tables are sorted by name and matching
+    depends on file order.
+    """
+    areas = [{
+        "version": version, "name": a.name, "title": a.title, "kind": a.kind,
+        "owner": a.owner, "description": a.description, "services": list(a.services),
+        "links": _links_json(a.links),
+    } for a in catalog.areas]
+    services = [{
+        "version": version, "name": s.name, "area": s.area, "title": s.title,
+        "owner": s.owner, "tier": s.tier, "description": s.description,
+        "match": json.dumps({"order": i, **s.match.as_dict()}, sort_keys=True),
+        "cidrs": [_sql_cidr(c) for c in s.match.cidrs], "ports": list(s.match.ports),
+        "links": _links_json(s.links),
+    } for i, s in enumerate(catalog.services)]
+    externals = [{
+        "version": version, "name": e.name, "area": e.area, "description": e.description,
+        "cidrs": [_sql_cidr(c) for c in e.cidrs], "hostnames": list(e.hostnames),
+        "ports": list(e.ports),
+    } for e in catalog.externals]
+    loads = [{
+        "version": version, "loaded_at": int(loaded_at), "source": source,
+        "checksum": catalog.checksum(), "areas": len(areas), "services": len(services),
+        "externals": len(externals),
+    }]
+    return {"catalog_areas": areas, "catalog_services": services,
+            "catalog_externals": externals, "catalog_loads": loads}
+
+
+def catalog_from_rows(rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> Catalog:
+    """Rebuild a catalog from rows shaped like ``catalog_to_rows`` output.
+
+    The rows are trusted (they were validated when loaded); the
+    ``catalog_loads`` entry, if present, is ignored.  So
+    ``catalog_from_rows(catalog_to_rows(c, v)) == c``.
+    """
+    areas = tuple(sorted((Area(
+        name=r["name"], title=r["title"], kind=r["kind"], owner=r["owner"],
+        description=r["description"], services=tuple(r["services"]),
+        links=_links_from_json(r["links"]),
+    ) for r in rows.get("catalog_areas", ())), key=lambda a: a.name))
+    ordered = []
+    for r in rows.get("catalog_services", ()):
+        m = json.loads(r["match"])
+        match = Match(
+            **{k: tuple(m.get(k, ())) for k in _MATCH_LISTS},
+            k8s_labels=tuple(sorted(m.get("k8s_labels", {}).items())),
+            ports=tuple(int(p) for p in m.get("ports", ())),
+        )
+        ordered.append((m.get("order", 0), r["name"], Service(
+            name=r["name"], area=r["area"], title=r["title"], owner=r["owner"],
+            tier=int(r["tier"]), description=r["description"], match=match,
+            links=_links_from_json(r["links"]),
+        )))
+    services = tuple(s for _, _, s in sorted(ordered, key=lambda t: (t[0], t[1])))
+    externals = tuple(sorted((External(
+        name=r["name"], area=r["area"], description=r["description"],
+        cidrs=tuple(_from_sql_cidr(c) for c in r["cidrs"]), hostnames=tuple(r["hostnames"]),
+        ports=tuple(int(p) for p in r["ports"]),
+    ) for r in rows.get("catalog_externals", ())), key=lambda e: e.name))
+    return Catalog(areas=areas, services=services, externals=externals)
 
 
 def current_version(store: Any) -> int | None:
@@ -95,7 +176,7 @@ def load_into_store(store: Any, catalog: Catalog, source: str, now: float | None
             return current
     version = _next_version(store)
     loaded_at = int(time.time() if now is None else now)
-    rows = catalog.to_rows(version, source=source, loaded_at=loaded_at)
+    rows = catalog_to_rows(catalog, version, source=source, loaded_at=loaded_at)
     for table in _WRITE_ORDER:
         if rows[table]:
             # The token makes a retried insert of the same batch a no-op.
@@ -109,7 +190,7 @@ def current_catalog_rows(store: Any, version: int | None = None) -> dict[str, li
     Returns
     -------
     dict
-        Table name -> list of row dicts, shaped like ``Catalog.to_rows``;
+        Table name -> list of row dicts, shaped like ``catalog_to_rows``;
         every list is empty when no catalog was loaded.
     """
     if version is None:
@@ -130,10 +211,33 @@ def current_catalog_rows(store: Any, version: int | None = None) -> dict[str, li
 
 def read_catalog(store: Any, version: int | None = None) -> Catalog:
     """The catalog of one version (default: current); empty if none loaded."""
-    return Catalog.from_rows(current_catalog_rows(store, version))
+    return catalog_from_rows(current_catalog_rows(store, version))
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
     # Back ends hand arrays back as lists, tuples or numpy arrays.
     return {k: list(v) if not isinstance(v, (str, bytes, int, float)) and v is not None else v
             for k, v in row.items()}
+
+
+def _links_json(links: Iterable[Link]) -> str:
+    return json.dumps([link.as_dict() for link in links])
+
+
+def _links_from_json(text: str) -> tuple[Link, ...]:
+    return tuple(Link(**d) for d in json.loads(text or "[]"))
+
+
+def _sql_cidr(cidr: str) -> str:
+    net = ipaddress.ip_network(cidr)
+    if net.version == 4:
+        return f"::ffff:{net.network_address}/{96 + net.prefixlen}"
+    return str(net)
+
+
+def _from_sql_cidr(text: str) -> str:
+    net = ipaddress.ip_network(text)
+    mapped = net.network_address.ipv4_mapped if net.version == 6 else None
+    if mapped is not None and net.prefixlen >= 96:
+        return str(ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}"))
+    return str(net)

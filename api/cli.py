@@ -110,7 +110,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
-    from api.catalog import CatalogError, load_catalog
+    from tracer.catalog import CatalogError, load_catalog
 
     try:
         catalog = load_catalog(args.file)

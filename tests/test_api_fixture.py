@@ -30,10 +30,10 @@ What it exercises:
 
 from __future__ import annotations
 
-from api.catalog import parse_catalog
 from api.catalog_store import load_into_store
 from api.ingest import ingest_batch
 from factories import T0, connection, listener
+from tracer.catalog import parse_catalog
 from tracer.records import format_ts
 
 __all__ = ["T0", "AT", "WINDOW", "CATALOG", "EXPECTED_OPEN", "build"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from api.catalog import CatalogError, Match, load_catalog, parse_catalog
+from tracer.catalog import CatalogError, Match, load_catalog, parse_catalog
 from tracer.attribution import Attributor
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,11 +12,11 @@ import pytest
 
 import test_api_fixture as fx
 from api import queries as q
-from api.catalog import parse_catalog
 from api.catalog_store import load_into_store
 from api.ingest import ingest_batch
 from api.resolution import Resolver, _runs
 from factories import T0, connection, listener
+from tracer.catalog import parse_catalog
 from tracer.records import format_ts
 
 LATER = T0 + 6 * 3600  # every minute of the fixture has settled by then

@@ -327,7 +327,7 @@ def test_catalog_matches_the_records(run_a):
 
 
 def test_cli_writes_catalog_and_events(store_path, tmp_path, capsys):
-    from api.catalog import load_catalog
+    from tracer.catalog import load_catalog
 
     cat, events = tmp_path / "catalog.yaml", tmp_path / "events.json"
     code = sim.main(["--store", f"chdb:///{store_path}?database=sim_cli", "--areas", "2", "--services", "8",

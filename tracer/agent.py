@@ -145,7 +145,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def _load_catalog(path: str):
-    from api.catalog import load_catalog  # noqa: PLC0415 - only when --catalog is given
+    from tracer.catalog import load_catalog  # noqa: PLC0415 - PyYAML and RE2 only when --catalog is given
     return load_catalog(path)
 
 
@@ -373,7 +373,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             catalog = _load_catalog(args.catalog)
         except ImportError as err:
-            print(f"phobos trace: --catalog needs api.catalog, which cannot be imported: {err}", file=sys.stderr)
+            print(f"phobos trace: --catalog needs PyYAML and google-re2 (pip install PyYAML google-re2): {err}",
+                  file=sys.stderr)
             return EXIT_PREREQ
         except Exception as err:
             print(f"phobos trace: cannot load catalog {args.catalog}: {err}", file=sys.stderr)

@@ -3,9 +3,22 @@ r"""The service catalog: what the business calls the things Phobos sees.
 The tracer sees processes and sockets; people think in business areas,
 services and the outside parties they talk to.  The catalog is one YAML file,
 kept in version control by the platform team, that maps one onto the other.
-This module parses and validates it into frozen dataclasses and turns it into
-rows for the ``catalog_*`` ClickHouse tables (``api/catalog_store.py`` does
-the writing).  It is pure: no I/O besides reading the file it is given.
+This module reads and validates it into frozen dataclasses and answers "which
+service is this process" (``Catalog.match_service``) and "which outside party
+is this address" (``Catalog.match_external``).  It is pure: no I/O besides
+reading the file it is given.
+
+Who uses it: the tracer (``phobos trace --catalog FILE``) names the processes
+it sees with the rules; ``phobos catalog check|load`` validates a file, and
+``api/catalog_store.py`` stores each loaded version as rows of the
+``catalog_*`` ClickHouse tables and reads them back.  It lives on the tracer
+side because both need it and imports run one way, from ``api`` to ``tracer``.
+
+Cost: loading compiles every regex once (RE2, see below); a match walks the
+services in file order and stops at the first hit, so it costs at most one
+search per rule, each linear in the text searched.  The tracer asks for every
+record it builds (per edge and interval).  Needs PyYAML and ``google-re2``,
+imported with this module.
 
 File format (version 1)
 -----------------------
@@ -170,7 +183,6 @@ _RE2_SYNTAX = "https://github.com/google/re2/wiki/Syntax"
 # encoded to UTF-8 for RE2; each becomes U+FFFD, one character as before.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-_MATCH_LISTS = ("comm", "exe", "cmdline", "systemd_unit", "hosts", "cidrs")
 
 
 class CatalogError(Exception):
@@ -364,8 +376,7 @@ class External:
 class Catalog:
     """A validated catalog.  Build it with ``parse_catalog``/``load_catalog``.
 
-    Equality compares content, so ``parse_catalog(c.to_yaml()) == c`` and
-    ``Catalog.from_rows(c.to_rows(v)) == c``.
+    Equality compares content, so ``parse_catalog(c.to_yaml()) == c``.
     """
 
     areas: tuple[Area, ...] = ()
@@ -442,7 +453,7 @@ class Catalog:
 
     def to_yaml(self) -> str:
         """The catalog as a YAML document that parses back to an equal one."""
-        header = "# Phobos service catalog (canonical form; see api/catalog.py)\n"
+        header = "# Phobos service catalog (canonical form; see tracer/catalog.py)\n"
         return header + yaml.safe_dump(self.as_dict(), sort_keys=False, allow_unicode=True,
                                        default_flow_style=False, width=100)
 
@@ -450,76 +461,6 @@ class Catalog:
         """sha256 hex digest of the canonical form; stable across formatting."""
         blob = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
-
-    def to_rows(self, version: int, source: str = "", loaded_at: int = 0) -> dict[str, list[dict]]:
-        """Rows for the ``catalog_*`` tables, all stamped with ``version``.
-
-        ``catalog_loads`` holds the single row that makes the version current;
-        it must be written after the other tables.  The ``cidrs`` columns
-        hold IPv4 ranges in IPv4-mapped IPv6 form (``10.1.2.0/24`` becomes
-        ``::ffff:10.1.2.0/120``) because addresses are stored as IPv6, so
-        ``isIPAddressInRange(toString(ip), c)`` works for both families.
-        ``match`` of a service is
-        the JSON of its rules plus ``order``, its position in the file, since
-        the tables are sorted by name and matching depends on file order.
-        """
-        areas = [{
-            "version": version, "name": a.name, "title": a.title, "kind": a.kind,
-            "owner": a.owner, "description": a.description, "services": list(a.services),
-            "links": _links_json(a.links),
-        } for a in self.areas]
-        services = [{
-            "version": version, "name": s.name, "area": s.area, "title": s.title,
-            "owner": s.owner, "tier": s.tier, "description": s.description,
-            "match": json.dumps({"order": i, **s.match.as_dict()}, sort_keys=True),
-            "cidrs": [_sql_cidr(c) for c in s.match.cidrs], "ports": list(s.match.ports),
-            "links": _links_json(s.links),
-        } for i, s in enumerate(self.services)]
-        externals = [{
-            "version": version, "name": e.name, "area": e.area, "description": e.description,
-            "cidrs": [_sql_cidr(c) for c in e.cidrs], "hostnames": list(e.hostnames),
-            "ports": list(e.ports),
-        } for e in self.externals]
-        loads = [{
-            "version": version, "loaded_at": int(loaded_at), "source": source,
-            "checksum": self.checksum(), "areas": len(areas), "services": len(services),
-            "externals": len(externals),
-        }]
-        return {"catalog_areas": areas, "catalog_services": services,
-                "catalog_externals": externals, "catalog_loads": loads}
-
-    @classmethod
-    def from_rows(cls, rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> "Catalog":
-        """Rebuild a catalog from rows shaped like ``to_rows`` output.
-
-        The rows are trusted (they were validated when loaded); the
-        ``catalog_loads`` entry, if present, is ignored.
-        """
-        areas = tuple(sorted((Area(
-            name=r["name"], title=r["title"], kind=r["kind"], owner=r["owner"],
-            description=r["description"], services=tuple(r["services"]),
-            links=_links_from_json(r["links"]),
-        ) for r in rows.get("catalog_areas", ())), key=lambda a: a.name))
-        ordered = []
-        for r in rows.get("catalog_services", ()):
-            m = json.loads(r["match"])
-            match = Match(
-                **{k: tuple(m.get(k, ())) for k in _MATCH_LISTS},
-                k8s_labels=tuple(sorted(m.get("k8s_labels", {}).items())),
-                ports=tuple(int(p) for p in m.get("ports", ())),
-            )
-            ordered.append((m.get("order", 0), r["name"], Service(
-                name=r["name"], area=r["area"], title=r["title"], owner=r["owner"],
-                tier=int(r["tier"]), description=r["description"], match=match,
-                links=_links_from_json(r["links"]),
-            )))
-        services = tuple(s for _, _, s in sorted(ordered, key=lambda t: (t[0], t[1])))
-        externals = tuple(sorted((External(
-            name=r["name"], area=r["area"], description=r["description"],
-            cidrs=tuple(_from_sql_cidr(c) for c in r["cidrs"]), hostnames=tuple(r["hostnames"]),
-            ports=tuple(int(p) for p in r["ports"]),
-        ) for r in rows.get("catalog_externals", ())), key=lambda e: e.name))
-        return cls(areas=areas, services=services, externals=externals)
 
 
 # -- parsing ---------------------------------------------------------------
@@ -1086,29 +1027,6 @@ def _kind(v: Any) -> str:
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _links_json(links: Iterable[Link]) -> str:
-    return json.dumps([link.as_dict() for link in links])
-
-
-def _links_from_json(text: str) -> tuple[Link, ...]:
-    return tuple(Link(**d) for d in json.loads(text or "[]"))
-
-
-def _sql_cidr(cidr: str) -> str:
-    net = ipaddress.ip_network(cidr)
-    if net.version == 4:
-        return f"::ffff:{net.network_address}/{96 + net.prefixlen}"
-    return str(net)
-
-
-def _from_sql_cidr(text: str) -> str:
-    net = ipaddress.ip_network(text)
-    mapped = net.network_address.ipv4_mapped if net.version == 6 else None
-    if mapped is not None and net.prefixlen >= 96:
-        return str(ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}"))
-    return str(net)
 
 
 def _parse_ip(value: Any) -> Any:

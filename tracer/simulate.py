@@ -398,7 +398,7 @@ def _load_catalog(store: Any, fleet: Fleet, catalog_out: str | Path | None) -> t
         Path(catalog_out).write_text(text)
         path = str(catalog_out)
     try:
-        from api.catalog import parse_catalog
+        from tracer.catalog import parse_catalog
         from api.catalog_store import load_into_store
     except ImportError:
         return None, path
