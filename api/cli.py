@@ -235,7 +235,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tracer import simulate
+    from api.simulation import simulate
 
     sim_args = simulate.build_parser().parse_args(
         [
@@ -329,7 +329,7 @@ DELEGATED = (
     ("serve", "api.serve", "configure_parser", "run", "serve the API and web UI"),
     ("up", "api.up", "configure_parser", "run",
      "one command: API + UI on the embedded store, with the tracer (root) or a simulated fleet"),
-    ("simulate", "tracer.simulate", "configure_parser", "run", "write a simulated fleet's records (backfill and/or live)"),
+    ("simulate", "api.simulation.simulate", "configure_parser", "run", "write a simulated fleet's records (backfill and/or live)"),
     ("trace", "tracer.agent", "configure_parser", "run", "trace this host's TCP connections with eBPF (root)"),
     ("ingest", "api.kafka_ingest", "configure_parser", "run", "consume records from Kafka into a store"),
     ("kafka", "api.kafka_ingest", "configure_kafka_parser", "run_kafka", "Kafka topic set-up"),

@@ -55,7 +55,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                           "and the tracer (as root) or a simulated fleet (--simulate).")
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    from tracer.simulate import accept_relative_times
+    from api.simulation.simulate import accept_relative_times
 
     accept_relative_times(parser)  # --sim-history -24h
     add = parser.add_argument
@@ -104,8 +104,8 @@ class _Simulator(threading.Thread):
         self.intervals = 0
 
     def run(self) -> None:
-        from tracer import simulate
-        from tracer.fleet import build_fleet
+        from api.simulation import simulate
+        from api.simulation.fleet import build_fleet
 
         try:
             sim_args = simulate.build_parser().parse_args([

@@ -1,6 +1,6 @@
 """The API on a simulated fleet: deploys that reuse addresses never produce false edges.
 
-The simulator (tracer/simulate.py) knows the true service edges of every
+The simulator (api/simulation/simulate.py) knows the true service edges of every
 epoch of its time line (between two events nothing changes); the resolved
 graph of each epoch must be exactly that, whatever addresses deploys moved
 or handed to other services.
@@ -17,7 +17,7 @@ from api.app import create_app
 from conftest import require
 
 try:
-    from tracer import simulate as sim
+    from api.simulation import simulate as sim
 except ImportError:  # pragma: no cover - the simulator lives in its own change
     sim = None
 
@@ -26,7 +26,7 @@ HOURS = 3
 
 @pytest.fixture(scope="module")
 def fleet_store(chdb_dir):
-    require(sim is not None, "tracer/simulate.py is not available")
+    require(sim is not None, "api/simulation/simulate.py is not available")
     from api.storage import open_store
 
     store = open_store(f"chdb://{chdb_dir}?database=api_sim", role="pytest")

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
+from api.simulation import simulate as sim
+from api.simulation.fleet import SimConfig, build_fleet
 from api.storage import open_store
-from tracer import simulate as sim
-from tracer.fleet import SimConfig, build_fleet
 
 INTERVAL = 60
 # Recent enough for the raw tables' TTL, fixed for the whole module.

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from api.storage import open_store  # noqa: E402
-from tracer.simulate import SimConfig, build_fleet, default_progress, generate, simulate  # noqa: E402
-from tracer.simulate import _interval_ends  # noqa: E402
+from api.simulation.simulate import SimConfig, build_fleet, default_progress, generate, simulate  # noqa: E402
+from api.simulation.simulate import _interval_ends  # noqa: E402
 
 
 def main() -> int:

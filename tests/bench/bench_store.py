@@ -140,7 +140,7 @@ def main() -> None:
         assert store.query(f"SELECT sum(connects) FROM {store.db}.edges_1m") == \
             store.query(f"SELECT sum(connects) FROM {store.db}.connections")
         if args.with_fleet:
-            from tracer import simulate
+            from api.simulation import simulate
 
             store.execute(f"DROP DATABASE {store.db}")
             store.close()

@@ -43,7 +43,7 @@ ERRORS: list[str] = []
 
 
 def backfill(directory: str, args: argparse.Namespace) -> None:
-    cmd = [sys.executable, "-m", "tracer.simulate", "--store", f"chdb://{directory}",
+    cmd = [sys.executable, "-m", "api.simulation.simulate", "--store", f"chdb://{directory}",
            "--areas", str(args.areas), "--services", str(args.services), "--instances", str(args.instances),
            f"--from=-{args.hours}h", "--to", "now", "--quiet"]
     started = time.time()

@@ -7,8 +7,8 @@ datacenters, a dependency DAG with a few deliberate cycles, an INTERNET
 ingress, external dependencies, untraced clients, and a timeline of events
 (deploys that move instances to new IPs and add or remove edges, IP reuse by a
 different service, incidents).  Nothing here does I/O or reads the clock; the
-same config always gives the same fleet.  ``tracer/simulate.py`` turns a fleet
-into ConnectionRecords/ListenerRecords.
+same config always gives the same fleet.  ``api/simulation/simulate.py`` turns
+a fleet into ConnectionRecords/ListenerRecords.
 
 The time line is cut into *epochs* at every event: inside an epoch the
 instance addresses, the active edges and the failing service are constant, so
@@ -222,7 +222,7 @@ class Fleet:
         return out
 
     def catalog_dict(self) -> dict[str, Any]:
-        """The matching catalog in the YAML form of ``api/catalog.py``."""
+        """The matching catalog in the YAML form of ``tracer/catalog.py``."""
         areas = []
         for a in self.areas:
             team = f"team-{a}"

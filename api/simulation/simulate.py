@@ -1,7 +1,7 @@
 """``phobos simulate``: write a realistic fleet's records without root or eBPF.
 
 What it writes: the ConnectionRecords and ListenerRecords a tracer on every
-host of a simulated fleet (``tracer/fleet.py``) would have sent, plus the
+host of a simulated fleet (``api/simulation/fleet.py``) would have sent, plus the
 matching service catalog.  For every interval and every pair of a client
 instance and a server instance it talks to, one outbound record at the client
 (local port 0, remote = the server's ip:port) and one inbound record at the
@@ -50,13 +50,15 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from tracer.fleet import (
+from api.catalog_store import load_into_store
+from api.simulation.fleet import (
     INTERNET_CLIENTS,
     PAIR_INTERNET,
     Fleet,
     SimConfig,
     build_fleet,
 )
+from tracer.catalog import parse_catalog
 from tracer.records import CONNECTION_FIELDS, LISTENER_FIELDS, VERSION, format_ts
 
 __all__ = [
@@ -397,11 +399,6 @@ def _load_catalog(store: Any, fleet: Fleet, catalog_out: str | Path | None) -> t
     if catalog_out:
         Path(catalog_out).write_text(text)
         path = str(catalog_out)
-    try:
-        from tracer.catalog import parse_catalog
-        from api.catalog_store import load_into_store
-    except ImportError:
-        return None, path
     catalog = parse_catalog(text, path or f"simulated fleet (seed {fleet.config.seed})")
     version = load_into_store(store, catalog, source=path or f"phobos simulate --seed {fleet.config.seed}")
     return version, path
