@@ -60,6 +60,7 @@ import threading
 import time
 from typing import Any, Callable
 
+import tracer.kafka_sink  # noqa: F401 - registers kafka:// with the sinks (confluent-kafka loads when one opens)
 from tracer import aggregate, attribution, preflight, records
 from tracer.metrics import MetricsServer, TracerMetrics
 from tracer.sinks import SinkError, make_sink, sink_factory

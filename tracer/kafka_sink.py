@@ -1,6 +1,8 @@
 """Kafka sink: the tracer's records to Kafka, with an on-disk spool for outages.
 
-``--sink kafka://BROKER[,BROKER...][/PREFIX][?option=value&...]``
+``--sink kafka://BROKER[,BROKER...][/PREFIX][?option=value&...]``; importing
+this module registers the scheme with ``tracer.sinks.make_sink`` (the agent
+does), and confluent-kafka is loaded only when a sink opens.
 
 Messages: one message per record kind and host holds up to
 ``records_per_message`` records as JSON lines (``JSONEachRow``: one object

@@ -2,7 +2,9 @@
 
 What it holds: a ``Sink`` base class, one subclass per destination, and
 ``make_sink(url)`` which picks the class by URL scheme from a registry that
-other modules extend (``register_sink("kafka", KafkaSink)``).
+other modules extend (``register_sink("kafka", KafkaSink)``).  This module
+knows none of them, so imports run one way: ``tracer/kafka_sink.py``
+registers ``kafka://`` when imported, and the agent imports it.
 
 - ``stdout`` (default): one JSON object per line (JSONEachRow), connection
   records then listener records; a listener record is the one without a
@@ -227,14 +229,8 @@ def sink_factory(url: str) -> Callable[..., Sink]:
     """
     scheme = "stdout" if url in ("", "-", "stdout") else url.split("://", 1)[0].lower() if "://" in url else ""
     factory = _REGISTRY.get(scheme)
-    if factory is None and scheme == "kafka":
-        try:  # the Kafka sink registers itself when imported
-            __import__("tracer.kafka_sink")
-        except ImportError as err:
-            raise SinkError(f"the kafka sink is not available: {err}") from None
-        factory = _REGISTRY.get(scheme)
     if factory is None:
-        known = ", ".join(sorted(s + ("" if s == "stdout" else "://") for s in {*_REGISTRY, "kafka"}))
+        known = ", ".join(sorted(s + ("" if s == "stdout" else "://") for s in _REGISTRY))
         raise SinkError(f"unknown sink {url!r}; use one of: {known}")
     return factory
 
