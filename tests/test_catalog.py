@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import textwrap
 from pathlib import Path
@@ -13,6 +12,7 @@ from api.catalog_store import (CATALOG_TABLES, catalog_from_rows,
                                catalog_to_rows, current_catalog_rows,
                                current_version, load_into_store,
                                read_catalog)
+from conftest import require
 from tracer.catalog import (MAX_ERRORS, Catalog, CatalogError, load_catalog,
                             parse_catalog)
 
@@ -485,9 +485,7 @@ def _require_chdb():
         import chdb  # noqa: F401
         from api import storage  # noqa: F401
     except ImportError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"chDB is required in CI: {exc}")
-        pytest.skip(f"chDB not available: {exc}")
+        require(False, f"chDB not available: {exc}")
 
 
 def test_round_trip_through_chdb(tmp_path):
