@@ -1,7 +1,9 @@
 """The ``phobos`` command: one entry point, a subcommand per job.
 
-Subcommands import what they need when they run, so ``phobos trace`` on a
-host does not load Flask and ``phobos sql`` does not load BCC.  Errors that a
+Subcommands import what they need when they run, and ``main`` builds the
+options of the one subcommand it runs, so ``phobos trace`` on a host loads
+neither the store (pyarrow, chDB) nor Flask, and ``phobos sql`` does not load
+BCC; this module itself imports only the standard library.  Errors that a
 user can fix (bad store URL, store in use, bad catalog, malformed records)
 are printed as one message with exit code 2, never as a traceback.
 """
@@ -14,9 +16,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from api.storage import DEFAULT_STORE_URL, StoreError, open_store
-
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMANDS"]
 
 EXAMPLES = """\
 examples:
@@ -35,6 +35,8 @@ class UsageError(Exception):
 
 
 def _store_arg(parser: argparse.ArgumentParser) -> None:
+    from api.storage import DEFAULT_STORE_URL
+
     parser.add_argument(
         "--store",
         default=os.environ.get("PHOBOS_STORE", DEFAULT_STORE_URL),
@@ -43,9 +45,23 @@ def _store_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _open_store(url: str | None, role: str) -> Any:
+    try:
+        from api.storage import open_store
+    except ImportError as err:  # a tracer-only installation
+        _missing(err)
+    return open_store(url, role=role)
+
+
+def _is_store_error(err: BaseException) -> bool:
+    """Whether ``err`` is the store's ``StoreError`` (only a loaded store raises one)."""
+    storage = sys.modules.get("api.storage")
+    return storage is not None and isinstance(err, storage.StoreError)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     if args.print_analyst_user:
-        from api.storage import analyst_user_statements, parse_store_url
+        from api.storage import StoreError, analyst_user_statements, parse_store_url
 
         db = parse_store_url(args.store).database
         try:
@@ -64,7 +80,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             for statement in schema_statements(path.read_text(), db, args.ttl_days or DEFAULT_TTL_DAYS, args.cluster):
                 print(statement + ";\n")
         return 0
-    with open_store(args.store, role="phobos migrate") as store:
+    with _open_store(args.store, "phobos migrate") as store:
         changes = store.migrate(ttl_days=args.ttl_days, cluster=args.cluster)
         if "applied 003_resolved.sql" in changes:
             from api.resolution import Resolver
@@ -96,7 +112,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     cfg = load_config()
     limits = read_limits(cfg)
-    with open_store(args.store, role="phobos sql") as store:
+    with _open_store(args.store, "phobos sql") as store:
         # The same check and read-only connection as the API's SQL endpoint.
         reader = store.open_reader(limits, cfg.get("SQL_STORE"))
         try:
@@ -124,7 +140,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         return 0
     from api.catalog_store import load_into_store
 
-    with open_store(args.store, role="phobos catalog load") as store:
+    with _open_store(args.store, "phobos catalog load") as store:
         store.migrate()
         version = load_into_store(store, catalog, source=os.path.abspath(args.file))
     print(f"{args.file}: loaded as catalog version {version} ({counts})")
@@ -137,7 +153,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     # Bytes, not text: a line that is not UTF-8 is one refused record, not the end of the load.
     stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
     totals = {"connections": 0, "listeners": 0, "rejected": 0}
-    with open_store(args.store, role="phobos load") as store, stream:
+    with _open_store(args.store, "phobos load") as store, stream:
         store.migrate()
         pending: dict[str, list[Any]] = {"connections": [], "listeners": []}
 
@@ -227,7 +243,7 @@ def print_summary(store: Any, out: Any = sys.stdout) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    with open_store(args.store, role="phobos summary") as store:
+    with _open_store(args.store, "phobos summary") as store:
         if store.schema_version() == 0:
             raise UsageError(f"{args.store} has no Phobos schema yet; run `phobos migrate --store {args.store}`")
         print_summary(store)
@@ -245,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ]
     )
     started = time.time()
-    with open_store(args.store, role="phobos demo") as store:
+    with _open_store(args.store, "phobos demo") as store:
         for change in store.migrate():
             print(change)
         summary = simulate.simulate(store, simulate.config_from_args(sim_args), progress=simulate.default_progress())
@@ -284,7 +300,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     from api.config import load_config
     from api.resolution import Resolver
 
-    with open_store(args.store, role="phobos resolve") as store:
+    with _open_store(args.store, "phobos resolve") as store:
         if store.schema_version() == 0:
             raise UsageError(f"{args.store} has no Phobos schema yet; run `phobos migrate --store {args.store}`")
         if args.once:
@@ -309,61 +325,26 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(
-    module: str, configure: str = "configure_parser", run: str = "run"
-) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
-    """configure/run of a subcommand implemented in another module, imported lazily."""
-    import importlib
-
-    def configure_fn(parser: argparse.ArgumentParser) -> None:
-        getattr(importlib.import_module(module), configure)(parser)
-
-    def run_fn(args: argparse.Namespace) -> int:
-        return getattr(importlib.import_module(module), run)(args)
-
-    return configure_fn, run_fn
-
-
-#: Subcommands implemented next to what they run: (name, module, configure, run, help).
-DELEGATED = (
-    ("serve", "api.serve", "configure_parser", "run", "serve the API and web UI"),
-    ("up", "api.up", "configure_parser", "run",
-     "one command: API + UI on the embedded store, with the tracer (root) or a simulated fleet"),
-    ("simulate", "api.simulation.simulate", "configure_parser", "run", "write a simulated fleet's records (backfill and/or live)"),
-    ("trace", "tracer.agent", "configure_parser", "run", "trace this host's TCP connections with eBPF (root)"),
-    ("ingest", "api.kafka_ingest", "configure_parser", "run", "consume records from Kafka into a store"),
-    ("kafka", "api.kafka_ingest", "configure_kafka_parser", "run_kafka", "Kafka topic set-up"),
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="phobos",
-        description="Kernel-level service dependency maps.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    p = sub.add_parser("demo", help="migrate the embedded store, fill it with a simulated fleet, print a summary")
+def configure_demo(p: argparse.ArgumentParser) -> None:
     _store_arg(p)
     p.add_argument("--areas", type=int, default=30)
     p.add_argument("--services", type=int, default=500)
     p.add_argument("--instances", type=int, default=5000)
     p.add_argument("--hours", type=float, default=3, help="hours of history to simulate (default %(default)s)")
     p.add_argument("--seed", type=int, default=1)
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("resolve", help="run the resolution stage: endpoint rows -> resolved edges as minutes close")
+
+def configure_resolve(p: argparse.ArgumentParser) -> None:
     _store_arg(p)
     p.add_argument("--once", action="store_true", help="resolve every settled minute not yet resolved, then exit")
     p.add_argument("--settle", type=float, default=None, metavar="SECONDS",
                    help="resolve a minute this long after it ends (env PHOBOS_RESOLVE_SETTLE; default 90)")
     p.add_argument("--report-s", type=float, default=30.0, help="seconds between progress lines")
-    p.set_defaults(func=cmd_resolve)
 
-    p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema (idempotent)")
+
+def configure_migrate(p: argparse.ArgumentParser) -> None:
+    from api.kafka_ingest import configure_migrate_parser
+
     _store_arg(p)
     ttl_env = os.environ.get("PHOBOS_TTL_DAYS")
     p.add_argument("--ttl-days", type=int, default=int(ttl_env) if ttl_env else None,
@@ -377,64 +358,128 @@ def build_parser() -> argparse.ArgumentParser:
                         "analysts' SQL (password from PHOBOS_SQL_PASSWORD), then exit")
     p.add_argument("--print-ddl", action="store_true",
                    help="print the statements migrate would run on an empty store, and exit")
-    from api.kafka_ingest import configure_migrate_parser
-
     configure_migrate_parser(p)
-    p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("sql", help="run a read-only query and print the result")
+
+def configure_sql(p: argparse.ArgumentParser) -> None:
     _store_arg(p)
     p.add_argument("--format", choices=sorted(_SQL_FORMATS), default="table")
     p.add_argument("query", help="the SQL text, or - to read it from standard input")
-    p.set_defaults(func=cmd_sql)
 
-    p = sub.add_parser("catalog", help="check or load a catalog YAML file")
+
+def configure_catalog(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["check", "load"])
     p.add_argument("file")
-    _store_arg(p)
-    p.set_defaults(func=cmd_catalog)
+    # No store module needed to check a file (a tracer host has none);
+    # open_store picks the default store when --store and PHOBOS_STORE are unset.
+    p.add_argument("--store", default=os.environ.get("PHOBOS_STORE") or None,
+                   help="store to load into: as for phobos migrate (env PHOBOS_STORE; default the "
+                   "embedded store in ./data/phobos)")
 
-    p = sub.add_parser("load", help="ingest JSON-lines records (e.g. from `phobos trace --sink stdout`)")
+
+def configure_load(p: argparse.ArgumentParser) -> None:
     _store_arg(p)
     p.add_argument("file", help="a file of JSON lines, or - for standard input")
     p.add_argument("--kind", choices=["connections", "listeners"], help="record kind (default: by content)")
     p.add_argument("--batch", type=int, default=10000, help="records per insert (default %(default)s)")
-    p.set_defaults(func=cmd_load)
 
-    p = sub.add_parser("summary", help="print what a store holds")
-    _store_arg(p)
-    p.set_defaults(func=cmd_summary)
 
-    for name, module, configure_name, run_name, help_text in DELEGATED:
-        configure, run = _delegate(module, configure_name, run_name)
+def _delegate(
+    module: str, configure: str = "configure_parser", run: str = "run"
+) -> tuple[Callable[[argparse.ArgumentParser], Any], Callable[[argparse.Namespace], int]]:
+    """configure/run of a subcommand implemented in another module, imported lazily."""
+    import importlib
+
+    def configure_fn(parser: argparse.ArgumentParser) -> None:
+        getattr(importlib.import_module(module), configure)(parser)
+
+    def run_fn(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), run)(args)
+
+    return configure_fn, run_fn
+
+
+Configure = Callable[[argparse.ArgumentParser], Any]
+Run = Callable[[argparse.Namespace], int]
+
+#: Every subcommand in the order ``phobos --help`` lists them: (name, help,
+#: configure(parser), run(args)).  Those implemented next to what they run
+#: name their module; it is imported only when the subcommand is configured.
+COMMANDS: tuple[tuple[str, str, Configure, Run], ...] = (
+    ("demo", "migrate the embedded store, fill it with a simulated fleet, print a summary", configure_demo, cmd_demo),
+    ("resolve", "run the resolution stage: endpoint rows -> resolved edges as minutes close",
+     configure_resolve, cmd_resolve),
+    ("migrate", "create or upgrade the ClickHouse schema (idempotent)", configure_migrate, cmd_migrate),
+    ("sql", "run a read-only query and print the result", configure_sql, cmd_sql),
+    ("catalog", "check or load a catalog YAML file", configure_catalog, cmd_catalog),
+    ("load", "ingest JSON-lines records (e.g. from `phobos trace --sink stdout`)", configure_load, cmd_load),
+    ("summary", "print what a store holds", _store_arg, cmd_summary),
+    ("serve", "serve the API and web UI", *_delegate("api.serve")),
+    ("up", "one command: API + UI on the embedded store, with the tracer (root) or a simulated fleet",
+     *_delegate("api.up")),
+    ("simulate", "write a simulated fleet's records (backfill and/or live)", *_delegate("api.simulation.simulate")),
+    ("trace", "trace this host's TCP connections with eBPF (root)", *_delegate("tracer.agent")),
+    ("ingest", "consume records from Kafka into a store", *_delegate("api.kafka_ingest")),
+    ("kafka", "Kafka topic set-up", *_delegate("api.kafka_ingest", "configure_kafka_parser", "run_kafka")),
+)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``phobos`` parser; with ``command``, only that subcommand gets its options.
+
+    Configuring a subcommand imports its module (the store, Flask, the
+    tracer ...), so ``main`` configures just the one it runs; every
+    subcommand is listed either way.  A subcommand whose module cannot be
+    imported (a tracer-only image has no pyarrow) says so when run.
+    """
+    parser = argparse.ArgumentParser(
+        prog="phobos",
+        description="Kernel-level service dependency maps.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, help_text, configure, run in COMMANDS:
         p = sub.add_parser(name, help=help_text)
+        if command is not None and name != command:
+            continue
         try:
             configure(p)
-        except ImportError:
-            # A partial install (e.g. a tracer-only image) still offers the rest.
-            p.set_defaults(func=lambda a, m=module: _missing(m))
+        except ImportError as err:
+            p.set_defaults(func=lambda a, e=err: _missing(e), unavailable=True)
             continue
         p.set_defaults(func=run)
     return parser
 
 
-def _missing(module: str) -> int:
-    raise UsageError(f"this installation lacks {module}")
+def _command_of(argv: list[str]) -> str:
+    """The subcommand named in ``argv`` ("" for none, e.g. ``phobos --help``)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def _missing(err: ImportError) -> int:
+    raise UsageError(f"this installation lacks {err.name or err}: {err}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "unavailable", False):  # else say what is missing, not how to call it
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (UsageError, StoreError) as err:
-        print(f"phobos {args.command}: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"phobos {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as err:
+        if not (isinstance(err, UsageError) or _is_store_error(err)):
+            raise
+        print(f"phobos {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
