@@ -44,14 +44,19 @@ RUN apt-get update \
     && python3 -m venv --system-site-packages /opt/phobos
 COPY --from=wheel /wheels/ /wheels/
 # --no-deps: the wheel's full dependency list brings the API's (chDB, pyarrow,
-# Flask...). The tracer needs only these two, pinned as in setup.cfg.
+# Flask...). The tracer needs only the Kafka sink's confluent-kafka and the
+# catalog's PyYAML and google-re2 (--catalog), at the versions the wheel's
+# metadata pins (setup.cfg is the one place they are written).
 RUN /opt/phobos/bin/pip install --no-deps /wheels/phobos-*.whl \
-    && /opt/phobos/bin/pip install confluent-kafka==2.16.1 PyYAML==6.0.3 \
-    && rm -rf /wheels \
-    && /opt/phobos/bin/python -c "import bcc, confluent_kafka, yaml, tracer.agent" \
+    && /opt/phobos/bin/python -c "import re; from importlib.metadata import requires; pins = (re.match(r'([\w.-]+)\W*==\s*([\w.]+)', r) for r in requires('phobos')); print('\n'.join(f'{m[1]}=={m[2]}' for m in pins if m and m[1].lower() in ('confluent-kafka', 'pyyaml', 'google-re2')))" > /tmp/tracer-requirements.txt \
+    && /opt/phobos/bin/pip install -r /tmp/tracer-requirements.txt \
+    && rm -rf /wheels /tmp/tracer-requirements.txt \
+    && /opt/phobos/bin/python -c "import bcc, confluent_kafka, yaml, re2, tracer.agent, tracer.catalog" \
+    && /opt/phobos/bin/phobos trace --help > /dev/null \
     && install -d -m 0700 /var/lib/phobos/spool
 ENV PATH=/opt/phobos/bin:$PATH
 EXPOSE 9435
-# python -m tracer.agent is `phobos trace` without the API's imports; every
-# flag has a PHOBOS_* environment variable (the chart sets them).
-ENTRYPOINT ["/opt/phobos/bin/python", "-m", "tracer.agent"]
+# `phobos trace` loads only the tracer (the command builds the options of the
+# subcommand it runs); every flag has a PHOBOS_* environment variable (the
+# chart sets them).
+ENTRYPOINT ["/opt/phobos/bin/phobos", "trace"]
