@@ -24,6 +24,7 @@ __all__ = [
     "METRICS",
     "VALUE_KEYS",
     "Edge",
+    "provenance",
     "metric_value",
     "contract",
     "service_graph",
@@ -36,8 +37,9 @@ __all__ = [
 
 #: metric name of the API -> value key of the rows.
 METRICS: dict[str, str] = {"open": "open", "connects": "conn_rate", "failures": "fail_rate"}
-#: Values summed when edges are contracted.
-VALUE_KEYS = ("open", "conn_rate", "fail_rate", "connects", "failures", "bytes")
+#: Values summed when edges are contracted: what TCP saw, then what traces saw.
+VALUE_KEYS = ("open", "conn_rate", "fail_rate", "connects", "failures", "bytes",
+              "calls", "call_rate", "call_errors", "call_us")
 
 
 @dataclass
@@ -59,6 +61,18 @@ class Edge:
     def failure_ratio(self) -> float:
         connects = self.values["connects"]
         return self.values["failures"] / connects if connects else 0.0
+
+    @property
+    def provenance(self) -> str:
+        """Who saw the edge: ``tcp``, ``trace`` or ``both``."""
+        return provenance(self.values)
+
+
+def provenance(values: Mapping[str, Any]) -> str:
+    """``tcp``, ``trace`` or ``both``: which sources saw an edge's values."""
+    tcp = bool(values.get("connects") or values.get("open") or values.get("bytes"))
+    trace = bool(values.get("calls"))
+    return "both" if tcp and trace else "trace" if trace else "tcp"
 
 
 def metric_value(row: Mapping[str, Any], metric: str) -> float:
@@ -337,7 +351,8 @@ def node_volumes(edges: Mapping[tuple[str, str], Edge], metric: str) -> dict[str
     """Traffic per node (in + out) of contracted edges."""
     vol: dict[str, float] = defaultdict(float)
     for (src, dst), edge in edges.items():
-        v = edge.volume(metric) + edge.values["conn_rate"] * 1e-9  # ties broken by activity
+        # ties broken by activity, then by calls (an edge only traces saw)
+        v = edge.volume(metric) + edge.values["conn_rate"] * 1e-9 + edge.values["call_rate"] * 1e-12
         vol[src] += v
         vol[dst] += v
     return dict(vol)

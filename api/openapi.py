@@ -179,7 +179,7 @@ def openapi_spec(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
                 "responses": {"200": _resp("Stored", {"type": "object"}), **_errors(400, 401, 403, 413)},
             }},
             "/api/v2/spans": {"post": {
-                "summary": "Zipkin v2 spans (JSON); service-to-service links go to trace_edges.",
+                "summary": "Zipkin v2 spans (JSON), kept a few hours; the resolution stage links them into calls between services.",
                 "operationId": "zipkinSpans", "security": _SECURED,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "array", "items": {

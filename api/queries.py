@@ -51,6 +51,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from api.zipkin import Span, link_calls
+
 __all__ = [
     "INTERNET",
     "UNASSIGNED",
@@ -68,7 +70,8 @@ __all__ = [
     "timeline",
     "data_range",
     "insert_alerts",
-    "insert_trace_edges",
+    "insert_spans",
+    "spans_of_traces",
     "ping",
 ]
 
@@ -411,18 +414,27 @@ def resolved_until(store: Any, win: Window) -> int:
     """Where the resolution stage's rows for ``win`` end: the first minute of
     the window with records that the stage has not resolved yet (``win.end``
     when there is none), rounded down to the window's bucket."""
+    return _splits(store, win)[0]
+
+
+def _splits(store: Any, win: Window) -> tuple[int, int]:
+    """``resolved_until`` for TCP rows and the same for calls linked from
+    spans, in one query."""
     db = store.db
-    first = store.query(
-        f"""SELECT toUInt32(min(ts)) FROM (
-              SELECT ts FROM {db}.minute_marks
-              WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC')
-              GROUP BY ts HAVING sum(records) > 0)
-            WHERE ts NOT IN (SELECT ts FROM {db}.resolved_minutes
-                             WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC'))""",
-        {"t0": win.start, "t1": win.end})[0][0]
-    if not first:
-        return win.end
-    return max(win.start, int(first) // win.bucket * win.bucket)
+    rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
+    tcp, calls = store.query(
+        f"""SELECT
+              (SELECT toUInt32(min(ts)) FROM (
+                 SELECT ts FROM {db}.minute_marks WHERE {rng} GROUP BY ts HAVING sum(records) > 0)
+               WHERE ts NOT IN (SELECT ts FROM {db}.resolved_minutes WHERE {rng})),
+              (SELECT toUInt32(min(ts)) FROM (SELECT DISTINCT ts FROM {db}.span_marks WHERE {rng})
+               WHERE ts NOT IN (SELECT ts FROM {db}.resolved_call_minutes WHERE {rng}))""",
+        {"t0": win.start, "t1": win.end})[0]
+
+    def split(first: int) -> int:
+        return win.end if not first else max(win.start, int(first) // win.bucket * win.bucket)
+
+    return split(tcp), split(calls)
 
 
 def graph_rows(
@@ -434,6 +446,7 @@ def graph_rows(
     touching: str | None = None,
     slack: int = 600,
     resolved: bool = True,
+    calls: bool = True,
 ) -> list[dict[str, Any]]:
     """Resolved edges of the window, one row per (client, server) pair.
 
@@ -458,14 +471,21 @@ def graph_rows(
         Seconds a listener is still believed after its last report.
     resolved : bool
         False resolves the whole window now, ignoring the stage's tables.
+    calls : bool
+        Add the calls traces saw (Zipkin spans), as rows of their own with
+        no datacenter (``*_dc`` empty) and, with ``instances_of``, no
+        instance (``*_inst`` empty). Left out with ``dc``: a span does not
+        say where it ran.
 
     Returns
     -------
     list of dict
         Keys ``s_kind s_name s_area s_dc d_kind d_name d_area d_dc`` (plus
-        ``s_inst d_inst`` with ``instances_of``), ``open conn_rate fail_rate``
-        (per second) and ``connects failures bytes`` (sums).  ``*_kind`` is
-        ``service``, ``external`` or ``internet``.
+        ``s_inst d_inst`` with ``instances_of``), what TCP saw: ``open
+        conn_rate fail_rate`` (per second) and ``connects failures bytes``
+        (sums), and what traces saw: ``call_rate`` (per second), ``calls
+        call_errors call_us`` (sums; ``call_us`` the calls' summed duration).
+        ``*_kind`` is ``service``, ``external`` or ``internet``.
     """
     keys = ["s_kind", "s_name", "s_area", "s_dc", "d_kind", "d_name", "d_area", "d_dc"]
     where = []
@@ -481,7 +501,7 @@ def graph_rows(
         where.append("(s_name = {svc:String} OR d_name = {svc:String})")
         extra["svc"] = touching
     filters = f"WHERE {' AND '.join(where)} " if where else ""
-    split = resolved_until(store, win) if resolved else win.start
+    split, calls_split = _splits(store, win) if resolved else (win.start, win.start)
     parts: list[tuple[str, dict[str, Any]]] = []
     merged: dict[tuple, dict[str, Any]] = {}
     if split > win.start:
@@ -492,7 +512,7 @@ def graph_rows(
                                                    svc=instances_of if instances_of is not None else touching).items():
             row = dict(zip(keys, key))
             row.update(open=os_ / secs, conn_rate=cn / secs, fail_rate=fl / secs, connects=cn, failures=fl,
-                       bytes=bt)
+                       bytes=bt, **_NO_CALLS)
             merged[key] = row
     if split < win.end:
         live = Window(split, win.end)
@@ -502,19 +522,86 @@ def graph_rows(
             {**_params(live, slack, **extra), "secs": float(win.seconds)}))
     for sql, params in parts:
         for row in store.query_dicts(sql, params):
-            key = tuple(row[k] for k in keys)
-            have = merged.get(key)
-            if have is None:
-                merged[key] = row
-            else:
-                for value in _VALUE_NAMES:
-                    have[value] += row[value]
+            row.update(_NO_CALLS)
+            _merge(merged, tuple(row[k] for k in keys), row)
+    if calls and not dc:
+        for row in _call_rows(store, win, calls_split, svc=instances_of if instances_of is not None else touching,
+                              instances=instances_of is not None):
+            _merge(merged, tuple(row[k] for k in keys), row)
     rows = list(merged.values())
     rows.sort(key=lambda r: tuple(r[k] for k in keys))
     return rows
 
 
-_VALUE_NAMES = ("open", "conn_rate", "fail_rate", "connects", "failures", "bytes")
+#: Values of a graph row: what TCP saw, then what traces saw.
+_VALUE_NAMES = ("open", "conn_rate", "fail_rate", "connects", "failures", "bytes",
+                "calls", "call_rate", "call_errors", "call_us")
+_NO_CALLS = {"calls": 0, "call_rate": 0.0, "call_errors": 0, "call_us": 0}
+_NO_TCP = {"open": 0.0, "conn_rate": 0.0, "fail_rate": 0.0, "connects": 0, "failures": 0, "bytes": 0}
+
+
+def _merge(merged: dict[tuple, dict[str, Any]], key: tuple, row: dict[str, Any]) -> None:
+    have = merged.get(key)
+    if have is None:
+        merged[key] = row
+    else:
+        for value in _VALUE_NAMES:
+            have[value] += row[value]
+
+
+def _call_rows(store: Any, win: Window, split: int, *, svc: str | None,
+               instances: bool) -> list[dict[str, Any]]:
+    """Graph rows of the calls traces saw in the window: linked by the
+    resolution stage up to ``split``, linked here from the spans after it."""
+    sums: dict[tuple[str, str], list[int]] = {}
+    if split > win.start:
+        table = "resolved_calls_1h" if win.bucket == 3600 else "resolved_calls_1m"
+        cond = " AND (caller = {svc:String} OR callee = {svc:String})" if svc is not None else ""
+        for caller, callee, n, e, d in store.query(
+                f"SELECT caller, callee, sum(calls), sum(errors), sum(duration_us) FROM {store.db}.{table} "
+                f"WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC'){cond} "
+                f"GROUP BY caller, callee HAVING sum(n) > 0",
+                {"t0": win.start, "t1": split, **({"svc": svc} if svc is not None else {})}):
+            sums[(caller, callee)] = [n, e, d]
+    if split < win.end:
+        for (_minute, caller, callee), (n, e, d) in link_calls(spans_of_traces(store, split, win.end),
+                                                                split, win.end).items():
+            if svc is not None and svc not in (caller, callee):
+                continue
+            have = sums.setdefault((caller, callee), [0, 0, 0])
+            have[0] += n
+            have[1] += e
+            have[2] += d
+    if not sums:
+        return []
+    catalog = _catalog_index(store)
+    secs = float(win.seconds)
+    out = []
+    for (caller, callee), (n, e, d) in sums.items():
+        if n <= 0:
+            continue
+        row = {"s_kind": "service", "s_name": caller, "s_area": catalog.area(caller), "s_dc": "",
+               "d_kind": "service", "d_name": callee, "d_area": catalog.area(callee), "d_dc": "",
+               **_NO_TCP, "calls": n, "call_rate": n / secs, "call_errors": e, "call_us": d}
+        if instances:
+            row.update(s_inst="", d_inst="")
+        out.append(row)
+    return out
+
+
+def spans_of_traces(store: Any, start: int, end: int) -> list[Span]:
+    """Every stored span of the traces with a span starting in ``[start, end)``
+    (each span once, however often it was posted)."""
+    db = store.db
+    rows = store.query(
+        f"""SELECT trace_id, span_id, parent_id, kind, local_service, remote_service,
+                   start_us, duration_us, error
+            FROM {db}.spans
+            WHERE trace_id IN (SELECT trace_id FROM {db}.spans
+                               WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC'))
+            LIMIT 1 BY trace_id, span_id, kind, local_service""",
+        {"t0": start, "t1": end})
+    return [Span(*row) for row in rows]
 
 
 # -- catalog -----------------------------------------------------------------
@@ -556,8 +643,10 @@ def service_exists(store: Any, name: str) -> bool:
         f" + (SELECT count() FROM {db}.catalog_externals WHERE version = {cv} AND name = {{n:String}})"
         f" + (SELECT count() FROM (SELECT 1 FROM {db}.edges_1h WHERE service = {{n:String}} LIMIT 1))"
         f" + (SELECT count() FROM (SELECT 1 FROM {db}.listener_spans WHERE service = {{n:String}} LIMIT 1))"
-        f" + (SELECT count() FROM (SELECT 1 FROM {db}.trace_edges WHERE parent_service = {{n:String}}"
-        f" OR child_service = {{n:String}} LIMIT 1))",
+        f" + (SELECT count() FROM (SELECT 1 FROM {db}.resolved_calls_1h WHERE caller = {{n:String}}"
+        f" OR callee = {{n:String}} LIMIT 1))"
+        f" + (SELECT count() FROM (SELECT 1 FROM {db}.spans WHERE local_service = {{n:String}}"
+        f" OR remote_service = {{n:String}} LIMIT 1))",
         {"n": name},
     )
     return bool(rows and rows[0][0])
@@ -618,9 +707,9 @@ def insert_alerts(store: Any, rows: Sequence[dict[str, Any]]) -> int:
     return store.insert_rows("alerts", list(rows)) if rows else 0
 
 
-def insert_trace_edges(store: Any, rows: Sequence[dict[str, Any]], token: str | None) -> int:
-    """Store per-minute service calls derived from Zipkin spans."""
-    return store.insert_rows("trace_edges", list(rows), dedup_token=token) if rows else 0
+def insert_spans(store: Any, rows: Sequence[dict[str, Any]], token: str | None) -> int:
+    """Store Zipkin spans (rows of ``api.zipkin.span_rows``)."""
+    return store.insert_rows("spans", list(rows), dedup_token=token) if rows else 0
 
 
 # -- service summary ---------------------------------------------------------
@@ -677,20 +766,10 @@ def service_seen(store: Any, service: str) -> dict[str, Any]:
 
 def trace_calls(store: Any, service: str, win: Window) -> list[dict[str, Any]]:
     """Calls to and from ``service`` seen by distributed tracing (Zipkin) in the window."""
-    rows = store.query_dicts(
-        f"""
-        SELECT toString(parent_service) AS caller, toString(child_service) AS callee,
-               sum(t.calls) AS n_calls, sum(t.errors) AS n_errors,
-               if(n_calls > 0, sum(t.duration_us_sum) / n_calls / 1000, 0) AS mean_ms
-        FROM {store.db}.trace_edges AS t
-        WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC')
-          AND (parent_service = {{svc:String}} OR child_service = {{svc:String}})
-        GROUP BY caller, callee ORDER BY n_calls DESC, caller, callee LIMIT 1000
-        """,
-        {"svc": service, "t0": win.start, "t1": win.end},
-    )
-    return [{"caller": r["caller"], "callee": r["callee"], "calls": r["n_calls"], "errors": r["n_errors"],
-             "mean_ms": r["mean_ms"]} for r in rows]
+    rows = _call_rows(store, win, _splits(store, win)[1], svc=service, instances=False)
+    rows.sort(key=lambda r: (-r["calls"], r["s_name"], r["d_name"]))
+    return [{"caller": r["s_name"], "callee": r["d_name"], "calls": r["calls"], "errors": r["call_errors"],
+             "mean_ms": r["call_us"] / r["calls"] / 1000} for r in rows[:1000]]
 
 
 # -- search and timeline -----------------------------------------------------

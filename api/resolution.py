@@ -23,6 +23,16 @@ wrote for the minute before and the new rows; the tables sum, so readers
 see either resolution, never neither, and late data gives the same rows as
 resolving everything fresh.
 
+Calls from trace spans (``api/zipkin.py``) are linked the same way, on
+their own marks: ``span_marks`` counts the spans of each minute and how
+far they reach, ``resolved_call_minutes`` what each minute was linked
+from. A minute that gets spans is linked again together with the minutes
+its spans reach (a late parent gives its children a caller) and the
+minutes of the parents of its spans (a late child answers its parent's
+call, which then no longer counts as unanswered). Calls are kept apart
+from the TCP rows, so a minute that gets TCP records hours later, when its
+spans may have expired, keeps its calls.
+
 Cost: one query per run of up to ``batch`` consecutive minutes. Caveat: a
 minute is read as resolved once it has been, so between late rows arriving
 and their re-resolution (one ``period_s``) a view shows it as it was.
@@ -44,7 +54,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from api.queries import Window, _resolved_sql
+from api.queries import Window, _resolved_sql, spans_of_traces
+from api.zipkin import link_calls
 
 __all__ = ["Resolver", "ResolutionProgress", "SETTLE_S"]
 
@@ -55,6 +66,9 @@ log = logging.getLogger("phobos.resolution")
 SETTLE_S = 90
 #: A server mode stage holds its lease this long without renewing it.
 LEASE_S = 60
+#: How far after a span's start its children are looked for when it arrives
+#: late: to its end, but no further than this (seconds).
+SPAN_REACH_S = 3600
 
 
 @dataclass
@@ -63,7 +77,9 @@ class ResolutionProgress:
 
     running: bool = False
     pending: int = 0
+    pending_calls: int = 0
     resolved_minutes: int = 0
+    linked_minutes: int = 0
     rounds: int = 0
     last_round_s: float = 0.0
     last_minute_s: float = 0.0
@@ -225,6 +241,98 @@ class Resolver:
         self.progress.resolved_minutes += (last - first) // 60 + 1
         self.progress.last_resolved = max(self.progress.last_resolved, last)
 
+    # -- calls from trace spans -------------------------------------------------
+    def seed_calls(self) -> int:
+        """Carry the calls of a store written before spans were kept
+        (``trace_edges``) into ``resolved_calls_1m``, once. Returns the rows."""
+        db = self.store.db
+        if self.store.query(f"SELECT count() FROM {db}.resolved_call_minutes")[0][0]:
+            return 0
+        rows = self.store.query(
+            f"SELECT toUInt32(ts), parent_service, child_service, sum(calls), sum(errors), sum(duration_us_sum) "
+            f"FROM {db}.trace_edges GROUP BY ts, parent_service, child_service")
+        if not rows:
+            return 0
+        self.store.insert_rows("resolved_calls_1m", [
+            {"ts": ts, "caller": a, "callee": b, "n": 1, "calls": n, "errors": e, "duration_us": d}
+            for ts, a, b, n, e, d in rows])
+        generation = time.time_ns()
+        self.store.insert_rows("resolved_call_minutes", [
+            {"ts": ts, "spans": 0, "generation": generation, "resolved_at": int(time.time())}
+            for ts in sorted({r[0] for r in rows})])
+        return len(rows)
+
+    def pending_calls(self) -> list[int]:
+        """Minutes whose calls to link now, newest first."""
+        db = self.store.db
+        cut = int(self.now() - self.settle_s) // 60 * 60 - 60
+        rows = self.store.query(
+            f"""SELECT toUInt32(m.ts), toUInt32(m.reach)
+                FROM (SELECT ts, sum(spans) AS n, max(reach) AS reach FROM {db}.span_marks
+                      WHERE ts <= toDateTime({{cut:UInt32}}, 'UTC') GROUP BY ts) AS m
+                LEFT JOIN (SELECT ts, 1 AS found, argMax(spans, generation) AS n
+                           FROM {db}.resolved_call_minutes GROUP BY ts) AS r ON r.ts = m.ts
+                WHERE r.found = 0 OR m.n > r.n""",
+            {"cut": max(cut, 0)})
+        if not rows:
+            return []
+        changed = sorted(int(ts) for ts, _ in rows)
+        todo = set(changed)
+        for ts, reach in rows:
+            # a minute past the spans' end: hosts' clocks disagree a little
+            todo.update(range(int(ts) + 60, min(int(reach) + 60, int(ts) + SPAN_REACH_S, cut) + 1, 60))
+        # The minutes of these spans' parents (and of the client halves of
+        # shared spans): their calls may now be answered.
+        todo.update(int(r[0]) for r in self.store.query(
+            f"""SELECT DISTINCT toUInt32(toStartOfMinute(ts)) FROM {db}.spans
+                WHERE (trace_id, span_id) IN (
+                  SELECT trace_id, arrayJoin([span_id, parent_id]) FROM {db}.spans
+                  WHERE ts >= toDateTime({{lo:UInt32}}, 'UTC') AND ts < toDateTime({{hi:UInt32}}, 'UTC')
+                    AND has({{m:Array(UInt32)}}, toUInt32(toStartOfMinute(ts))))""",
+            {"lo": changed[0], "hi": changed[-1] + 60, "m": changed}))
+        todo = {t for t in todo if t <= cut}
+        extra = sorted(todo - set(changed))
+        if extra:
+            # Only minutes that hold spans have calls to link.
+            marked = {int(r[0]) for r in self.store.query(
+                f"SELECT DISTINCT toUInt32(ts) FROM {db}.span_marks WHERE has({{m:Array(UInt32)}}, toUInt32(ts))",
+                {"m": extra})}
+            todo = set(changed) | marked
+        return sorted(todo, reverse=True)
+
+    def resolve_calls(self, minutes: list[int]) -> int:
+        """Link the calls of ``minutes`` (epoch seconds, any order); returns how many were linked."""
+        done = 0
+        for first, last in _runs(sorted(set(minutes)), self.batch):
+            self._link_run(first, last)
+            done += (last - first) // 60 + 1
+        return done
+
+    def _link_run(self, first: int, last: int) -> None:
+        db = self.store.db
+        params = {"t0": first, "t1": last + 60}
+        rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
+        # Counted before reading, as for TCP rows: spans landing meanwhile come round again.
+        counts = dict(self.store.query(
+            f"SELECT toUInt32(ts), sum(spans) FROM {db}.span_marks WHERE {rng} GROUP BY ts", params))
+        links = link_calls(spans_of_traces(self.store, first, last + 60), first, last + 60)
+        rows = [{"ts": ts, "caller": a, "callee": b, "n": 1, "calls": n, "errors": e, "duration_us": d}
+                for (ts, a, b), (n, e, d) in sorted(links.items())]
+        # withdraw what this stage wrote for these minutes before, in the same insert
+        rows += [{"ts": int(ts), "caller": a, "callee": b, "n": -n, "calls": -c, "errors": -e, "duration_us": -d}
+                 for ts, a, b, n, c, e, d in self.store.query(
+                     f"SELECT toUInt32(ts), caller, callee, sum(n), sum(calls), sum(errors), sum(duration_us) "
+                     f"FROM {db}.resolved_calls_1m WHERE {rng} GROUP BY ts, caller, callee "
+                     f"HAVING sum(n) != 0 OR sum(calls) != 0 OR sum(errors) != 0 OR sum(duration_us) != 0",
+                     params)]
+        if rows:
+            self.store.insert_rows("resolved_calls_1m", rows)
+        generation = time.time_ns()
+        self.store.insert_rows("resolved_call_minutes", [
+            {"ts": t, "spans": int(counts.get(t, 0)), "generation": generation, "resolved_at": int(time.time())}
+            for t in range(first, last + 60, 60)])
+        self.progress.linked_minutes += (last - first) // 60 + 1
+
     # -- server mode: one stage at a time ----------------------------------------
     def _hold_lease(self) -> bool:
         """Whether this stage may run a round: it holds the newest unexpired lease."""
@@ -255,13 +363,20 @@ class Resolver:
             seeded = self.seed_marks()
             if seeded:
                 log.info("resolution: %d minutes stored before the stage existed will be back-filled", seeded)
+            if self.seed_calls():
+                log.info("resolution: calls linked before spans were kept carried over from trace_edges")
         todo = self.pending()
-        self.progress.pending = len(todo)
+        calls = self.pending_calls()
+        self.progress.pending, self.progress.pending_calls = len(todo), len(calls)
         done = 0
-        while todo and time.perf_counter() - started < budget_s:
-            chunk, todo = todo[:self.batch * 4], todo[self.batch * 4:]
-            done += self.resolve(chunk)
-            self.progress.pending = len(todo)
+        while (todo or calls) and time.perf_counter() - started < budget_s:
+            if todo:
+                chunk, todo = todo[:self.batch * 4], todo[self.batch * 4:]
+                done += self.resolve(chunk)
+            if calls:
+                chunk, calls = calls[:self.batch * 4], calls[self.batch * 4:]
+                done += self.resolve_calls(chunk)
+            self.progress.pending, self.progress.pending_calls = len(todo), len(calls)
         self.progress.rounds += 1
         self.progress.last_round_s = time.perf_counter() - started
         return done

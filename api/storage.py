@@ -59,6 +59,8 @@ __all__ = [
 
 DEFAULT_STORE_URL = "chdb://./data/phobos"
 DEFAULT_TTL_DAYS = 30
+#: Trace spans are kept this long (hours): they only wait for their parents.
+DEFAULT_SPAN_TTL_HOURS = 6
 
 #: Settings of every insert. optimize_on_insert=0: the Summing/Aggregating
 #: rollups would otherwise collapse each inserted block while writing it,
@@ -191,9 +193,10 @@ _ALTER = re.compile(r"^ALTER TABLE (?P<name>[\w.]+)(?P<rest>.*)$", re.S)
 _ENGINE = re.compile(r"ENGINE = (?P<kind>\w*)MergeTree(?:\((?P<args>[^)]*)\))?")
 
 
-def schema_statements(text: str, db: str, ttl_days: int, cluster: str | None = None) -> list[str]:
+def schema_statements(text: str, db: str, ttl_days: int, cluster: str | None = None,
+                      span_ttl_hours: int = DEFAULT_SPAN_TTL_HOURS) -> list[str]:
     """The statements of one schema file, single-node or for ``cluster``."""
-    statements = split_statements(render_sql(text, db=db, ttl_days=ttl_days))
+    statements = split_statements(render_sql(text, db=db, ttl_days=ttl_days, span_ttl_hours=span_ttl_hours))
     return clustered_statements(statements, db, cluster) if cluster else statements
 
 
@@ -379,7 +382,8 @@ class Store:
         return int(self.query(f"SELECT max(version) FROM {self.db}.schema_migrations")[0][0])
 
     def migrate(
-        self, ttl_days: int | None = None, directory: Path = SQL_DIR, cluster: str | None = None
+        self, ttl_days: int | None = None, directory: Path = SQL_DIR, cluster: str | None = None,
+        span_ttl_hours: int | None = None,
     ) -> list[str]:
         """Apply the schema files not yet applied; returns what it changed.
 
@@ -388,13 +392,19 @@ class Store:
         ``ttl_days`` sets the raw-record retention: new tables get it (30
         when None), existing ones are altered only when it is given and
         differs, so a writer that merely ensures the schema never resets a
-        retention someone chose. ``cluster`` applies the clustered variant
-        of the same files (see ``clustered_statements``).
+        retention someone chose; ``span_ttl_hours`` the same for trace
+        spans. ``cluster`` applies the clustered variant of the same files
+        (see ``clustered_statements``).
         """
         explicit_ttl = ttl_days is not None
         ttl_days = DEFAULT_TTL_DAYS if ttl_days is None else ttl_days
         if isinstance(ttl_days, bool) or not isinstance(ttl_days, int) or not 1 <= ttl_days <= 36500:
             raise StoreError(f"ttl_days must be a whole number of days from 1 to 36500, got {ttl_days!r}")
+        explicit_span_ttl = span_ttl_hours is not None
+        span_ttl_hours = DEFAULT_SPAN_TTL_HOURS if span_ttl_hours is None else span_ttl_hours
+        if (isinstance(span_ttl_hours, bool) or not isinstance(span_ttl_hours, int)
+                or not 1 <= span_ttl_hours <= 24 * 365):
+            raise StoreError(f"span_ttl_hours must be a whole number of hours from 1 to 8760, got {span_ttl_hours!r}")
         if cluster is not None and not _IDENT.match(cluster):
             raise StoreError(f"cluster name {cluster!r} is not a plain identifier")
         changes: list[str] = []
@@ -414,7 +424,7 @@ class Store:
                         f"append-only - put the change in a new numbered file"
                     )
                 continue
-            for statement in schema_statements(text, self.db, ttl_days, cluster):
+            for statement in schema_statements(text, self.db, ttl_days, cluster, span_ttl_hours):
                 self.execute(statement)
             self.insert_rows(
                 "schema_migrations",
@@ -422,12 +432,14 @@ class Store:
             )
             changes.append(f"applied {path.name}")
         on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
-        for table in ("connections", "listeners") if explicit_ttl else ():
+        wanted = ([(t, ttl_days, "DAY") for t in ("connections", "listeners")] if explicit_ttl else []) + (
+            [("spans", span_ttl_hours, "HOUR")] if explicit_span_ttl else [])
+        for table, value, unit in wanted:
             table = f"{table}_local" if cluster else table
-            current = self._ttl_days(table)
-            if current is not None and current != ttl_days:
-                self.execute(f"ALTER TABLE {self.db}.{table}{on_cluster} MODIFY TTL ts + INTERVAL {ttl_days} DAY")
-                changes.append(f"{table}: TTL {current} -> {ttl_days} days")
+            current = self._ttl(table, unit)
+            if current is not None and current != value:
+                self.execute(f"ALTER TABLE {self.db}.{table}{on_cluster} MODIFY TTL ts + INTERVAL {value} {unit}")
+                changes.append(f"{table}: TTL {current} -> {value} {unit.lower()}s")
         return changes
 
     def _has_migrations_table(self) -> bool:
@@ -438,14 +450,14 @@ class Store:
             )[0][0]
         )
 
-    def _ttl_days(self, table: str) -> int | None:
+    def _ttl(self, table: str, unit: str = "DAY") -> int | None:
         rows = self.query(
             "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
             {"db": self.db, "t": table},
         )
         if not rows:
             return None
-        match = re.search(r"TTL ts \+ toIntervalDay\((\d+)\)", rows[0][0])
+        match = re.search(rf"TTL ts \+ toInterval{unit.title()}\((\d+)\)", rows[0][0])
         return int(match.group(1)) if match else None
 
 

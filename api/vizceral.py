@@ -63,7 +63,16 @@ def edge_metrics(values: Mapping[str, float], metric: str) -> dict[str, float]:
     ``danger`` (so a failing edge shows red particles whatever its size);
     ``connects``: successful new connections per second as ``normal``,
     failed ones as ``danger``; ``failures``: failed connects only.
+
+    An edge only traces saw has no connections to show: its calls per
+    second go into a class of their own, ``traced`` (drawn in a colour of
+    its own), failed calls into ``danger``.
     """
+    if not (values.get("connects") or values.get("open") or values.get("bytes")) and values.get("calls"):
+        rate = float(values.get("call_rate") or 0)
+        failed = rate * float(values.get("call_errors") or 0) / float(values["calls"])
+        traced = 0.0 if metric == "failures" else rate - failed
+        return {"normal": 0.0, "warning": 0.0, "danger": round(failed, 6), "traced": round(traced, 6)}
     fail = float(values.get("fail_rate") or 0)
     if metric == "open":
         normal = float(values.get("open") or 0)
@@ -75,9 +84,14 @@ def edge_metrics(values: Mapping[str, float], metric: str) -> dict[str, float]:
 
 
 def edge_class(values: Mapping[str, float]) -> str:
-    """``danger``/``warning``/``normal`` by the edge's failure ratio."""
+    """``danger``/``warning``/``normal`` by the edge's failure ratio (of
+    connects; of calls for an edge only traces saw)."""
     connects = float(values.get("connects") or 0)
-    ratio = float(values.get("failures") or 0) / connects if connects else 0.0
+    if not connects and values.get("calls"):
+        connects, failures = float(values["calls"]), float(values.get("call_errors") or 0)
+    else:
+        failures = float(values.get("failures") or 0)
+    ratio = failures / connects if connects else 0.0
     if ratio >= DANGER_RATIO:
         return "danger"
     if ratio >= WARNING_RATIO:

@@ -27,7 +27,12 @@ const COLORS = {
   focus: 'rgb(255, 255, 255)',
   new: 'rgb(182, 240, 106)',
   vanished: 'rgb(110, 110, 110)',
+  // calls only distributed tracing saw (no TCP connection behind them)
+  traced: 'rgb(186, 140, 230)',
 };
+
+// Provenance of an edge, in the side panel's words.
+const SEEN_BY = { tcp: 'TCP', trace: 'traces', both: 'TCP + traces' };
 
 // State visible to tests and benchmarks (read-only for them).
 const phobos = window.phobos = {
@@ -185,7 +190,7 @@ function onHighlighted(obj) {
     return;
   }
   const meta = obj.metadata || {};
-  if (meta.kind === 'instance') { showInstance(obj.name, meta); return; }
+  if (meta.kind === 'instance' || meta.kind === 'traced') { showInstance(obj.name, meta); return; }
   if (!state.area) { showArea(obj.name, obj); return; }
   select(obj.name);
 }
@@ -319,7 +324,7 @@ async function load() {
         cleanLevel(service, 'region');
         for (const n of service.nodes) {
           const meta = n.metadata || {};
-          if (meta.kind === 'instance' || meta.grouped) { delete n.renderer; delete n.maxVolume; }
+          if (meta.kind === 'instance' || meta.kind === 'traced' || meta.grouped) { delete n.renderer; delete n.maxVolume; }
         }
         if (svcNode) nest(svcNode, service, 'region');
         else state.service = undefined;
@@ -415,7 +420,7 @@ function markDiff(level, diff) {
   const serviceOf = {};
   for (const n of level.nodes) {
     const meta = n.metadata || {};
-    serviceOf[n.name] = meta.kind === 'instance' && meta.service ? meta.service : n.name;
+    serviceOf[n.name] = (meta.kind === 'instance' || meta.kind === 'traced') && meta.service ? meta.service : n.name;
   }
   const highlighted = [];
   for (const c of level.connections) {
@@ -528,9 +533,9 @@ function renderPanel(impact, summary) {
   for (const [dir, title] of [['inbound', 'Inbound (who depends on it)'], ['outbound', 'Outbound (what it depends on)']]) {
     const deps = summary[dir] || [];
     body.append(el('h3', { text: `${title} (${deps.length})` }));
-    body.append(table(['service', 'area', 'open', 'new/s', 'failed'], deps.map((d) =>
-      [d.kind === 'service' ? serviceLink(d.name) : d.name, d.area || '', d.open, d.conn_rate,
-        pct(d.failure_ratio)])));
+    body.append(table(['service', 'area', 'open', 'new/s', 'failed', 'calls/s', 'call errors', 'seen by'],
+      deps.map((d) => [d.kind === 'service' ? serviceLink(d.name) : d.name, d.area || '', d.open, d.conn_rate,
+        pct(d.failure_ratio), d.call_rate || 0, d.calls ? pct(d.call_errors / d.calls) : '', SEEN_BY[d.provenance] || ''])));
     body.lastChild.id = `panel-${dir}`;
   }
   if (summary.links && summary.links.length) {
@@ -574,7 +579,9 @@ function showInstance(name, meta) {
   panel.dataset.kind = 'instance';
   panel.hidden = false;
   body.append(el('h2', { id: 'panel-title', text: meta.instance || name }));
-  body.append(el('div', { class: 'meta', text: `instance of ${meta.service || ''}` }));
+  body.append(el('div', { class: 'meta', text: meta.kind === 'traced'
+    ? `calls of ${meta.service || ''} that traces saw (a span does not say which instance made it)`
+    : `instance of ${meta.service || ''}` }));
   if (inst) {
     body.append(table(['', ''], [['dc', inst.dc || ''], ['ips', (inst.ips || []).join(' ')],
       ['ports', (inst.ports || []).join(' ')], ['pids', (inst.pids || []).join(' ')],

@@ -185,7 +185,7 @@ def test_grouped_names_are_escaped(store):
 # -- Zipkin --------------------------------------------------------------------
 
 def span(id_, service, kind=None, parent=None, remote=None, ts=T0 + 30, error=False, shared=False):
-    s = {"traceId": "t1", "id": id_, "name": "call", "timestamp": ts * 1_000_000, "duration": 1500,
+    s = {"traceId": "7e1", "id": id_, "name": "call", "timestamp": ts * 1_000_000, "duration": 1500,
          "localEndpoint": {"serviceName": service}}
     if kind:
         s["kind"] = kind
@@ -200,7 +200,10 @@ def span(id_, service, kind=None, parent=None, remote=None, ts=T0 + 30, error=Fa
     return s
 
 
-def test_zipkin_spans_to_trace_edges(client, store):
+def test_zipkin_spans_become_calls(client, store):
+    from api.resolution import Resolver
+
+    store.migrate(span_ttl_hours=48)  # the spans are T0's, about six hours old
     spans = [
         span("a", "web", "SERVER"),                                    # root
         span("b", "web", "CLIENT", parent="a", remote="api"),          # web -> api (client side)
@@ -211,24 +214,34 @@ def test_zipkin_spans_to_trace_edges(client, store):
         span("f", "db", "SERVER", shared=True),                        # shared span model
     ]
     response = client.post("/api/v2/spans", json=spans, headers=AUTH)
-    assert response.status_code == 202
-    rows = store.query_dicts(
-        f"SELECT parent_service, child_service, sum(calls) AS calls, sum(errors) AS errors "
-        f"FROM {store.db}.trace_edges GROUP BY parent_service, child_service ORDER BY parent_service, child_service")
-    assert [(r["parent_service"], r["child_service"], r["calls"], r["errors"]) for r in rows] == [
-        ("api", "db", 1, 0), ("api", "ledger", 1, 1), ("web", "api", 1, 0)]
+    assert response.status_code == 202 and response.get_json() == {"spans": 7, "stored": 7}
+    want = {("web", "api"): (1, 0), ("api", "ledger"): (1, 1), ("api", "db"): (1, 0)}
+
+    def summary_calls():
+        summary = client.get(f"/api/v1/services/api/summary?at={T0 + 120}&window=5m")
+        assert summary.status_code == 200
+        return {(c["caller"], c["callee"]): (c["calls"], c["errors"]) for c in summary.get_json()["traced_calls"]}
+
+    # before the stage links the minute, views link the spans themselves
+    assert summary_calls() == want
     # a retried post changes nothing
     client.post("/api/v2/spans", json=spans, headers=AUTH)
-    assert store.query(f"SELECT sum(calls) FROM {store.db}.trace_edges")[0][0] == 3
-    # the service summary shows them
-    summary = client.get(f"/api/v1/services/api/summary?at={T0 + 120}&window=5m")
-    assert summary.status_code == 200
-    calls = {(c["caller"], c["callee"]): (c["calls"], c["errors"]) for c in summary.get_json()["traced_calls"]}
-    assert calls == {("web", "api"): (1, 0), ("api", "ledger"): (1, 1), ("api", "db"): (1, 0)}
+    assert store.query(f"SELECT count() FROM {store.db}.spans")[0][0] == 7
+    stage = Resolver(store, now=lambda: T0 + 3600)
+    stage.run_once()
+    assert stage.pending_calls() == []
+    rows = store.query(
+        f"SELECT caller, callee, sum(calls), sum(errors) FROM {store.db}.resolved_calls_1m "
+        f"GROUP BY caller, callee HAVING sum(n) > 0 ORDER BY caller, callee")
+    assert {(a, b): (n, e) for a, b, n, e in rows} == want
+    client.post("/api/v2/spans", json=spans, headers=AUTH)
+    assert summary_calls() == want
 
 
-@pytest.mark.parametrize("body", [{}, [1], [{"id": "x"}], [{"traceId": "t", "id": "x", "timestamp": "now"}],
-                                  [{"traceId": "t", "id": "x", "duration": -1}]])
+@pytest.mark.parametrize("body", [{}, [1], [{"id": "a"}], [{"traceId": "a", "id": "b", "timestamp": "now"}],
+                                  [{"traceId": "a", "id": "b", "duration": -1}],
+                                  [{"traceId": "not-hex", "id": "b", "timestamp": 1}],
+                                  [{"traceId": "a", "id": "b", "kind": "SIDEWAYS", "timestamp": 1}]])
 def test_zipkin_bad_payload(client, body):
     response = client.post("/api/v2/spans", json=body, headers=AUTH)
     assert response.status_code == 400 and response.get_json()["code"] == 400

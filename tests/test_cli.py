@@ -30,7 +30,7 @@ def test_migrate_twice_then_read_only_sql(url):
     again = phobos("migrate", "--store", url)
     assert again.returncode == 0 and "already up to date" in again.stdout
     out = phobos("sql", "--store", url, "--format", "csv", "SELECT version, name FROM phobos.schema_migrations ORDER BY version")
-    assert out.stdout.splitlines() == ['"version","name"', '1,"core"', '2,"dead_letter_dedup"', '3,"resolved"']
+    assert out.stdout.splitlines() == ['"version","name"', '1,"core"', '2,"dead_letter_dedup"', '3,"resolved"', '4,"spans"']
     for write in ("DROP TABLE phobos.alerts", "INSERT INTO phobos.alerts (fingerprint) VALUES ('x')",
                   "SELECT 1; DROP TABLE phobos.alerts", "SET readonly = 0"):
         refused = phobos("sql", "--store", url, write)

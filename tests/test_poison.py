@@ -91,7 +91,7 @@ def test_alerts_and_spans_answer_503_when_the_store_fails(store):
     app = create_app({"STORE": store, "TESTING": True, "BIND_HOST": "127.0.0.1"})
     client = app.test_client()
     store.execute(f"RENAME TABLE {store.db}.alerts TO {store.db}.alerts_away")
-    store.execute(f"RENAME TABLE {store.db}.trace_edges TO {store.db}.trace_edges_away")
+    store.execute(f"RENAME TABLE {store.db}.spans TO {store.db}.spans_away")
     try:
         alert = {"version": "4", "status": "firing", "alerts": [
             {"status": "firing", "labels": {"alertname": "Down", "service": "web"},
@@ -104,7 +104,7 @@ def test_alerts_and_spans_answer_503_when_the_store_fails(store):
         assert response.status_code == 503
     finally:
         store.execute(f"RENAME TABLE {store.db}.alerts_away TO {store.db}.alerts")
-        store.execute(f"RENAME TABLE {store.db}.trace_edges_away TO {store.db}.trace_edges")
+        store.execute(f"RENAME TABLE {store.db}.spans_away TO {store.db}.spans")
 
 
 def test_phobos_load_keeps_going_past_poison_lines(store, chdb_dir, tmp_path):

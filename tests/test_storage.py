@@ -29,10 +29,10 @@ def test_migrate_twice_changes_nothing(store):
     before = snapshot(store)
     assert store.migrate() == []
     assert snapshot(store) == before
-    assert store.schema_version() == 3
+    assert store.schema_version() == 4
     names = {name for name, _ in before[0]}
     assert {"connections", "listeners", "edges_1m", "edges_1h", "catalog_areas", "catalog_services",
-            "alerts", "trace_edges", "dead_letters", "listener_spans"} <= names
+            "alerts", "trace_edges", "dead_letters", "listener_spans", "spans", "resolved_calls_1m"} <= names
 
 
 def test_ttl_is_configurable_and_idempotent(store):
@@ -40,9 +40,18 @@ def test_ttl_is_configurable_and_idempotent(store):
     assert store.migrate(ttl_days=7) == []
     # A writer that only ensures the schema keeps the chosen retention.
     assert store.migrate() == []
-    assert store._ttl_days("connections") == 7
+    assert store._ttl("connections") == 7
     with pytest.raises(StoreError, match="ttl_days"):
         store.migrate(ttl_days=0)
+
+
+def test_span_ttl_is_configurable_in_hours(store):
+    assert store._ttl("spans", "HOUR") == 6
+    assert store.migrate(span_ttl_hours=2) == ["spans: TTL 6 -> 2 hours"]
+    assert store.migrate(span_ttl_hours=2) == [] and store.migrate() == []
+    assert store._ttl("spans", "HOUR") == 2
+    with pytest.raises(StoreError, match="span_ttl_hours"):
+        store.migrate(span_ttl_hours=0)
 
 
 def test_edited_schema_file_is_refused(store, tmp_path):
@@ -234,7 +243,7 @@ def test_schema_files_render_completely():
     from api.storage import schema_files
 
     for _, _, path in schema_files():
-        for statement in split_statements(render_sql(path.read_text(), db="phobos", ttl_days=30)):
+        for statement in split_statements(render_sql(path.read_text(), db="phobos", ttl_days=30, span_ttl_hours=6)):
             assert "$" not in statement
     with pytest.raises(StoreError, match="placeholder"):
         render_sql("CREATE DATABASE $db", ttl_days=1)

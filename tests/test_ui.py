@@ -57,8 +57,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def chrome():
-    require(browser.available(), browser.why_unavailable() or "")
+def chrome(chromium):
     from api.routes.ui import VIZCERAL_JS
 
     require(VIZCERAL_JS.is_file(), f"Vizceral is not installed ({VIZCERAL_JS}): npm ci --prefix static")
@@ -285,6 +284,8 @@ def test_side_panel_shows_the_api_values(page, fx):
         assert [g[0] for g in got] == [d["name"] for d in want]
         assert [float(g[2]) for g in got] == pytest.approx([d["open"] for d in want], abs=0.01)
         assert [g[4] for g in got] == [f"{d['failure_ratio'] * 100:.1f}%" for d in want]
+        assert [g[7] for g in got] == [{"tcp": "TCP", "trace": "traces", "both": "TCP + traces"}[d["provenance"]]
+                                       for d in want]
     assert "web" in [d["name"] for d in summary["inbound"]]
     links = page.page.locator("#panel-links a")
     assert links.first.get_attribute("href") == summary["links"][0]["url"]

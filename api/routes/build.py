@@ -186,11 +186,17 @@ def _vz_nodes(nodes: Mapping[str, Mapping[str, Any]], renderer: str | None,
     return out
 
 
+def _edge_meta(e: g.Edge) -> dict[str, Any]:
+    """What an edge's side panel shows: both sources' volumes and who saw it."""
+    v = e.values
+    return {"provenance": e.provenance, "connects": v["connects"], "failures": v["failures"],
+            "open": round(v["open"], 6), "conn_rate": round(v["conn_rate"], 6), "bytes": v["bytes"],
+            "calls": v["calls"], "call_errors": v["call_errors"], "call_rate": round(v["call_rate"], 6),
+            "call_mean_ms": round(v["call_us"] / v["calls"] / 1000, 3) if v["calls"] else None}
+
+
 def _vz_connections(edges: Mapping[tuple[str, str], g.Edge], metric: str) -> list[dict[str, Any]]:
-    return [vz.connection(s, d, e.values, metric, metadata={"connects": e.values["connects"],
-                                                            "failures": e.values["failures"],
-                                                            "open": round(e.values["open"], 6),
-                                                            "bytes": e.values["bytes"]})
+    return [vz.connection(s, d, e.values, metric, metadata=_edge_meta(e))
             for (s, d), e in sorted(edges.items()) if s != d]
 
 
@@ -264,8 +270,9 @@ def area_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], area: st
 # -- global: datacenters -----------------------------------------------------
 
 def datacenters_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
-    """Datacenters/zones and INTERNET with the traffic between them (Vizceral ``global``)."""
-    rows = _rows(store, cfg, p)
+    """Datacenters/zones and INTERNET with the traffic between them (Vizceral ``global``).
+    TCP only: a span does not say which datacenter it ran in."""
+    rows = _rows(store, cfg, p, calls=False)
     edges = g.contract(rows, lambda r, side: r[f"{side}_dc"] or q.INTERNET)
     nodes: dict[str, dict[str, Any]] = {q.INTERNET: {"cls": "normal", "kind": "internet"}}
     for (src, dst) in edges:
@@ -312,6 +319,12 @@ def service_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], servi
 
     def key(r: Mapping[str, Any], side: str) -> str:
         if r[f"{side}_name"] == service:
+            if not r[f"{side}_inst"]:
+                # Calls traces saw: a span does not say which instance made them.
+                name = f"{service} (traced calls)"
+                nodes.setdefault(name, {"kind": "traced", "service": service, "cls": "area",
+                                        "display": "traced calls"})
+                return name
             return instance(r[f"{side}_inst"])
         name = r[f"{side}_name"]
         if name not in nodes:
@@ -322,7 +335,7 @@ def service_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], servi
         return name
 
     edges = g.contract(rows, key)
-    own = sorted(n for n, d in nodes.items() if d["kind"] == "instance")
+    own = sorted(n for n, d in nodes.items() if d["kind"] in ("instance", "traced"))
     if alerts.get(service):
         for n in own:
             nodes[n]["notices"] = _alert_notices(alerts[service])
@@ -356,8 +369,10 @@ def _deps(rows: Iterable[Mapping[str, Any]], service: str, side: str) -> list[di
         out.append({"name": name, "kind": kinds[name][0], "area": kinds[name][1],
                     "open": v["open"], "conn_rate": v["conn_rate"], "fail_rate": v["fail_rate"],
                     "connects": v["connects"], "failures": v["failures"], "bytes": v["bytes"],
-                    "failure_ratio": e.failure_ratio})
-    return sorted(out, key=lambda d: (-d["open"], -d["conn_rate"], d["name"]))
+                    "failure_ratio": e.failure_ratio, "provenance": e.provenance, "calls": v["calls"],
+                    "call_rate": v["call_rate"], "call_errors": v["call_errors"],
+                    "call_mean_ms": v["call_us"] / v["calls"] / 1000 if v["calls"] else None})
+    return sorted(out, key=lambda d: (-d["open"], -d["conn_rate"], -d["call_rate"], d["name"]))
 
 
 def service_summary(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], service: str) -> dict[str, Any]:

@@ -102,9 +102,10 @@ def _resolution_backlog() -> dict:
     if resolver is None:
         return {}
     p = resolver.progress
-    if not p.pending and not p.last_error:
+    if not p.pending and not p.pending_calls and not p.last_error:
         return {}
-    return {"resolution": {"pending_minutes": p.pending, "resolved_minutes": p.resolved_minutes,
+    return {"resolution": {"pending_minutes": p.pending, "pending_call_minutes": p.pending_calls,
+                           "resolved_minutes": p.resolved_minutes,
                            "errors": p.errors, "last_error": p.last_error}}
 
 
@@ -112,6 +113,9 @@ def _resolution_backlog() -> dict:
 _RESOLUTION_METRICS = (
     ("pending_minutes", "gauge", "Settled minutes the resolution stage has still to resolve.", "pending"),
     ("minutes_total", "counter", "Minutes resolved (again, for late rows) by this process.", "resolved_minutes"),
+    ("pending_call_minutes", "gauge", "Minutes with trace spans whose calls are still to link.", "pending_calls"),
+    ("call_minutes_total", "counter", "Minutes whose calls were linked (again, for late spans) by this process.",
+     "linked_minutes"),
     ("rounds_total", "counter", "Rounds of the resolution stage.", "rounds"),
     ("errors_total", "counter", "Rounds that failed (the store was unavailable, say).", "errors"),
     ("minute_seconds", "gauge", "Time the last resolution took per minute.", "last_minute_s"),
