@@ -27,7 +27,7 @@ from api.kafka_ingest import init_topics, topics_for
 from kafka import kafka_broker  # noqa: F401 - pytest fixture
 from test_kafka_pipeline import stream
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 

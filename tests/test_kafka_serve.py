@@ -11,11 +11,15 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from api.kafka_ingest import init_topics
 from factories import connection, listener
 from kafka import kafka_broker  # noqa: F401 - pytest fixture
 from test_api_serve import free_port, post, wait_ready
 from tracer.kafka_sink import KafkaSink
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 

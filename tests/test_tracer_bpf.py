@@ -35,16 +35,14 @@ import netns  # noqa: E402
 from conftest import require as _need  # noqa: E402
 from tracer import records  # noqa: E402
 
+pytestmark = [pytest.mark.bpf, pytest.mark.slow]
+
+
 @pytest.fixture(scope="module")
-def bpf_ready():
+def bpf_ready(bpf_host):
     """Skip (or fail in CI) unless a BPF program can really be loaded here."""
-    _need(os.geteuid() == 0, "BPF tests need root")
     ok, why = netns.available()
     _need(ok, why)
-    from tracer import preflight
-
-    problems = preflight.run_checks()
-    _need(not problems, "; ".join(str(p) for p in problems))
     try:
         from tracer.probe import Probe
 

@@ -20,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from conftest import require  # noqa: E402
 from tracer import aggregate, attribution, preflight, records, sinks  # noqa: E402
 from tracer.metrics import MetricsServer, TracerMetrics  # noqa: E402
 from tracer.probe import Btf, EdgeKey, ProbeError, kernel_offsets  # noqa: E402
@@ -314,8 +315,8 @@ def test_bad_btf_is_a_clear_error():
 
 
 def test_kernel_offsets_of_the_running_kernel_when_readable():
-    if not os.access("/sys/kernel/btf/vmlinux", os.R_OK):
-        pytest.skip("no readable kernel BTF here")
+    require(os.access("/sys/kernel/btf/vmlinux", os.R_OK),
+            "no readable kernel BTF (/sys/kernel/btf/vmlinux; kernels need CONFIG_DEBUG_INFO_BTF)")
     from tracer.probe import read_btf
 
     off = kernel_offsets(read_btf())

@@ -181,9 +181,8 @@ def test_tracing_problems_name_what_is_missing(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_up_simulate_serves_a_working_ui_and_stops_cleanly(tmp_path):
+def test_up_simulate_serves_a_working_ui_and_stops_cleanly(tmp_path, chromium):
     """A fresh data directory, no privileges: the UI shows the simulated fleet; Ctrl-C keeps the data."""
-    require(browser.available(), browser.why_unavailable() or "")
     from api.routes.ui import VIZCERAL_JS
 
     require(VIZCERAL_JS.is_file(), "Vizceral is not installed: npm ci --prefix static")
@@ -230,9 +229,9 @@ def test_up_simulate_serves_a_working_ui_and_stops_cleanly(tmp_path):
 
 
 @pytest.mark.slow
-def test_up_unprivileged_explains_tracing_and_the_page_how_to_get_data(tmp_path):
+@pytest.mark.browser
+def test_up_unprivileged_explains_tracing_and_the_page_how_to_get_data(tmp_path, chromium):
     """No root, no data: the terminal says why tracing is off and offers --simulate; the page says how to get data."""
-    require(browser.available(), browser.why_unavailable() or "")
     user, env = _unprivileged_user(), {}
     if user:
         tmp_path = Path(tempfile.mkdtemp(prefix="phobos-up-"))
@@ -292,11 +291,9 @@ while time.time() < end:
 @pytest.mark.slow
 @pytest.mark.bpf
 @pytest.mark.browser
-def test_up_as_root_traces_a_real_connection_into_the_ui(tmp_path):
-    require(os.geteuid() == 0, "tracing needs root")
+def test_up_as_root_traces_a_real_connection_into_the_ui(tmp_path, bpf_host, chromium):
     problems = up.tracing_problems()
     require(not problems, "; ".join(problems))
-    require(browser.available(), browser.why_unavailable() or "")
     data = tmp_path / "data"
     u = Up(["--data", str(data), "--interval", "1"])
     server = client = None
