@@ -73,10 +73,10 @@ def test_refused(client, store, query):
 
 def test_limits(client, store):
     msg = sql(client, "SELECT number FROM system.numbers LIMIT 1000", status=400).get_json()["message"]
-    assert "rows" in msg.lower() or "limit" in msg.lower()
+    assert "TOO_MANY_ROWS_OR_BYTES" in msg and "max rows: 100.00," in msg, msg
     msg = sql(client, "SELECT count() FROM system.numbers_mt WHERE sleepEachRow(0) = 0",
               status=400).get_json()["message"]
-    assert "timeout" in msg.lower() or "time" in msg.lower()
+    assert "TIMEOUT_EXCEEDED" in msg and "maximum: 1000.000 ms" in msg, msg
 
 
 @pytest.mark.parametrize("body", [{}, {"query": 5}, {"query": "SELECT 1", "format": "xml"}, [], "x"])
