@@ -61,7 +61,6 @@ __all__ = [
     "resolved_until",
     "catalog_maps",
     "service_exists",
-    "area_exists",
     "firing_alerts",
     "service_instances",
     "service_seen",
@@ -316,9 +315,9 @@ _CATALOG_INDEX: dict[tuple[str, int], _CatalogIndex] = {}
 _CATALOG_INDEX_LOCK = threading.Lock()
 
 
-def _catalog_index(store: Any) -> _CatalogIndex:
+def _catalog_index(store: Any, version: int) -> _CatalogIndex:
+    """The catalog of ``version`` as an index, built once per version."""
     db = store.db
-    version = int(store.query(f"SELECT toUInt64(max(version)) FROM {db}.catalog_loads")[0][0] or 0)
     key = (f"{id(store)}:{db}", version)
     index = _CATALOG_INDEX.get(key)
     if index is not None:
@@ -341,8 +340,8 @@ def _catalog_index(store: Any) -> _CatalogIndex:
     return index
 
 
-def _stored_rows(store: Any, table: str, win: Window, end: int, keys: list[str], *, dc: str | None,
-                 svc: str | None) -> dict[tuple, list[int]]:
+def _stored_rows(store: Any, table: str, win: Window, end: int, keys: list[str], catalog: "_CatalogIndex", *,
+                 dc: str | None, svc: str | None) -> dict[tuple, list[int]]:
     """Sums of a resolved table over ``[win.start, end)`` by the view's ``keys``,
     with the catalog applied here to the rows kept as addresses (one lookup
     per distinct address, in Python: cheaper than per row in SQL)."""
@@ -361,7 +360,6 @@ def _stored_rows(store: Any, table: str, win: Window, end: int, keys: list[str],
         f"WHERE {' AND '.join(where)} "
         f"GROUP BY s_kind, s_name, s_dc, {s_addr}, d_kind, d_name, d_dc, {d_addr}, d_port HAVING sum(n) > 0",
         params)
-    catalog = _catalog_index(store)
     sources: dict[str, tuple[str, str, str]] = {}
     servers: dict[tuple[str, int], tuple[str, str, str]] = {}
     out: dict[tuple, list[int]] = {}
@@ -414,27 +412,38 @@ def resolved_until(store: Any, win: Window) -> int:
     """Where the resolution stage's rows for ``win`` end: the first minute of
     the window with records that the stage has not resolved yet (``win.end``
     when there is none), rounded down to the window's bucket."""
-    return _splits(store, win)[0]
+    return _state(store, win).split
 
 
-def _splits(store: Any, win: Window) -> tuple[int, int]:
-    """``resolved_until`` for TCP rows and the same for calls linked from
-    spans, in one query."""
+@dataclass(frozen=True)
+class _WindowState:
+    """What a view needs to know before it reads a window, from one query."""
+
+    split: int          # TCP rows are the stage's before this, resolved on the spot after
+    calls_split: int    # the same for calls linked from spans
+    has_calls: bool     # the stage linked calls in the window, or spans wait in it
+    catalog_version: int
+
+
+def _state(store: Any, win: Window) -> _WindowState:
     db = store.db
     rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
-    tcp, calls = store.query(
+    calls_table = "resolved_calls_1h" if win.bucket == 3600 else "resolved_calls_1m"
+    tcp, calls, linked, version = store.query(
         f"""SELECT
               (SELECT toUInt32(min(ts)) FROM (
                  SELECT ts FROM {db}.minute_marks WHERE {rng} GROUP BY ts HAVING sum(records) > 0)
                WHERE ts NOT IN (SELECT ts FROM {db}.resolved_minutes WHERE {rng})),
               (SELECT toUInt32(min(ts)) FROM (SELECT DISTINCT ts FROM {db}.span_marks WHERE {rng})
-               WHERE ts NOT IN (SELECT ts FROM {db}.resolved_call_minutes WHERE {rng}))""",
+               WHERE ts NOT IN (SELECT ts FROM {db}.resolved_call_minutes WHERE {rng})),
+              (SELECT count() FROM (SELECT 1 FROM {db}.{calls_table} WHERE {rng} LIMIT 1)),
+              (SELECT toUInt64(max(version)) FROM {db}.catalog_loads)""",
         {"t0": win.start, "t1": win.end})[0]
 
     def split(first: int) -> int:
         return win.end if not first else max(win.start, int(first) // win.bucket * win.bucket)
 
-    return split(tcp), split(calls)
+    return _WindowState(split(tcp), split(calls), bool(linked) or bool(calls), int(version or 0))
 
 
 def graph_rows(
@@ -501,14 +510,16 @@ def graph_rows(
         where.append("(s_name = {svc:String} OR d_name = {svc:String})")
         extra["svc"] = touching
     filters = f"WHERE {' AND '.join(where)} " if where else ""
-    split, calls_split = _splits(store, win) if resolved else (win.start, win.start)
+    state = _state(store, win)
+    split, calls_split = (state.split, state.calls_split) if resolved else (win.start, win.start)
+    catalog = _catalog_index(store, state.catalog_version)
     parts: list[tuple[str, dict[str, Any]]] = []
     merged: dict[tuple, dict[str, Any]] = {}
     if split > win.start:
         table = ("resolved_1m" if instances_of is not None
                  else "resolved_svc_1h" if win.bucket == 3600 else "resolved_svc_1m")
         secs = float(win.seconds)
-        for key, (os_, cn, fl, bt) in _stored_rows(store, table, win, split, keys, dc=dc,
+        for key, (os_, cn, fl, bt) in _stored_rows(store, table, win, split, keys, catalog, dc=dc,
                                                    svc=instances_of if instances_of is not None else touching).items():
             row = dict(zip(keys, key))
             row.update(open=os_ / secs, conn_rate=cn / secs, fail_rate=fl / secs, connects=cn, failures=fl,
@@ -524,8 +535,8 @@ def graph_rows(
         for row in store.query_dicts(sql, params):
             row.update(_NO_CALLS)
             _merge(merged, tuple(row[k] for k in keys), row)
-    if calls and not dc:
-        for row in _call_rows(store, win, calls_split, svc=instances_of if instances_of is not None else touching,
+    if calls and not dc and (state.has_calls or not resolved):
+        for row in _call_rows(store, win, calls_split, catalog, svc=instances_of if instances_of is not None else touching,
                               instances=instances_of is not None):
             _merge(merged, tuple(row[k] for k in keys), row)
     rows = list(merged.values())
@@ -549,7 +560,7 @@ def _merge(merged: dict[tuple, dict[str, Any]], key: tuple, row: dict[str, Any])
             have[value] += row[value]
 
 
-def _call_rows(store: Any, win: Window, split: int, *, svc: str | None,
+def _call_rows(store: Any, win: Window, split: int, catalog: "_CatalogIndex", *, svc: str | None,
                instances: bool) -> list[dict[str, Any]]:
     """Graph rows of the calls traces saw in the window: linked by the
     resolution stage up to ``split``, linked here from the spans after it."""
@@ -572,9 +583,6 @@ def _call_rows(store: Any, win: Window, split: int, *, svc: str | None,
             have[0] += n
             have[1] += e
             have[2] += d
-    if not sums:
-        return []
-    catalog = _catalog_index(store)
     secs = float(win.seconds)
     out = []
     for (caller, callee), (n, e, d) in sums.items():
@@ -607,7 +615,8 @@ def spans_of_traces(store: Any, start: int, end: int) -> list[Span]:
 # -- catalog -----------------------------------------------------------------
 
 def catalog_maps(store: Any) -> dict[str, Any]:
-    """The current catalog as plain lookups for the views.
+    """The current catalog as plain lookups for the views (read once per
+    catalog version; callers must not change it).
 
     Returns
     -------
@@ -616,7 +625,13 @@ def catalog_maps(store: Any) -> dict[str, Any]:
         ``services`` for processes); ``services``: name -> row (``area``,
         ``title``, ``owner``, ``tier``, ``links``); ``externals``: name -> row.
     """
-    db, cv = store.db, _catalog_version(store.db)
+    db = store.db
+    version = int(store.query(f"SELECT toUInt64(max(version)) FROM {db}.catalog_loads")[0][0] or 0)
+    key = (f"{id(store)}:{db}", version)
+    maps = _CATALOG_MAPS.get(key)
+    if maps is not None:
+        return maps
+    cv = str(version)
     areas = store.query_dicts(
         f"SELECT name, title, kind, owner, description, services, links "
         f"FROM {db}.catalog_areas WHERE version = {cv} ORDER BY name")
@@ -625,11 +640,19 @@ def catalog_maps(store: Any) -> dict[str, Any]:
         f"FROM {db}.catalog_services WHERE version = {cv} ORDER BY name")
     externals = store.query_dicts(
         f"SELECT name, area, description FROM {db}.catalog_externals WHERE version = {cv} ORDER BY name")
-    return {
+    maps = {
         "areas": {r["name"]: r for r in areas},
         "services": {r["name"]: r for r in services},
         "externals": {r["name"]: r for r in externals},
     }
+    with _CATALOG_INDEX_LOCK:
+        if len(_CATALOG_MAPS) > 16:
+            _CATALOG_MAPS.clear()
+        _CATALOG_MAPS[key] = maps
+    return maps
+
+
+_CATALOG_MAPS: dict[tuple[str, int], dict[str, Any]] = {}
 
 
 def service_exists(store: Any, name: str) -> bool:
@@ -650,19 +673,6 @@ def service_exists(store: Any, name: str) -> bool:
         {"n": name},
     )
     return bool(rows and rows[0][0])
-
-
-def area_exists(store: Any, name: str) -> bool:
-    """Whether ``name`` is a catalog area (or the implicit INTERNET/unassigned areas)."""
-    if name in (INTERNET, UNASSIGNED):
-        return True
-    db = store.db
-    rows = store.query(
-        f"SELECT count() FROM {db}.catalog_areas WHERE version = {_catalog_version(db)} "
-        f"AND name = {{n:String}}",
-        {"n": name},
-    )
-    return bool(rows[0][0])
 
 
 # -- alerts ------------------------------------------------------------------
@@ -766,7 +776,11 @@ def service_seen(store: Any, service: str) -> dict[str, Any]:
 
 def trace_calls(store: Any, service: str, win: Window) -> list[dict[str, Any]]:
     """Calls to and from ``service`` seen by distributed tracing (Zipkin) in the window."""
-    rows = _call_rows(store, win, _splits(store, win)[1], svc=service, instances=False)
+    state = _state(store, win)
+    if not state.has_calls:
+        return []
+    rows = _call_rows(store, win, state.calls_split, _catalog_index(store, state.catalog_version), svc=service,
+                      instances=False)
     rows.sort(key=lambda r: (-r["calls"], r["s_name"], r["d_name"]))
     return [{"caller": r["s_name"], "callee": r["d_name"], "calls": r["calls"], "errors": r["call_errors"],
              "mean_ms": r["call_us"] / r["calls"] / 1000} for r in rows[:1000]]
@@ -797,6 +811,10 @@ def search(store: Any, text: str, limit: int = 20, since: int | None = None) -> 
           UNION ALL
           SELECT DISTINCT toString(service) AS name, '' AS area FROM {db}.edges_1h
           WHERE {rng} AND positionCaseInsensitiveUTF8(service, {{q:String}}) > 0
+          UNION ALL
+          -- services only traces saw
+          SELECT DISTINCT toString(arrayJoin([caller, callee])) AS name, '' AS area FROM {db}.resolved_calls_1h
+          WHERE {rng} AND positionCaseInsensitiveUTF8(name, {{q:String}}) > 0
         ) GROUP BY name ORDER BY name LIMIT {{lim:UInt32}}""", p)
     instances = store.query_dicts(
         f"""

@@ -167,6 +167,9 @@ def test_live_views_link_spans_the_stage_has_not_reached(spans_store):
     assert q.graph_rows(store, win, dc="dc1") == []  # spans say nothing of datacenters
     Resolver(store, now=lambda: M + 3600).run_once()
     assert q.graph_rows(store, win) == rows
+    # a service only traces saw is still a node: it is found, and its views exist
+    assert [s["name"] for s in q.search(store, "ap", since=M + 600)["services"]] == ["api"]
+    assert q.service_exists(store, "api") and not q.service_exists(store, "apx")
 
 
 def test_calls_of_a_store_from_before_spans_carry_over(spans_store):

@@ -116,7 +116,7 @@ def _rows(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], *, win: q.Wi
 
 
 def _catalog(store: Any) -> dict[str, Any]:
-    return _cache().get(("catalog", store.db), lambda: q.catalog_maps(store))
+    return q.catalog_maps(store)  # read once per catalog version
 
 
 def _alerting(store: Any, at: int) -> dict[str, list[dict[str, Any]]]:
@@ -237,10 +237,10 @@ def areas_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -> dict
 
 def area_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], area: str) -> dict[str, Any]:
     """The area's services (class ``area``), their neighbours (``other``), alerting ones (``alert``)."""
-    if not q.area_exists(store, area):
+    catalog = _catalog(store)
+    if area not in catalog["areas"] and area not in (q.INTERNET, q.UNASSIGNED):
         raise ApiError(404, f"no business area named {area!r}")
     rows = [r for r in _rows(store, cfg, p) if r["s_area"] == area or r["d_area"] == area]
-    catalog = _catalog(store)
     alerts = _alerting(store, p["win"].end)
     nodes: dict[str, dict[str, Any]] = {}
     for name, svc in catalog["services"].items():
@@ -291,15 +291,19 @@ def datacenters_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -
 
 # -- focused: one service ----------------------------------------------------
 
-def _require_service(store: Any, service: str) -> None:
+def _require_service(store: Any, service: str, rows: Iterable[Mapping[str, Any]] = ()) -> None:
+    """404 unless ``service`` is a node: one end of the view's ``rows`` (no
+    query then), or anything the store knows by that name."""
+    if any(service in (r["s_name"], r["d_name"]) for r in rows):
+        return
     if not q.service_exists(store, service):
         raise ApiError(404, f"no service named {service!r} in the catalog or the records")
 
 
 def service_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], service: str) -> dict[str, Any]:
     """The service's instances (class ``area``) and the services they talk to (``other``)."""
-    _require_service(store, service)
     rows = _rows(store, cfg, p, instances_of=service)
+    _require_service(store, service, rows)
     alerts = _alerting(store, p["win"].end)
     nodes: dict[str, dict[str, Any]] = {}
     peers: set[str] = set()
@@ -377,8 +381,8 @@ def _deps(rows: Iterable[Mapping[str, Any]], service: str, side: str) -> list[di
 
 def service_summary(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], service: str) -> dict[str, Any]:
     """The side panel: instances, dependencies both ways, first/last seen, alerts, links."""
-    _require_service(store, service)
     rows = [r for r in _rows(store, cfg, p) if service in (r["s_name"], r["d_name"])]
+    _require_service(store, service, rows)
     catalog = _catalog(store)
     svc = catalog["services"].get(service)
     area = catalog["areas"].get(svc["area"]) if svc else None
@@ -407,8 +411,8 @@ def service_summary(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], se
 
 def service_impact(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], service: str) -> dict[str, Any]:
     """Upstream/downstream of a service at T, with the areas and processes it affects."""
-    _require_service(store, service)
     rows = _rows(store, cfg, p)
+    _require_service(store, service, rows)
     graph = g.service_graph(rows, p["metric"])
     catalog = _catalog(store)
     processes = {n: a["services"] for n, a in catalog["areas"].items() if a["kind"] == "process"}
