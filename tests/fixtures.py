@@ -1,4 +1,4 @@
-"""A small hand-built fleet whose exact graph is known, for the API tests (no tests here).
+"""Test data: a small hand-built fleet whose exact graph is known, for the API, resolution and UI tests.
 
 Ten one-minute intervals ``T0+60 .. T0+540`` (``i = 1..9``) of records,
 ingested through ``ingest_batch`` like the tracer's http sink would.

@@ -1,4 +1,4 @@
-"""The graph views on the hand-built fixture (tests/test_api_fixture.py): exact graphs."""
+"""The graph views on the hand-built fixture (tests/fixtures.py): exact graphs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import test_api_fixture as fx
+import fixtures as fx
 from api import queries as q
 from api.app import create_app
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-import test_api_fixture as fx
+import fixtures as fx
 from api.app import create_app
 from api.openapi import openapi_spec
 from conftest import require

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import test_api_fixture as fx
+import fixtures as fx
 from api import vizceral as vz
 from api.app import create_app
 from conftest import require

@@ -147,7 +147,7 @@ def test_alerts_bad_payload(client, body):
 
 
 def test_alert_text_is_escaped_in_notices(client, store):
-    from test_api_fixture import AT, WINDOW, build
+    from fixtures import AT, WINDOW, build
 
     build(store)
     evil = '<script>alert("x")</script>'

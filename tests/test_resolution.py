@@ -1,7 +1,7 @@
 """The resolution stage (api/resolution.py) against real chDB: minutes resolved once,
 late and replayed data, IP reuse, both ends, listeners that arrive late, catalog changes.
 
-The hand-built fleet of test_api_fixture.py has a known exact graph; every
+The hand-built fleet of fixtures.py has a known exact graph; every
 test here compares what views read from the resolved tables with that graph
 and with resolving the raw rows afresh (``graph_rows(resolved=False)``).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-import test_api_fixture as fx
+import fixtures as fx
 from api import queries as q
 from api.catalog_store import load_into_store
 from api.ingest import ingest_batch

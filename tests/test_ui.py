@@ -1,6 +1,6 @@
 """The web UI in a real headless Chromium (Debian's), against the API serving known data.
 
-Data: the hand-built fleet of ``tests/test_api_fixture.py`` (areas shop and
+Data: the hand-built fleet of ``tests/fixtures.py`` (areas shop and
 pay, services web/api/batch/ledger/db, a deploy at i=5 after which
 ``ledger -> api`` is new), plus a store holding a service named like an
 XSS payload, and an empty store.  One browser serves the whole module;
@@ -75,12 +75,12 @@ def _store(chdb_dir, name):
 
 @pytest.fixture(scope="module")
 def fx(chdb_dir):
-    import test_api_fixture
+    import fixtures
 
     s = _store(chdb_dir, "ui_fixture")
-    test_api_fixture.build(s)
+    fixtures.build(s)
     server = Server(s)
-    server.fx = test_api_fixture
+    server.fx = fixtures
     yield server
     server.close()
     s.close()
