@@ -73,15 +73,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(statement + ";\n")
         return 0
     if args.print_ddl:
-        from api.storage import DEFAULT_TTL_DAYS, parse_store_url, schema_files, schema_statements
+        from api.storage import (DEFAULT_SPAN_TTL_HOURS, DEFAULT_TTL_DAYS, parse_store_url, schema_files,
+                                 schema_statements)
 
         db = parse_store_url(args.store).database
         for _, _, path in schema_files():
-            for statement in schema_statements(path.read_text(), db, args.ttl_days or DEFAULT_TTL_DAYS, args.cluster):
+            for statement in schema_statements(path.read_text(), db, args.ttl_days or DEFAULT_TTL_DAYS, args.cluster,
+                                               args.span_ttl_hours or DEFAULT_SPAN_TTL_HOURS):
                 print(statement + ";\n")
         return 0
     with _open_store(args.store, "phobos migrate") as store:
-        changes = store.migrate(ttl_days=args.ttl_days, cluster=args.cluster)
+        changes = store.migrate(ttl_days=args.ttl_days, cluster=args.cluster, span_ttl_hours=args.span_ttl_hours)
         if "applied 003_resolved.sql" in changes:
             from api.resolution import Resolver
 
@@ -350,6 +352,10 @@ def configure_migrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ttl-days", type=int, default=int(ttl_env) if ttl_env else None,
                    help="retention of raw records in days (env PHOBOS_TTL_DAYS; default: keep the "
                    "current one, 30 for a new store)")
+    span_env = os.environ.get("PHOBOS_SPAN_TTL_HOURS")
+    p.add_argument("--span-ttl-hours", type=int, default=int(span_env) if span_env else None,
+                   help="how long trace spans wait for the rest of their trace, in hours (env "
+                   "PHOBOS_SPAN_TTL_HOURS; default: keep the current one, 6 for a new store)")
     p.add_argument("--cluster", default=os.environ.get("PHOBOS_CLUSTER") or None,
                    help="ClickHouse cluster name: Replicated*/Distributed tables, DDL ON CLUSTER "
                    "(env PHOBOS_CLUSTER)")

@@ -78,3 +78,11 @@ def test_demo_fills_a_store_and_summarises_it(url):
     after = phobos("sql", "--store", url, "--format", "csv", "SELECT count() FROM phobos.connections").stdout
     added = int(after.splitlines()[1]) - int(before.splitlines()[1])
     assert 0 <= added <= int(before.splitlines()[1]) // 20
+
+
+def test_migrate_sets_how_long_spans_wait(url):
+    assert phobos("migrate", "--store", url).returncode == 0
+    changed = phobos("migrate", "--store", url, "--span-ttl-hours", "3")
+    assert changed.returncode == 0 and "spans: TTL 6 -> 3 hours" in changed.stdout, changed.stderr
+    refused = phobos("migrate", "--store", url, "--span-ttl-hours", "0")
+    assert refused.returncode == 2 and "span_ttl_hours" in refused.stderr

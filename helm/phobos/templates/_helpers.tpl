@@ -101,6 +101,10 @@ into the URL, so the URL itself holds no secret. Call with (dict "ctx" $
 - name: PHOBOS_TTL_DAYS
   value: {{ $v.store.ttlDays | int64 | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" $v.store.spanTtlHours) }}
+- name: PHOBOS_SPAN_TTL_HOURS
+  value: {{ $v.store.spanTtlHours | int64 | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* librdkafka settings (PHOBOS_KAFKA_* -> security.protocol, sasl.*, ssl.*). */}}
