@@ -60,6 +60,7 @@ def api_schema(fuzz_app):
 OPERATIONS = sorted((path, method) for path, ops in openapi_spec()["paths"].items() for method in ops)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path,method", OPERATIONS)
 def test_fuzz_no_server_errors(api_schema, path, method):
     """Bounded property-based pass: 30 examples per operation, no 5xx whatever the input.

@@ -18,6 +18,9 @@ import pytest
 
 from api.serve import configure_parser
 
+# Servers (Werkzeug, gunicorn) start in processes of their own.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

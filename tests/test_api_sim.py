@@ -21,6 +21,9 @@ try:
 except ImportError:  # pragma: no cover - the simulator lives in its own change
     sim = None
 
+# The module's fleet is three simulated hours, ingested and resolved.
+pytestmark = pytest.mark.slow
+
 HOURS = 3
 
 

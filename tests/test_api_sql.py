@@ -62,6 +62,7 @@ def test_select_json_and_csv(client, store):
     "SELEC 1",
     "   ",
 ])
+@pytest.mark.slow
 def test_refused(client, store, query):
     body = sql(client, query.format(db=store.db), status=400).get_json()
     assert body["code"] == 400 and body["message"]
@@ -71,6 +72,7 @@ def test_refused(client, store, query):
     assert store.query(f"SELECT count() FROM {store.db}.dead_letters WHERE reason = 'still writable'")[0][0] == 1
 
 
+@pytest.mark.slow
 def test_limits(client, store):
     msg = sql(client, "SELECT number FROM system.numbers LIMIT 1000", status=400).get_json()["message"]
     assert "TOO_MANY_ROWS_OR_BYTES" in msg and "max rows: 100.00," in msg, msg
@@ -80,6 +82,7 @@ def test_limits(client, store):
 
 
 @pytest.mark.parametrize("body", [{}, {"query": 5}, {"query": "SELECT 1", "format": "xml"}, [], "x"])
+@pytest.mark.slow
 def test_bad_body(client, body):
     response = client.post("/api/v1/sql", json=body)
     assert response.status_code == 400 and response.get_json()["code"] == 400

@@ -19,6 +19,9 @@ from api.app import create_app
 from api.storage import ReadLimits, StoreError
 from factories import connection
 
+# About sixty attempts, each on a freshly migrated store.
+pytestmark = pytest.mark.slow
+
 FILE = "/etc/passwd"
 
 

@@ -33,6 +33,7 @@ def batch(**kw):
 # -- token -------------------------------------------------------------------
 
 @pytest.mark.parametrize("url", ["/api/v1/ingest", "/api/v1/alerts", "/api/v2/spans"])
+@pytest.mark.slow
 def test_writes_need_the_token(client, url):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
         response = client.post(url, json={}, headers=headers)
@@ -88,6 +89,7 @@ def test_ingest_counts_reach_metrics(client):
     [], "text", {"connections": {}}, {"batch_id": 5}, {"batch_id": ""}, {"unknown": []},
     {"listeners": "x"},
 ])
+@pytest.mark.slow
 def test_ingest_bad_envelope(client, body):
     response = client.post("/api/v1/ingest", json=body, headers=AUTH)
     assert response.status_code == 400 and response.get_json()["code"] == 400
@@ -141,6 +143,7 @@ def test_alerts_fire_and_resolve(client, store):
     {}, {"alerts": "x"}, {"alerts": [1]}, {"alerts": [{"status": "weird"}]},
     {"alerts": [{"labels": {"a": 1}}]}, {"alerts": [{"startsAt": "yesterday"}]},
 ])
+@pytest.mark.slow
 def test_alerts_bad_payload(client, body):
     response = client.post("/api/v1/alerts", json=body, headers=AUTH)
     assert response.status_code == 400 and response.get_json()["code"] == 400
@@ -242,6 +245,7 @@ def test_zipkin_spans_become_calls(client, store):
                                   [{"traceId": "a", "id": "b", "duration": -1}],
                                   [{"traceId": "not-hex", "id": "b", "timestamp": 1}],
                                   [{"traceId": "a", "id": "b", "kind": "SIDEWAYS", "timestamp": 1}]])
+@pytest.mark.slow
 def test_zipkin_bad_payload(client, body):
     response = client.post("/api/v2/spans", json=body, headers=AUTH)
     assert response.status_code == 400 and response.get_json()["code"] == 400

@@ -8,6 +8,9 @@ import pytest
 
 from factories import connection, listener
 
+# Every test runs the phobos command in a new process.
+pytestmark = pytest.mark.slow
+
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 

@@ -35,6 +35,9 @@ import yaml
 
 from conftest import require
 
+# helm renders the chart in a process per variant; the validator is another.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "phobos"
 PRODUCTION = CHART / "ci" / "production-values.yaml"

@@ -71,6 +71,7 @@ def test_http_batch_with_poison_records_stores_the_good_one_once(client, store):
 
 @pytest.mark.parametrize("path", ["/api/v1/ingest", "/api/v1/alerts", "/api/v2/spans", "/api/v1/sql"])
 @pytest.mark.parametrize("depth", [1_000, 100_000])
+@pytest.mark.slow
 def test_deep_bodies_are_a_400_not_a_500(client, path, depth):
     for body in ("[" * depth + "]" * depth, '{"a": ' + "[" * depth + "]" * depth + "}"):
         response = client.post(path, data=body, content_type="application/json")
@@ -127,6 +128,7 @@ def test_phobos_load_keeps_going_past_poison_lines(store, chdb_dir, tmp_path):
     assert all(r["source"] == f"load:{path}" for r in rows)
 
 
+@pytest.mark.slow
 def test_a_chunked_body_over_the_limit_is_413(tmp_path):
     """A body without Content-Length is still held to PHOBOS_MAX_BODY_BYTES, as a real server sees it."""
     import socket

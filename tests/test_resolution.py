@@ -48,6 +48,7 @@ def assert_same_as_fresh(store) -> None:
         assert stored == q.graph_rows(store, win, resolved=False, **options), (win, options)
 
 
+@pytest.mark.slow
 def test_the_fixture_resolves_to_its_known_graph(store):
     fx.build(store)
     assert resolve_all(store) == 9
@@ -59,6 +60,7 @@ def test_the_fixture_resolves_to_its_known_graph(store):
     assert resolver(store).run_once() == 0
 
 
+@pytest.mark.slow
 def test_late_batches_give_the_graph_of_a_fresh_resolution(store):
     fx.build(store)
     resolve_all(store)

@@ -145,6 +145,7 @@ def test_progress_bar_is_one_line_when_not_a_tty():
 
 # -- against the store ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_same_seed_same_data(run_a, stores):
     store_a, summary_a = run_a
     store_b = stores("sim_b")
@@ -160,6 +161,7 @@ def test_same_seed_same_data(run_a, stores):
     assert _fingerprint(store_a, "connections") != _fingerprint(store_c, "connections")
 
 
+@pytest.mark.slow
 def test_data_does_not_depend_on_batching(run_a, stores, monkeypatch):
     store_a, _ = run_a
     monkeypatch.setattr(sim, "CHUNK_ROWS", 2000)  # many small batches instead of one per epoch
@@ -169,6 +171,7 @@ def test_data_does_not_depend_on_batching(run_a, stores, monkeypatch):
         assert _fingerprint(store_a, table) == _fingerprint(store_d, table)
 
 
+@pytest.mark.slow
 def test_rerun_stores_nothing_twice(run_a):
     store, summary = run_a
     before = {t: _fingerprint(store, t) for t in ("connections", "listeners")}
@@ -326,6 +329,7 @@ def test_catalog_matches_the_records(run_a):
         assert catalog.match_external(ip=ip, port=port) is not None
 
 
+@pytest.mark.slow
 def test_cli_writes_catalog_and_events(store_path, tmp_path, capsys):
     from tracer.catalog import load_catalog
 
@@ -340,6 +344,7 @@ def test_cli_writes_catalog_and_events(store_path, tmp_path, capsys):
     assert {e["kind"] for e in json.loads(events.read_text())} >= {"deploy", "incident"}
 
 
+@pytest.mark.slow
 def test_live_mode_stops_cleanly_on_sigterm(store_path, stores):
     args = sim.build_parser().parse_args(
         ["--store", f"chdb:///{store_path}?database=sim_live", "--areas", "1", "--services", "2",

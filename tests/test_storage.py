@@ -184,6 +184,7 @@ except StoreBusyError as e:
 """
 
 
+@pytest.mark.slow
 def test_second_process_is_told_who_holds_the_store(tmp_path):
     url = f"chdb://{tmp_path / 'held'}"
     root = str(SQL_DIR.parent)
@@ -274,6 +275,7 @@ def test_cluster_variant_is_parsed_by_clickhouse(store):
 
 
 @pytest.mark.parametrize("value", ["a\nb", "a\\'b", "tab\there", "a\\nb", "x'y", "\\", "cr\r nul\0", "é ✓"])
+@pytest.mark.slow
 def test_string_parameters_arrive_exactly(store, value):
     """Query parameters reach ClickHouse unchanged, whatever escapes they hold."""
     assert store.query("SELECT {q:String}", {"q": value}) == [(value,)]

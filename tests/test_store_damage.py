@@ -22,6 +22,9 @@ import pytest
 from api.store_damage import DAMAGE_REASONS, DamageReport, DedupLogDamage, check_dedup_log, check_store
 from test_api_serve import free_port, post, wait_ready
 
+# Stores are made, damaged and served by processes of their own.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 MAKE = """

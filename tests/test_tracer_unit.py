@@ -376,6 +376,7 @@ def test_preflight_names_each_missing_prerequisite(tmp_path):
     assert len(problems) == 1 and "sock:inet_sock_set_state" in problems[0].what
 
 
+@pytest.mark.slow
 def test_agent_exits_2_with_a_clear_message_and_no_traceback(tmp_path):
     env = dict(os.environ, PHOBOS_TRACEFS=str(tmp_path / "no-tracefs"), PHOBOS_MODULES_DIR=str(tmp_path),
                PHOBOS_METRICS_PORT="0")
