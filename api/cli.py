@@ -61,7 +61,8 @@ def _is_store_error(err: BaseException) -> bool:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     if args.print_analyst_user:
-        from api.storage import StoreError, analyst_user_statements, parse_store_url
+        from api.storage import StoreError, parse_store_url
+        from api.storage.migrations import analyst_user_statements
 
         db = parse_store_url(args.store).database
         try:
@@ -73,8 +74,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(statement + ";\n")
         return 0
     if args.print_ddl:
-        from api.storage import (DEFAULT_SPAN_TTL_HOURS, DEFAULT_TTL_DAYS, parse_store_url, schema_files,
-                                 schema_statements)
+        from api.storage import parse_store_url
+        from api.storage.migrations import (DEFAULT_SPAN_TTL_HOURS, DEFAULT_TTL_DAYS, schema_files,
+                                            schema_statements)
 
         db = parse_store_url(args.store).database
         for _, _, path in schema_files():

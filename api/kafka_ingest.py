@@ -40,7 +40,6 @@ view) so that a ClickHouse server consumes the topics itself.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -56,7 +55,8 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from api.ingest import STATS, IngestResult, Undecodable, dead_letter_row, decode_record, records_to_arrow
-from api.storage import DEFAULT_STORE_URL, SQL_DIR, StoreError, open_store, render_sql, split_statements
+from api.storage import DEFAULT_STORE_URL, StoreError, open_store
+from api.storage.migrations import KAFKA_SQL_DIR, apply_kafka_schema, kafka_schema_statements
 from tracer.records import RECORD_FIELDS, U32, VERSION, Rejection, normalize_ip, validate_batch
 
 __all__ = [
@@ -71,7 +71,6 @@ log = logging.getLogger("phobos.kafka_ingest")
 DEFAULT_PREFIX = "phobos"
 DEFAULT_GROUP = "phobos-ingest"
 DEFAULT_ENGINE_GROUP = "phobos-clickhouse"
-KAFKA_SQL_DIR = SQL_DIR / "kafka"
 KINDS = ("connections", "listeners")
 INTENT = "phobos-batch:"
 
@@ -134,110 +133,26 @@ def init_topics(brokers: str, prefix: str = DEFAULT_PREFIX, partitions: int = 6,
 
 
 # -- server mode: Kafka engine tables -------------------------------------------------
-def _kafka_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("*.sql") if p.name[:3].isdigit())
-
-
 def migrate_kafka(store: Any, brokers: str, prefix: str = DEFAULT_PREFIX, group: str = DEFAULT_ENGINE_GROUP,
                   topic_connections: str | None = None, topic_listeners: str | None = None,
                   ttl_days: int = 30, directory: Path = KAFKA_SQL_DIR, allow_embedded: bool = False) -> list[str]:
-    """Apply ``sql/kafka/*.sql`` to ``store`` (after ``store.migrate()``); returns what changed.
+    """Apply the Kafka-engine set (``sql/kafka/``) for ``prefix``'s topics to ``store``; returns what changed.
 
-    Each file is recorded in ``$db.kafka_migrations`` with the checksum of its
-    rendered text.  Run again with the same settings it changes nothing; with
-    other brokers/topics/group the file's Kafka queues and materialized views
-    are dropped and created anew (tables holding data are kept).
-
-    Refused on an embedded (chDB) store unless ``allow_embedded``: chDB
-    (chdb-core 26.9) runs Kafka engine tables within the session that
-    created them, but a data directory holding them no longer opens
-    ("Load job 'startup table ..._queue' failed: Shutdown was called").
-    The tests create, exercise and drop them in one session.
+    The store's migration runner applies it (``api.storage.migrations.apply_kafka_schema``):
+    run again with the same settings it changes nothing; with other
+    brokers, topics or group the queues and views are made anew.
     """
-    if store.url.scheme == "chdb" and not allow_embedded:
-        raise StoreError(
-            "the embedded store (chDB) cannot keep Kafka engine tables: a chDB data directory holding them "
-            "fails to open again; consume Kafka into it with `phobos ingest --kafka BROKERS` instead "
-            "(--kafka is for ClickHouse servers)"
-        )
     topics = topics_for(prefix)
-    values = dict(
-        db=store.db, brokers=_sql_string(brokers), group=_sql_string(group), ttl_days=int(ttl_days),
-        topic_connections=_sql_string(topic_connections or topics["connections"]),
-        topic_listeners=_sql_string(topic_listeners or topics["listeners"]),
-    )
-    store.execute(
-        f"CREATE TABLE IF NOT EXISTS {store.db}.kafka_migrations (name String, checksum String, "
-        f"settings String, applied_at DateTime('UTC') DEFAULT now()) ENGINE = ReplacingMergeTree(applied_at) "
-        f"ORDER BY name"
-    )
-    applied = dict(store.query(f"SELECT name, argMax(checksum, applied_at) FROM {store.db}.kafka_migrations GROUP BY name"))
-    changes = []
-    files = _kafka_files(directory)
-    if not files:
-        raise StoreError(f"no Kafka schema files in {directory}")
-    for path in files:
-        text = render_sql(path.read_text(), **values)
-        checksum = hashlib.sha256(text.encode()).hexdigest()
-        if applied.get(path.name) == checksum:
-            continue
-        statements = split_statements(text)
-        if path.name in applied:
-            # Settings changed: queues and views are re-created, data tables stay.
-            for statement in statements:
-                name = _created_object(statement)
-                if name and ("ENGINE = Kafka" in statement or "MATERIALIZED VIEW" in statement):
-                    store.execute(f"DROP TABLE IF EXISTS {name}")
-        notes = ""
-        for statement in statements:
-            try:
-                store.execute(statement)
-            except StoreError as err:
-                name = _created_object(statement)
-                if not (name and "ENGINE = Kafka" in statement and store.url.scheme == "chdb" and _exists(store, name)):
-                    raise
-                # chDB (chdb-core 26.9) reports "Shutdown was called" while
-                # creating a Kafka engine table, yet creates it and its
-                # consumer runs (the tests check it end to end).
-                log.warning("chDB reported %r creating %s; the table exists and is used", str(err), name)
-                notes = "; chDB reported an error creating the Kafka tables but created them"
-        store.insert_rows("kafka_migrations", [{
-            "name": path.name, "checksum": checksum, "applied_at": int(time.time()),
-            "settings": json.dumps({k: v for k, v in values.items() if k != "db"}, sort_keys=True),
-        }])
-        changes.append(f"applied kafka/{path.name} (brokers {brokers}, group {group}){notes}")
-    return changes
+    topics.update({k: t for k, t in (("connections", topic_connections), ("listeners", topic_listeners)) if t})
+    return apply_kafka_schema(store, brokers=brokers, group=group, topics=topics, ttl_days=ttl_days,
+                              directory=directory, allow_embedded=allow_embedded)
 
 
 def kafka_statements(db: str, brokers: str, prefix: str = DEFAULT_PREFIX, group: str = DEFAULT_ENGINE_GROUP,
                      ttl_days: int = 30, directory: Path = KAFKA_SQL_DIR) -> list[str]:
     """The statements ``migrate_kafka`` would run on an empty store (for ``--print-ddl``)."""
-    topics = topics_for(prefix)
-    values = dict(db=db, brokers=_sql_string(brokers), group=_sql_string(group), ttl_days=int(ttl_days),
-                  topic_connections=_sql_string(topics["connections"]),
-                  topic_listeners=_sql_string(topics["listeners"]))
-    return [stmt for path in _kafka_files(directory) for stmt in split_statements(render_sql(path.read_text(), **values))]
-
-
-def _exists(store: Any, name: str) -> bool:
-    db, _, table = name.rpartition(".")
-    return bool(store.query(
-        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-        {"db": db or store.db, "t": table},
-    )[0][0])
-
-
-def _sql_string(value: str) -> str:
-    """A value for inside a single-quoted SQL literal."""
-    return str(value).replace("\\", "\\\\").replace("'", "\\'")
-
-
-def _created_object(statement: str) -> str | None:
-    words = statement.split()
-    for i, word in enumerate(words[:-3]):
-        if word.upper() == "EXISTS" and words[i - 1].upper() == "NOT" and words[i - 2].upper() == "IF":
-            return words[i + 1]
-    return None
+    return kafka_schema_statements(db, brokers=brokers, group=group, topics=topics_for(prefix), ttl_days=ttl_days,
+                                   directory=directory)
 
 
 # -- validation ----------------------------------------------------------------------

@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from api.storage import StoreError, analyst_user_statements
+from api.storage import StoreError
+from api.storage.migrations import analyst_user_statements
 
 
 def canonical(store, statement: str) -> str:

@@ -398,7 +398,7 @@ def test_match_external():
 # -- storage ---------------------------------------------------------------------
 
 class FakeStore:
-    """Just enough of api.storage.Store for the catalog's queries."""
+    """Just enough of a store (api.storage.Store) for the catalog's queries."""
 
     db = "phobos"
 
@@ -483,7 +483,7 @@ def test_broken_file_reaches_no_store(tmp_path):
 def _require_chdb():
     try:
         import chdb  # noqa: F401
-        from api import storage  # noqa: F401
+        from api.storage import embedded  # noqa: F401
     except ImportError as exc:
         require(False, f"chDB not available: {exc}")
 

@@ -500,7 +500,8 @@ def test_tracer_env_names_are_the_agents(rendered):
 
 
 def test_api_env_names_are_the_apis(rendered):
-    known = _known_env("api/config.py", "api/cli.py", "api/storage.py") | {"PHOBOS_CLICKHOUSE_PASSWORD"}
+    known = _known_env("api/config.py", "api/cli.py", "api/storage/__init__.py",
+                       "api/storage/migrations.py") | {"PHOBOS_CLICKHOUSE_PASSWORD"}
     for variant in ("default", "production"):
         container = pod_spec(one(rendered[variant], "Deployment", "api"))["containers"][0]
         for name in env_of(container):

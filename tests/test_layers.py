@@ -13,6 +13,8 @@ a literal name.
   import stands for the deepest project module it names (``from p import x``
   is ``p.x`` when that is a module, else ``p``): a package's ``__init__``
   runs before its submodules, but that alone makes no dependency.
+- **One ClickHouse importer.** Only the store (``api/storage/``) imports a
+  ClickHouse client (``chdb``, ``clickhouse_driver``).
 - **Light entry point.** ``import api.cli`` and building ``phobos trace``'s
   options (in a subprocess) load no other ``api`` module and neither the
   store (pyarrow, chDB), numpy nor Flask.
@@ -31,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("tracer", "api")
 HEAVY = ("pyarrow", "chdb", "numpy", "flask", "clickhouse_driver", "networkx")
+CLICKHOUSE_CLIENTS = ("chdb", "clickhouse_driver")
+STORE_ROOM = "api.storage"
 
 
 # -- reading imports ------------------------------------------------------------------------------
@@ -270,6 +274,17 @@ def test_tracer_never_imports_api():
     assert "tracer.agent" in modules and "api.cli" in modules  # the walk found the layers
     bad = layer_violations(modules)
     assert not bad, ("tracer/ must not import api/ (what both need lives on the tracer side):\n"
+                     + "\n".join(f"  {modules[m].relative_to(ROOT)}:{line} imports {name}" for m, line, name in bad))
+
+
+def test_only_the_store_imports_a_clickhouse_client():
+    modules = project_modules()
+    assert STORE_ROOM in modules  # the room exists under this name
+    bad = sorted((mod, line, name) for mod, path in modules.items()
+                 if mod != STORE_ROOM and not mod.startswith(STORE_ROOM + ".")
+                 for name, line in imports_of(path.read_text(), mod, path.name == "__init__.py")
+                 if name.split(".")[0] in CLICKHOUSE_CLIENTS)
+    assert not bad, ("only api/storage/ may import a ClickHouse client:\n"
                      + "\n".join(f"  {modules[m].relative_to(ROOT)}:{line} imports {name}" for m, line, name in bad))
 
 

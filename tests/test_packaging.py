@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from api.storage import SQL_DIR
+from api.storage.migrations import SQL_DIR
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ def test_wheel_carries_data_and_finds_it_when_installed(tmp_path):
     )
     (wheel,) = tmp_path.glob("phobos-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for _, _, path in __import__("api.storage", fromlist=["x"]).schema_files():
+    for _, _, path in __import__("api.storage.migrations", fromlist=["x"]).schema_files():
         assert f"sql/{path.name}" in names
     assert "static/README.md" in names
     assert "tracer/bpf/phobos.c" in names
@@ -26,7 +26,7 @@ def test_wheel_carries_data_and_finds_it_when_installed(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, timeout=300)
     probe = (
-        "import api.storage as s; print(s.SQL_DIR); "
+        "import api.storage.migrations as s; print(s.SQL_DIR); "
         "print(len(s.schema_files()))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)},

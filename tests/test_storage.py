@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from api.ingest import ingest_batch
-from api.storage import (
-    SQL_DIR, StoreError, driver_params, open_store, parse_store_url, render_sql, split_statements,
-)
+from api.storage import StoreError, open_store, parse_store_url
+from api.storage.migrations import SQL_DIR, render_sql, split_statements, table_ttl
+from api.storage.server import driver_params
 from factories import T0, connection, listener
 from tracer.records import format_ts
 
@@ -40,16 +40,16 @@ def test_ttl_is_configurable_and_idempotent(store):
     assert store.migrate(ttl_days=7) == []
     # A writer that only ensures the schema keeps the chosen retention.
     assert store.migrate() == []
-    assert store._ttl("connections") == 7
+    assert table_ttl(store, "connections") == 7
     with pytest.raises(StoreError, match="ttl_days"):
         store.migrate(ttl_days=0)
 
 
 def test_span_ttl_is_configurable_in_hours(store):
-    assert store._ttl("spans", "HOUR") == 6
+    assert table_ttl(store, "spans", "HOUR") == 6
     assert store.migrate(span_ttl_hours=2) == ["spans: TTL 6 -> 2 hours"]
     assert store.migrate(span_ttl_hours=2) == [] and store.migrate() == []
-    assert store._ttl("spans", "HOUR") == 2
+    assert table_ttl(store, "spans", "HOUR") == 2
     with pytest.raises(StoreError, match="span_ttl_hours"):
         store.migrate(span_ttl_hours=0)
 
@@ -241,7 +241,7 @@ def test_driver_parameter_translation():
 
 
 def test_schema_files_render_completely():
-    from api.storage import schema_files
+    from api.storage.migrations import schema_files
 
     for _, _, path in schema_files():
         for statement in split_statements(render_sql(path.read_text(), db="phobos", ttl_days=30, span_ttl_hours=6)):
@@ -251,7 +251,7 @@ def test_schema_files_render_completely():
 
 
 def test_cluster_variant_is_parsed_by_clickhouse(store):
-    from api.storage import clustered_statements, schema_files, schema_statements
+    from api.storage.migrations import clustered_statements, schema_files, schema_statements
 
     statements = []
     for _, _, path in schema_files():

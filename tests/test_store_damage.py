@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from api.store_damage import DAMAGE_REASONS, DamageReport, DedupLogDamage, check_dedup_log, check_store
+from api.storage.damage import DAMAGE_REASONS, DamageReport, DedupLogDamage, check_dedup_log, check_store
 from test_api_serve import free_port, post, wait_ready
 
 # Stores are made, damaged and served by processes of their own.

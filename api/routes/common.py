@@ -57,7 +57,7 @@ def get_store() -> Any:
             if store is None:
                 store = open_store(current_app.config.get("STORE"), role="phobos serve")
                 ext["phobos_store"] = store
-                from api.store_damage import check_at_start
+                from api.storage.damage import check_at_start
 
                 check_at_start(store)  # damage is logged when the store opens, not at the first probe
     return store

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, request
 from api.errors import ApiError
 from api.ingest import STATS
 from api.routes.common import get_store
-from api.store_damage import MONITOR, RECOVERY_HINT, check_at_start
+from api.storage.damage import MONITOR, RECOVERY_HINT, check_at_start
 
 __all__ = ["bp", "REQUESTS", "record_request"]
 
@@ -142,7 +142,7 @@ def _label(value: object) -> str:
 
 
 def _damage_lines(report) -> list[str]:
-    """Store damage (``api.store_damage``) as Prometheus lines; None: the check could not run."""
+    """Store damage (``api.storage.damage``) as Prometheus lines; None: the check could not run."""
     label = _label
     lines = [
         "# HELP phobos_store_damage_check_ok Whether the last store damage check ran completely.",

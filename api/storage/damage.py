@@ -44,6 +44,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from api.storage.interface import Store
+
 __all__ = [
     "DAMAGE_REASONS",
     "DetachedPart",
@@ -244,14 +246,14 @@ def _part_facts(path: str) -> dict[str, Any]:
     return facts
 
 
-def _causes(store: Any) -> list[str]:
+def _causes(store: Store) -> list[str]:
     try:
         return [row[0] for row in store.query("SELECT last_error_message FROM system.errors")]
     except Exception:
         return []
 
 
-def _detached(store: Any) -> list[DetachedPart]:
+def _detached(store: Store) -> list[DetachedPart]:
     rows = store.query_dicts(
         "SELECT table, name, reason, path FROM system.detached_parts WHERE database = {db:String} "
         "ORDER BY table, name",
@@ -273,7 +275,7 @@ def _detached(store: Any) -> list[DetachedPart]:
 # -- the check ---------------------------------------------------------------
 
 
-def check_store(store: Any, dedup_logs: bool = True) -> DamageReport:
+def check_store(store: Store, dedup_logs: bool = True) -> DamageReport:
     """Look for broken parts and damaged deduplication logs in ``store.db``.
 
     Never raises for a store that answers: a check that cannot run is listed
@@ -323,11 +325,11 @@ class DamageMonitor:
         self._logged: dict[tuple, tuple] = {}
 
     @staticmethod
-    def _store_key(store: Any) -> tuple:
+    def _store_key(store: Store) -> tuple:
         url = getattr(store, "url", None)
         return (getattr(url, "scheme", ""), getattr(url, "path", "") or getattr(url, "host", ""), store.db)
 
-    def report(self, store: Any, max_age: float | None = None) -> DamageReport:
+    def report(self, store: Store, max_age: float | None = None) -> DamageReport:
         key = self._store_key(store)
         age = self.max_age if max_age is None else max_age
         with self._lock:
@@ -342,13 +344,13 @@ class DamageMonitor:
             self._log(key, store, fresh)
             return fresh
 
-    def forget(self, store: Any) -> None:
+    def forget(self, store: Store) -> None:
         with self._lock:
             key = self._store_key(store)
             self._reports.pop(key, None)
             self._logged.pop(key, None)
 
-    def _log(self, key: tuple, store: Any, report: DamageReport) -> None:
+    def _log(self, key: tuple, store: Store, report: DamageReport) -> None:
         before = self._logged.get(key)
         now = report.key()
         if before == now:
@@ -369,6 +371,6 @@ class DamageMonitor:
 MONITOR = DamageMonitor()
 
 
-def check_at_start(store: Any) -> DamageReport:
+def check_at_start(store: Store) -> DamageReport:
     """Run the first check now (logging any damage); call it right after opening the store."""
     return MONITOR.report(store, max_age=0)
