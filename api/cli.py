@@ -23,7 +23,7 @@ examples:
   phobos demo                                  # migrate ./data/phobos, simulate a fleet, print a summary
   phobos migrate --store chdb://./data/phobos  # create or upgrade the schema (idempotent)
   phobos simulate --areas 30 --services 500 --instances 5000 --from -24h
-  phobos catalog load api/catalog_example.yaml
+  phobos catalog load api/catalog/example.yaml
   phobos resolve --once                        # resolve what was stored before the stage ran
   phobos sql "SELECT service, sum(connects) FROM phobos.connections GROUP BY service"
   phobos trace --sink stdout | phobos load -  # trace this host into the store (root)
@@ -142,7 +142,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     if args.action == "check":
         print(f"{args.file}: OK ({counts})")
         return 0
-    from api.catalog_store import load_into_store
+    from api.catalog.versions import load_into_store
 
     with _open_store(args.store, "phobos catalog load") as store:
         store.migrate()

@@ -45,21 +45,17 @@ second) and ``fail_rate`` (failed connects per second), plus raw counts.
 
 from __future__ import annotations
 
-import ipaddress
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from api.catalog.lookups import INTERNET, UNASSIGNED, CatalogIndex, catalog_index, lookups_sql, version_sql
 from api.zipkin import Span, link_calls
 
 __all__ = [
-    "INTERNET",
-    "UNASSIGNED",
     "Window",
     "graph_rows",
     "resolved_until",
-    "catalog_maps",
     "service_exists",
     "firing_alerts",
     "service_instances",
@@ -73,11 +69,6 @@ __all__ = [
     "spans_of_traces",
     "ping",
 ]
-
-#: The node standing for every address nothing else explains.
-INTERNET = "INTERNET"
-#: Area of a service the catalog does not name.
-UNASSIGNED = "unassigned"
 
 #: Windows from this length on read the hourly rollup.
 HOURLY_FROM = 6 * 3600
@@ -124,10 +115,6 @@ class Window:
         return "edges_1h" if self.bucket == 3600 else "edges_1m"
 
 
-def _catalog_version(db: str) -> str:
-    return f"(SELECT max(version) FROM {db}.catalog_loads)"
-
-
 # Loopback addresses are per host: they only ever match the same host.
 _LOOPBACK = ("({c} BETWEEN toIPv6('::ffff:127.0.0.0') AND toIPv6('::ffff:127.255.255.255') "
              "OR {c} = toIPv6('::1'))")
@@ -138,25 +125,6 @@ def _ipstr(col: str) -> str:
     """An address as people write it: IPv4-mapped addresses as plain IPv4."""
     return (f"if(startsWith(toString({col}), '::ffff:') AND position(toString({col}), '.') > 0, "
             f"substring(toString({col}), 8), toString({col}))")
-
-
-def _catalog_lookups(db: str, cv: str) -> str:
-    """``area_of`` (service -> area) and the address ranges of services and
-    externals as WITH expressions, for catalog version ``cv``."""
-    return f"""(SELECT mapFromArrays(groupArray(name), groupArray(area))
-         FROM {db}.catalog_services WHERE version = {cv}) AS area_of,
-      -- address ranges as (first, last, name, area, ports), longest prefix first,
-      -- so a row compares two addresses per range instead of parsing text
-      (SELECT groupArray((r.1, r.2, name, area, ports)) FROM (
-         SELECT IPv6CIDRToRange(toIPv6(splitByChar('/', cidr)[1]),
-                                toUInt8OrZero(splitByChar('/', cidr)[2])) AS r, name, area, ports
-         FROM {db}.catalog_services ARRAY JOIN cidrs AS cidr WHERE version = {cv}
-         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS svc_ranges,
-      (SELECT groupArray((r.1, r.2, name, if(area = '', '{INTERNET}', area), ports)) FROM (
-         SELECT IPv6CIDRToRange(toIPv6(splitByChar('/', cidr)[1]),
-                                toUInt8OrZero(splitByChar('/', cidr)[2])) AS r, name, area, ports
-         FROM {db}.catalog_externals ARRAY JOIN cidrs AS cidr WHERE version = {cv}
-         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS ext_ranges"""
 
 
 def _resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
@@ -170,14 +138,14 @@ def _resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
     resolution stage stores, applying the catalog when it is read.
     """
     table = f"{db}.{win.table}"
-    cv = _catalog_version(db) if catalog else "0"
+    cv = version_sql(db) if catalog else "0"
     rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
     lo_e = _LOOPBACK.format(c="remote_ip")
     lo_a = _LOOPBACK.format(c="a")
     wild = _WILDCARD.format(c="sp.ip")
     return f"""
     WITH
-      {_catalog_lookups(db, cv)},
+      {lookups_sql(db, cv)},
       (SELECT groupUniqArray(host) FROM {db}.listener_spans
          WHERE hour >= toStartOfHour(toDateTime({{t0:UInt32}} - {{slack:UInt32}} - 3600, 'UTC'))
            AND hour < toDateTime({{t1:UInt32}}, 'UTC') AND {_WILDCARD.format(c='ip')}) AS wild_hosts
@@ -282,65 +250,7 @@ def _resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
     """
 
 
-@dataclass(frozen=True)
-class _CatalogIndex:
-    """The catalog as the resolved rows need it: areas of services, and the
-    address ranges of services and externals, longest prefix first."""
-
-    area_of: dict[str, str]
-    services: tuple[tuple[int, int, str, str, frozenset[int]], ...]
-    externals: tuple[tuple[int, int, str, str, frozenset[int]], ...]
-
-    def area(self, service: str) -> str:
-        return self.area_of.get(service) or UNASSIGNED
-
-    def address(self, text: str, port: int | None) -> tuple[str, str, str]:
-        """(kind, name, area) of an address no listener explained; ``port``
-        None for a client (ranges then match on the address alone)."""
-        try:
-            addr = ipaddress.ip_address(text)
-        except ValueError:
-            return "internet", INTERNET, INTERNET
-        value = int(addr) | (0xFFFF << 32) if addr.version == 4 else int(addr)
-        for lo, hi, name, area, ports in self.services:
-            if lo <= value <= hi and (port is None or not ports or port in ports):
-                return "service", name, self.area(name)
-        for lo, hi, name, area, ports in self.externals:
-            if lo <= value <= hi and (port is None or not ports or port in ports):
-                return "external", name, area
-        return "internet", INTERNET, INTERNET
-
-
-_CATALOG_INDEX: dict[tuple[str, int], _CatalogIndex] = {}
-_CATALOG_INDEX_LOCK = threading.Lock()
-
-
-def _catalog_index(store: Any, version: int) -> _CatalogIndex:
-    """The catalog of ``version`` as an index, built once per version."""
-    db = store.db
-    key = (f"{id(store)}:{db}", version)
-    index = _CATALOG_INDEX.get(key)
-    if index is not None:
-        return index
-    cv = str(version)
-    (row,) = store.query(f"""WITH {_catalog_lookups(db, cv)}
-        SELECT mapKeys(area_of), mapValues(area_of),
-               arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3, x.4, x.5), svc_ranges),
-               arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3, x.4, x.5), ext_ranges)""")
-
-    def ranges(items: list) -> tuple[tuple[int, int, str, str, frozenset[int]], ...]:
-        return tuple((int(ipaddress.IPv6Address(lo)), int(ipaddress.IPv6Address(hi)), name, area,
-                      frozenset(int(p) for p in ports)) for lo, hi, name, area, ports in items)
-
-    index = _CatalogIndex(dict(zip(row[0], row[1])), ranges(row[2]), ranges(row[3]))
-    with _CATALOG_INDEX_LOCK:
-        if len(_CATALOG_INDEX) > 16:
-            _CATALOG_INDEX.clear()
-        _CATALOG_INDEX[key] = index
-    return index
-
-
-def _stored_rows(store: Any, table: str, win: Window, end: int, keys: list[str], catalog: "_CatalogIndex", *,
+def _stored_rows(store: Any, table: str, win: Window, end: int, keys: list[str], catalog: CatalogIndex, *,
                  dc: str | None, svc: str | None) -> dict[tuple, list[int]]:
     """Sums of a resolved table over ``[win.start, end)`` by the view's ``keys``,
     with the catalog applied here to the rows kept as addresses (one lookup
@@ -512,7 +422,7 @@ def graph_rows(
     filters = f"WHERE {' AND '.join(where)} " if where else ""
     state = _state(store, win)
     split, calls_split = (state.split, state.calls_split) if resolved else (win.start, win.start)
-    catalog = _catalog_index(store, state.catalog_version)
+    catalog = catalog_index(store, state.catalog_version)
     parts: list[tuple[str, dict[str, Any]]] = []
     merged: dict[tuple, dict[str, Any]] = {}
     if split > win.start:
@@ -560,7 +470,7 @@ def _merge(merged: dict[tuple, dict[str, Any]], key: tuple, row: dict[str, Any])
             have[value] += row[value]
 
 
-def _call_rows(store: Any, win: Window, split: int, catalog: "_CatalogIndex", *, svc: str | None,
+def _call_rows(store: Any, win: Window, split: int, catalog: CatalogIndex, *, svc: str | None,
                instances: bool) -> list[dict[str, Any]]:
     """Graph rows of the calls traces saw in the window: linked by the
     resolution stage up to ``split``, linked here from the spans after it."""
@@ -612,55 +522,12 @@ def spans_of_traces(store: Any, start: int, end: int) -> list[Span]:
     return [Span(*row) for row in rows]
 
 
-# -- catalog -----------------------------------------------------------------
-
-def catalog_maps(store: Any) -> dict[str, Any]:
-    """The current catalog as plain lookups for the views (read once per
-    catalog version; callers must not change it).
-
-    Returns
-    -------
-    dict
-        ``areas``: name -> row (``kind``, ``title``, ``owner``, ``links`` JSON,
-        ``services`` for processes); ``services``: name -> row (``area``,
-        ``title``, ``owner``, ``tier``, ``links``); ``externals``: name -> row.
-    """
-    db = store.db
-    version = int(store.query(f"SELECT toUInt64(max(version)) FROM {db}.catalog_loads")[0][0] or 0)
-    key = (f"{id(store)}:{db}", version)
-    maps = _CATALOG_MAPS.get(key)
-    if maps is not None:
-        return maps
-    cv = str(version)
-    areas = store.query_dicts(
-        f"SELECT name, title, kind, owner, description, services, links "
-        f"FROM {db}.catalog_areas WHERE version = {cv} ORDER BY name")
-    services = store.query_dicts(
-        f"SELECT name, area, title, owner, tier, description, links "
-        f"FROM {db}.catalog_services WHERE version = {cv} ORDER BY name")
-    externals = store.query_dicts(
-        f"SELECT name, area, description FROM {db}.catalog_externals WHERE version = {cv} ORDER BY name")
-    maps = {
-        "areas": {r["name"]: r for r in areas},
-        "services": {r["name"]: r for r in services},
-        "externals": {r["name"]: r for r in externals},
-    }
-    with _CATALOG_INDEX_LOCK:
-        if len(_CATALOG_MAPS) > 16:
-            _CATALOG_MAPS.clear()
-        _CATALOG_MAPS[key] = maps
-    return maps
-
-
-_CATALOG_MAPS: dict[tuple[str, int], dict[str, Any]] = {}
-
-
 def service_exists(store: Any, name: str) -> bool:
     """Whether ``name`` is a node the graph can show: a catalog service or
     external, INTERNET, or anything a record, listener or trace span named."""
     if name == INTERNET:
         return True
-    db, cv = store.db, _catalog_version(store.db)
+    db, cv = store.db, version_sql(store.db)
     rows = store.query(
         f"SELECT (SELECT count() FROM {db}.catalog_services WHERE version = {cv} AND name = {{n:String}})"
         f" + (SELECT count() FROM {db}.catalog_externals WHERE version = {cv} AND name = {{n:String}})"
@@ -779,7 +646,7 @@ def trace_calls(store: Any, service: str, win: Window) -> list[dict[str, Any]]:
     state = _state(store, win)
     if not state.has_calls:
         return []
-    rows = _call_rows(store, win, state.calls_split, _catalog_index(store, state.catalog_version), svc=service,
+    rows = _call_rows(store, win, state.calls_split, catalog_index(store, state.catalog_version), svc=service,
                       instances=False)
     rows.sort(key=lambda r: (-r["calls"], r["s_name"], r["d_name"]))
     return [{"caller": r["s_name"], "callee": r["d_name"], "calls": r["calls"], "errors": r["call_errors"],
@@ -794,7 +661,7 @@ def search(store: Any, text: str, limit: int = 20, since: int | None = None) -> 
     Observed names (services, hosts, pods, addresses) come from the last day
     before ``since`` (default now) so that the search stays fast.
     """
-    db, cv = store.db, _catalog_version(store.db)
+    db, cv = store.db, version_sql(store.db)
     since = int(since if since is not None else time.time())
     p = {"q": text, "lim": limit, "t1": since, "t0": since - 86400}
     rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC') + 3600"

@@ -30,7 +30,7 @@ What it exercises:
 
 from __future__ import annotations
 
-from api.catalog_store import load_into_store
+from api.catalog.versions import load_into_store
 from api.ingest import ingest_batch
 from factories import T0, connection, listener
 from tracer.catalog import parse_catalog

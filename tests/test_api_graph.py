@@ -9,6 +9,7 @@ import pytest
 import fixtures as fx
 from api import queries as q
 from api.app import create_app
+from api.catalog.lookups import UNASSIGNED
 
 VIEW = f"at={fx.AT}&window={fx.WINDOW}"
 
@@ -57,7 +58,7 @@ def test_service_edges_are_exact(fixture_store):
     assert kinds[("api", "db")] == ("service", "service", "shop", "pay")
     assert kinds[("web", "INTERNET")] == ("service", "internet", "shop", "INTERNET")
     assert kinds[("INTERNET", "web")] == ("internet", "service", "INTERNET", "shop")
-    assert kinds[("web", "redis")][3] == q.UNASSIGNED
+    assert kinds[("web", "redis")][3] == UNASSIGNED
 
 
 def test_rates_and_failures(fixture_store):
@@ -93,10 +94,10 @@ def test_instances_of_a_service(fixture_store):
 def test_areas_view(client):
     view = get(client, f"/api/v1/areas?{VIEW}")
     assert view["renderer"] == "global"
-    assert set(nodes_of(view)) == {"INTERNET", "shop", "pay", q.UNASSIGNED}
+    assert set(nodes_of(view)) == {"INTERNET", "shop", "pay", UNASSIGNED}
     edges = edges_of(view)
     assert set(edges) == {("shop", "pay"), ("pay", "shop"), ("shop", "INTERNET"), ("INTERNET", "shop"),
-                          ("shop", q.UNASSIGNED)}
+                          ("shop", UNASSIGNED)}
     assert edges[("shop", "pay")]["metrics"]["normal"] == pytest.approx(5.1 + 0.9)
     assert edges[("INTERNET", "shop")]["metrics"]["normal"] == pytest.approx(3.6)
     assert nodes_of(view)["shop"]["metadata"]["internal"] == pytest.approx(1.8 + 0.9)

@@ -14,6 +14,7 @@ import pytest
 
 from api import queries as q
 from api.app import create_app
+from api.catalog.lookups import INTERNET
 from conftest import require
 
 try:
@@ -70,13 +71,13 @@ def test_every_epoch_resolves_to_the_true_edges(fleet_store):
         assert internal - truth == set(), f"false edges in epoch {start}..{end}"
         assert truth - internal == set(), f"missing edges in epoch {start}..{end}"
         for r in rows:
-            assert r["s_name"] in services | externals | {q.INTERNET}
-            assert r["d_name"] in services | externals | {q.INTERNET}
+            assert r["s_name"] in services | externals | {INTERNET}
+            assert r["d_name"] in services | externals | {INTERNET}
             if r["d_name"] in externals:
                 assert r["d_kind"] == "external"
         # INTERNET clients reach the ingress services; untraced clients (not
         # in the catalog) are INTERNET too, and call a few api/db services
-        callers_of = {r["d_name"] for r in rows if r["s_name"] == q.INTERNET}
+        callers_of = {r["d_name"] for r in rows if r["s_name"] == INTERNET}
         assert {fleet.svc_name[i] for i in fleet.ingress} <= callers_of
         ext_called = {(r["s_name"], r["d_name"]) for r in rows if r["d_kind"] == "external"}
         truth_ext = {(fleet.svc_name[c], e["name"]) for e in fleet.externals for c in e["callers"]}
@@ -91,8 +92,8 @@ def test_views_on_the_fleet(fleet_store):
     at = cfg.end
     areas = client.get(f"/api/v1/areas?at={at}").get_json()
     names = {n["name"] for n in areas["nodes"]}
-    assert set(fleet.areas) | {q.INTERNET} <= names
-    assert any(c["source"] == q.INTERNET for c in areas["connections"])
+    assert set(fleet.areas) | {INTERNET} <= names
+    assert any(c["source"] == INTERNET for c in areas["connections"])
     area = fleet.areas[0]
     region = client.get(f"/api/v1/areas/{area}?at={at}").get_json()
     own = {n["name"] for n in region["nodes"] if n["class"] == "area"}

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from api.catalog_store import (CATALOG_TABLES, catalog_from_rows,
-                               catalog_to_rows, current_catalog_rows,
-                               current_version, load_into_store,
-                               read_catalog)
+from api.catalog.versions import (CATALOG_TABLES, catalog_from_rows,
+                                  catalog_to_rows, current_catalog_rows,
+                                  current_version, load_into_store,
+                                  read_catalog)
 from conftest import require
 from tracer.catalog import (MAX_ERRORS, Catalog, CatalogError, load_catalog,
                             parse_catalog)
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "api" / "catalog_example.yaml"
+EXAMPLE = ROOT / "api" / "catalog" / "example.yaml"
 
 SMALL = """\
 version: 1

@@ -136,7 +136,7 @@ def test_rules_built_outside_the_parser_are_checked_too():
 
 
 def test_example_catalog_regexes_are_re2():
-    load_catalog(ROOT / "api" / "catalog_example.yaml")
+    load_catalog(ROOT / "api" / "catalog" / "example.yaml")
 
 
 # -- YAML depth ------------------------------------------------------------------

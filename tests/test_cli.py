@@ -62,7 +62,7 @@ def test_user_errors_are_one_line_not_a_traceback(url, tmp_path):
     assert out.returncode == 2 and "run `phobos migrate" in out.stderr
     out = phobos("migrate", "--store", "mysql://nope")
     assert out.returncode == 2 and "unknown store scheme" in out.stderr
-    out = phobos("catalog", "load", str(ROOT / "api" / "catalog_example.yaml"), "--store", url)
+    out = phobos("catalog", "load", str(ROOT / "api" / "catalog" / "example.yaml"), "--store", url)
     assert out.returncode == 0 and "loaded as catalog version" in out.stdout, out.stderr
 
 

@@ -12,7 +12,8 @@ import pytest
 
 import fixtures as fx
 from api import queries as q
-from api.catalog_store import load_into_store
+from api.catalog.lookups import INTERNET
+from api.catalog.versions import load_into_store
 from api.ingest import ingest_batch
 from api.resolution import Resolver, _runs
 from factories import T0, connection, listener
@@ -91,7 +92,7 @@ def test_a_client_before_its_servers_listener_is_resolved_again_when_the_listene
     r = resolver(store)
     r.run_once()
     win = q.Window.at(T0 + 180, 120)
-    assert [(e["d_kind"], e["d_name"]) for e in q.graph_rows(store, win)] == [("internet", q.INTERNET)]
+    assert [(e["d_kind"], e["d_name"]) for e in q.graph_rows(store, win)] == [("internet", INTERNET)]
     # the server's host reports its listener a few minutes late
     ingest_batch(store, "listeners", [listener(ts=ts, host="h-s", ip="10.7.0.9", port=9000, service="server")])
     assert r.pending() == [T0 + 120]  # the minute of the listener record

@@ -314,7 +314,7 @@ def test_incidents_spike_failures(run_a):
 
 def test_catalog_matches_the_records(run_a):
     store, summary = run_a
-    from api.catalog_store import read_catalog
+    from api.catalog.versions import read_catalog
 
     assert summary.catalog_version is not None
     catalog = read_catalog(store)

@@ -10,7 +10,7 @@ reading the file it is given.
 
 Who uses it: the tracer (``phobos trace --catalog FILE``) names the processes
 it sees with the rules; ``phobos catalog check|load`` validates a file, and
-``api/catalog_store.py`` stores each loaded version as rows of the
+``api/catalog/versions.py`` stores each loaded version as rows of the
 ``catalog_*`` ClickHouse tables and reads them back.  It lives on the tracer
 side because both need it and imports run one way, from ``api`` to ``tracer``.
 

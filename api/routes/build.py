@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 from api import graph as g
 from api import queries as q
 from api import vizceral as vz
+from api.catalog.lookups import INTERNET, UNASSIGNED, catalog_maps
 from api.errors import ApiError
 
 __all__ = [
@@ -116,7 +117,7 @@ def _rows(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], *, win: q.Wi
 
 
 def _catalog(store: Any) -> dict[str, Any]:
-    return q.catalog_maps(store)  # read once per catalog version
+    return catalog_maps(store)  # read once per catalog version
 
 
 def _alerting(store: Any, at: int) -> dict[str, list[dict[str, Any]]]:
@@ -207,7 +208,7 @@ def areas_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -> dict
     rows = _rows(store, cfg, p)
     catalog = _catalog(store)
     alerts = _alerting(store, p["win"].end)
-    nodes: dict[str, dict[str, Any]] = {q.INTERNET: {"cls": "normal", "kind": "internet"}}
+    nodes: dict[str, dict[str, Any]] = {INTERNET: {"cls": "normal", "kind": "internet"}}
     for name, area in catalog["areas"].items():
         if area["kind"] == "area":
             nodes[name] = {"cls": "normal", "kind": "area", "display": area["title"] or name}
@@ -217,7 +218,7 @@ def areas_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -> dict
             nodes.setdefault(n, {"cls": "normal", "kind": "area"})
     area_alerts: dict[str, list] = defaultdict(list)
     for service, items in alerts.items():
-        area = catalog["services"].get(service, {}).get("area") or q.UNASSIGNED
+        area = catalog["services"].get(service, {}).get("area") or UNASSIGNED
         area_alerts[area].extend(items)
     for name, data in nodes.items():
         internal = edges.get((name, name))
@@ -226,7 +227,7 @@ def areas_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -> dict
             data["cls"] = "danger"
             data["alerts"] = len(area_alerts[name])
             data["notices"] = _alert_notices(area_alerts[name])
-    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [q.INTERNET], "areas")
+    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [INTERNET], "areas")
     updated = p["win"].end * 1000
     return vz.view("global", "edge", _vz_nodes(nodes, "region", updated),
                    _vz_connections(edges, p["metric"]), metadata=_meta(p, grouped=len(tail)),
@@ -238,7 +239,7 @@ def areas_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -> dict
 def area_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], area: str) -> dict[str, Any]:
     """The area's services (class ``area``), their neighbours (``other``), alerting ones (``alert``)."""
     catalog = _catalog(store)
-    if area not in catalog["areas"] and area not in (q.INTERNET, q.UNASSIGNED):
+    if area not in catalog["areas"] and area not in (INTERNET, UNASSIGNED):
         raise ApiError(404, f"no business area named {area!r}")
     rows = [r for r in _rows(store, cfg, p) if r["s_area"] == area or r["d_area"] == area]
     alerts = _alerting(store, p["win"].end)
@@ -259,7 +260,7 @@ def area_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], area: st
             data["cls"] = "area" if data["area"] == area and data["kind"] == "service" else "other"
     edges = g.contract(rows, lambda r, side: r[f"{side}_name"])
     own = sorted(n for n, d in nodes.items() if d["area"] == area and d["kind"] == "service")
-    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [q.INTERNET, *own],
+    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [INTERNET, *own],
                                      "services")
     updated = p["win"].end * 1000
     return vz.view("region", area, _vz_nodes(nodes, "focused", updated),
@@ -273,15 +274,15 @@ def datacenters_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any]) -
     """Datacenters/zones and INTERNET with the traffic between them (Vizceral ``global``).
     TCP only: a span does not say which datacenter it ran in."""
     rows = _rows(store, cfg, p, calls=False)
-    edges = g.contract(rows, lambda r, side: r[f"{side}_dc"] or q.INTERNET)
-    nodes: dict[str, dict[str, Any]] = {q.INTERNET: {"cls": "normal", "kind": "internet"}}
+    edges = g.contract(rows, lambda r, side: r[f"{side}_dc"] or INTERNET)
+    nodes: dict[str, dict[str, Any]] = {INTERNET: {"cls": "normal", "kind": "internet"}}
     for (src, dst) in edges:
         for n in (src, dst):
             nodes.setdefault(n, {"cls": "normal", "kind": "dc"})
     for name, data in nodes.items():
         internal = edges.get((name, name))
         data["internal"] = g.metric_value(internal.values, p["metric"]) if internal else 0.0
-    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [q.INTERNET],
+    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [INTERNET],
                                      "datacenters")
     updated = p["win"].end * 1000
     return vz.view("global", "datacenters", _vz_nodes(nodes, "region", updated),
@@ -343,7 +344,7 @@ def service_view(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], servi
     if alerts.get(service):
         for n in own:
             nodes[n]["notices"] = _alert_notices(alerts[service])
-    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [q.INTERNET, *own],
+    edges, nodes, tail, _ = _grouped(edges, nodes, p["metric"], cfg["MAX_NODES"], [INTERNET, *own],
                                      "nodes")
     updated = p["win"].end * 1000
     return vz.view("focused", service, _vz_nodes(nodes, None, updated),
@@ -391,7 +392,7 @@ def service_summary(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], se
         links += [dict(link, inherited_from=area["name"]) for link in _links(area["links"])]
     return {
         "service": service,
-        "area": svc["area"] if svc else q.UNASSIGNED,
+        "area": svc["area"] if svc else UNASSIGNED,
         "catalog": ({k: svc[k] for k in ("title", "owner", "tier", "description")} if svc else None),
         "links": links,
         "instances": _cache().get(("instances", store.db, service, p["win"]),

@@ -50,7 +50,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from api.catalog_store import load_into_store
+from api.catalog.versions import load_into_store
 from api.simulation.fleet import (
     INTERNET_CLIENTS,
     PAIR_INTERNET,

@@ -13,8 +13,9 @@ Two loads running at the same moment could pick the same number; catalog
 loads are rare, deliberate operations (one CI job, one operator), so they
 are expected to be serialised by whoever runs them.
 
-The store is anything with ``db``, ``insert_rows(table, rows, dedup_token)``
-and ``query(sql, params) -> list[tuple]`` (``api.storage.Store``).
+Only ``db``, ``insert_rows(table, rows, dedup_token)`` and ``query(sql,
+params) -> list[tuple]`` of the ``Store`` are used (the tests stand in a
+small fake).
 ``catalog_to_rows``/``catalog_from_rows`` turn a ``Catalog`` (the model in
 ``tracer/catalog.py``) into the tables' rows and back.
 
@@ -29,6 +30,7 @@ import json
 import time
 from typing import Any, Iterable, Mapping
 
+from api.storage import Store
 from tracer.catalog import Area, Catalog, External, Link, Match, Service
 
 __all__ = [
@@ -131,24 +133,24 @@ def catalog_from_rows(rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> Catalo
     return Catalog(areas=areas, services=services, externals=externals)
 
 
-def current_version(store: Any) -> int | None:
+def current_version(store: Store) -> int | None:
     """The version readers see, or None when no catalog was ever loaded."""
     rows = store.query(f"SELECT count(), max(version) FROM {store.db}.catalog_loads")
     count, version = rows[0]
     return int(version) if int(count) else None
 
 
-def _next_version(store: Any) -> int:
+def _next_version(store: Store) -> int:
     parts = ", ".join(f"(SELECT max(version) FROM {store.db}.{t})" for t in _WRITE_ORDER)
     return int(store.query(f"SELECT greatest({parts})")[0][0]) + 1
 
 
-def load_into_store(store: Any, catalog: Catalog, source: str, now: float | None = None) -> int:
+def load_into_store(store: Store, catalog: Catalog, source: str, now: float | None = None) -> int:
     """Make ``catalog`` the current catalog of ``store``.
 
     Parameters
     ----------
-    store : api.storage.Store
+    store : Store
         A migrated store.
     catalog : Catalog
         A validated catalog (``load_catalog``/``parse_catalog`` refuse
@@ -184,7 +186,7 @@ def load_into_store(store: Any, catalog: Catalog, source: str, now: float | None
     return version
 
 
-def current_catalog_rows(store: Any, version: int | None = None) -> dict[str, list[dict]]:
+def current_catalog_rows(store: Store, version: int | None = None) -> dict[str, list[dict]]:
     """The rows of one catalog version (default: the current one).
 
     Returns
@@ -209,7 +211,7 @@ def current_catalog_rows(store: Any, version: int | None = None) -> dict[str, li
     return out
 
 
-def read_catalog(store: Any, version: int | None = None) -> Catalog:
+def read_catalog(store: Store, version: int | None = None) -> Catalog:
     """The catalog of one version (default: current); empty if none loaded."""
     return catalog_from_rows(current_catalog_rows(store, version))
 

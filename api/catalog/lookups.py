@@ -1,0 +1,154 @@
+"""The catalog as the views and the resolution read it: names, areas and address ranges.
+
+A catalog version (``versions.py``) becomes, once per version and store:
+
+* ``catalog_maps`` - areas, services and externals by name, for what a view
+  shows of them (titles, owners, links, a business process's services);
+* ``catalog_index`` - the areas of services and the address ranges of
+  services and externals, longest prefix first, which name the addresses
+  no listener explained when resolved rows are read;
+* ``lookups_sql`` - the same as ClickHouse ``WITH`` expressions, for the
+  resolution SQL that applies the catalog in the query itself.
+
+What the catalog does not explain has a name too: ``INTERNET`` for an
+address, ``UNASSIGNED`` for the area of a service it does not list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from api.storage import Store
+
+__all__ = ["INTERNET", "UNASSIGNED", "CatalogIndex", "catalog_index", "catalog_maps", "lookups_sql", "version_sql"]
+
+#: The node standing for every address nothing else explains.
+INTERNET = "INTERNET"
+#: Area of a service the catalog does not name.
+UNASSIGNED = "unassigned"
+
+
+def version_sql(db: str) -> str:
+    """The current catalog version, as a scalar subquery."""
+    return f"(SELECT max(version) FROM {db}.catalog_loads)"
+
+
+def lookups_sql(db: str, cv: str) -> str:
+    """``area_of`` (service -> area) and the address ranges of services and
+    externals as WITH expressions, for catalog version ``cv``."""
+    return f"""(SELECT mapFromArrays(groupArray(name), groupArray(area))
+         FROM {db}.catalog_services WHERE version = {cv}) AS area_of,
+      -- address ranges as (first, last, name, area, ports), longest prefix first,
+      -- so a row compares two addresses per range instead of parsing text
+      (SELECT groupArray((r.1, r.2, name, area, ports)) FROM (
+         SELECT IPv6CIDRToRange(toIPv6(splitByChar('/', cidr)[1]),
+                                toUInt8OrZero(splitByChar('/', cidr)[2])) AS r, name, area, ports
+         FROM {db}.catalog_services ARRAY JOIN cidrs AS cidr WHERE version = {cv}
+         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS svc_ranges,
+      (SELECT groupArray((r.1, r.2, name, if(area = '', '{INTERNET}', area), ports)) FROM (
+         SELECT IPv6CIDRToRange(toIPv6(splitByChar('/', cidr)[1]),
+                                toUInt8OrZero(splitByChar('/', cidr)[2])) AS r, name, area, ports
+         FROM {db}.catalog_externals ARRAY JOIN cidrs AS cidr WHERE version = {cv}
+         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS ext_ranges"""
+
+
+@dataclass(frozen=True)
+class CatalogIndex:
+    """The catalog as the resolved rows need it: areas of services, and the
+    address ranges of services and externals, longest prefix first."""
+
+    area_of: dict[str, str]
+    services: tuple[tuple[int, int, str, str, frozenset[int]], ...]
+    externals: tuple[tuple[int, int, str, str, frozenset[int]], ...]
+
+    def area(self, service: str) -> str:
+        return self.area_of.get(service) or UNASSIGNED
+
+    def address(self, text: str, port: int | None) -> tuple[str, str, str]:
+        """(kind, name, area) of an address no listener explained; ``port``
+        None for a client (ranges then match on the address alone)."""
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            return "internet", INTERNET, INTERNET
+        value = int(addr) | (0xFFFF << 32) if addr.version == 4 else int(addr)
+        for lo, hi, name, area, ports in self.services:
+            if lo <= value <= hi and (port is None or not ports or port in ports):
+                return "service", name, self.area(name)
+        for lo, hi, name, area, ports in self.externals:
+            if lo <= value <= hi and (port is None or not ports or port in ports):
+                return "external", name, area
+        return "internet", INTERNET, INTERNET
+
+
+# Built once per (store, catalog version); a few versions are kept.
+_CATALOG_INDEX: dict[tuple[str, int], CatalogIndex] = {}
+_CATALOG_MAPS: dict[tuple[str, int], dict[str, Any]] = {}
+_LOCK = threading.Lock()
+
+
+def catalog_index(store: Store, version: int) -> CatalogIndex:
+    """The catalog of ``version`` as an index, built once per version."""
+    db = store.db
+    key = (f"{id(store)}:{db}", version)
+    index = _CATALOG_INDEX.get(key)
+    if index is not None:
+        return index
+    cv = str(version)
+    (row,) = store.query(f"""WITH {lookups_sql(db, cv)}
+        SELECT mapKeys(area_of), mapValues(area_of),
+               arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3, x.4, x.5), svc_ranges),
+               arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3, x.4, x.5), ext_ranges)""")
+
+    def ranges(items: list) -> tuple[tuple[int, int, str, str, frozenset[int]], ...]:
+        return tuple((int(ipaddress.IPv6Address(lo)), int(ipaddress.IPv6Address(hi)), name, area,
+                      frozenset(int(p) for p in ports)) for lo, hi, name, area, ports in items)
+
+    index = CatalogIndex(dict(zip(row[0], row[1])), ranges(row[2]), ranges(row[3]))
+    with _LOCK:
+        if len(_CATALOG_INDEX) > 16:
+            _CATALOG_INDEX.clear()
+        _CATALOG_INDEX[key] = index
+    return index
+
+
+def catalog_maps(store: Store) -> dict[str, Any]:
+    """The current catalog as plain lookups for the views (read once per
+    catalog version; callers must not change it).
+
+    Returns
+    -------
+    dict
+        ``areas``: name -> row (``kind``, ``title``, ``owner``, ``links`` JSON,
+        ``services`` for processes); ``services``: name -> row (``area``,
+        ``title``, ``owner``, ``tier``, ``links``); ``externals``: name -> row.
+    """
+    db = store.db
+    version = int(store.query(f"SELECT toUInt64(max(version)) FROM {db}.catalog_loads")[0][0] or 0)
+    key = (f"{id(store)}:{db}", version)
+    maps = _CATALOG_MAPS.get(key)
+    if maps is not None:
+        return maps
+    cv = str(version)
+    areas = store.query_dicts(
+        f"SELECT name, title, kind, owner, description, services, links "
+        f"FROM {db}.catalog_areas WHERE version = {cv} ORDER BY name")
+    services = store.query_dicts(
+        f"SELECT name, area, title, owner, tier, description, links "
+        f"FROM {db}.catalog_services WHERE version = {cv} ORDER BY name")
+    externals = store.query_dicts(
+        f"SELECT name, area, description FROM {db}.catalog_externals WHERE version = {cv} ORDER BY name")
+    maps = {
+        "areas": {r["name"]: r for r in areas},
+        "services": {r["name"]: r for r in services},
+        "externals": {r["name"]: r for r in externals},
+    }
+    with _LOCK:
+        if len(_CATALOG_MAPS) > 16:
+            _CATALOG_MAPS.clear()
+        _CATALOG_MAPS[key] = maps
+    return maps
+
