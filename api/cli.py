@@ -96,7 +96,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 changes.append(f"marked {marked} minutes of earlier records for the resolution stage "
                                f"(`phobos resolve --once` resolves them now)")
         if args.kafka:
-            from api.kafka_ingest import migrate_from_args
+            from api.commands.ingest import migrate_from_args
 
             changes += migrate_from_args(store, args)
         version = store.schema_version()
@@ -152,7 +152,8 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from api.ingest import Undecodable, decode_record, ingest_batch
+    from api.ingest.batches import ingest_batch
+    from api.ingest.decode import Undecodable, decode_record
 
     # Bytes, not text: a line that is not UTF-8 is one refused record, not the end of the load.
     stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
@@ -347,7 +348,7 @@ def configure_resolve(p: argparse.ArgumentParser) -> None:
 
 
 def configure_migrate(p: argparse.ArgumentParser) -> None:
-    from api.kafka_ingest import configure_migrate_parser
+    from api.commands.ingest import configure_migrate_parser
 
     _store_arg(p)
     ttl_env = os.environ.get("PHOBOS_TTL_DAYS")
@@ -427,8 +428,8 @@ COMMANDS: tuple[tuple[str, str, Configure, Run], ...] = (
      *_delegate("api.up")),
     ("simulate", "write a simulated fleet's records (backfill and/or live)", *_delegate("api.simulation.simulate")),
     ("trace", "trace this host's TCP connections with eBPF (root)", *_delegate("tracer.agent")),
-    ("ingest", "consume records from Kafka into a store", *_delegate("api.kafka_ingest")),
-    ("kafka", "Kafka topic set-up", *_delegate("api.kafka_ingest", "configure_kafka_parser", "run_kafka")),
+    ("ingest", "consume records from Kafka into a store", *_delegate("api.commands.ingest")),
+    ("kafka", "Kafka topic set-up", *_delegate("api.commands.ingest", "configure_kafka_parser", "run_kafka")),
 )
 
 

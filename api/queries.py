@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from api.catalog.lookups import INTERNET, UNASSIGNED, CatalogIndex, catalog_index, lookups_sql, version_sql
 from api.zipkin import Span, link_calls
@@ -64,8 +64,6 @@ __all__ = [
     "search",
     "timeline",
     "data_range",
-    "insert_alerts",
-    "insert_spans",
     "spans_of_traces",
     "ping",
 ]
@@ -577,16 +575,6 @@ def firing_alerts(store: Any, at: int, service: str | None = None) -> list[dict[
         """,
         {"at": at, **({"svc": service} if service is not None else {})},
     )
-
-
-def insert_alerts(store: Any, rows: Sequence[dict[str, Any]]) -> int:
-    """Store Alertmanager notifications (rows shaped like the ``alerts`` table)."""
-    return store.insert_rows("alerts", list(rows)) if rows else 0
-
-
-def insert_spans(store: Any, rows: Sequence[dict[str, Any]], token: str | None) -> int:
-    """Store Zipkin spans (rows of ``api.zipkin.span_rows``)."""
-    return store.insert_rows("spans", list(rows), dedup_token=token) if rows else 0
 
 
 # -- service summary ---------------------------------------------------------

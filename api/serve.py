@@ -69,7 +69,8 @@ def start_kafka_ingest(store: Any, brokers: str, prefix: str) -> tuple[Any, thre
     serves an embedded store is also the one that must write Kafka's records
     into it; a separate ``phobos ingest`` would be refused the store.
     """
-    from api.kafka_ingest import KafkaIngest, topics_for
+    from api.ingest.kafka_consumer import KafkaIngest
+    from api.ingest.kafka_topics import topics_for
 
     topics = {topic: kind for kind, topic in topics_for(prefix).items()}
     ingest = KafkaIngest(store, brokers, topics)

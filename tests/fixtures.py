@@ -31,7 +31,7 @@ What it exercises:
 from __future__ import annotations
 
 from api.catalog.versions import load_into_store
-from api.ingest import ingest_batch
+from api.ingest.batches import ingest_batch
 from factories import T0, connection, listener
 from tracer.catalog import parse_catalog
 from tracer.records import format_ts

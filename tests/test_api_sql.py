@@ -12,7 +12,7 @@ from factories import connection
 
 @pytest.fixture
 def client(store):
-    from api.ingest import ingest_batch
+    from api.ingest.batches import ingest_batch
 
     ingest_batch(store, "connections", [connection(pid=p) for p in range(1, 6)])
     app = create_app({"STORE": store, "TESTING": True, "BIND_HOST": "127.0.0.1", "SQL_MAX_ROWS": 100,

@@ -27,7 +27,7 @@ FILE = "/etc/passwd"
 
 @pytest.fixture
 def app(store):
-    from api.ingest import ingest_batch
+    from api.ingest.batches import ingest_batch
 
     ingest_batch(store, "connections", [connection(pid=p) for p in range(1, 4)])
     return create_app({"STORE": store, "TESTING": True, "BIND_HOST": "127.0.0.1", "SQL_MAX_SECONDS": 2,

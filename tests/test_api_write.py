@@ -172,7 +172,7 @@ def test_alert_text_is_escaped_in_notices(client, store):
 
 def test_grouped_names_are_escaped(store):
     """Names reported by hosts reach the "N more" notice: escaped there too."""
-    from api.ingest import ingest_batch
+    from api.ingest.batches import ingest_batch
 
     evil = [f"<img src=x onerror=alert({i})>" for i in range(4)]
     conns = [connection(service="web", remote_ip=f"198.51.100.{i}", remote_port=443) for i in range(4)]

@@ -1,10 +1,13 @@
-"""The record contract: one field list in code, the same columns in sql/."""
+"""The record contract: one field list in code, the same columns in sql/, one set of limits for both checks."""
+
+import json
 
 import pytest
 
+from api.ingest.contract import fast_table, records_to_arrow
 from factories import connection, listener
 from tracer.records import (
-    RECORD_FIELDS, RecordError, normalize_ip, parse_ts, validate, validate_batch,
+    MAX_TEXT, RECORD_FIELDS, VERSION, RecordError, normalize_ip, parse_ts, validate, validate_batch,
 )
 
 
@@ -70,3 +73,27 @@ def test_time_and_ip_helpers():
         parse_ts(float("nan"))
     assert normalize_ip(" ::ffff:10.0.0.1 ") == "::ffff:10.0.0.1"
     assert normalize_ip("2001:DB8::1") == "2001:db8::1"
+
+
+@pytest.mark.parametrize("kind", sorted(RECORD_FIELDS))
+def test_the_column_check_and_the_record_check_share_their_limits(kind):
+    """At every limit of the contract, the Kafka consumer's column check (``fast_table``)
+    accepts what ``validate`` accepts and refuses what it refuses."""
+    make = {"connections": connection, "listeners": listener}[kind]
+    cases = [({"v": VERSION}, True), ({"v": VERSION + 1}, False)]
+    for f in RECORD_FIELDS[kind]:
+        if f.kind == "uint" and f.name != "v":
+            cases += [({f.name: f.max}, True), ({f.name: f.max + 1}, False)]
+        elif f.kind == "str":
+            cases += [({f.name: "x" * MAX_TEXT}, True), ({f.name: "x" * (MAX_TEXT + 1)}, False)]
+        elif f.kind == "enum":
+            cases += [({f.name: choice}, True) for choice in f.choices] + [({f.name: "elsewhere"}, False)]
+    for change, accepted in cases:
+        record = make(**change)
+        what = {k: f"{len(v)} characters" if isinstance(v, str) and len(v) > 40 else v for k, v in change.items()}
+        good, _ = validate_batch(kind, [record])
+        assert bool(good) is accepted, what
+        table = fast_table(kind, json.dumps(record).encode() + b"\n", 1)
+        assert (table is not None) is accepted, what
+        if accepted:
+            assert table.equals(records_to_arrow(kind, good)), what

@@ -558,7 +558,8 @@ def test_api_serves_the_probed_paths():
 def test_job_and_consumer_commands_parse(rendered):
     import argparse
 
-    from api import cli, kafka_ingest
+    from api import cli
+    from api.commands import ingest as kafka_ingest
 
     job = pod_spec(one(rendered["production"], "Job", "migrate"))["containers"][0]["command"]
     migrate = argparse.ArgumentParser()

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from api.kafka_ingest import init_topics, topics_for
+from api.ingest.kafka_topics import init_topics, topics_for
 from kafka import kafka_broker  # noqa: F401 - pytest fixture
 from test_kafka_pipeline import stream
 
@@ -35,7 +35,7 @@ CONSUMER = textwrap.dedent("""
     import json, os, sys, time
     sys.path.insert(0, {root!r})
     from api.storage import open_store
-    from api.kafka_ingest import KafkaIngest
+    from api.ingest.kafka_consumer import KafkaIngest
 
     hold_after = int(os.environ.get("HOLD_AFTER", "0"))
     inserted = []
@@ -150,7 +150,7 @@ def test_phobos_ingest_command_reports_and_stops_cleanly_on_sigterm(kafka_broker
     assert producer.flush(30) == 0
     store_url = f"chdb://{tmp_path / 'store'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.kafka_ingest", "ingest", "--kafka", kafka_broker.bootstrap,
+        [sys.executable, "-m", "api.cli", "ingest", "--kafka", kafka_broker.bootstrap,
          "--topic-prefix", prefix, "--group", f"{prefix}-cli", "--store", store_url, "--report", "0.5",
          "-X", "session.timeout.ms=6000"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -15,7 +15,9 @@ import pytest
 from confluent_kafka import Producer
 
 from api.storage import StoreError
-from api.kafka_ingest import KafkaIngest, fast_table, init_topics, kafka_statements, migrate_kafka, topics_for
+from api.ingest.contract import fast_table
+from api.ingest.kafka_consumer import KafkaIngest
+from api.ingest.kafka_topics import init_topics, kafka_statements, migrate_kafka, topics_for
 from factories import T0, connection, listener
 from kafka import kafka_broker  # noqa: F401 - pytest fixture
 from tracer.kafka_sink import KafkaSink
@@ -253,7 +255,7 @@ def test_poison_records_become_dead_letters_and_the_partition_moves_on(kafka_bro
 
 
 def test_fast_validation_accepts_exactly_what_the_contract_accepts():
-    from api.ingest import records_to_arrow
+    from api.ingest.contract import records_to_arrow
     from tracer.records import validate_batch
 
     records = stream(500) + [connection(remote_ip="2001:db8::1", local_ip="::ffff:10.0.0.9")]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from api.kafka_ingest import init_topics
+from api.ingest.kafka_topics import init_topics
 from factories import connection, listener
 from kafka import kafka_broker  # noqa: F401 - pytest fixture
 from test_api_serve import free_port, post, wait_ready

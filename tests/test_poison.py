@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from api.app import create_app
-from api.ingest import MAX_JSON_DEPTH, Undecodable, decode_body, decode_record, ingest_batch
+from api.ingest.batches import ingest_batch
+from api.ingest.decode import MAX_JSON_DEPTH, Undecodable, decode_body, decode_record
 from factories import connection, listener
 from tracer.records import RecordError, normalize_ip
 

@@ -14,7 +14,7 @@ import fixtures as fx
 from api import queries as q
 from api.catalog.lookups import INTERNET
 from api.catalog.versions import load_into_store
-from api.ingest import ingest_batch
+from api.ingest.batches import ingest_batch
 from api.resolution import Resolver, _runs
 from factories import T0, connection, listener
 from tracer.catalog import parse_catalog

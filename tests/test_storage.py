@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from api.ingest import ingest_batch
+from api.ingest.batches import ingest_batch
 from api.storage import StoreError, open_store, parse_store_url
 from api.storage.migrations import SQL_DIR, render_sql, split_statements, table_ttl
 from api.storage.server import driver_params

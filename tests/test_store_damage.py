@@ -31,7 +31,7 @@ MAKE = """
 import json, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 from api.storage import open_store
-from api.ingest import ingest_batch
+from api.ingest.batches import ingest_batch
 from factories import T0, connection
 from tracer.records import format_ts
 store = open_store({url!r}, role="pytest")
@@ -203,7 +203,7 @@ def test_deduplication_log_grammar(data, expected):
 
 def test_parts_detached_by_a_person_are_counted_not_damage(store):
     from api.app import create_app
-    from api.ingest import ingest_batch
+    from api.ingest.batches import ingest_batch
     from factories import connection
 
     ingest_batch(store, "connections", [connection(pid=p) for p in range(5)], batch_id="x")

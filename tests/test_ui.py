@@ -91,7 +91,7 @@ def xss(chdb_dir):
     """A store whose only client service is named like an XSS payload, with an alert on it."""
     from factories import T0, connection, listener
 
-    from api.ingest import ingest_batch
+    from api.ingest.batches import ingest_batch
     from tracer.records import format_ts
 
     s = _store(chdb_dir, "ui_xss")

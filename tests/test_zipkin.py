@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from api import queries as q
+from api.ingest.spans import SpanError, TooManySpans, insert_spans, span_rows
 from api.resolution import Resolver
-from api.zipkin import Span, SpanError, TooManySpans, link_calls, span_rows
+from api.zipkin import Span, link_calls
 from factories import T0
 
 M = T0 + 600  # a minute boundary; the spans are about six hours old
@@ -94,7 +95,7 @@ def zipkin(span_id, service, kind=None, parent=None, remote=None, at=M + 5, trac
 
 
 def post(store, spans, token):
-    q.insert_spans(store, span_rows(spans), token)
+    insert_spans(store, span_rows(spans), token)
 
 
 def stored_calls(store):

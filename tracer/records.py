@@ -37,6 +37,7 @@ __all__ = [
     "CONNECTION_FIELDS",
     "LISTENER_FIELDS",
     "RECORD_FIELDS",
+    "MAX_TEXT",
     "Rejection",
     "RecordError",
     "validate",
@@ -49,6 +50,8 @@ __all__ = [
 VERSION = 1
 
 U8, U16, U32, U64 = 2**8 - 1, 2**16 - 1, 2**32 - 1, 2**64 - 1
+#: Longest text field, in characters.
+MAX_TEXT = 4096
 
 
 @dataclass(frozen=True)
@@ -233,8 +236,8 @@ def _check(field: Field, value: Any) -> Any:
     if field.kind == "str":
         if not isinstance(value, str):
             raise RecordError(f"must be a string, got {type(value).__name__}")
-        if len(value) > 4096:
-            raise RecordError(f"is {len(value)} characters long, at most 4096 allowed")
+        if len(value) > MAX_TEXT:
+            raise RecordError(f"is {len(value)} characters long, at most {MAX_TEXT} allowed")
         if not value.isascii():
             try:
                 value.encode("utf-8")

@@ -1,38 +1,23 @@
-"""Validated, idempotent ingestion of record batches into a store.
+"""Bytes to JSON for every ingest path, refusing what cannot be read with a reason.
 
-Every path by which records reach ClickHouse through Python - the API's
-ingest endpoint (tracer http sink), ``phobos load`` (JSON lines from a file
-or a pipe) and the Kafka consumer - goes through ``ingest_batch``:
-
-1. each record is checked against the contract (``tracer.records``); bad
-   ones are refused with a reason, stored in ``dead_letters`` and counted,
-   while the good ones in the same batch still land;
-2. the good records are inserted with a deduplication token derived from the
-   batch id (or, without one, from the batch content: two identical batches
-   from one host for one interval are the same batch delivered twice), so
-   at-least-once delivery never doubles what the rollups report.
+A record that is not UTF-8, not JSON or nested deeper than ``MAX_JSON_DEPTH``
+becomes ``Undecodable`` - it is refused (and kept in ``dead_letters``) while
+the rest of its batch still counts.  ``decode_record`` reads one JSON line
+(``phobos load``, a Kafka message's lines); ``decode_body`` a request body,
+cutting out only the records too deep to decode when it knows where the
+records are.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any
 
-import pyarrow as pa
+__all__ = ["Undecodable", "decode_record", "decode_body", "MAX_JSON_DEPTH"]
 
-from tracer.records import RECORD_FIELDS, Rejection, validate_batch
-
-__all__ = ["IngestResult", "ingest_batch", "records_to_arrow", "STATS", "Undecodable", "decode_record",
-           "decode_body", "dead_letter_row", "MAX_DEAD_LETTER_BYTES", "MAX_JSON_DEPTH"]
-
-#: Largest raw record kept in dead_letters; the reason says it was cut.
-MAX_DEAD_LETTER_BYTES = 64 * 1024
 #: Deepest JSON a body may hold. Records are flat and the webhook payloads a
 #: few levels deep; Python's own parser gives up (RecursionError) near 1,000.
 MAX_JSON_DEPTH = 64
@@ -173,133 +158,3 @@ def decode_body(data: bytes, records_at: int | None = None) -> Any:
     if restored < len(cuts):  # something deep where no records are
         raise ValueError(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
-
-
-def _text(value: Any) -> str:
-    """Text that ClickHouse (through Arrow) can store whatever ``value`` holds."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if not isinstance(value, str):
-        try:
-            value = json.dumps(value, default=str, sort_keys=True)
-        except (RecursionError, ValueError, TypeError):
-            value = f"<{type(value).__name__} that cannot be shown>"
-    # Lone surrogates (a "\ud800" escape) cannot be encoded as UTF-8.
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def dead_letter_row(kind: str, source: str, reason: str, raw: Any, now: int | None = None,
-                    unit: str = "record") -> dict[str, Any]:
-    """One row of ``dead_letters``: the refused input, cut to ``MAX_DEAD_LETTER_BYTES``."""
-    if isinstance(raw, bytes) and len(raw) > MAX_DEAD_LETTER_BYTES:
-        raw = raw[:MAX_DEAD_LETTER_BYTES + 1]  # decode no more than is kept
-    text = _text(raw)
-    if len(text) > MAX_DEAD_LETTER_BYTES:
-        text = text[:MAX_DEAD_LETTER_BYTES]
-        reason += f" (raw {unit} cut to {MAX_DEAD_LETTER_BYTES} bytes)"
-    return {"received_at": int(time.time()) if now is None else now, "source": _text(source)[:1024],
-            "kind": kind, "reason": _text(reason)[:4096], "raw": text}
-
-_ARROW_OF_KIND = {"uint": pa.uint64(), "str": pa.string(), "ip": pa.string(), "ts": pa.int64(), "enum": pa.string()}
-
-
-@dataclass
-class IngestResult:
-    kind: str
-    accepted: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    #: earliest ``ts`` of the records stored (None when none were)
-    first_ts: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "accepted": self.accepted,
-            "rejected": len(self.rejected),
-            "errors": [r.as_dict() for r in self.rejected],
-        }
-
-
-class _Stats:
-    """Process-wide ingest counters (exported by the API's /metrics)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.accepted: dict[str, int] = {}
-        self.rejected: dict[str, int] = {}
-        self.batches = 0
-
-    def add(self, result: IngestResult) -> None:
-        with self._lock:
-            self.batches += 1
-            self.accepted[result.kind] = self.accepted.get(result.kind, 0) + result.accepted
-            self.rejected[result.kind] = self.rejected.get(result.kind, 0) + len(result.rejected)
-
-
-STATS = _Stats()
-
-
-def records_to_arrow(kind: str, records: list[dict[str, Any]]) -> pa.Table:
-    """Normalised records (``validate`` output) as an Arrow table for insert."""
-    fields = RECORD_FIELDS[kind]
-    return pa.table(
-        {f.name: pa.array([r[f.name] for r in records], type=_ARROW_OF_KIND[f.kind]) for f in fields}
-    )
-
-
-def _dead_letter_rows(kind: str, source: str, raw: list[Any], rejected: list[Rejection]) -> list[dict[str, Any]]:
-    now = int(time.time())
-    rows = []
-    for rejection in rejected:
-        record = raw[rejection.index]
-        body = record.raw if isinstance(record, Undecodable) else record
-        rows.append(dead_letter_row(kind, source, f"record {rejection.index}: {rejection.message}", body, now))
-    return rows
-
-
-def ingest_batch(
-    store: Any,
-    kind: str,
-    records: Iterable[Any],
-    batch_id: str | None = None,
-    source: str = "api",
-) -> IngestResult:
-    """Validate ``records`` of ``kind`` and insert the good ones once.
-
-    Parameters
-    ----------
-    store : api.storage.Store
-    kind : "connections" | "listeners"
-    records : raw decoded JSON objects
-    batch_id : the producer's id for this batch; replays with the same id
-        (or, without one, with the same content) are stored once.
-    source : where the batch came from, kept with dead letters.
-    """
-    if kind not in RECORD_FIELDS:
-        raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(RECORD_FIELDS)}")
-    raw = list(records)
-    undecodable = [Rejection(i, None, r.reason) for i, r in enumerate(raw) if isinstance(r, Undecodable)]
-    if undecodable:
-        decoded = [i for i, r in enumerate(raw) if not isinstance(r, Undecodable)]
-        good, bad = validate_batch(kind, [raw[i] for i in decoded])
-        bad = sorted(undecodable + [Rejection(decoded[b.index], b.field, b.message) for b in bad],
-                     key=lambda b: b.index)
-    else:
-        good, bad = validate_batch(kind, raw)
-    result = IngestResult(kind, rejected=bad)
-    if good:
-        if batch_id:
-            token = f"{kind}:{batch_id}"
-        else:
-            digest = hashlib.sha256(json.dumps(good, sort_keys=True).encode()).hexdigest()[:32]
-            token = f"{kind}:sha:{digest}"
-        store.insert_arrow(kind, records_to_arrow(kind, good), dedup_token=token)
-        result.accepted = len(good)
-        result.first_ts = min(r["ts"] for r in good)
-    if bad:
-        rows = _dead_letter_rows(kind, source, raw, bad)
-        # A redelivered batch refuses the same records again: keep them once.
-        ident = batch_id or hashlib.sha256(json.dumps([(r["reason"], r["raw"]) for r in rows]).encode()).hexdigest()[:32]
-        store.insert_rows("dead_letters", rows, dedup_token=f"dead:{kind}:{ident}")
-    STATS.add(result)
-    return result

@@ -179,12 +179,12 @@ def json_body(kind: type = dict, records_at: int | None = None) -> Any:
     """The request's JSON body, which must be a ``kind`` (object or array).
 
     Bodies that are not UTF-8 JSON, or nest deeper than
-    ``api.ingest.MAX_JSON_DEPTH``, are a 400 saying so; a body over
+    ``api.ingest.decode.MAX_JSON_DEPTH``, are a 400 saying so; a body over
     ``PHOBOS_MAX_BODY_BYTES`` is a 413, chunked or not. ``records_at``: see
-    ``api.ingest.decode_body`` (records too deep to decode stand in the
+    ``api.ingest.decode.decode_body`` (records too deep to decode stand in the
     result as ``Undecodable``).
     """
-    from api.ingest import decode_body
+    from api.ingest.decode import decode_body
 
     data = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH when the length is declared
     limit = current_app.config.get("MAX_CONTENT_LENGTH")

@@ -10,7 +10,7 @@ from collections import defaultdict
 from flask import Blueprint, Response, current_app, request
 
 from api.errors import ApiError
-from api.ingest import STATS
+from api.ingest.batches import STATS
 from api.routes.common import get_store
 from api.storage.damage import MONITOR, RECOVERY_HINT, check_at_start
 

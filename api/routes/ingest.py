@@ -1,7 +1,7 @@
 """``POST /api/v1/ingest``: record batches from the tracer's http sink.
 
 Body ``{"batch_id": "...", "connections": [...], "listeners": [...]}``.
-Records are checked against the contract by ``api.ingest.ingest_batch``:
+Records are checked against the contract by ``api.ingest.batches.ingest_batch``:
 good ones are stored (once, whatever the retries, thanks to the batch id),
 bad ones are reported per index and kept in ``dead_letters``.  The answer
 is 200 even when some records were refused - the sink must not retry a
@@ -14,7 +14,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 
 from api.errors import ApiError
-from api.ingest import dead_letter_row, ingest_batch
+from api.ingest.batches import ingest_batch
+from api.ingest.dead_letters import dead_letter_row
 from api.routes.common import get_store, json_body, require_token
 from api.storage import StoreError
 

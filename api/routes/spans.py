@@ -2,7 +2,7 @@
 
 The spans are only stored here; the resolution stage links parents and
 children across posts into calls between services as minutes close
-(``api/zipkin.py``).
+(``api.resolution.traces``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import json
 
 from flask import Blueprint, current_app
 
-from api import queries
 from api.errors import ApiError
 from api.routes.common import get_store, json_body, require_token
-from api.zipkin import SpanError, span_rows
+from api.ingest.spans import SpanError, insert_spans, span_rows
 
 __all__ = ["bp"]
 
@@ -32,7 +31,7 @@ def post_spans():
         raise ApiError(err.status, str(err)) from None
     # A retried post carries the same spans: the content is the dedup token.
     token = "zipkin:" + hashlib.sha256(json.dumps(spans, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    queries.insert_spans(get_store(), rows, token)
+    insert_spans(get_store(), rows, token)
     # New calls change the views of the windows they fall into; other windows keep theirs.
     current_app.extensions["phobos_cache"].forget_from(
         min((r["start_us"] // 1_000_000 for r in rows), default=None))

@@ -35,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from api.kafka_ingest import KafkaIngest, init_topics, topics_for  # noqa: E402
+from api.ingest.kafka_consumer import KafkaIngest  # noqa: E402
+from api.ingest.kafka_topics import init_topics, topics_for  # noqa: E402
 from api.storage import open_store  # noqa: E402
 
 PRODUCER = """
