@@ -89,7 +89,7 @@ def start_resolution(app: Flask, store: Any) -> Any:
     elsewhere and this one never work at once. ``/metrics`` and ``/readyz``
     report its progress. Stop it with ``.stop()`` before closing the store.
     """
-    from api.resolution import Resolver
+    from api.resolution.stage import Resolver
 
     resolver = Resolver.from_config(store, app.config)
     app.extensions["phobos_resolver"] = resolver

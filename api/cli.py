@@ -87,7 +87,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     with _open_store(args.store, "phobos migrate") as store:
         changes = store.migrate(ttl_days=args.ttl_days, cluster=args.cluster, span_ttl_hours=args.span_ttl_hours)
         if "applied 003_resolved.sql" in changes:
-            from api.resolution import Resolver
+            from api.resolution.stage import Resolver
 
             # Records stored before the resolved tables existed get their minute
             # marks now, so views know those minutes are still to be resolved.
@@ -283,7 +283,7 @@ def resolve_pending(store: Any, out: Any = sys.stderr, settle_s: float | None = 
     """Resolve every settled minute the stage has not (``phobos resolve --once``,
     ``phobos demo``), printing progress; returns the minutes resolved."""
     from api.config import load_config
-    from api.resolution import Resolver
+    from api.resolution.stage import Resolver
 
     resolver = Resolver.from_config(store, load_config(), settle_s)
     started, total = time.time(), 0
@@ -303,7 +303,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     import signal
 
     from api.config import load_config
-    from api.resolution import Resolver
+    from api.resolution.stage import Resolver
 
     with _open_store(args.store, "phobos resolve") as store:
         if store.schema_version() == 0:

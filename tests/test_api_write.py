@@ -204,7 +204,7 @@ def span(id_, service, kind=None, parent=None, remote=None, ts=T0 + 30, error=Fa
 
 
 def test_zipkin_spans_become_calls(client, store):
-    from api.resolution import Resolver
+    from api.resolution.stage import Resolver
 
     store.migrate(span_ttl_hours=48)  # the spans are T0's, about six hours old
     spans = [

@@ -15,7 +15,8 @@ from api import queries as q
 from api.catalog.lookups import INTERNET
 from api.catalog.versions import load_into_store
 from api.ingest.batches import ingest_batch
-from api.resolution import Resolver, _runs
+from api.resolution.stage import Resolver, _runs
+from api.resolution.tcp import Window
 from factories import T0, connection, listener
 from tracer.catalog import parse_catalog
 from tracer.records import format_ts
@@ -34,10 +35,10 @@ def resolve_all(store) -> int:
     return done
 
 
-def views(store) -> list[tuple[q.Window, dict]]:
+def views(store) -> list[tuple[Window, dict]]:
     out = []
     for at, window in ((fx.AT, fx.WINDOW), (T0 + 300, 240), (T0 + 600, 300)):
-        win = q.Window.at(at, window)
+        win = Window.at(at, window)
         out += [(win, {}), (win, {"instances_of": "api"}), (win, {"touching": "web"}), (win, {"dc": "dc1"})]
     return out
 
@@ -53,7 +54,7 @@ def assert_same_as_fresh(store) -> None:
 def test_the_fixture_resolves_to_its_known_graph(store):
     fx.build(store)
     assert resolve_all(store) == 9
-    rows = q.graph_rows(store, q.Window.at(fx.AT, fx.WINDOW))
+    rows = q.graph_rows(store, Window.at(fx.AT, fx.WINDOW))
     # IP reuse: no web->ledger, no api->api; both ends: web->api once.
     assert {(r["s_name"], r["d_name"]): r["open"] for r in rows} == pytest.approx(fx.EXPECTED_OPEN)
     assert_same_as_fresh(store)
@@ -75,7 +76,7 @@ def test_late_batches_give_the_graph_of_a_fresh_resolution(store):
     assert r.pending() == [T0 + 240, T0 + 180]
     r.run_once()
     assert_same_as_fresh(store)
-    win = q.Window.at(T0 + 300, 240)
+    win = Window.at(T0 + 300, 240)
     edges = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win)}
     fresh = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win, resolved=False)}
     assert edges[("batch", "INTERNET")]["connects"] == fresh[("batch", "INTERNET")]["connects"] >= 3
@@ -91,7 +92,7 @@ def test_a_client_before_its_servers_listener_is_resolved_again_when_the_listene
                                                    remote_port=9000, connects=4)])
     r = resolver(store)
     r.run_once()
-    win = q.Window.at(T0 + 180, 120)
+    win = Window.at(T0 + 180, 120)
     assert [(e["d_kind"], e["d_name"]) for e in q.graph_rows(store, win)] == [("internet", INTERNET)]
     # the server's host reports its listener a few minutes late
     ingest_batch(store, "listeners", [listener(ts=ts, host="h-s", ip="10.7.0.9", port=9000, service="server")])
@@ -105,7 +106,7 @@ def test_a_client_before_its_servers_listener_is_resolved_again_when_the_listene
 def test_a_catalog_change_shows_without_resolving_again(store):
     fx.build(store)
     resolve_all(store)
-    win = q.Window.at(fx.AT, fx.WINDOW)
+    win = Window.at(fx.AT, fx.WINDOW)
     before = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win)}
     assert before[("ledger", "stripe")]["d_kind"] == "external"
     assert before[("web", "INTERNET")]["d_kind"] == "internet"
@@ -128,7 +129,7 @@ def test_minutes_the_stage_has_not_reached_are_resolved_when_read(store):
     fx.build(store)
     early = Resolver(store, now=lambda: T0 + 5 * 60 + 90)  # minutes up to T0+240 have settled
     early.run_once()
-    win = q.Window.at(fx.AT, fx.WINDOW)
+    win = Window.at(fx.AT, fx.WINDOW)
     assert q.resolved_until(store, win) == T0 + 300
     rows = q.graph_rows(store, win)
     assert {(r["s_name"], r["d_name"]): r["open"] for r in rows} == pytest.approx(fx.EXPECTED_OPEN)
@@ -197,10 +198,10 @@ def test_the_minute_being_written_shows_in_live_views(store):
     ingest_batch(store, "listeners", [listener(ts=ts, host="h-s", ip="10.8.0.1", port=7000, service="fresh-db")])
     ingest_batch(store, "connections", [connection(ts=ts, host="h-c", service="fresh-app", remote_ip="10.8.0.1",
                                                    remote_port=7000, connects=2, open=1)])
-    live = q.Window.at(now, 300, live=True)  # the same minute as the records
+    live = Window.at(now, 300, live=True)  # the same minute as the records
     assert live.end == now and live.start % 60 == 0
     assert [(r["s_name"], r["d_name"]) for r in q.graph_rows(store, live)] == [("fresh-app", "fresh-db")]
-    assert q.graph_rows(store, q.Window.at(now, 300)) == []  # a past view keeps whole minutes
+    assert q.graph_rows(store, Window.at(now, 300)) == []  # a past view keeps whole minutes
     view = create_app({"STORE": store, "TESTING": True}).test_client().get("/api/v1/areas/unassigned").get_json()
     assert {"fresh-app", "fresh-db"} <= {n["name"] for n in view["nodes"]}
 
@@ -209,7 +210,7 @@ def test_a_store_from_before_the_resolved_tables_is_marked_and_back_filled(store
     """Records stored without minute marks (an older schema) are found, marked once and resolved."""
     fx.build(store)
     store.execute(f"TRUNCATE TABLE {store.db}.minute_marks")  # as if they predated the marks
-    win = q.Window.at(fx.AT, fx.WINDOW)
+    win = Window.at(fx.AT, fx.WINDOW)
     r = resolver(store)
     assert r.pending() == []
     assert r.seed_marks() == 9 and r.seed_marks() == 0  # once: a second call finds nothing unmarked

@@ -8,8 +8,9 @@ import pytest
 
 from api import queries as q
 from api.ingest.spans import SpanError, TooManySpans, insert_spans, span_rows
-from api.resolution import Resolver
-from api.zipkin import Span, link_calls
+from api.resolution.stage import Resolver
+from api.resolution.tcp import Window
+from api.resolution.traces import Span, link_calls, spans_of_traces
 from factories import T0
 
 M = T0 + 600  # a minute boundary; the spans are about six hours old
@@ -106,7 +107,7 @@ def stored_calls(store):
 
 def linked_fresh(store, start, end):
     out = {}
-    for (_m, a, b), (n, e, _d) in link_calls(q.spans_of_traces(store, start, end), start, end).items():
+    for (_m, a, b), (n, e, _d) in link_calls(spans_of_traces(store, start, end), start, end).items():
         have = out.setdefault((a, b), (0, 0))
         out[(a, b)] = (have[0] + n, have[1] + e)
     return out
@@ -141,7 +142,7 @@ def test_a_parent_posted_minutes_after_its_children_links_them(spans_store):
     post(store, web, "web")
     assert stage.pending_calls() == [] and stage.run_once() == 0
     # the views read what the stage linked, hourly rollup included
-    for win in (q.Window.at(M + 600, 900), q.Window.at(M + 7200, 6 * 3600)):
+    for win in (Window.at(M + 600, 900), Window.at(M + 7200, 6 * 3600)):
         rows = q.graph_rows(store, win)
         assert {(r["s_name"], r["d_name"]): (r["calls"], r["call_errors"]) for r in rows} == {
             ("api", "db"): (1, 1), ("web", "api"): (1, 0)}
@@ -162,7 +163,7 @@ def test_a_late_child_withdraws_its_callers_unanswered_call(spans_store):
 def test_live_views_link_spans_the_stage_has_not_reached(spans_store):
     store = spans_store
     post(store, [zipkin("b", "web", "CLIENT", at=M + 10), zipkin("c", "api", "SERVER", parent="b", at=M + 11)], "x")
-    win = q.Window.at(M + 300, 600)
+    win = Window.at(M + 300, 600)
     rows = q.graph_rows(store, win)
     assert [(r["s_name"], r["d_name"], r["calls"], r["connects"]) for r in rows] == [("web", "api", 1, 0)]
     assert q.graph_rows(store, win, dc="dc1") == []  # spans say nothing of datacenters

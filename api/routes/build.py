@@ -18,6 +18,7 @@ from api import graph as g
 from api import queries as q
 from api import vizceral as vz
 from api.catalog.lookups import INTERNET, UNASSIGNED, catalog_maps
+from api.resolution.tcp import Window
 from api.errors import ApiError
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
 
 
 def _meta(p: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    win: q.Window = p["win"]
+    win: Window = p["win"]
     return {"at": _iso(win.end), "from": _iso(win.start), "window": win.seconds, "metric": p["metric"],
             "dc": p.get("dc"), **extra}
 
@@ -108,7 +109,7 @@ def _cache() -> ResultCache:
     return current_app.extensions["phobos_cache"]
 
 
-def _rows(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], *, win: q.Window | None = None,
+def _rows(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], *, win: Window | None = None,
           **kw: Any) -> list[dict[str, Any]]:
     win = win or p["win"]
     key = ("rows", store.db, win, p.get("dc"), tuple(sorted(kw.items())))
@@ -425,7 +426,7 @@ def service_impact(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], ser
 def graph_diff(store: Any, cfg: Mapping[str, Any], p: Mapping[str, Any], before_at: int,
                min_change: float, min_volume: float) -> dict[str, Any]:
     """New, vanished and changed service edges between ``before_at`` and ``at``."""
-    before_win = q.Window.at(before_at, p["window"])
+    before_win = Window.at(before_at, p["window"])
     before = _rows(store, cfg, p, win=before_win)
     after = _rows(store, cfg, p)
     out = g.diff(before, after, p["metric"], min_change=min_change, min_volume=min_volume)

@@ -18,7 +18,7 @@ from flask import current_app, request
 
 from api.errors import ApiError
 from api.graph import METRICS
-from api.queries import Window
+from api.resolution.tcp import Window
 
 __all__ = [
     "get_store",

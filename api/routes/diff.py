@@ -19,7 +19,7 @@ def diff():
     p = view_params()  # ``at`` is the later time ("to" is accepted as its alias)
     to = parse_time("to", default=p["at"])
     if to != p["at"]:
-        from api.queries import Window
+        from api.resolution.tcp import Window
 
         p = dict(p, at=to, win=Window.at(to, p["window"]))
     before = parse_time("from", default=to - 86400)

@@ -87,12 +87,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rss_before = rss_mb()
     from api import queries
+    from api.resolution.tcp import Window
     from api.app import create_app
 
     store = open_store(f"chdb://{args.dir}", role="bench")
     store.migrate()  # a store kept from an older schema gets the resolved tables
     from api.cli import resolve_pending
-    from api.resolution import Resolver
+    from api.resolution.stage import Resolver
 
     started = time.time()
     minutes = resolve_pending(store, out=open(os.devnull, "w"))
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(SELECT uniqExact(service) FROM {store.db}.edges_1h), (SELECT uniqExact(host, pod) FROM {store.db}.edges_1h)")[0]
     print(f"store: {counts[0]:,} raw records, {counts[1]:,} edges_1m rows, {counts[2]} services, "
           f"{counts[3]} instances, {(last - first) / 3600:.1f} h of data")
-    rows = queries.graph_rows(store, queries.Window.at(at, 300))
+    rows = queries.graph_rows(store, Window.at(at, 300))
     busiest_area = max(
         {r["s_area"] for r in rows if r["s_kind"] == "service"},
         key=lambda a: sum(r["open"] for r in rows if a in (r["s_area"], r["d_area"])))

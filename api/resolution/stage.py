@@ -2,7 +2,7 @@
 
 What it does: for every minute that has settled (``settle_s`` after its
 end, so that other hosts' records and listeners have arrived), it runs the
-resolution of ``api.queries`` (remote ip:port -> the listener that owned it
+resolution of ``tcp.py`` (remote ip:port -> the listener that owned it
 at that minute; untraced clients from the servers' inbound records; an edge
 seen from both ends counted once) and writes the result into
 ``resolved_1m``, from which views roll it up into ``resolved_svc_1m`` and
@@ -23,7 +23,7 @@ wrote for the minute before and the new rows; the tables sum, so readers
 see either resolution, never neither, and late data gives the same rows as
 resolving everything fresh.
 
-Calls from trace spans (``api/zipkin.py``) are linked the same way, on
+Calls from trace spans (``traces.py``) are linked the same way, on
 their own marks: ``span_marks`` counts the spans of each minute and how
 far they reach, ``resolved_call_minutes`` what each minute was linked
 from. A minute that gets spans is linked again together with the minutes
@@ -54,8 +54,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from api.queries import Window, _resolved_sql, spans_of_traces
-from api.zipkin import link_calls
+from api.resolution.tcp import Window, resolved_sql
+from api.resolution.traces import link_calls, spans_of_traces
+from api.storage import Store
 
 __all__ = ["Resolver", "ResolutionProgress", "SETTLE_S"]
 
@@ -98,7 +99,7 @@ class Resolver:
 
     Parameters
     ----------
-    store : api.storage.Store (migrated).
+    store : Store (migrated).
     settle_s : seconds after a minute's end before it is resolved.
     slack : seconds a listener is believed after its last report
         (``PHOBOS_LISTENER_SLACK``; the same as the views').
@@ -110,7 +111,7 @@ class Resolver:
     now : clock, for tests.
     """
 
-    def __init__(self, store: Any, settle_s: float = SETTLE_S, slack: int = 600, batch: int = 15,
+    def __init__(self, store: Store, settle_s: float = SETTLE_S, slack: int = 600, batch: int = 15,
                  period_s: float = 5.0, lease: bool | None = None, now: Callable[[], float] = time.time):
         self.store = store
         self.settle_s = settle_s
@@ -125,7 +126,7 @@ class Resolver:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_config(cls, store: Any, cfg: dict[str, Any], settle_s: float | None = None) -> "Resolver":
+    def from_config(cls, store: Store, cfg: dict[str, Any], settle_s: float | None = None) -> "Resolver":
         """A stage with the settle delay and listener slack of ``api.config`` (``settle_s`` overrides)."""
         return cls(store, settle_s=cfg["RESOLVE_SETTLE"] if settle_s is None else settle_s,
                    slack=cfg["LISTENER_SLACK"])
@@ -207,7 +208,7 @@ class Resolver:
             f"WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC') GROUP BY ts",
             params))
         keys = "ts, s_kind, s_name, s_dc, s_inst, d_kind, d_name, d_dc, d_inst, d_port"
-        fresh = _resolved_sql(db, win, catalog=False)
+        fresh = resolved_sql(db, win, catalog=False)
         self.store.execute(
             f"""INSERT INTO {db}.resolved_1m ({keys}, n, open_seconds, connects, failures, bytes)
                 SETTINGS max_insert_block_size = 100000000, min_insert_block_size_rows = 100000000,

@@ -5,7 +5,7 @@ OpenTelemetry SDK gives every service its own exporter), so a call's two
 sides - the caller's CLIENT span and the callee's SERVER span - usually
 come in different posts, seconds or minutes apart (``api.ingest.spans``
 keeps them as rows of the ``spans`` table). ``link_calls`` runs in the
-resolution stage over the spans of whole traces and finds, for each span
+resolution stage over the spans of whole traces (``spans_of_traces``) and finds, for each span
 that answers a call, who called it:
 
 * a SERVER span's caller is the service of the CLIENT span sharing its id
@@ -29,7 +29,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-__all__ = ["Span", "link_calls", "SPAN_COLUMNS"]
+from api.storage import Store
+
+__all__ = ["Span", "link_calls", "spans_of_traces", "SPAN_COLUMNS"]
 
 #: Columns of the ``spans`` table, in the order of ``Span``.
 SPAN_COLUMNS = ("trace_id", "span_id", "parent_id", "kind", "local_service", "remote_service",
@@ -103,3 +105,18 @@ def link_calls(spans: Iterable[Span], start: int, end: int) -> dict[tuple[int, s
             if parents:
                 count(parents[0].local_service, span)
     return out
+
+
+def spans_of_traces(store: Store, start: int, end: int) -> list[Span]:
+    """Every stored span of the traces with a span starting in ``[start, end)``
+    (each span once, however often it was posted)."""
+    db = store.db
+    rows = store.query(
+        f"""SELECT trace_id, span_id, parent_id, kind, local_service, remote_service,
+                   start_us, duration_us, error
+            FROM {db}.spans
+            WHERE trace_id IN (SELECT trace_id FROM {db}.spans
+                               WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC'))
+            LIMIT 1 BY trace_id, span_id, kind, local_service""",
+        {"t0": start, "t1": end})
+    return [Span(*row) for row in rows]
