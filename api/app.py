@@ -25,8 +25,8 @@ from flask import Flask, g, request
 from api.config import load_config
 from api.errors import register_error_handlers
 from api.routes import register_blueprints
-from api.routes.build import ResultCache
 from api.routes.health import record_request
+from api.views.cache import ResultCache
 
 __all__ = ["create_app", "start_resolution"]
 

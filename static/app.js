@@ -1,6 +1,6 @@
 // Phobos web UI: area -> service -> instance graphs drawn by Vizceral 4.9.
 //
-// The API returns one level at a time (api/vizceral.py).  This page nests
+// The API returns one level at a time (api/views/vizceral.py).  This page nests
 // them into one Vizceral traffic tree - the areas view at the root, the open
 // area's services inside its node, the open service's instances inside the
 // service's node - hands Vizceral the whole tree with updateData() and picks

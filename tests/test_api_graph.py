@@ -7,10 +7,10 @@ import json
 import pytest
 
 import fixtures as fx
-from api import queries as q
 from api.app import create_app
 from api.catalog.lookups import UNASSIGNED
 from api.resolution.tcp import Window
+from api.views import reads
 
 VIEW = f"at={fx.AT}&window={fx.WINDOW}"
 
@@ -50,7 +50,7 @@ def nodes_of(view):
 # -- resolution --------------------------------------------------------------
 
 def test_service_edges_are_exact(fixture_store):
-    rows = q.graph_rows(fixture_store, Window.at(fx.AT, fx.WINDOW))
+    rows = reads.graph_rows(fixture_store, Window.at(fx.AT, fx.WINDOW))
     got = {(r["s_name"], r["d_name"]): r["open"] for r in rows}
     # IP reuse: no web->ledger, no api->api; both ends: web->api counted once.
     assert got == pytest.approx(fx.EXPECTED_OPEN)
@@ -63,7 +63,7 @@ def test_service_edges_are_exact(fixture_store):
 
 
 def test_rates_and_failures(fixture_store):
-    rows = q.graph_rows(fixture_store, Window.at(fx.AT, fx.WINDOW))
+    rows = reads.graph_rows(fixture_store, Window.at(fx.AT, fx.WINDOW))
     web_api = next(r for r in rows if (r["s_name"], r["d_name"]) == ("web", "api"))
     assert web_api["connects"] == 90 and web_api["failures"] == 9
     assert web_api["conn_rate"] == pytest.approx(90 / 600)
@@ -73,8 +73,8 @@ def test_rates_and_failures(fixture_store):
 
 
 def test_before_and_after_the_deploy(fixture_store):
-    before = q.graph_rows(fixture_store, Window.at(fx.T0 + 300, 240))
-    after = q.graph_rows(fixture_store, Window.at(fx.T0 + 600, 240))
+    before = reads.graph_rows(fixture_store, Window.at(fx.T0 + 300, 240))
+    after = reads.graph_rows(fixture_store, Window.at(fx.T0 + 600, 240))
     pairs = lambda rows: {(r["s_name"], r["d_name"]) for r in rows}  # noqa: E731
     assert ("ledger", "api") not in pairs(before) and ("ledger", "api") in pairs(after)
     assert ("web", "INTERNET") in pairs(before) and ("web", "INTERNET") not in pairs(after)
@@ -83,7 +83,7 @@ def test_before_and_after_the_deploy(fixture_store):
 
 
 def test_instances_of_a_service(fixture_store):
-    rows = q.graph_rows(fixture_store, Window.at(fx.AT, fx.WINDOW), instances_of="api")
+    rows = reads.graph_rows(fixture_store, Window.at(fx.AT, fx.WINDOW), instances_of="api")
     inst = {(r["s_inst"], r["d_name"]) for r in rows if r["s_name"] == "api"}
     assert inst == {("h-api1", "ledger"), ("h-api2", "ledger"), ("h-api1", "db"), ("h-api2", "db")}
     servers = {(r["s_name"], r["d_inst"]) for r in rows if r["d_name"] == "api"}

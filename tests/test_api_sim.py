@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from api import queries as q
 from api.app import create_app
 from api.catalog.lookups import INTERNET
 from api.resolution.tcp import Window
+from api.views import reads
 from conftest import require
 
 try:
@@ -65,7 +65,7 @@ def test_every_epoch_resolves_to_the_true_edges(fleet_store):
     checked = 0
     for epoch, start, end in _epochs(fleet, cfg):
         # records carry the interval end: the epoch's records have ts in [start, end)
-        rows = q.graph_rows(store, Window(start, end))
+        rows = reads.graph_rows(store, Window(start, end))
         internal = {(r["s_name"], r["d_name"]) for r in rows
                     if r["s_name"] in services and r["d_name"] in services}
         truth = set(fleet.edge_names(epoch))

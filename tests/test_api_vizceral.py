@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import fixtures as fx
-from api import vizceral as vz
 from api.app import create_app
+from api.views import vizceral
 from conftest import require
 
 try:
@@ -29,8 +29,8 @@ def client(chdb_dir):
 @pytest.fixture
 def validator():
     require(jsonschema is not None, "jsonschema is not installed (pip install jsonschema)")
-    jsonschema.Draft202012Validator.check_schema(vz.SCHEMA)
-    return jsonschema.Draft202012Validator(vz.SCHEMA)
+    jsonschema.Draft202012Validator.check_schema(vizceral.SCHEMA)
+    return jsonschema.Draft202012Validator(vizceral.SCHEMA)
 
 
 VIEWS = ["/api/v1/areas", "/api/v1/areas/shop", "/api/v1/areas/pay", "/api/v1/areas/INTERNET",
@@ -48,8 +48,8 @@ def test_views_match_the_schema(client, validator, url, metric):
 
 
 def test_schema_rejects_broken_views(validator):
-    good = vz.view("global", "edge", [vz.node("a"), vz.node("b")],
-                   [vz.connection("a", "b", {"open": 1, "fail_rate": 0}, "open")])
+    good = vizceral.view("global", "edge", [vizceral.node("a"), vizceral.node("b")],
+                   [vizceral.connection("a", "b", {"open": 1, "fail_rate": 0}, "open")])
     assert validator.is_valid(good)
     assert not validator.is_valid({**good, "renderer": "planet"})
     assert not validator.is_valid({**good, "maxVolume": 0})
@@ -60,11 +60,11 @@ def test_schema_rejects_broken_views(validator):
 
 def test_builder_refuses_duplicates_and_dangling():
     with pytest.raises(ValueError):
-        vz.view("global", "x", [vz.node("a"), vz.node("a")], [])
+        vizceral.view("global", "x", [vizceral.node("a"), vizceral.node("a")], [])
     with pytest.raises(ValueError):
-        vz.view("global", "x", [vz.node("a")], [vz.connection("a", "b", {}, "open")])
+        vizceral.view("global", "x", [vizceral.node("a")], [vizceral.connection("a", "b", {}, "open")])
 
 
 def test_notice_escapes():
-    n = vz.notice('<img src=x onerror="alert(1)">', link="javascript:alert(1)")
+    n = vizceral.notice('<img src=x onerror="alert(1)">', link="javascript:alert(1)")
     assert n["title"] == "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" and "link" not in n

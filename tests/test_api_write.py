@@ -129,14 +129,14 @@ def alertmanager(status="firing", summary="Error rate high", service="api", star
 
 def test_alerts_fire_and_resolve(client, store):
     assert client.post("/api/v1/alerts", json=alertmanager(), headers=AUTH).get_json() == {"stored": 1}
-    from api import queries
+    from api.views import reads
 
-    firing = queries.firing_alerts(store, T0 + 200)
+    firing = reads.firing_alerts(store, T0 + 200)
     assert [(a["alertname"], a["service"], a["status"]) for a in firing] == [("HighErrorRate", "api", "firing")]
-    assert queries.firing_alerts(store, T0 + 50) == []  # before it started
+    assert reads.firing_alerts(store, T0 + 50) == []  # before it started
     client.post("/api/v1/alerts", json=alertmanager("resolved", ends=T0 + 300), headers=AUTH)
-    assert len(queries.firing_alerts(store, T0 + 200)) == 1  # time travel: it was firing then
-    assert queries.firing_alerts(store, T0 + 400) == []
+    assert len(reads.firing_alerts(store, T0 + 200)) == 1  # time travel: it was firing then
+    assert reads.firing_alerts(store, T0 + 400) == []
 
 
 @pytest.mark.parametrize("body", [
@@ -265,7 +265,7 @@ def test_writes_clear_the_result_cache(client, store):
 
 
 def test_result_cache_can_be_disabled(store):
-    from api.routes.build import ResultCache
+    from api.views.cache import ResultCache
 
     calls = []
     cache = ResultCache(0)

@@ -1,10 +1,10 @@
-"""The graph model (api/graph.py) on plain rows: contraction, impact, cycles, diff, long tail."""
+"""The graph model (api/views/graph.py) on plain rows: contraction, impact, cycles, diff, long tail."""
 
 from __future__ import annotations
 
 import pytest
 
-from api import graph as g
+from api.views import graph as g
 
 
 def row(s, d, open_=1.0, s_kind="service", d_kind="service", s_area="a", d_area="a", connects=10, failures=0):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import pytest
 
 import fixtures as fx
-from api import queries as q
 from api.catalog.lookups import INTERNET
 from api.catalog.versions import load_into_store
 from api.ingest.batches import ingest_batch
 from api.resolution.stage import Resolver, _runs
 from api.resolution.tcp import Window
+from api.views import reads
 from factories import T0, connection, listener
 from tracer.catalog import parse_catalog
 from tracer.records import format_ts
@@ -45,16 +45,16 @@ def views(store) -> list[tuple[Window, dict]]:
 
 def assert_same_as_fresh(store) -> None:
     for win, options in views(store):
-        stored = q.graph_rows(store, win, **options)
-        assert q.resolved_until(store, win) == win.end, "the view should read resolved rows only"
-        assert stored == q.graph_rows(store, win, resolved=False, **options), (win, options)
+        stored = reads.graph_rows(store, win, **options)
+        assert reads.resolved_until(store, win) == win.end, "the view should read resolved rows only"
+        assert stored == reads.graph_rows(store, win, resolved=False, **options), (win, options)
 
 
 @pytest.mark.slow
 def test_the_fixture_resolves_to_its_known_graph(store):
     fx.build(store)
     assert resolve_all(store) == 9
-    rows = q.graph_rows(store, Window.at(fx.AT, fx.WINDOW))
+    rows = reads.graph_rows(store, Window.at(fx.AT, fx.WINDOW))
     # IP reuse: no web->ledger, no api->api; both ends: web->api once.
     assert {(r["s_name"], r["d_name"]): r["open"] for r in rows} == pytest.approx(fx.EXPECTED_OPEN)
     assert_same_as_fresh(store)
@@ -77,13 +77,13 @@ def test_late_batches_give_the_graph_of_a_fresh_resolution(store):
     r.run_once()
     assert_same_as_fresh(store)
     win = Window.at(T0 + 300, 240)
-    edges = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win)}
-    fresh = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win, resolved=False)}
+    edges = {(e["s_name"], e["d_name"]): e for e in reads.graph_rows(store, win)}
+    fresh = {(e["s_name"], e["d_name"]): e for e in reads.graph_rows(store, win, resolved=False)}
     assert edges[("batch", "INTERNET")]["connects"] == fresh[("batch", "INTERNET")]["connects"] >= 3
     # a replay of the late batch changes nothing and gives no work
     ingest_batch(store, "connections", late, batch_id="late-1")
     assert r.pending() == []
-    assert {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win)} == edges
+    assert {(e["s_name"], e["d_name"]): e for e in reads.graph_rows(store, win)} == edges
 
 
 def test_a_client_before_its_servers_listener_is_resolved_again_when_the_listener_arrives(store):
@@ -93,21 +93,21 @@ def test_a_client_before_its_servers_listener_is_resolved_again_when_the_listene
     r = resolver(store)
     r.run_once()
     win = Window.at(T0 + 180, 120)
-    assert [(e["d_kind"], e["d_name"]) for e in q.graph_rows(store, win)] == [("internet", INTERNET)]
+    assert [(e["d_kind"], e["d_name"]) for e in reads.graph_rows(store, win)] == [("internet", INTERNET)]
     # the server's host reports its listener a few minutes late
     ingest_batch(store, "listeners", [listener(ts=ts, host="h-s", ip="10.7.0.9", port=9000, service="server")])
     assert r.pending() == [T0 + 120]  # the minute of the listener record
     r.run_once()
-    rows = q.graph_rows(store, win)
+    rows = reads.graph_rows(store, win)
     assert [(e["d_kind"], e["d_name"], e["connects"]) for e in rows] == [("service", "server", 4)]
-    assert rows == q.graph_rows(store, win, resolved=False)
+    assert rows == reads.graph_rows(store, win, resolved=False)
 
 
 def test_a_catalog_change_shows_without_resolving_again(store):
     fx.build(store)
     resolve_all(store)
     win = Window.at(fx.AT, fx.WINDOW)
-    before = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win)}
+    before = {(e["s_name"], e["d_name"]): e for e in reads.graph_rows(store, win)}
     assert before[("ledger", "stripe")]["d_kind"] == "external"
     assert before[("web", "INTERNET")]["d_kind"] == "internet"
     # api moves to another area, stripe is renamed, and 192.0.2.0/24 becomes a known external
@@ -117,11 +117,11 @@ def test_a_catalog_change_shows_without_resolving_again(store):
     assert moved.count("area: pay") == fx.CATALOG.count("area: pay") + 1
     load_into_store(store, parse_catalog(moved), source="test")
     assert resolver(store).pending() == []  # nothing to resolve again ...
-    after = {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win)}
+    after = {(e["s_name"], e["d_name"]): e for e in reads.graph_rows(store, win)}
     assert after[("api", "db")]["s_area"] == "pay"  # ... and the view shows the new catalog
     assert ("ledger", "stripe-payments") in after and ("ledger", "stripe") not in after
     assert after[("web", "docs")]["d_kind"] == "external"
-    assert after == {(e["s_name"], e["d_name"]): e for e in q.graph_rows(store, win, resolved=False)}
+    assert after == {(e["s_name"], e["d_name"]): e for e in reads.graph_rows(store, win, resolved=False)}
 
 
 def test_minutes_the_stage_has_not_reached_are_resolved_when_read(store):
@@ -130,8 +130,8 @@ def test_minutes_the_stage_has_not_reached_are_resolved_when_read(store):
     early = Resolver(store, now=lambda: T0 + 5 * 60 + 90)  # minutes up to T0+240 have settled
     early.run_once()
     win = Window.at(fx.AT, fx.WINDOW)
-    assert q.resolved_until(store, win) == T0 + 300
-    rows = q.graph_rows(store, win)
+    assert reads.resolved_until(store, win) == T0 + 300
+    rows = reads.graph_rows(store, win)
     assert {(r["s_name"], r["d_name"]): r["open"] for r in rows} == pytest.approx(fx.EXPECTED_OPEN)
 
 
@@ -149,7 +149,7 @@ def test_runs_of_consecutive_minutes():
 
 
 def test_ingest_keeps_cached_views_of_windows_its_records_miss():
-    from api.routes.build import ResultCache
+    from api.views.cache import ResultCache
 
     cache = ResultCache(300)
     calls = []
@@ -200,8 +200,8 @@ def test_the_minute_being_written_shows_in_live_views(store):
                                                    remote_port=7000, connects=2, open=1)])
     live = Window.at(now, 300, live=True)  # the same minute as the records
     assert live.end == now and live.start % 60 == 0
-    assert [(r["s_name"], r["d_name"]) for r in q.graph_rows(store, live)] == [("fresh-app", "fresh-db")]
-    assert q.graph_rows(store, Window.at(now, 300)) == []  # a past view keeps whole minutes
+    assert [(r["s_name"], r["d_name"]) for r in reads.graph_rows(store, live)] == [("fresh-app", "fresh-db")]
+    assert reads.graph_rows(store, Window.at(now, 300)) == []  # a past view keeps whole minutes
     view = create_app({"STORE": store, "TESTING": True}).test_client().get("/api/v1/areas/unassigned").get_json()
     assert {"fresh-app", "fresh-db"} <= {n["name"] for n in view["nodes"]}
 
@@ -215,8 +215,8 @@ def test_a_store_from_before_the_resolved_tables_is_marked_and_back_filled(store
     assert r.pending() == []
     assert r.seed_marks() == 9 and r.seed_marks() == 0  # once: a second call finds nothing unmarked
     assert len(r.pending()) == 9
-    assert q.resolved_until(store, win) == T0 + 60  # the first minute with records: from there views resolve on the spot
-    assert {(x["s_name"], x["d_name"]): x["open"] for x in q.graph_rows(store, win)} == pytest.approx(fx.EXPECTED_OPEN)
+    assert reads.resolved_until(store, win) == T0 + 60  # the first minute with records: from there views resolve on the spot
+    assert {(x["s_name"], x["d_name"]): x["open"] for x in reads.graph_rows(store, win)} == pytest.approx(fx.EXPECTED_OPEN)
     r.run_once()
-    assert q.resolved_until(store, win) == win.end
-    assert {(x["s_name"], x["d_name"]): x["open"] for x in q.graph_rows(store, win)} == pytest.approx(fx.EXPECTED_OPEN)
+    assert reads.resolved_until(store, win) == win.end
+    assert {(x["s_name"], x["d_name"]): x["open"] for x in reads.graph_rows(store, win)} == pytest.approx(fx.EXPECTED_OPEN)

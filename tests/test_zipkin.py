@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from api import queries as q
 from api.ingest.spans import SpanError, TooManySpans, insert_spans, span_rows
 from api.resolution.stage import Resolver
 from api.resolution.tcp import Window
 from api.resolution.traces import Span, link_calls, spans_of_traces
+from api.views import reads
 from factories import T0
 
 M = T0 + 600  # a minute boundary; the spans are about six hours old
@@ -143,7 +143,7 @@ def test_a_parent_posted_minutes_after_its_children_links_them(spans_store):
     assert stage.pending_calls() == [] and stage.run_once() == 0
     # the views read what the stage linked, hourly rollup included
     for win in (Window.at(M + 600, 900), Window.at(M + 7200, 6 * 3600)):
-        rows = q.graph_rows(store, win)
+        rows = reads.graph_rows(store, win)
         assert {(r["s_name"], r["d_name"]): (r["calls"], r["call_errors"]) for r in rows} == {
             ("api", "db"): (1, 1), ("web", "api"): (1, 0)}
 
@@ -164,14 +164,14 @@ def test_live_views_link_spans_the_stage_has_not_reached(spans_store):
     store = spans_store
     post(store, [zipkin("b", "web", "CLIENT", at=M + 10), zipkin("c", "api", "SERVER", parent="b", at=M + 11)], "x")
     win = Window.at(M + 300, 600)
-    rows = q.graph_rows(store, win)
+    rows = reads.graph_rows(store, win)
     assert [(r["s_name"], r["d_name"], r["calls"], r["connects"]) for r in rows] == [("web", "api", 1, 0)]
-    assert q.graph_rows(store, win, dc="dc1") == []  # spans say nothing of datacenters
+    assert reads.graph_rows(store, win, dc="dc1") == []  # spans say nothing of datacenters
     Resolver(store, now=lambda: M + 3600).run_once()
-    assert q.graph_rows(store, win) == rows
+    assert reads.graph_rows(store, win) == rows
     # a service only traces saw is still a node: it is found, and its views exist
-    assert [s["name"] for s in q.search(store, "ap", since=M + 600)["services"]] == ["api"]
-    assert q.service_exists(store, "api") and not q.service_exists(store, "apx")
+    assert [s["name"] for s in reads.search(store, "ap", since=M + 600)["services"]] == ["api"]
+    assert reads.service_exists(store, "api") and not reads.service_exists(store, "apx")
 
 
 def test_calls_of_a_store_from_before_spans_carry_over(spans_store):

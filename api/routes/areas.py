@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from api.routes.build import area_view, areas_view
-from api.routes.common import get_config, get_store, view_params
+from api.routes.common import view_context, view_params
+from api.views.compose import area_view, areas_view
 
 __all__ = ["bp"]
 
@@ -14,9 +14,9 @@ bp = Blueprint("areas", __name__, url_prefix="/api/v1/areas")
 
 @bp.get("")
 def list_areas():
-    return areas_view(get_store(), get_config(), view_params())
+    return areas_view(view_context(), view_params())
 
 
 @bp.get("/<path:area>")
 def one_area(area: str):
-    return area_view(get_store(), get_config(), view_params(), area)
+    return area_view(view_context(), view_params(), area)

@@ -1,4 +1,4 @@
-"""What every resource needs: the store, parsed query parameters, the write token.
+"""What every resource needs: the store, the views' context, parsed query parameters, the write token.
 
 Parameters are parsed strictly - a bad ``at``, ``window`` or ``metric`` is a
 400 that says what is accepted, never a silently different graph.
@@ -17,13 +17,15 @@ from typing import Any, Callable
 from flask import current_app, request
 
 from api.errors import ApiError
-from api.graph import METRICS
-from api.resolution.tcp import Window
+from api.views.context import ViewContext
+from api.views.graph import METRICS
+from api.views.params import ViewParams
 
 __all__ = [
     "get_store",
     "get_sql_readers",
     "get_config",
+    "view_context",
     "parse_time",
     "parse_window",
     "parse_metric",
@@ -150,15 +152,17 @@ def parse_metric() -> str:
     return text
 
 
-def view_params() -> dict[str, Any]:
+def view_params() -> ViewParams:
     """``at``, ``window``, ``metric``, ``dc`` of a graph view, checked."""
     at = parse_time("at")
     window = parse_window()
     metric = parse_metric()
-    dc = _arg("dc") or None
-    # A view of the present includes the minute being written (Window.at).
-    live = at >= time.time() - 60
-    return {"at": at, "window": window, "metric": metric, "dc": dc, "win": Window.at(at, window, live=live)}
+    return ViewParams.of(at, window, metric, _arg("dc") or None)
+
+
+def view_context() -> ViewContext:
+    """What the views read through: the app's store and result cache, its view settings."""
+    return ViewContext.from_config(get_store(), current_app.extensions["phobos_cache"], get_config())
 
 
 def float_param(name: str, default: float, lo: float = 0.0, hi: float = 1e12) -> float:

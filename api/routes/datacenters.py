@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from api.routes.build import datacenters_view
-from api.routes.common import get_config, get_store, view_params
+from api.routes.common import view_context, view_params
+from api.views.compose import datacenters_view
 
 __all__ = ["bp"]
 
@@ -14,4 +14,4 @@ bp = Blueprint("datacenters", __name__, url_prefix="/api/v1/datacenters")
 
 @bp.get("")
 def list_datacenters():
-    return datacenters_view(get_store(), get_config(), view_params())
+    return datacenters_view(view_context(), view_params())

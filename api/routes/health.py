@@ -72,11 +72,11 @@ def readyz():
     ``phobos_store_damaged``. ``?strict=1`` makes degraded a 503, for
     checks that must not pass on a damaged store (a deploy gate, say).
     """
-    from api import queries
+    from api.views import reads
 
     try:
         store = get_store()
-        ready = queries.ping(store)
+        ready = reads.ping(store)
     except Exception as err:  # any failure of the store means not ready
         raise ApiError(503, f"the store is not ready: {err}") from None
     if not ready:

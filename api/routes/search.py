@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from api import queries
 from api.errors import ApiError
 from api.routes.common import get_store, parse_time
+from api.views import reads
 
 __all__ = ["bp"]
 
@@ -22,4 +22,4 @@ def search():
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
         raise ApiError(400, "parameter 'limit' must be a whole number from 1 to 100")
     at = parse_time("at")
-    return {"q": text, **queries.search(get_store(), text, limit=int(limit_text), since=at)}
+    return {"q": text, **reads.search(get_store(), text, limit=int(limit_text), since=at)}

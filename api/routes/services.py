@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from api.routes.build import service_impact, service_summary, service_view
-from api.routes.common import get_config, get_store, view_params
+from api.routes.common import view_context, view_params
+from api.views.compose import service_view
+from api.views.reports import service_impact, service_summary
 
 __all__ = ["bp"]
 
@@ -14,14 +15,14 @@ bp = Blueprint("services", __name__, url_prefix="/api/v1/services")
 
 @bp.get("/<path:service>/summary")
 def summary(service: str):
-    return service_summary(get_store(), get_config(), view_params(), service)
+    return service_summary(view_context(), view_params(), service)
 
 
 @bp.get("/<path:service>/impact")
 def impact(service: str):
-    return service_impact(get_store(), get_config(), view_params(), service)
+    return service_impact(view_context(), view_params(), service)
 
 
 @bp.get("/<path:service>")
 def detail(service: str):
-    return service_view(get_store(), get_config(), view_params(), service)
+    return service_view(view_context(), view_params(), service)

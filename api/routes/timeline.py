@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request
 
-from api import queries
 from api.errors import ApiError
 from api.routes.common import get_store, parse_time
+from api.views import reads
 from tracer.records import format_ts
 
 __all__ = ["bp"]
@@ -20,7 +20,7 @@ def timeline():
     text = request.args.get("buckets") or "96"
     if not text.isdigit() or not 1 <= int(text) <= 2000:
         raise ApiError(400, "parameter 'buckets' must be a whole number from 1 to 2000")
-    span = queries.data_range(store)
+    span = reads.data_range(store)
     end = parse_time("to", default=span[1] if span else None)
     start = parse_time("from", default=max(span[0], end - 7 * 86400) if span else end - 86400)
     if start >= end:
@@ -34,7 +34,7 @@ def timeline():
         bucket = -(-bucket // 3600) * 3600
     first = start // bucket * bucket
     data = current_app.extensions["phobos_cache"].get(
-        ("timeline", store.db, first, end, bucket), lambda: queries.timeline(store, first, end, bucket), end)
+        ("timeline", store.db, first, end, bucket), lambda: reads.timeline(store, first, end, bucket), end)
     return {
         "range": {"first": format_ts(span[0]), "last": format_ts(span[1])} if span else None,
         "from": format_ts(start), "to": format_ts(end), "bucket": bucket, **data,

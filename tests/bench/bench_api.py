@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         backfill(args.dir, args)
 
     rss_before = rss_mb()
-    from api import queries
+    from api.views import reads
     from api.resolution.tcp import Window
     from api.app import create_app
 
@@ -114,14 +114,14 @@ def main(argv: list[str] | None = None) -> int:
           f"edges_1m {sizes.get('edges_1m', 0) / 2**20:.0f}); resolved tables {resolved / 2**20:.0f} MiB "
           f"(resolved_1m {sizes.get('resolved_1m', 0) / 2**20:.0f}, svc_1m {sizes.get('resolved_svc_1m', 0) / 2**20:.0f}, "
           f"svc_1h {sizes.get('resolved_svc_1h', 0) / 2**20:.1f}) = {resolved / max(raw, 1):.2f} of raw")
-    first, last = queries.data_range(store)
+    first, last = reads.data_range(store)
     at = last - 60  # the last complete minute
     counts = store.query(
         f"SELECT (SELECT count() FROM {store.db}.connections), (SELECT count() FROM {store.db}.edges_1m), "
         f"(SELECT uniqExact(service) FROM {store.db}.edges_1h), (SELECT uniqExact(host, pod) FROM {store.db}.edges_1h)")[0]
     print(f"store: {counts[0]:,} raw records, {counts[1]:,} edges_1m rows, {counts[2]} services, "
           f"{counts[3]} instances, {(last - first) / 3600:.1f} h of data")
-    rows = queries.graph_rows(store, Window.at(at, 300))
+    rows = reads.graph_rows(store, Window.at(at, 300))
     busiest_area = max(
         {r["s_area"] for r in rows if r["s_kind"] == "service"},
         key=lambda a: sum(r["open"] for r in rows if a in (r["s_area"], r["d_area"])))

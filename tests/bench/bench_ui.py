@@ -154,14 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     if not has_data(args.dir):
         backfill(args.dir, args)
 
-    from api import queries
+    from api.views import reads
     from api.resolution.tcp import Window
     from api.storage import open_store
 
     store = open_store(f"chdb://{args.dir}", role="bench")
-    first, last = queries.data_range(store)
+    first, last = reads.data_range(store)
     at = last - 60
-    rows = queries.graph_rows(store, Window.at(at, 300))
+    rows = reads.graph_rows(store, Window.at(at, 300))
     areas = {r["s_area"] for r in rows if r["s_kind"] == "service"}
     busiest_area = max(areas, key=lambda a: sum(1 for r in rows if a in (r["s_area"], r["d_area"])))
     in_area = {r[f"{s}_name"] for r in rows for s in "sd" if r[f"{s}_area"] == busiest_area

@@ -1,10 +1,14 @@
-"""Serialisation of graphs to Vizceral 4.9 JSON, kept apart from the graph model.
+"""Serialisation of graphs to Vizceral 4.9 JSON, kept apart from the graph model - all of it.
 
 Vizceral draws a tree of nodes: a ``global`` view whose nodes are regions
 (``renderer: "region"``), each region's nodes drawn by the ``region``
 renderer and a node's own detail by ``focused``.  Every API view returns one
 such level as a stand-alone object whose ``renderer`` says how to draw it;
-the web page nests them as it drills down.
+the web page nests them as it drills down.  ``view``, ``node``,
+``connection`` and ``notice`` build the format's objects; ``nodes_of`` and
+``connections_of`` turn a map's nodes and contracted edges
+(``api.views.graph.Edge``) into them, ``alert_notices`` and ``tail_notices``
+say what a map's nodes and its "N more" node hide.
 
 Rules of the format that the builders below keep (and ``SCHEMA`` checks):
 node names are unique within a level (connections refer to them);
@@ -21,7 +25,10 @@ import html
 import time
 from typing import Any, Iterable, Mapping
 
-__all__ = ["SCHEMA", "notice", "node", "connection", "view", "edge_metrics", "edge_class"]
+from api.views.graph import Edge
+
+__all__ = ["SCHEMA", "notice", "node", "connection", "view", "edge_metrics", "edge_class", "edge_metadata",
+           "nodes_of", "connections_of", "alert_notices", "tail_notices"]
 
 #: Failure ratio (failed / attempted connects) from which an edge is drawn red.
 DANGER_RATIO = 0.05
@@ -154,6 +161,61 @@ def view(renderer: str, name: str, nodes: list[dict[str, Any]], connections: lis
         out["metadata"] = dict(metadata)
     return out
 
+
+
+# -- a map's nodes and edges ----------------------------------------------------------------
+
+def nodes_of(nodes: Mapping[str, Mapping[str, Any]], renderer: str | None, updated: int) -> list[dict[str, Any]]:
+    """Vizceral nodes of a map's ``nodes`` (name -> data), sorted by name.
+
+    ``cls``, ``display`` and ``notices`` of the data become the node's
+    class, display name and notices; the rest is its ``metadata`` (a
+    grouped node lists at most 200 of the names it holds, and how many).
+    """
+    out = []
+    for name in sorted(nodes):
+        data = nodes[name]
+        meta = {k: v for k, v in data.items() if k not in ("cls", "notices", "display")}
+        if "grouped" in meta:
+            meta["grouped"] = meta["grouped"][:200]
+            meta["grouped_count"] = len(data["grouped"])
+        out.append(node(name, cls=data.get("cls", "normal"), renderer=renderer, display=data.get("display"),
+                        metadata=meta, notices=data.get("notices", ()), updated=updated))
+    return out
+
+
+def edge_metadata(edge: Edge) -> dict[str, Any]:
+    """What an edge's side panel shows: both sources' volumes and who saw it."""
+    v = edge.values
+    return {"provenance": edge.provenance, "connects": v["connects"], "failures": v["failures"],
+            "open": round(v["open"], 6), "conn_rate": round(v["conn_rate"], 6), "bytes": v["bytes"],
+            "calls": v["calls"], "call_errors": v["call_errors"], "call_rate": round(v["call_rate"], 6),
+            "call_mean_ms": round(v["call_us"] / v["calls"] / 1000, 3) if v["calls"] else None}
+
+
+def connections_of(edges: Mapping[tuple[str, str], Edge], metric: str) -> list[dict[str, Any]]:
+    """Vizceral connections of contracted edges, sorted; an edge inside one node is not drawn."""
+    return [connection(s, d, e.values, metric, metadata=edge_metadata(e))
+            for (s, d), e in sorted(edges.items()) if s != d]
+
+
+def alert_notices(alerts: Iterable[Mapping[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
+    """Notices of firing alerts (``api.views.reads.firing_alerts`` rows): the first ``limit``, then how many more."""
+    alerts = list(alerts)
+    out = [notice(f"{a['alertname']}: {a['summary']}" if a.get("summary") else a["alertname"],
+                  severity=2 if a.get("severity") in ("critical", "page", "error") else 1)
+           for a in alerts[:limit]]
+    if len(alerts) > limit:
+        out.append(notice(f"{len(alerts) - limit} more alerts", severity=1))
+    return out
+
+
+def tail_notices(tail: list[str], what: str) -> list[dict[str, Any]]:
+    """The view's notice that the nodes of ``tail`` are grouped into one (none when nothing is)."""
+    if not tail:
+        return []
+    shown = ", ".join(tail[:10]) + (" ..." if len(tail) > 10 else "")
+    return [notice(f"{len(tail)} {what} with the least traffic are grouped: {shown}", severity=0)]
 
 _METRICS = {
     "type": "object",

@@ -1,8 +1,8 @@
 """The graph model: service-level edges in, graphs, impact, cycles and diffs out.
 
-Input is the list of resolved rows of ``api.queries.graph_rows`` - one per
+Input is the list of resolved rows of ``api.views.reads.graph_rows`` - one per
 (client, server) pair with per-second values.  Nothing here touches the
-store or knows about Vizceral (``api/vizceral.py`` serialises).
+store or knows about Vizceral (``api/views/vizceral.py`` serialises).
 
 Contraction (services to areas, to datacenters, instances to services) is
 plain dict aggregation: ``networkx.quotient_graph`` is ~27x slower for the
@@ -87,7 +87,7 @@ def contract(rows: Iterable[Mapping[str, Any]],
     Parameters
     ----------
     rows : iterable of mapping
-        Resolved rows (``api.queries.graph_rows``).
+        Resolved rows (``api.views.reads.graph_rows``).
     key : callable
         ``key(row, side)`` with side ``"s"`` (client) or ``"d"`` (server)
         returns the group of that end, or None to drop the row.

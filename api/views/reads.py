@@ -1,4 +1,4 @@
-"""Every SQL statement of the API, and nothing else.
+"""Every SQL statement the views run, and nothing else.
 
 Views never write SQL: they call the functions here, which return plain
 rows (dicts of JSON-ready values).  The heavy lifting - turning endpoint
@@ -28,6 +28,7 @@ from typing import Any
 from api.catalog.lookups import INTERNET, CatalogIndex, catalog_index, version_sql
 from api.resolution.tcp import Window, ip_text, resolved_sql
 from api.resolution.traces import link_calls, spans_of_traces
+from api.storage import Store
 
 __all__ = [
     "graph_rows",
@@ -43,7 +44,7 @@ __all__ = [
     "ping",
 ]
 
-def _stored_rows(store: Any, table: str, win: Window, end: int, keys: list[str], catalog: CatalogIndex, *,
+def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str], catalog: CatalogIndex, *,
                  dc: str | None, svc: str | None) -> dict[tuple, list[int]]:
     """Sums of a resolved table over ``[win.start, end)`` by the view's ``keys``,
     with the catalog applied here to the rows kept as addresses (one lookup
@@ -111,7 +112,7 @@ def _params(win: Window, slack: int, **extra: Any) -> dict[str, Any]:
     return {"t0": win.start, "t1": win.end, "secs": float(win.seconds), "slack": int(slack), **extra}
 
 
-def resolved_until(store: Any, win: Window) -> int:
+def resolved_until(store: Store, win: Window) -> int:
     """Where the resolution stage's rows for ``win`` end: the first minute of
     the window with records that the stage has not resolved yet (``win.end``
     when there is none), rounded down to the window's bucket."""
@@ -128,7 +129,7 @@ class _WindowState:
     catalog_version: int
 
 
-def _state(store: Any, win: Window) -> _WindowState:
+def _state(store: Store, win: Window) -> _WindowState:
     db = store.db
     rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
     calls_table = "resolved_calls_1h" if win.bucket == 3600 else "resolved_calls_1m"
@@ -150,7 +151,7 @@ def _state(store: Any, win: Window) -> _WindowState:
 
 
 def graph_rows(
-    store: Any,
+    store: Store,
     win: Window,
     *,
     dc: str | None = None,
@@ -169,7 +170,7 @@ def graph_rows(
 
     Parameters
     ----------
-    store : api.storage.Store
+    store : Store
     win : Window
     dc : str, optional
         Keep only edges with an end in this datacenter.
@@ -263,7 +264,7 @@ def _merge(merged: dict[tuple, dict[str, Any]], key: tuple, row: dict[str, Any])
             have[value] += row[value]
 
 
-def _call_rows(store: Any, win: Window, split: int, catalog: CatalogIndex, *, svc: str | None,
+def _call_rows(store: Store, win: Window, split: int, catalog: CatalogIndex, *, svc: str | None,
                instances: bool) -> list[dict[str, Any]]:
     """Graph rows of the calls traces saw in the window: linked by the
     resolution stage up to ``split``, linked here from the spans after it."""
@@ -300,7 +301,7 @@ def _call_rows(store: Any, win: Window, split: int, catalog: CatalogIndex, *, sv
     return out
 
 
-def service_exists(store: Any, name: str) -> bool:
+def service_exists(store: Store, name: str) -> bool:
     """Whether ``name`` is a node the graph can show: a catalog service or
     external, INTERNET, or anything a record, listener or trace span named."""
     if name == INTERNET:
@@ -322,7 +323,7 @@ def service_exists(store: Any, name: str) -> bool:
 
 # -- alerts ------------------------------------------------------------------
 
-def firing_alerts(store: Any, at: int, service: str | None = None) -> list[dict[str, Any]]:
+def firing_alerts(store: Store, at: int, service: str | None = None) -> list[dict[str, Any]]:
     """Alerts firing at ``at``.
 
     An alert fires at T when it started by T and its latest notification
@@ -359,7 +360,7 @@ def firing_alerts(store: Any, at: int, service: str | None = None) -> list[dict[
 
 # -- service summary ---------------------------------------------------------
 
-def service_instances(store: Any, service: str, win: Window) -> list[dict[str, Any]]:
+def service_instances(store: Store, service: str, win: Window) -> list[dict[str, Any]]:
     """Instances of ``service`` active in the window: host, addresses, pids, containers."""
     db = store.db
     rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
@@ -388,7 +389,7 @@ def service_instances(store: Any, service: str, win: Window) -> list[dict[str, A
     )
 
 
-def service_seen(store: Any, service: str) -> dict[str, Any]:
+def service_seen(store: Store, service: str) -> dict[str, Any]:
     """First and last time anything was reported for ``service`` (whole retention)."""
     db = store.db
     rows = store.query_dicts(
@@ -409,7 +410,7 @@ def service_seen(store: Any, service: str) -> dict[str, Any]:
     return {"first_seen": row["first_seen"], "last_seen": row["last_seen"]}
 
 
-def trace_calls(store: Any, service: str, win: Window) -> list[dict[str, Any]]:
+def trace_calls(store: Store, service: str, win: Window) -> list[dict[str, Any]]:
     """Calls to and from ``service`` seen by distributed tracing (Zipkin) in the window."""
     state = _state(store, win)
     if not state.has_calls:
@@ -423,7 +424,7 @@ def trace_calls(store: Any, service: str, win: Window) -> list[dict[str, Any]]:
 
 # -- search and timeline -----------------------------------------------------
 
-def search(store: Any, text: str, limit: int = 20, since: int | None = None) -> dict[str, list[dict[str, Any]]]:
+def search(store: Store, text: str, limit: int = 20, since: int | None = None) -> dict[str, list[dict[str, Any]]]:
     """Areas, services, instances and IPs whose name contains ``text`` (case-insensitive).
 
     Observed names (services, hosts, pods, addresses) come from the last day
@@ -479,7 +480,7 @@ def search(store: Any, text: str, limit: int = 20, since: int | None = None) -> 
     return {"areas": areas, "services": services, "instances": instances, "ips": ips}
 
 
-def data_range(store: Any) -> tuple[int, int] | None:
+def data_range(store: Store) -> tuple[int, int] | None:
     """First and last minute with records, as epoch seconds (None when empty)."""
     rows = store.query(
         f"SELECT count(), toUInt32(min(ts)), toUInt32(max(ts)) FROM {store.db}.edges_1h")
@@ -493,7 +494,7 @@ def data_range(store: Any) -> tuple[int, int] | None:
     return first, max(last_hour, int(last[0][0]) if last and last[0][0] else last_hour) + 60
 
 
-def timeline(store: Any, start: int, end: int, bucket: int) -> dict[str, list[dict[str, Any]]]:
+def timeline(store: Store, start: int, end: int, bucket: int) -> dict[str, list[dict[str, Any]]]:
     """Activity per bucket of ``[start, end)`` and the alerts that started in it."""
     db = store.db
     table = f"{db}.edges_1h" if bucket >= 3600 else f"{db}.edges_1m"
@@ -522,6 +523,6 @@ def timeline(store: Any, start: int, end: int, bucket: int) -> dict[str, list[di
     return {"buckets": buckets, "incidents": incidents}
 
 
-def ping(store: Any) -> bool:
+def ping(store: Store) -> bool:
     """Whether the store answers and holds the schema."""
     return store.schema_version() > 0

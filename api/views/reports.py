@@ -1,0 +1,104 @@
+"""The JSON reports beside the maps: a service's summary and impact, and what changed between two times.
+
+They start from the same resolved rows as the maps (``ViewContext.rows``)
+and read the graph model (``graph.py``): dependencies of a service by
+contraction, its impact by networkx ancestors and descendants, a diff by
+comparing two contractions.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping
+
+from api.catalog.lookups import UNASSIGNED
+from api.resolution.tcp import Window
+from api.views import graph, reads
+from api.views.context import ViewContext
+from api.views.params import ViewParams
+from tracer.records import format_ts
+
+__all__ = ["service_summary", "service_impact", "graph_diff"]
+
+
+def _links(text: str | None) -> list[dict[str, Any]]:
+    try:
+        links = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return links if isinstance(links, list) else []
+
+
+def _deps(rows: Iterable[Mapping[str, Any]], service: str, side: str) -> list[dict[str, Any]]:
+    other = "s" if side == "d" else "d"
+    mine = [r for r in rows if r[f"{side}_name"] == service and r[f"{other}_name"] != service
+            or (r["s_name"] == service and r["d_name"] == service)]
+    edges = graph.contract(mine, lambda r, s: r[f"{s}_name"] if s == other else "")
+    kinds = {r[f"{other}_name"]: (r[f"{other}_kind"], r[f"{other}_area"]) for r in mine}
+    out = []
+    for (a, b), e in edges.items():
+        name = a if other == "s" else b
+        v = e.values
+        out.append({"name": name, "kind": kinds[name][0], "area": kinds[name][1],
+                    "open": v["open"], "conn_rate": v["conn_rate"], "fail_rate": v["fail_rate"],
+                    "connects": v["connects"], "failures": v["failures"], "bytes": v["bytes"],
+                    "failure_ratio": e.failure_ratio, "provenance": e.provenance, "calls": v["calls"],
+                    "call_rate": v["call_rate"], "call_errors": v["call_errors"],
+                    "call_mean_ms": v["call_us"] / v["calls"] / 1000 if v["calls"] else None})
+    return sorted(out, key=lambda d: (-d["open"], -d["conn_rate"], -d["call_rate"], d["name"]))
+
+
+def service_summary(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, Any]:
+    """The side panel: instances, dependencies both ways, first/last seen, alerts, links."""
+    rows = [r for r in ctx.rows(p) if service in (r["s_name"], r["d_name"])]
+    ctx.require_service(service, rows)
+    catalog = ctx.catalog()
+    svc = catalog["services"].get(service)
+    area = catalog["areas"].get(svc["area"]) if svc else None
+    links = _links(svc["links"]) if svc else []
+    if area:
+        links += [dict(link, inherited_from=area["name"]) for link in _links(area["links"])]
+    return {
+        "service": service,
+        "area": svc["area"] if svc else UNASSIGNED,
+        "catalog": ({k: svc[k] for k in ("title", "owner", "tier", "description")} if svc else None),
+        "links": links,
+        "instances": ctx.cached(("instances", service, p.win),
+                                lambda: reads.service_instances(ctx.store, service, p.win), p.win.end),
+        "inbound": _deps(rows, service, "d"),
+        "outbound": _deps(rows, service, "s"),
+        **ctx.cached(("seen", service), lambda: reads.service_seen(ctx.store, service)),
+        "alerts": ctx.alerting(p.win.end).get(service, []),
+        # what distributed tracing saw (Zipkin spans), beside what TCP saw
+        "traced_calls": ctx.cached(("traces", service, p.win),
+                                   lambda: reads.trace_calls(ctx.store, service, p.win), p.win.end),
+        "processes": sorted(n for n, a in catalog["areas"].items()
+                            if a["kind"] == "process" and service in a["services"]),
+        "meta": p.meta(),
+    }
+
+
+def service_impact(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, Any]:
+    """Upstream/downstream of a service at T, with the areas and processes it affects."""
+    rows = ctx.rows(p)
+    ctx.require_service(service, rows)
+    services = graph.service_graph(rows, p.metric)
+    processes = {n: a["services"] for n, a in ctx.catalog()["areas"].items() if a["kind"] == "process"}
+    result = graph.impact(services, service, processes)
+    result["meta"] = p.meta()
+    return result
+
+
+def graph_diff(ctx: ViewContext, p: ViewParams, before_at: int, min_change: float,
+               min_volume: float) -> dict[str, Any]:
+    """New, vanished and changed service edges between ``before_at`` and ``at``."""
+    before_win = Window.at(before_at, p.window)
+    before = ctx.rows(p, win=before_win)
+    after = ctx.rows(p)
+    out = graph.diff(before, after, p.metric, min_change=min_change, min_volume=min_volume)
+    old_nodes = {r[f"{s}_name"] for r in before for s in ("s", "d")}
+    new_nodes = {r[f"{s}_name"] for r in after for s in ("s", "d")}
+    out["services"] = {"new": sorted(new_nodes - old_nodes), "vanished": sorted(old_nodes - new_nodes)}
+    out["meta"] = {"from": format_ts(before_win.end), "to": format_ts(p.win.end), "window": p.win.seconds,
+                   "metric": p.metric, "dc": p.dc, "min_change": min_change, "min_volume": min_volume}
+    return out
