@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from flask import Flask, g, request
 
@@ -26,7 +26,11 @@ from api.config import load_config
 from api.errors import register_error_handlers
 from api.routes import register_blueprints
 from api.routes.health import record_request
+from api.storage import Store
 from api.views.cache import ResultCache
+
+if TYPE_CHECKING:
+    from api.resolution.stage import Resolver
 
 __all__ = ["create_app", "start_resolution"]
 
@@ -80,7 +84,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def start_resolution(app: Flask, store: Any) -> Any:
+def start_resolution(app: Flask, store: Store) -> Resolver:
     """Run the resolution stage for ``store`` in this process, in the background.
 
     The process that owns an embedded store is the only one that can write

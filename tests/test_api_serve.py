@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from api.serve import configure_parser
+from api.commands.serve import configure_parser
 
 # Servers (Werkzeug, gunicorn) start in processes of their own.
 pytestmark = pytest.mark.slow
@@ -80,7 +80,7 @@ def test_phobos_serve_development_server(tmp_path):
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOBOS_")}
-    cmd = [sys.executable, "-m", "api.serve", "--store", f"chdb://{tmp_path}/db", "--port", str(port), "--migrate"]
+    cmd = [sys.executable, "-m", "api.commands.serve", "--store", f"chdb://{tmp_path}/db", "--port", str(port), "--migrate"]
     for _ in run_server(cmd, env, port):
         # bound to loopback without a token: writes from this machine are allowed
         status, body = post(port, "/api/v1/ingest", {"batch_id": "s1", "connections": [connection()]})
@@ -92,7 +92,7 @@ def test_phobos_serve_development_server(tmp_path):
 
 
 def test_serve_refuses_a_store_without_schema(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "api.serve", "--store", f"chdb://{tmp_path}/empty",
+    result = subprocess.run([sys.executable, "-m", "api.commands.serve", "--store", f"chdb://{tmp_path}/empty",
                              "--port", str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "phobos migrate" in result.stderr
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api import analyst_sql as queries
+from api.analysts import sql as queries
 from api.app import create_app
 from api.storage import StoreError
 from factories import connection

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from api.analyst_sql import ReaderPool, ReadersBusy, SQLRefused, validate_sql
+from api.analysts.sql import ReaderPool, ReadersBusy, SQLRefused, validate_sql
 from api.app import create_app
 from api.storage import ReadLimits, StoreError
 from factories import connection

@@ -169,14 +169,14 @@ def test_depth_limit_leaves_room_for_real_catalogs():
 def test_catalog_check_reports_deep_yaml_and_accepts_the_evil_regex(tmp_path):
     deep = tmp_path / "deep.yaml"
     deep.write_text("version: 1\nareas: " + "[" * DEPTH + "]" * DEPTH + "\n")
-    out = subprocess.run([sys.executable, "-m", "api.cli", "catalog", "check", str(deep)],
+    out = subprocess.run([sys.executable, "-m", "api.commands.phobos", "catalog", "check", str(deep)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"{deep}:2:71: the YAML is nested more than 64 levels deep" in out.stderr
     evil = tmp_path / "evil.yaml"
     evil.write_text("version: 1\nareas: [{name: a}]\nservices:\n"
                     f"  - {{name: s, area: a, match: {{cmdline: ['{EVIL_PATTERN}']}}}}\n")
-    out = subprocess.run([sys.executable, "-m", "api.cli", "catalog", "check", str(evil)],
+    out = subprocess.run([sys.executable, "-m", "api.commands.phobos", "catalog", "check", str(evil)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr
     assert out.stderr == ""   # RE2 logs nothing of its own

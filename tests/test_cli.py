@@ -16,7 +16,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 def phobos(*args, stdin=None):
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args], cwd=ROOT, input=stdin,
+        [sys.executable, "-m", "api.commands.phobos", *args], cwd=ROOT, input=stdin,
         capture_output=True, text=True, timeout=120,
     )
 

@@ -500,7 +500,7 @@ def test_tracer_env_names_are_the_agents(rendered):
 
 
 def test_api_env_names_are_the_apis(rendered):
-    known = _known_env("api/config.py", "api/cli.py", "api/storage/__init__.py",
+    known = _known_env("api/config.py", "api/commands/phobos.py", "api/storage/__init__.py",
                        "api/storage/migrations.py") | {"PHOBOS_CLICKHOUSE_PASSWORD"}
     for variant in ("default", "production"):
         container = pod_spec(one(rendered[variant], "Deployment", "api"))["containers"][0]
@@ -558,8 +558,8 @@ def test_api_serves_the_probed_paths():
 def test_job_and_consumer_commands_parse(rendered):
     import argparse
 
-    from api import cli
     from api.commands import ingest as kafka_ingest
+    from api.commands import phobos
 
     job = pod_spec(one(rendered["production"], "Job", "migrate"))["containers"][0]["command"]
     migrate = argparse.ArgumentParser()
@@ -567,7 +567,7 @@ def test_job_and_consumer_commands_parse(rendered):
     kafka_ingest.configure_migrate_parser(migrate)
     args = migrate.parse_args(job[2:])
     assert args.cluster == "phobos_cluster" and args.kafka and args.topic_prefix == "phobos"
-    assert cli.build_parser().parse_args(["migrate", "--cluster=phobos_cluster"]).cluster == "phobos_cluster"
+    assert phobos.build_parser().parse_args(["migrate", "--cluster=phobos_cluster"]).cluster == "phobos_cluster"
 
     consumer = pod_spec(one(rendered["ingest"], "Deployment", "ingest"))["containers"][0]["command"]
     args = kafka_ingest.configure_parser(argparse.ArgumentParser()).parse_args(consumer[2:])

@@ -59,7 +59,7 @@ CONSUMER = textwrap.dedent("""
 
 
 def query(store_url: str, sql: str) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "api.cli", "sql", "--store", store_url, "--format", "json", sql],
+    out = subprocess.run([sys.executable, "-m", "api.commands.phobos", "sql", "--store", store_url, "--format", "json", sql],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
@@ -150,7 +150,7 @@ def test_phobos_ingest_command_reports_and_stops_cleanly_on_sigterm(kafka_broker
     assert producer.flush(30) == 0
     store_url = f"chdb://{tmp_path / 'store'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "ingest", "--kafka", kafka_broker.bootstrap,
+        [sys.executable, "-m", "api.commands.phobos", "ingest", "--kafka", kafka_broker.bootstrap,
          "--topic-prefix", prefix, "--group", f"{prefix}-cli", "--store", store_url, "--report", "0.5",
          "-X", "session.timeout.ms=6000"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -38,7 +38,7 @@ def test_serve_consumes_kafka_into_the_store_it_serves(kafka_broker, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOBOS_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.serve", "--store", f"chdb://{tmp_path}/db", "--port", str(port),
+        [sys.executable, "-m", "api.commands.serve", "--store", f"chdb://{tmp_path}/db", "--port", str(port),
          "--migrate", "--kafka", kafka_broker.bootstrap, "--topic-prefix", prefix],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

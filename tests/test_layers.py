@@ -15,7 +15,7 @@ a literal name.
   runs before its submodules, but that alone makes no dependency.
 - **One ClickHouse importer.** Only the store (``api/storage/``) imports a
   ClickHouse client (``chdb``, ``clickhouse_driver``).
-- **Light entry point.** ``import api.cli`` and building ``phobos trace``'s
+- **Light entry point.** ``import api.commands.phobos`` and building ``phobos trace``'s
   options (in a subprocess) load no other ``api`` module and neither the
   store (pyarrow, chDB), numpy nor Flask.
 
@@ -35,6 +35,8 @@ LAYERS = ("tracer", "api")
 HEAVY = ("pyarrow", "chdb", "numpy", "flask", "clickhouse_driver", "networkx")
 CLICKHOUSE_CLIENTS = ("chdb", "clickhouse_driver")
 STORE_ROOM = "api.storage"
+#: The ``phobos`` command (setup.cfg's entry point).
+ENTRY = "api.commands.phobos"
 
 
 # -- reading imports ------------------------------------------------------------------------------
@@ -271,7 +273,7 @@ def layer_violations(modules: dict[str, Path]) -> list[tuple[str, int, str]]:
 
 def test_tracer_never_imports_api():
     modules = project_modules()
-    assert "tracer.agent" in modules and "api.cli" in modules  # the walk found the layers
+    assert "tracer.agent" in modules and ENTRY in modules  # the walk found the layers
     bad = layer_violations(modules)
     assert not bad, ("tracer/ must not import api/ (what both need lives on the tracer side):\n"
                      + "\n".join(f"  {modules[m].relative_to(ROOT)}:{line} imports {name}" for m, line, name in bad))
@@ -291,20 +293,20 @@ def test_only_the_store_imports_a_clickhouse_client():
 def test_no_import_cycles():
     modules = project_modules()
     graph, lines = import_graph(modules)
-    assert graph["api.cli"], "the graph has edges"
+    assert graph[ENTRY], "the graph has edges"
     cycles = find_cycles(graph)
     assert not cycles, "import cycles among project modules:\n" + "\n".join(
         describe(c, lines, modules) for c in cycles)
 
 
 def test_phobos_and_its_trace_command_load_nothing_heavy():
-    probe = ("import sys, api.cli; first = sorted(sys.modules); "
-             "api.cli.build_parser('trace').parse_args(['trace']); "
+    probe = (f"import sys, {ENTRY}; first = sorted(sys.modules); "
+             f"{ENTRY}.build_parser('trace').parse_args(['trace']); "
              "print(' '.join(first)); print(' '.join(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
                          check=True).stdout.splitlines()
     at_import, for_trace = (set(line.split()) for line in out)
-    for loaded, what in ((at_import, "import api.cli"), (for_trace, "phobos trace's options")):
+    for loaded, what in ((at_import, f"import {ENTRY}"), (for_trace, "phobos trace's options")):
         heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
         assert not heavy, f"{what} loads {heavy[:5]}"
-        assert not {m for m in loaded if m.startswith("api.")} - {"api.cli"}, what
+        assert not {m for m in loaded if m.startswith("api.")} - {"api.commands", ENTRY}, what

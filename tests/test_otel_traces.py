@@ -62,7 +62,7 @@ def test_three_services_with_their_own_exporters_draw_their_calls(tmp_path):
     url = f"http://127.0.0.1:{port}/api/v2/spans"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOBOS_")}
     env["PHOBOS_RESOLVE_SETTLE"] = "5"
-    cmd = [sys.executable, "-m", "api.serve", "--store", f"chdb://{tmp_path}/db", "--port", str(port), "--migrate"]
+    cmd = [sys.executable, "-m", "api.commands.serve", "--store", f"chdb://{tmp_path}/db", "--port", str(port), "--migrate"]
     for _ in run_server(cmd, env, port):
         # frontend exports in a batch flushed at the end: its spans - the parents
         # of checkout's - arrive after the calls below them were stored and linked

@@ -110,7 +110,7 @@ def test_alerts_and_spans_answer_503_when_the_store_fails(store):
 
 
 def test_phobos_load_keeps_going_past_poison_lines(store, chdb_dir, tmp_path):
-    from api.cli import main
+    from api.commands.phobos import main
 
     path = tmp_path / "poison.jsonl"
     path.write_bytes(b"\n".join([
@@ -139,7 +139,7 @@ def test_a_chunked_body_over_the_limit_is_413(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"PHOBOS_MAX_BODY_BYTES": str(1024 * 1024), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--store", f"chdb://{tmp_path}/s",
+    proc = subprocess.Popen([sys.executable, "-m", "api.commands.phobos", "serve", "--store", f"chdb://{tmp_path}/s",
                              "--port", str(port), "--migrate"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

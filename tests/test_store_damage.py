@@ -79,7 +79,7 @@ class Served:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PHOBOS_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api.serve", "--store", f"chdb://{directory}", "--port", str(self.port)],
+            [sys.executable, "-m", "api.commands.serve", "--store", f"chdb://{directory}", "--port", str(self.port)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.log = ""
 

@@ -1,6 +1,6 @@
 """``phobos up`` as a real process: the simulated fleet in the UI, and (as root) a traced connection.
 
-Each test starts ``python -m api.up`` on a fresh data directory and a free
+Each test starts ``python -m api.commands.up`` on a fresh data directory and a free
 loopback port, waits for its URL line, checks what a user would see, then
 stops it with SIGINT (Ctrl-C) and checks that it stopped cleanly and kept
 the data.  Browser checks use Debian's Chromium (tests/browser.py).
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser  # noqa: E402
 from conftest import require  # noqa: E402
 
-from api import up  # noqa: E402
+from api.commands import up  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ class Up:
 
     def __init__(self, args: list[str], user: str | None = None, env: dict | None = None):
         self.port = free_port()
-        cmd = [sys.executable, "-m", "api.up", "--port", str(self.port), *args]
+        cmd = [sys.executable, "-m", "api.commands.up", "--port", str(self.port), *args]
         if user:
             cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -108,7 +108,7 @@ def _unprivileged_user() -> str | None:
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         return None
     probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                            "-c", "import api.up, api.app, chdb"], cwd=ROOT, capture_output=True, timeout=60)
+                            "-c", "import api.commands.up, api.app, chdb"], cwd=ROOT, capture_output=True, timeout=60)
     return "65534" if probe.returncode == 0 else None
 
 

@@ -19,7 +19,7 @@ small fake).
 ``catalog_to_rows``/``catalog_from_rows`` turn a ``Catalog`` (the model in
 ``tracer/catalog.py``) into the tables' rows and back.
 
-``phobos catalog load FILE --store URL`` (``api/cli.py``) validates the
+``phobos catalog load FILE --store URL`` (``api/commands/phobos.py``) validates the
 file with ``tracer.catalog.load_catalog`` and then calls ``load_into_store``.
 """
 

@@ -66,11 +66,11 @@ def get_store() -> Any:
 
 
 def get_sql_readers() -> Any:
-    """The app's pool of read-only connections for analysts' SQL (``api.analyst_sql``)."""
+    """The app's pool of read-only connections for analysts' SQL (``api.analysts.sql``)."""
     ext = current_app.extensions
     pool = ext.get("phobos_sql_readers")
     if pool is None:
-        from api.analyst_sql import ReaderPool, read_limits
+        from api.analysts.sql import ReaderPool, read_limits
 
         store = get_store()
         cfg = current_app.config

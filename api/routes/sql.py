@@ -1,7 +1,7 @@
 """``POST /api/v1/sql``: read-only SQL for analysts.
 
 Body ``{"query": "...", "format": "json" | "csv"}``. One statement that
-reads Phobos' own tables (``api.analyst_sql`` decides on ClickHouse's parse
+reads Phobos' own tables (``api.analysts.sql`` decides on ClickHouse's parse
 of it), run on a read-only connection of its own with limits on time,
 memory, rows and result size (``PHOBOS_SQL_MAX_SECONDS``,
 ``PHOBOS_SQL_MAX_MEMORY``, ``PHOBOS_SQL_MAX_ROWS``, ``PHOBOS_SQL_MAX_BYTES``)
@@ -16,7 +16,7 @@ import json
 
 from flask import Blueprint, Response
 
-from api.analyst_sql import ReadersBusy, SQLRefused, run_sql
+from api.analysts.sql import ReadersBusy, SQLRefused, run_sql
 from api.errors import ApiError
 from api.routes.common import get_config, get_sql_readers, json_body, require_read_token
 from api.storage import StoreError

@@ -58,6 +58,7 @@ from api.simulation.fleet import (
     SimConfig,
     build_fleet,
 )
+from api.storage import Store
 from tracer.catalog import parse_catalog
 from tracer.records import CONNECTION_FIELDS, LISTENER_FIELDS, VERSION, format_ts
 
@@ -393,7 +394,7 @@ def _interval_ends(cfg: SimConfig) -> list[int]:
     return list(range(cfg.start + cfg.interval, cfg.end + 1, cfg.interval))
 
 
-def _load_catalog(store: Any, fleet: Fleet, catalog_out: str | Path | None) -> tuple[int | None, str | None]:
+def _load_catalog(store: Store, fleet: Fleet, catalog_out: str | Path | None) -> tuple[int | None, str | None]:
     text = fleet.catalog_yaml()
     path = None
     if catalog_out:
@@ -404,14 +405,14 @@ def _load_catalog(store: Any, fleet: Fleet, catalog_out: str | Path | None) -> t
     return version, path
 
 
-def simulate(store: Any, config: SimConfig, progress: Callable[[int, int, int], None] | None = None,
+def simulate(store: Store, config: SimConfig, progress: Callable[[int, int, int], None] | None = None,
              *, catalog: bool = True, catalog_out: str | Path | None = None,
              fleet: Fleet | None = None, stop: threading.Event | None = None) -> Summary:
     """Backfill ``config``'s time range into a migrated ``store``.
 
     Parameters
     ----------
-    store : api.storage.Store
+    store : Store
         Where to write (``connections``, ``listeners`` and the catalog tables).
     config : SimConfig
         Sizes, range and seed; checked first (``ValueError`` when inconsistent).
@@ -491,7 +492,7 @@ def simulate(store: Any, config: SimConfig, progress: Callable[[int, int, int], 
     return summary
 
 
-def write_interval(store: Any, fleet: Fleet, ts: int) -> int:
+def write_interval(store: Store, fleet: Fleet, ts: int) -> int:
     """Write one interval (live mode); returns the records written."""
     written = 0
     for batch in generate(fleet, [ts]):
@@ -654,7 +655,7 @@ def _brief(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _live(store: Any, fleet: Fleet, last: int, stop: threading.Event, quiet: bool) -> None:
+def _live(store: Store, fleet: Fleet, last: int, stop: threading.Event, quiet: bool) -> None:
     """Write each interval when its end passes on the wall clock, until ``stop``."""
     interval = fleet.config.interval
     ts = last + interval

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     store = open_store(f"chdb://{args.dir}", role="bench")
     store.migrate()  # a store kept from an older schema gets the resolved tables
-    from api.cli import resolve_pending
+    from api.commands.phobos import resolve_pending
     from api.resolution.stage import Resolver
 
     started = time.time()

@@ -76,7 +76,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, PHOBOS_SQL_MAX_SECONDS=str(args.sql_seconds), PHOBOS_CACHE_SECONDS="0")
-        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--store", f"chdb://{tmp}/s",
+        proc = subprocess.Popen([sys.executable, "-m", "api.commands.phobos", "serve", "--store", f"chdb://{tmp}/s",
                                  "--port", str(args.port), "--migrate"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

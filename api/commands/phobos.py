@@ -14,7 +14,10 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # imported when a subcommand runs, not by `phobos` itself
+    from api.storage import Store
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -111,7 +114,7 @@ _SQL_FORMATS = {"table": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json"
 
 def cmd_sql(args: argparse.Namespace) -> int:
     query = args.query if args.query != "-" else sys.stdin.read()
-    from api.analyst_sql import SQLRefused, read_limits, run_sql
+    from api.analysts.sql import SQLRefused, read_limits, run_sql
     from api.config import load_config
 
     cfg = load_config()
@@ -198,7 +201,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0 if totals["rejected"] == 0 else 1
 
 
-def print_summary(store: Any, out: Any = sys.stdout) -> None:
+def print_summary(store: Store, out: Any = sys.stdout) -> None:
     """A short picture of what a store holds (used by ``summary`` and ``demo``)."""
     db = store.db
     (rows, first, last, hosts, services) = store.query(
@@ -279,7 +282,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_pending(store: Any, out: Any = sys.stderr, settle_s: float | None = None) -> int:
+def resolve_pending(store: Store, out: Any = sys.stderr, settle_s: float | None = None) -> int:
     """Resolve every settled minute the stage has not (``phobos resolve --once``,
     ``phobos demo``), printing progress; returns the minutes resolved."""
     from api.config import load_config
@@ -423,9 +426,9 @@ COMMANDS: tuple[tuple[str, str, Configure, Run], ...] = (
     ("catalog", "check or load a catalog YAML file", configure_catalog, cmd_catalog),
     ("load", "ingest JSON-lines records (e.g. from `phobos trace --sink stdout`)", configure_load, cmd_load),
     ("summary", "print what a store holds", _store_arg, cmd_summary),
-    ("serve", "serve the API and web UI", *_delegate("api.serve")),
+    ("serve", "serve the API and web UI", *_delegate("api.commands.serve")),
     ("up", "one command: API + UI on the embedded store, with the tracer (root) or a simulated fleet",
-     *_delegate("api.up")),
+     *_delegate("api.commands.up")),
     ("simulate", "write a simulated fleet's records (backfill and/or live)", *_delegate("api.simulation.simulate")),
     ("trace", "trace this host's TCP connections with eBPF (root)", *_delegate("tracer.agent")),
     ("ingest", "consume records from Kafka into a store", *_delegate("api.commands.ingest")),

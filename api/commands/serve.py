@@ -19,7 +19,10 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from api.storage import Store
 
 __all__ = ["configure_parser", "run", "start_kafka_ingest"]
 
@@ -62,7 +65,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="Flask debug mode (never in production)")
 
 
-def start_kafka_ingest(store: Any, brokers: str, prefix: str) -> tuple[Any, threading.Thread]:
+def start_kafka_ingest(store: Store, brokers: str, prefix: str) -> tuple[Any, threading.Thread]:
     """Consume ``prefix``'s record topics into ``store`` on a background thread.
 
     chDB opens a data directory from one process only, so the process that

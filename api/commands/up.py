@@ -29,7 +29,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from api.storage import Store
 
 __all__ = ["configure_parser", "run", "main", "tracing_problems"]
 
@@ -95,7 +98,7 @@ def tracing_problems() -> list[str]:
 class _Simulator(threading.Thread):
     """A simulated fleet: backfill the history, then one interval at a time on the wall clock."""
 
-    def __init__(self, store: Any, args: argparse.Namespace) -> None:
+    def __init__(self, store: Store, args: argparse.Namespace) -> None:
         super().__init__(name="phobos-up-simulate", daemon=True)
         self.store = store
         self.args = args
