@@ -1,4 +1,4 @@
-"""The resolution stage (api/resolution.py) against real chDB: minutes resolved once,
+"""The resolution stage (api/resolution/stage.py) against real chDB: minutes resolved once,
 late and replayed data, IP reuse, both ends, listeners that arrive late, catalog changes.
 
 The hand-built fleet of fixtures.py has a known exact graph; every

@@ -1,4 +1,4 @@
-"""Spans as a second edge source: api/zipkin.py's linking (pure), and the
+"""Spans as a second edge source: api/resolution/traces.py's linking (pure), and the
 resolution stage joining parents and children that arrive in different
 posts and minutes, against real chDB."""
 

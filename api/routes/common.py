@@ -12,14 +12,18 @@ import re
 import time
 from datetime import datetime, timezone
 from functools import wraps
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from flask import current_app, request
 
 from api.errors import ApiError
+from api.storage import Store
 from api.views.context import ViewContext
 from api.views.graph import METRICS
 from api.views.params import ViewParams
+
+if TYPE_CHECKING:
+    from api.analysts.sql import ReaderPool
 
 __all__ = [
     "get_store",
@@ -47,7 +51,7 @@ def get_config() -> dict[str, Any]:
     return current_app.config
 
 
-def get_store() -> Any:
+def get_store() -> Store:
     """The app's store, opened on first use (``PHOBOS_STORE`` or config ``STORE``)."""
     ext = current_app.extensions
     store = ext.get("phobos_store")
@@ -65,7 +69,7 @@ def get_store() -> Any:
     return store
 
 
-def get_sql_readers() -> Any:
+def get_sql_readers() -> ReaderPool:
     """The app's pool of read-only connections for analysts' SQL (``api.analysts.sql``)."""
     ext = current_app.extensions
     pool = ext.get("phobos_sql_readers")

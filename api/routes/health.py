@@ -12,7 +12,8 @@ from flask import Blueprint, Response, current_app, request
 from api.errors import ApiError
 from api.ingest.batches import STATS
 from api.routes.common import get_store
-from api.storage.damage import MONITOR, RECOVERY_HINT, check_at_start
+from api.storage import Store
+from api.storage.damage import MONITOR, RECOVERY_HINT, DamageReport, check_at_start
 
 __all__ = ["bp", "REQUESTS", "record_request"]
 
@@ -54,7 +55,7 @@ def _check_store_at_start(state) -> None:
         log.warning("store damage check failed at start-up: %s", err)
 
 
-def _damage(store):
+def _damage(store: Store) -> DamageReport | None:
     try:
         return MONITOR.report(store)
     except Exception as err:
@@ -141,7 +142,7 @@ def _label(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _damage_lines(report) -> list[str]:
+def _damage_lines(report: DamageReport | None) -> list[str]:
     """Store damage (``api.storage.damage``) as Prometheus lines; None: the check could not run."""
     label = _label
     lines = [

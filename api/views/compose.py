@@ -10,7 +10,7 @@ Every map is the same pipeline, run by ``compose``:
 3. **alerts** - each node's class, alerts and notices (``mark``), and with
    ``internal`` the traffic that stays inside it;
 4. **group** - the long tail folded into one "N more" node, sparing the
-   nodes the map ``keep``\\s;
+   nodes the map names in ``keep``;
 5. **serialise** - one Vizceral level (``vizceral.view``) whose nodes the
    ``child_renderer`` draws.
 
