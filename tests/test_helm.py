@@ -814,3 +814,15 @@ def test_a_resolution_stage_runs_beside_a_clickhouse_store(rendered):
     assert env["PHOBOS_STORE"]["value"].startswith("clickhouse://") and env["PHOBOS_RESOLVE_SETTLE"]["value"]
     # chDB: the API pod resolves in its own process
     assert not find(rendered["default"], "Deployment", "resolve")
+
+
+def test_span_retention_reaches_phobos_migrate(helm):
+    """store.spanTtlHours becomes PHOBOS_SPAN_TTL_HOURS of the migrate job; unset, the store keeps its own."""
+    def migrate_env(*args):
+        (container,) = pod_spec(one(render(helm, "-f", str(PRODUCTION), *args), "Job", "migrate"))["containers"]
+        return env_of(container)
+
+    assert migrate_env("--set", "store.spanTtlHours=12")["PHOBOS_SPAN_TTL_HOURS"]["value"] == "12"
+    assert "PHOBOS_SPAN_TTL_HOURS" not in migrate_env()
+    refused = _template(helm, "--set", "store.spanTtlHours=0")
+    assert refused.returncode != 0 and "spanTtlHours" in refused.stderr
