@@ -150,10 +150,14 @@ class Resolver:
             f"WHERE m NOT IN (SELECT ts FROM {db}.minute_marks) GROUP BY m")
         return self.store.query(f"SELECT uniqExact(ts) FROM {db}.minute_marks")[0][0] - before
 
+    def _settled(self) -> int:
+        """The start of the last minute that has settled (epoch seconds)."""
+        return int(self.now() - self.settle_s) // 60 * 60 - 60
+
     def pending(self) -> list[int]:
         """Minutes (epoch seconds) to resolve now, newest first."""
         db = self.store.db
-        cut = int(self.now() - self.settle_s) // 60 * 60 - 60  # the last minute that has settled
+        cut = self._settled()
         rows = self.store.query(
             f"""SELECT toUInt32(m.ts), m.r, m.l, r.found, r.records, r.lrec
                 FROM (SELECT ts, sum(records) AS r, sum(listener_records) AS l FROM {db}.minute_marks
@@ -266,7 +270,7 @@ class Resolver:
     def pending_calls(self) -> list[int]:
         """Minutes whose calls to link now, newest first."""
         db = self.store.db
-        cut = int(self.now() - self.settle_s) // 60 * 60 - 60
+        cut = self._settled()
         rows = self.store.query(
             f"""SELECT toUInt32(m.ts), toUInt32(m.reach)
                 FROM (SELECT ts, sum(spans) AS n, max(reach) AS reach FROM {db}.span_marks
