@@ -28,8 +28,9 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Iterable
+
+from tracer.timestamps import format_ts, parse_iso
 
 __all__ = [
     "VERSION",
@@ -158,15 +159,6 @@ class Rejection:
         return {"index": self.index, "field": self.field, "message": self.message}
 
 
-def format_ts(ts: float | int | datetime) -> str:
-    """The wire form of a timestamp: ISO 8601, UTC, whole seconds, ``Z``."""
-    if isinstance(ts, datetime):
-        dt = ts.astimezone(timezone.utc) if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
-    else:
-        dt = datetime.fromtimestamp(int(ts), tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_ts(value: Any) -> int:
     """Seconds since the epoch from the wire form (ISO 8601 or a number).
 
@@ -179,16 +171,9 @@ def parse_ts(value: Any) -> int:
             raise RecordError(f"{value!r} is outside 1970..2106")
         return int(value)
     if isinstance(value, str):
-        text = value.strip()
-        if text.endswith("Z"):
-            text = text[:-1] + "+00:00"
-        try:
-            dt = datetime.fromisoformat(text)
-        except ValueError:
-            raise RecordError(f"{value!r} is not an ISO 8601 time") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        seconds = int(dt.timestamp())
+        seconds = parse_iso(value)
+        if seconds is None:
+            raise RecordError(f"{value!r} is not an ISO 8601 time")
         if seconds < 0 or seconds > U32:
             raise RecordError(f"{value!r} is outside 1970..2106")
         return seconds

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from api.storage import Store
+from tracer.timestamps import parse_iso
 
 __all__ = ["AlertError", "alert_rows", "insert_alerts", "MAX_ALERTS"]
 
@@ -31,7 +30,6 @@ class AlertError(ValueError):
 
 
 MAX_ALERTS = 10_000
-_FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
 def _time(value: Any, field: str, index: int) -> int:
@@ -39,16 +37,9 @@ def _time(value: Any, field: str, index: int) -> int:
         return 0
     if not isinstance(value, str):
         raise AlertError(400, f"alerts[{index}].{field} must be an RFC 3339 time")
-    text = _FRACTION.sub(r"\1", value.strip())
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise AlertError(400, f"alerts[{index}].{field}={value!r} is not an RFC 3339 time") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    seconds = int(dt.timestamp())
+    seconds = parse_iso(value)
+    if seconds is None:
+        raise AlertError(400, f"alerts[{index}].{field}={value!r} is not an RFC 3339 time")
     return seconds if 0 < seconds < 2**32 else 0
 
 

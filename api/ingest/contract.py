@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from api.ingest.decode import Undecodable
 from tracer.records import MAX_TEXT, RECORD_FIELDS, U32, VERSION, Rejection, normalize_ip, validate_batch
+from tracer.timestamps import WIRE_FORMAT
 
 __all__ = ["check_records", "fast_table", "records_to_arrow"]
 
@@ -110,7 +111,7 @@ def fast_table(kind: str, data: bytes, lines: int) -> pa.Table | None:
         elif f.kind == "ts":
             # One interval's records share their ts: parse each distinct value once.
             enc = col.combine_chunks().dictionary_encode()
-            parsed = pc.strptime(enc.dictionary, format="%Y-%m-%dT%H:%M:%SZ", unit="s", error_is_null=True)
+            parsed = pc.strptime(enc.dictionary, format=WIRE_FORMAT, unit="s", error_is_null=True)
             if parsed.null_count:
                 return None
             secs = parsed.cast(pa.int64())

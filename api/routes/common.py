@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import re
 import time
-from datetime import datetime, timezone
 from functools import wraps
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -21,6 +19,7 @@ from api.storage import Store
 from api.views.context import ViewContext
 from api.views.graph import METRICS
 from api.views.params import ViewParams
+from tracer import timestamps
 
 if TYPE_CHECKING:
     from api.analysts.sql import ReaderPool
@@ -41,8 +40,6 @@ __all__ = [
     "is_loopback",
 ]
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _MAX_PARAM = 256
 
 
@@ -94,13 +91,6 @@ def _arg(name: str) -> str | None:
     return value
 
 
-def _duration(text: str) -> float | None:
-    match = _DURATION.match(text.strip().lower())
-    if not match:
-        return None
-    return float(match.group(1)) * _UNIT[match.group(2)]
-
-
 def parse_time(name: str, default: int | None = None, now: float | None = None) -> int:
     """A point in time from the query string, as epoch seconds.
 
@@ -112,21 +102,7 @@ def parse_time(name: str, default: int | None = None, now: float | None = None) 
     if text is None or text.strip() == "":
         return int(now if default is None else default)
     text = text.strip()
-    value: float | None = None
-    if text == "now":
-        value = now
-    elif text.startswith("-"):
-        d = _duration(text[1:])
-        value = None if d is None else now - d
-    elif re.fullmatch(r"\d{1,12}(\.\d+)?", text):
-        value = float(text)
-    else:
-        iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
-        try:
-            dt = datetime.fromisoformat(iso)
-            value = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
-        except ValueError:
-            value = None
+    value = timestamps.parse_time(text, now)
     if value is None or not (86400 <= value < 2**32 - 86400):
         raise ApiError(400, f"parameter {name!r}={text!r} is not a time: use now, -2h, epoch "
                             f"seconds or ISO 8601 such as 2026-11-26T10:00:00Z")
@@ -139,7 +115,7 @@ def parse_window(name: str = "window") -> int:
     text = _arg(name)
     if text is None or text.strip() == "":
         return int(cfg["DEFAULT_WINDOW"])
-    seconds = _duration(text)
+    seconds = timestamps.parse_duration(text)
     if seconds is None or not (60 <= seconds <= cfg["MAX_WINDOW"]):
         raise ApiError(400, f"parameter {name!r}={text!r} is not a window from 1m to "
                             f"{cfg['MAX_WINDOW']}s: use e.g. 300, 5m, 1h")

@@ -43,7 +43,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,6 +58,7 @@ from api.simulation.fleet import (
     build_fleet,
 )
 from api.storage import Store
+from tracer import timestamps
 from tracer.catalog import parse_catalog
 from tracer.records import CONNECTION_FIELDS, LISTENER_FIELDS, VERSION, format_ts
 
@@ -511,29 +511,13 @@ def _public(event: dict[str, Any]) -> dict[str, Any]:
 
 # -- command line ---------------------------------------------------------------
 
-_REL = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def parse_time(text: str, now: float | None = None) -> int:
-    """``now``, ``-90m``/``-24h``/``-7d`` (relative to now) or an ISO 8601 time -> epoch seconds."""
-    now = time.time() if now is None else now
-    value = text.strip()
-    if value == "now":
-        return int(now)
-    match = _REL.match(value)
-    if match:
-        return int(now - float(match.group(1)) * _UNIT[match.group(2)])
-    try:
-        if value.endswith("Z"):
-            value = value[:-1] + "+00:00"
-        dt = datetime.fromisoformat(value)
-    except ValueError:
+    """``now``, ``-90m``/``-24h``/``-7d`` (relative to now), epoch seconds or an ISO 8601 time -> epoch seconds."""
+    value = timestamps.parse_time(text, now)
+    if value is None:
         raise ValueError(f"{text!r} is not a time: use now, -90m, -24h, -7d or an ISO time "
-                         "such as 2026-01-01T00:00:00Z") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp())
+                         "such as 2026-01-01T00:00:00Z")
+    return int(value)
 
 
 def _env(name: str, default: Any) -> Any:
