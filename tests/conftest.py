@@ -37,7 +37,8 @@ if str(ROOT) not in sys.path:
 IN_CI = os.environ.get("CI") == "true"
 
 #: The fixture that gives a test a component -> the mark the test must carry.
-COMPONENT_MARKS = {"bpf_host": "bpf", "kafka_broker": "kafka", "chromium": "browser"}
+COMPONENT_MARKS = {"bpf_host": "bpf", "kafka_broker": "kafka", "chromium": "browser",
+                   "netns_host": "netns"}
 
 
 def require(available: bool, reason: str) -> None:
@@ -69,6 +70,17 @@ def bpf_host() -> None:
 
     problems = preflight.run_checks()
     require(not problems, "; ".join(str(p) for p in problems))
+
+
+@pytest.fixture(scope="session")
+def netns_host() -> None:
+    """Root, iproute2, nftables and a readable connection-tracking table (ctnetlink)."""
+    import netns
+
+    from tracer import conntrack
+
+    for ok, reason in (netns.available(), netns.nft_available(), conntrack.available()):
+        require(ok, reason)
 
 
 @pytest.fixture(scope="session")

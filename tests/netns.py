@@ -144,3 +144,89 @@ def _netns_inode(name: str) -> int:
                              capture_output=True, text=True, check=False).stdout
         m = re.search(r"\[(\d+)\]", out)
         return int(m.group(1)) if m else 0
+
+
+# --- NAT and routing helpers (tests/test_conntrack.py) --------------------------
+# Added beside the topology: pods behind a host, nftables rulesets, sysctls and
+# blackhole routes, all inside namespaces the topology owns.
+
+POD_V4_NET = "10.201"
+POD_V6_NET = "fd00:201"
+
+
+def nft_available() -> tuple[bool, str]:
+    if shutil.which("nft") is None:
+        return False, "nftables (nft) is not installed: apt-get install -y nftables"
+    return True, ""
+
+
+def nft(host: Host, ruleset: str) -> None:
+    """Load an nftables ruleset (``nft -f`` syntax) into the host's namespace.
+
+    Tables vanish with the namespace, so nothing needs removing by hand.
+    """
+    done = subprocess.run(["ip", "netns", "exec", host.name, "nft", "-f", "-"], input=ruleset, text=True,
+                          capture_output=True, timeout=20, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"nft -f in {host.name} failed: {done.stderr.strip()}")
+
+
+def sysctl(host: Host, key: str, value: str | int) -> None:
+    host.run("sysctl", "-q", "-w", f"{key}={value}")
+
+
+def blackhole(host: Host, *prefixes: str) -> None:
+    """Drop whatever the host would route to these prefixes (e.g. virtual ranges
+    that only exist before NAT), so an untranslated packet never goes anywhere."""
+    for prefix in prefixes:
+        _ip("-n", host.name, *(["-6"] if ":" in prefix else []), "route", "add", "blackhole", prefix)
+
+
+def add_pod(topology: Topology, host: Host, n: int = 1) -> Host:
+    """A namespace behind ``host``, the way a pod sits behind its node.
+
+    The pod is plugged into the host by a veth pair and routed (not bridged):
+    ``10.201.I.(n+1)`` and ``fd00:201:I::(n+1)`` for host index I, default
+    route via the host, which forwards; the topology's other hosts route
+    ``10.201.I.0/24`` and ``fd00:201:I::/64`` via host I.  The pod is appended
+    to the topology's hosts, so ``close()`` kills its processes and deletes it.
+    """
+    i = host.index
+    name = f"{topology.prefix}h{i}p{n}"
+    topology._add_ns(name)
+    gw4, gw6 = f"{POD_V4_NET}.{i}.1", f"{POD_V6_NET}:{i}::1"
+    ipv4, ipv6 = f"{POD_V4_NET}.{i}.{n + 1}", f"{POD_V6_NET}:{i}::{n + 1}"
+    dev = f"pod{n}"
+    _ip("-n", host.name, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", name)
+    # The gateway address is a /32 (/128) on every pod link of the host, and
+    # each pod has a host route: pods of one host never share a subnet route.
+    _ip("-n", host.name, "addr", "add", f"{gw4}/32", "dev", dev)
+    _ip("-n", host.name, "-6", "addr", "add", f"{gw6}/128", "dev", dev, "nodad")
+    _ip("-n", host.name, "link", "set", dev, "up")
+    _ip("-n", host.name, "route", "add", f"{ipv4}/32", "dev", dev)
+    _ip("-n", host.name, "-6", "route", "add", f"{ipv6}/128", "dev", dev)
+    _ip("-n", name, "addr", "add", f"{ipv4}/32", "dev", "eth0")
+    _ip("-n", name, "-6", "addr", "add", f"{ipv6}/128", "dev", "eth0", "nodad")
+    _ip("-n", name, "link", "set", "eth0", "up")
+    _ip("-n", name, "route", "add", gw4, "dev", "eth0")
+    _ip("-n", name, "route", "add", "default", "via", gw4)
+    _ip("-n", name, "-6", "route", "add", gw6, "dev", "eth0")
+    _ip("-n", name, "-6", "route", "add", "default", "via", gw6)
+    sysctl(host, "net.ipv4.ip_forward", 1)
+    sysctl(host, "net.ipv6.conf.all.forwarding", 1)
+    for other in topology.hosts:
+        if other is not host and other.name.endswith(f"h{other.index}"):
+            _ip("-n", other.name, "route", "replace", f"{POD_V4_NET}.{i}.0/24", "via", host.ipv4)
+            _ip("-n", other.name, "-6", "route", "replace", f"{POD_V6_NET}:{i}::/64", "via", host.ipv6)
+    pod = Host(name=name, index=i, ipv4=ipv4, ipv6=ipv6)
+    pod.netns = _netns_inode(name) or 0
+    topology.hosts.append(pod)
+    return pod
+
+
+def conntrack_count(host: Host) -> int:
+    """Entries in the host's connection-tracking table (conntrack is per namespace)."""
+    return int(host.run("cat", "/proc/sys/net/netfilter/nf_conntrack_count").stdout.strip() or 0)
+
+
+__all__ += ["add_pod", "blackhole", "conntrack_count", "nft", "nft_available", "sysctl"]
