@@ -115,9 +115,9 @@ def catalog_index(store: Store, version: int) -> CatalogIndex:
     return index
 
 
-def catalog_maps(store: Store) -> dict[str, Any]:
-    """The current catalog as plain lookups for the views (read once per
-    catalog version; callers must not change it).
+def catalog_maps(store: Store, version: int | None = None) -> dict[str, Any]:
+    """The current catalog (or the one of ``version``) as plain lookups for
+    the views (read once per catalog version; callers must not change it).
 
     Returns
     -------
@@ -127,7 +127,8 @@ def catalog_maps(store: Store) -> dict[str, Any]:
         ``title``, ``owner``, ``tier``, ``links``); ``externals``: name -> row.
     """
     db = store.db
-    version = int(store.query(f"SELECT toUInt64(max(version)) FROM {db}.catalog_loads")[0][0] or 0)
+    if version is None:
+        version = int(store.query(f"SELECT toUInt64(max(version)) FROM {db}.catalog_loads")[0][0] or 0)
     key = (f"{id(store)}:{db}", version)
     maps = _CATALOG_MAPS.get(key)
     if maps is not None:

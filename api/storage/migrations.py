@@ -105,10 +105,21 @@ def schema_statements(text: str, db: str, ttl_days: int, cluster: str | None = N
                       span_ttl_hours: int = DEFAULT_SPAN_TTL_HOURS) -> list[str]:
     """The statements of one schema file, single-node or for ``cluster``."""
     statements = split_statements(render_sql(text, db=db, ttl_days=ttl_days, span_ttl_hours=span_ttl_hours))
-    return clustered_statements(statements, db, cluster) if cluster else statements
+    if not cluster:
+        return statements
+    # A view in one file may read a table another file made: all files' tables count.
+    tables = [s for _, _, path in schema_files() for s in split_statements(
+        render_sql(path.read_text(), db=db, ttl_days=ttl_days, span_ttl_hours=span_ttl_hours))]
+    return clustered_statements(statements, db, cluster, local=_merge_tree_tables(tables))
 
 
-def clustered_statements(statements: list[str], db: str, cluster: str) -> list[str]:
+def _merge_tree_tables(statements: Iterable[str]) -> set[str]:
+    """The ``*MergeTree`` tables the statements create (the clustered form makes each ``x_local``)."""
+    return {m["name"] for stmt in statements
+            if (m := _CREATE.match(stmt)) and m["what"] == "TABLE" and _ENGINE.search(stmt)}
+
+
+def clustered_statements(statements: list[str], db: str, cluster: str, local: set[str] | None = None) -> list[str]:
     """Rewrite single-node DDL for a sharded, replicated cluster.
 
     The same schema files serve both: every ``*MergeTree`` table ``x``
@@ -118,15 +129,17 @@ def clustered_statements(statements: list[str], db: str, cluster: str) -> list[s
     and write the local tables, so each shard rolls up its own rows; every
     statement runs ``ON CLUSTER``. Inserts through the Distributed tables
     should use ``insert_distributed_sync = 1`` so that deduplication tokens
-    reach the replicas.
+    reach the replicas. ``local``: the tables made ``x_local`` (default the
+    ``*MergeTree`` tables of ``statements``) - views over them read and
+    write the local ones. A back-fill (``INSERT``) runs once, unchanged.
     """
-    local = set()
-    for stmt in statements:
-        match = _CREATE.match(stmt)
-        if match and match["what"] == "TABLE" and _ENGINE.search(stmt):
-            local.add(match["name"])
+    local = (set(local) if local is not None else set()) | _merge_tree_tables(statements)
     out = []
     for stmt in statements:
+        if stmt.lstrip().upper().startswith("INSERT INTO"):
+            # A back-fill: once, from this node, through the Distributed tables.
+            out.append(stmt)
+            continue
         alter = _ALTER.match(stmt)
         if alter:
             # Settings, TTLs and columns belong to the replicated tables; the

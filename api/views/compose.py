@@ -116,7 +116,7 @@ def _side(key: str) -> Callable[[Row, str], str]:
 
 def areas_view(ctx: ViewContext, p: ViewParams) -> dict[str, Any]:
     """Business areas and INTERNET with the traffic between them (Vizceral ``global``)."""
-    catalog = ctx.catalog()
+    catalog = ctx.catalog(p.win)
     by_area: dict[str, list] = defaultdict(list)
     for service, items in ctx.alerting(p.win.end).items():
         by_area[catalog["services"].get(service, {}).get("area") or UNASSIGNED].extend(items)
@@ -137,7 +137,7 @@ def areas_view(ctx: ViewContext, p: ViewParams) -> dict[str, Any]:
 
 def area_view(ctx: ViewContext, p: ViewParams, area: str) -> dict[str, Any]:
     """The area's services (class ``area``), their neighbours (``other``), alerting ones (``alert``)."""
-    catalog = ctx.catalog()
+    catalog = ctx.catalog(p.win)
     if area not in catalog["areas"] and area not in (INTERNET, UNASSIGNED):
         raise ApiError(404, f"no business area named {area!r}")
     alerts = ctx.alerting(p.win.end)
@@ -172,7 +172,7 @@ def datacenters_view(ctx: ViewContext, p: ViewParams) -> dict[str, Any]:
                                group=lambda row, side: row[f"{side}_dc"] or INTERNET,
                                node=lambda row, side: {"cls": "normal", "kind": "dc"},
                                seed={INTERNET: {"cls": "normal", "kind": "internet"}}, internal=True,
-                               rows={"calls": False}))
+                               rows={"calls": False, "datacenters": True}))
 
 
 # -- focused: one service --------------------------------------------------------------------

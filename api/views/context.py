@@ -11,7 +11,7 @@ the windows its records fall into).  The catalog is read once per version
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from api.catalog.lookups import catalog_maps
@@ -38,6 +38,9 @@ class ViewContext:
     cache: ResultCache
     listener_slack: int = 600
     max_nodes: int = 150
+    # A context lives for one request: what it read of a window's state is
+    # good for the whole request, also with the result cache off.
+    _states: dict[Window, reads.WindowState] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, store: Store, cache: ResultCache, cfg: Mapping[str, Any]) -> ViewContext:
@@ -47,16 +50,26 @@ class ViewContext:
         """``compute()``, kept in the cache under ``key`` (``end``: the end of its window, if it has one)."""
         return self.cache.get((key[0], self.store.db, *key[1:]), compute, end)
 
+    def state(self, win: Window) -> reads.WindowState:
+        """How far the resolution stage has come in ``win`` and the catalog version (``reads.window_state``)."""
+        state = self._states.get(win)
+        if state is None:
+            state = self._states[win] = self.cached(("state", win), lambda: reads.window_state(self.store, win),
+                                                    win.end)
+        return state
+
     def rows(self, p: ViewParams, *, win: Window | None = None, **options: Any) -> list[dict[str, Any]]:
         """Resolved rows of ``win`` (default the view's) in the view's ``dc`` (``reads.graph_rows``)."""
         win = win or p.win
         return self.cached(("rows", win, p.dc, tuple(sorted(options.items()))),
-                           lambda: reads.graph_rows(self.store, win, dc=p.dc, slack=self.listener_slack, **options),
+                           lambda: reads.graph_rows(self.store, win, dc=p.dc, slack=self.listener_slack,
+                                                    state=self.state(win), **options),
                            win.end)
 
-    def catalog(self) -> dict[str, Any]:
-        """The current catalog by name (``catalog_maps``; read once per catalog version)."""
-        return catalog_maps(self.store)
+    def catalog(self, win: Window | None = None) -> dict[str, Any]:
+        """The current catalog by name (``catalog_maps``; read once per catalog version), the
+        version taken from ``win``'s state when the view reads that window anyway."""
+        return catalog_maps(self.store, self.state(win).catalog_version if win is not None else None)
 
     def alerting(self, at: int) -> dict[str, list[dict[str, Any]]]:
         """Alerts firing at ``at``, by service."""

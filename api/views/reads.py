@@ -33,11 +33,12 @@ from api.storage import Store
 __all__ = [
     "graph_rows",
     "resolved_until",
+    "window_state",
+    "WindowState",
     "service_exists",
     "firing_alerts",
     "service_instances",
     "service_seen",
-    "trace_calls",
     "search",
     "timeline",
     "data_range",
@@ -48,47 +49,60 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
                  dc: str | None, svc: str | None) -> dict[tuple, list[int]]:
     """Sums of a resolved table over ``[win.start, end)`` by the view's ``keys``,
     with the catalog applied here to the rows kept as addresses (one lookup
-    per distinct address, in Python: cheaper than per row in SQL)."""
+    per distinct address, in Python: cheaper than per row in SQL).
+
+    ClickHouse groups by no more than the keys need (datacenters only when
+    ``keys`` hold them), so a 500-service fleet's five minutes come back as
+    about two thousand rows."""
     db = store.db
     inst = table == "resolved_1m"
     s_addr, d_addr = ("s_inst", "d_inst") if inst else ("s_addr", "d_addr")
+    dcs = "s_dc" in keys
     where = ["ts >= toDateTime({t0:UInt32}, 'UTC')", "ts < toDateTime({t1:UInt32}, 'UTC')"]
     params: dict[str, Any] = {"t0": win.start, "t1": end}
+    if dc:
+        where.append("(s_dc = {dc:String} OR d_dc = {dc:String})")
+        params["dc"] = dc
     if svc is not None:
         # Address rows may turn out to be the service, by its catalog ranges.
         where.append("(s_name = {svc:String} OR d_name = {svc:String} OR s_kind = 'addr' OR d_kind = 'addr')")
         params["svc"] = svc
+    s_dc, d_dc = ("s_dc", "d_dc") if dcs else ("''", "''")
     rows = store.query(
-        f"SELECT toString(s_kind), s_name, s_dc, {s_addr}, toString(d_kind), d_name, d_dc, {d_addr}, d_port, "
-        f"sum(n), sum(open_seconds), sum(connects), sum(failures), sum(bytes) FROM {db}.{table} "
+        f"SELECT toString(s_kind), s_name, {s_dc}, {s_addr}, toString(d_kind), d_name, {d_dc}, {d_addr}, d_port, "
+        f"sum(open_seconds), sum(connects), sum(failures), sum(bytes) FROM {db}.{table} "
         f"WHERE {' AND '.join(where)} "
-        f"GROUP BY s_kind, s_name, s_dc, {s_addr}, d_kind, d_name, d_dc, {d_addr}, d_port HAVING sum(n) > 0",
+        f"GROUP BY s_kind, s_name, {s_dc}, {s_addr}, d_kind, d_name, {d_dc}, {d_addr}, d_port HAVING sum(n) > 0",
         params)
     sources: dict[str, tuple[str, str, str]] = {}
     servers: dict[tuple[str, int], tuple[str, str, str]] = {}
+    areas: dict[str, str] = {}
     out: dict[tuple, list[int]] = {}
-    for sk, sn, sdc, sa, dk, dn, ddc, da, port, _n, os_, cn, fl, bt in rows:
+    # Where each key sits in (s_kind, s_name, s_area, s_dc, d_kind, d_name, d_area, d_dc, s_inst, d_inst).
+    picks = [_ROW_KEYS.index(k) for k in keys]
+    for sk, sn, sdc, sa, dk, dn, ddc, da, port, os_, cn, fl, bt in rows:
         if sk == "service":
-            s_kind, s_name, s_area = "service", sn, catalog.area(sn)
+            s_area = areas.get(sn)
+            if s_area is None:
+                s_area = areas[sn] = catalog.area(sn)
+            s = ("service", sn, s_area)
         else:
-            hit = sources.get(sa)
-            if hit is None:
-                hit = sources[sa] = catalog.address(sa, None)
-            s_kind, s_name, s_area = hit
+            s = sources.get(sa)
+            if s is None:
+                s = sources[sa] = catalog.address(sa, None)
         if dk == "service":
-            d_kind, d_name, d_area = "service", dn, catalog.area(dn)
+            d_area = areas.get(dn)
+            if d_area is None:
+                d_area = areas[dn] = catalog.area(dn)
+            d = ("service", dn, d_area)
         else:
-            hit = servers.get((da, port))
-            if hit is None:
-                hit = servers[(da, port)] = catalog.address(da, port)
-            d_kind, d_name, d_area = hit
-        if dc and dc not in (sdc, ddc):
+            d = servers.get((da, port))
+            if d is None:
+                d = servers[(da, port)] = catalog.address(da, port)
+        if svc is not None and svc != s[1] and svc != d[1]:
             continue
-        if svc is not None and svc not in (s_name, d_name):
-            continue
-        row = {"s_kind": s_kind, "s_name": s_name, "s_area": s_area, "s_dc": sdc, "d_kind": d_kind,
-               "d_name": d_name, "d_area": d_area, "d_dc": ddc, "s_inst": sa, "d_inst": da}
-        key = tuple(row[k] for k in keys)
+        full = (*s, sdc, *d, ddc, sa, da)
+        key = tuple(full[i] for i in picks)
         sums = out.get(key)
         if sums is None:
             out[key] = [os_, cn, fl, bt]
@@ -98,6 +112,9 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
             sums[2] += fl
             sums[3] += bt
     return out
+
+
+_ROW_KEYS = ("s_kind", "s_name", "s_area", "s_dc", "d_kind", "d_name", "d_area", "d_dc", "s_inst", "d_inst")
 
 
 # The value columns every graph query returns, per second of the window.
@@ -116,11 +133,11 @@ def resolved_until(store: Store, win: Window) -> int:
     """Where the resolution stage's rows for ``win`` end: the first minute of
     the window with records that the stage has not resolved yet (``win.end``
     when there is none), rounded down to the window's bucket."""
-    return _state(store, win).split
+    return window_state(store, win).split
 
 
 @dataclass(frozen=True)
-class _WindowState:
+class WindowState:
     """What a view needs to know before it reads a window, from one query."""
 
     split: int          # TCP rows are the stage's before this, resolved on the spot after
@@ -129,7 +146,7 @@ class _WindowState:
     catalog_version: int
 
 
-def _state(store: Store, win: Window) -> _WindowState:
+def window_state(store: Store, win: Window) -> WindowState:
     db = store.db
     rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
     calls_table = "resolved_calls_1h" if win.bucket == 3600 else "resolved_calls_1m"
@@ -147,7 +164,7 @@ def _state(store: Store, win: Window) -> _WindowState:
     def split(first: int) -> int:
         return win.end if not first else max(win.start, int(first) // win.bucket * win.bucket)
 
-    return _WindowState(split(tcp), split(calls), bool(linked) or bool(calls), int(version or 0))
+    return WindowState(split(tcp), split(calls), bool(linked) or bool(calls), int(version or 0))
 
 
 def graph_rows(
@@ -160,6 +177,8 @@ def graph_rows(
     slack: int = 600,
     resolved: bool = True,
     calls: bool = True,
+    datacenters: bool = False,
+    state: WindowState | None = None,
 ) -> list[dict[str, Any]]:
     """Resolved edges of the window, one row per (client, server) pair.
 
@@ -185,22 +204,28 @@ def graph_rows(
     resolved : bool
         False resolves the whole window now, ignoring the stage's tables.
     calls : bool
-        Add the calls traces saw (Zipkin spans), as rows of their own with
-        no datacenter (``*_dc`` empty) and, with ``instances_of``, no
-        instance (``*_inst`` empty). Left out with ``dc``: a span does not
-        say where it ran.
+        Add the calls traces saw (Zipkin spans); with ``instances_of`` as
+        rows of their own with no instance (``*_inst`` empty), with
+        ``datacenters`` with no datacenter (``*_dc`` empty). Left out with
+        ``dc``: a span does not say where it ran.
+    datacenters : bool
+        Split the rows by the datacenters of their ends (``s_dc d_dc``).
+    state : WindowState, optional
+        ``window_state(store, win)`` when the caller has already read it.
 
     Returns
     -------
     list of dict
-        Keys ``s_kind s_name s_area s_dc d_kind d_name d_area d_dc`` (plus
-        ``s_inst d_inst`` with ``instances_of``), what TCP saw: ``open
+        Keys ``s_kind s_name s_area d_kind d_name d_area`` (plus ``s_dc
+        d_dc`` with ``datacenters``, ``s_inst d_inst`` with
+        ``instances_of``), what TCP saw: ``open
         conn_rate fail_rate`` (per second) and ``connects failures bytes``
         (sums), and what traces saw: ``call_rate`` (per second), ``calls
         call_errors call_us`` (sums; ``call_us`` the calls' summed duration).
         ``*_kind`` is ``service``, ``external`` or ``internet``.
     """
-    keys = ["s_kind", "s_name", "s_area", "s_dc", "d_kind", "d_name", "d_area", "d_dc"]
+    keys = (["s_kind", "s_name", "s_area", "s_dc", "d_kind", "d_name", "d_area", "d_dc"] if datacenters
+            else ["s_kind", "s_name", "s_area", "d_kind", "d_name", "d_area"])
     where = []
     extra: dict[str, Any] = {}
     if dc:
@@ -214,7 +239,7 @@ def graph_rows(
         where.append("(s_name = {svc:String} OR d_name = {svc:String})")
         extra["svc"] = touching
     filters = f"WHERE {' AND '.join(where)} " if where else ""
-    state = _state(store, win)
+    state = state or window_state(store, win)
     split, calls_split = (state.split, state.calls_split) if resolved else (win.start, win.start)
     catalog = catalog_index(store, state.catalog_version)
     parts: list[tuple[str, dict[str, Any]]] = []
@@ -241,7 +266,7 @@ def graph_rows(
             _merge(merged, tuple(row[k] for k in keys), row)
     if calls and not dc and (state.has_calls or not resolved):
         for row in _call_rows(store, win, calls_split, catalog, svc=instances_of if instances_of is not None else touching,
-                              instances=instances_of is not None):
+                              instances=instances_of is not None, datacenters=datacenters):
             _merge(merged, tuple(row[k] for k in keys), row)
     rows = list(merged.values())
     rows.sort(key=lambda r: tuple(r[k] for k in keys))
@@ -265,7 +290,7 @@ def _merge(merged: dict[tuple, dict[str, Any]], key: tuple, row: dict[str, Any])
 
 
 def _call_rows(store: Store, win: Window, split: int, catalog: CatalogIndex, *, svc: str | None,
-               instances: bool) -> list[dict[str, Any]]:
+               instances: bool, datacenters: bool) -> list[dict[str, Any]]:
     """Graph rows of the calls traces saw in the window: linked by the
     resolution stage up to ``split``, linked here from the spans after it."""
     sums: dict[tuple[str, str], list[int]] = {}
@@ -292,9 +317,11 @@ def _call_rows(store: Store, win: Window, split: int, catalog: CatalogIndex, *, 
     for (caller, callee), (n, e, d) in sums.items():
         if n <= 0:
             continue
-        row = {"s_kind": "service", "s_name": caller, "s_area": catalog.area(caller), "s_dc": "",
-               "d_kind": "service", "d_name": callee, "d_area": catalog.area(callee), "d_dc": "",
+        row = {"s_kind": "service", "s_name": caller, "s_area": catalog.area(caller),
+               "d_kind": "service", "d_name": callee, "d_area": catalog.area(callee),
                **_NO_TCP, "calls": n, "call_rate": n / secs, "call_errors": e, "call_us": d}
+        if datacenters:
+            row.update(s_dc="", d_dc="")
         if instances:
             row.update(s_inst="", d_inst="")
         out.append(row)
@@ -364,22 +391,32 @@ def service_instances(store: Store, service: str, win: Window) -> list[dict[str,
     """Instances of ``service`` active in the window: host, addresses, pids, containers."""
     db = store.db
     rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
+    # Each table is grouped by instance first, so addresses are turned into
+    # text once per distinct address rather than once per record.
     return store.query_dicts(
         f"""
         SELECT dc, host, pod, any(namespace) AS namespace,
-               arraySort(groupUniqArrayIf({ip_text("host_ip")}, host_ip != toIPv6('::'))) AS host_ips,
-               arraySort(groupUniqArray({ip_text("ip")})) AS ips,
-               arraySort(groupUniqArray(pid)) AS pids,
-               arraySort(groupUniqArrayIf(container_id, container_id != '')) AS containers,
-               arraySort(groupUniqArrayIf(port, port != 0)) AS ports,
-               toString(min(ts)) AS first_seen, toString(max(ts)) AS last_seen
+               arraySort(arrayMap(a -> {ip_text("a")}, groupUniqArrayArray(host_ips))) AS host_ips,
+               arraySort(arrayMap(a -> {ip_text("a")}, groupUniqArrayArray(ips))) AS ips,
+               arraySort(groupUniqArrayArray(pids)) AS pids,
+               arraySort(groupUniqArrayArray(containers)) AS containers,
+               arraySort(groupUniqArrayArray(ports)) AS ports,
+               toString(min(first)) AS first_seen, toString(max(last)) AS last_seen
         FROM (
-          SELECT dc, host, pod, namespace, host_ip, local_ip AS ip, pid, container_id,
-                 if(direction = 'inbound', local_port, 0) AS port, ts
+          SELECT dc, host, pod, any(namespace) AS namespace,
+                 groupUniqArrayIf(host_ip, host_ip != toIPv6('::')) AS host_ips,
+                 groupUniqArray(local_ip) AS ips, groupUniqArray(pid) AS pids,
+                 groupUniqArrayIf(container_id, container_id != '') AS containers,
+                 groupUniqArrayIf(local_port, direction = 'inbound' AND local_port != 0) AS ports,
+                 min(ts) AS first, max(ts) AS last
           FROM {db}.connections WHERE service = {{svc:String}} AND {rng}
+          GROUP BY dc, host, pod
           UNION ALL
-          SELECT dc, host, pod, namespace, toIPv6('::') AS host_ip, ip, pid, container_id, port, ts
+          SELECT dc, host, pod, any(namespace), [], groupUniqArray(ip), groupUniqArray(pid),
+                 groupUniqArrayIf(container_id, container_id != ''), groupUniqArrayIf(port, port != 0),
+                 min(ts), max(ts)
           FROM {db}.listeners WHERE service = {{svc:String}} AND {rng}
+          GROUP BY dc, host, pod
         )
         GROUP BY dc, host, pod
         ORDER BY dc, host, pod
@@ -391,35 +428,12 @@ def service_instances(store: Store, service: str, win: Window) -> list[dict[str,
 
 def service_seen(store: Store, service: str) -> dict[str, Any]:
     """First and last time anything was reported for ``service`` (whole retention)."""
-    db = store.db
-    rows = store.query_dicts(
-        f"""
-        SELECT toString(min(f)) AS first_seen, toString(max(l)) AS last_seen, sum(c) AS n FROM (
-          SELECT min(ts) AS f, max(ts) + 3600 AS l, count() AS c FROM {db}.edges_1h
-          WHERE service = {{svc:String}}
-          UNION ALL
-          SELECT min(first_seen), max(last_seen), count() FROM {db}.listener_spans
-          WHERE service = {{svc:String}}
-        ) WHERE c > 0
-        """,
-        {"svc": service},
-    )
-    row = rows[0] if rows else {}
-    if not row or not row.get("n"):
+    rows = store.query(
+        f"SELECT toString(min(first_seen)), toString(max(last_seen)), count() FROM {store.db}.service_presence "
+        f"WHERE service = {{svc:String}}", {"svc": service})
+    if not rows or not rows[0][2]:
         return {"first_seen": None, "last_seen": None}
-    return {"first_seen": row["first_seen"], "last_seen": row["last_seen"]}
-
-
-def trace_calls(store: Store, service: str, win: Window) -> list[dict[str, Any]]:
-    """Calls to and from ``service`` seen by distributed tracing (Zipkin) in the window."""
-    state = _state(store, win)
-    if not state.has_calls:
-        return []
-    rows = _call_rows(store, win, state.calls_split, catalog_index(store, state.catalog_version), svc=service,
-                      instances=False)
-    rows.sort(key=lambda r: (-r["calls"], r["s_name"], r["d_name"]))
-    return [{"caller": r["s_name"], "callee": r["d_name"], "calls": r["calls"], "errors": r["call_errors"],
-             "mean_ms": r["call_us"] / r["calls"] / 1000} for r in rows[:1000]]
+    return {"first_seen": rows[0][0], "last_seen": rows[0][1]}
 
 
 # -- search and timeline -----------------------------------------------------

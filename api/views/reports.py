@@ -48,11 +48,26 @@ def _deps(rows: Iterable[Mapping[str, Any]], service: str, side: str) -> list[di
     return sorted(out, key=lambda d: (-d["open"], -d["conn_rate"], -d["call_rate"], d["name"]))
 
 
+def _traced_calls(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The calls in ``rows`` by caller and callee, most first."""
+    sums: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        if r["calls"] > 0:
+            have = sums.setdefault((r["s_name"], r["d_name"]), [0, 0, 0])
+            have[0] += r["calls"]
+            have[1] += r["call_errors"]
+            have[2] += r["call_us"]
+    out = [{"caller": caller, "callee": callee, "calls": n, "errors": e, "mean_ms": d / n / 1000}
+           for (caller, callee), (n, e, d) in sums.items()]
+    out.sort(key=lambda c: (-c["calls"], c["caller"], c["callee"]))
+    return out[:1000]
+
+
 def service_summary(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, Any]:
     """The side panel: instances, dependencies both ways, first/last seen, alerts, links."""
-    rows = [r for r in ctx.rows(p) if service in (r["s_name"], r["d_name"])]
+    rows = ctx.rows(p, touching=service)
     ctx.require_service(service, rows)
-    catalog = ctx.catalog()
+    catalog = ctx.catalog(p.win)
     svc = catalog["services"].get(service)
     area = catalog["areas"].get(svc["area"]) if svc else None
     links = _links(svc["links"]) if svc else []
@@ -70,8 +85,7 @@ def service_summary(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, 
         **ctx.cached(("seen", service), lambda: reads.service_seen(ctx.store, service)),
         "alerts": ctx.alerting(p.win.end).get(service, []),
         # what distributed tracing saw (Zipkin spans), beside what TCP saw
-        "traced_calls": ctx.cached(("traces", service, p.win),
-                                   lambda: reads.trace_calls(ctx.store, service, p.win), p.win.end),
+        "traced_calls": _traced_calls(rows),
         "processes": sorted(n for n, a in catalog["areas"].items()
                             if a["kind"] == "process" and service in a["services"]),
         "meta": p.meta(),
@@ -83,7 +97,7 @@ def service_impact(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, A
     rows = ctx.rows(p)
     ctx.require_service(service, rows)
     services = graph.service_graph(rows, p.metric)
-    processes = {n: a["services"] for n, a in ctx.catalog()["areas"].items() if a["kind"] == "process"}
+    processes = {n: a["services"] for n, a in ctx.catalog(p.win)["areas"].items() if a["kind"] == "process"}
     result = graph.impact(services, service, processes)
     result["meta"] = p.meta()
     return result
