@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,16 +119,11 @@ class _Simulator(threading.Thread):
             summary = simulate.simulate(self.store, cfg, fleet=fleet, stop=self.stop)
             print(f"simulate: {summary.describe()} in {summary.seconds:.1f} s; now live every "
                   f"{cfg.interval} s", file=sys.stderr, flush=True)
-            ts = cfg.end + cfg.interval
-            while not self.stop.is_set():
-                wait = ts - time.time()
-                if wait > 0 and self.stop.wait(wait):
-                    break
-                if ts < time.time() - 2 * cfg.interval:  # fell behind (suspend): skip to now
-                    ts = int(time.time()) // cfg.interval * cfg.interval
-                simulate.write_interval(self.store, fleet, ts)
+
+            def count(_ts: int, _records: int) -> None:
                 self.intervals += 1
-                ts += cfg.interval
+
+            simulate.write_live(self.store, fleet, cfg.end, self.stop, count)
         except BaseException as err:  # reported by the main thread
             self.error = err
             log.exception("the simulator stopped")

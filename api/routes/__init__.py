@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-__all__ = ["BLUEPRINTS", "register_blueprints"]
+__all__ = ["register_blueprints"]
 
 
 def _blueprints() -> list:
@@ -18,10 +18,6 @@ def _blueprints() -> list:
 
     return [areas.bp, datacenters.bp, services.bp, diff.bp, search.bp, timeline.bp,
             ingest.bp, alerts.bp, spans.bp, sql.bp, health.bp, ui.bp]
-
-
-BLUEPRINTS = ("areas", "datacenters", "services", "diff", "search", "timeline", "ingest", "alerts",
-              "spans", "sql", "health", "ui")
 
 
 def register_blueprints(app: Flask) -> None:

@@ -72,6 +72,8 @@ __all__ = [
     "config_from_args",
     "default_progress",
     "parse_time",
+    "write_interval",
+    "write_live",
     "run",
     "main",
 ]
@@ -500,6 +502,35 @@ def write_interval(store: Store, fleet: Fleet, ts: int) -> int:
     return written
 
 
+def write_live(store: Store, fleet: Fleet, last: int, stop: threading.Event,
+               report: Callable[[int, int], None] | None = None) -> int:
+    """Write each interval after ``last`` when its end passes on the wall clock, until ``stop``.
+
+    ``report(ts, records)`` is called after each interval; returns the
+    intervals written.  An interval that ended more than two intervals ago
+    (the backfill ended in the past, the machine was suspended: the wait
+    runs on the monotonic clock, which stops while suspended) is not written
+    late - the fleet goes on from the current interval, so live mode never
+    turns into a backfill.
+    """
+    interval = fleet.config.interval
+    ts = last + interval
+    intervals = 0
+    while not stop.is_set():
+        wait = ts - time.time()
+        if wait > 0 and stop.wait(wait):
+            break
+        now = time.time()
+        if ts < now - 2 * interval:
+            ts = int(now) // interval * interval
+        written = write_interval(store, fleet, ts)
+        intervals += 1
+        if report is not None:
+            report(ts, written)
+        ts += interval
+    return intervals
+
+
 def _public(event: dict[str, Any]) -> dict[str, Any]:
     """An event with readable times beside the epoch seconds."""
     out = dict(event)
@@ -640,22 +671,16 @@ def _brief(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _live(store: Store, fleet: Fleet, last: int, stop: threading.Event, quiet: bool) -> None:
-    """Write each interval when its end passes on the wall clock, until ``stop``."""
-    interval = fleet.config.interval
-    ts = last + interval
-    now = time.time()
-    if ts < now - interval:  # the backfill ended in the past: catch up from now on
-        ts = int(now) - int(now) % interval
+    """``--live``: ``write_live`` with a line per interval on stderr."""
     if not quiet:
-        print(f"live: writing every {interval} s from {format_ts(ts)}; Ctrl-C stops", file=sys.stderr)
-    while not stop.is_set():
-        wait = ts - time.time()
-        if wait > 0 and stop.wait(wait):
-            break
-        written = write_interval(store, fleet, ts)
+        print(f"live: writing every {fleet.config.interval} s after {format_ts(last)}; Ctrl-C stops",
+              file=sys.stderr)
+
+    def report(ts: int, written: int) -> None:
         if not quiet:
             print(f"live: {format_ts(ts)} {written:,} records", file=sys.stderr)
-        ts += interval
+
+    write_live(store, fleet, last, stop, report)
     if not quiet:
         print("live: stopped; everything written is kept", file=sys.stderr)
 
