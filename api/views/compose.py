@@ -172,7 +172,7 @@ def datacenters_view(ctx: ViewContext, p: ViewParams) -> dict[str, Any]:
                                group=lambda row, side: row[f"{side}_dc"] or INTERNET,
                                node=lambda row, side: {"cls": "normal", "kind": "dc"},
                                seed={INTERNET: {"cls": "normal", "kind": "internet"}}, internal=True,
-                               rows={"calls": False, "datacenters": True}))
+                               rows={"datacenters": True}))
 
 
 # -- focused: one service --------------------------------------------------------------------

@@ -58,6 +58,7 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
     inst = table == "resolved_1m"
     s_addr, d_addr = ("s_inst", "d_inst") if inst else ("s_addr", "d_addr")
     dcs = "s_dc" in keys
+    by_dc = keys == ["s_dc", "d_dc"] and svc is None
     where = ["ts >= toDateTime({t0:UInt32}, 'UTC')", "ts < toDateTime({t1:UInt32}, 'UTC')"]
     params: dict[str, Any] = {"t0": win.start, "t1": end}
     if dc:
@@ -67,6 +68,11 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
         # Address rows may turn out to be the service, by its catalog ranges.
         where.append("(s_name = {svc:String} OR d_name = {svc:String} OR s_kind = 'addr' OR d_kind = 'addr')")
         params["svc"] = svc
+    if by_dc:
+        # Which datacenter an end is in needs no catalog.
+        return {(sdc, ddc): [os_, cn, fl, bt] for sdc, ddc, os_, cn, fl, bt in store.query(
+            f"SELECT s_dc, d_dc, sum(open_seconds), sum(connects), sum(failures), sum(bytes) FROM {db}.{table} "
+            f"WHERE {' AND '.join(where)} GROUP BY s_dc, d_dc HAVING sum(n) > 0", params)}
     s_dc, d_dc = ("s_dc", "d_dc") if dcs else ("''", "''")
     rows = store.query(
         f"SELECT toString(s_kind), s_name, {s_dc}, {s_addr}, toString(d_kind), d_name, {d_dc}, {d_addr}, d_port, "
@@ -142,28 +148,36 @@ class WindowState:
 
     split: int          # TCP rows are the stage's before this, resolved on the spot after
     calls_split: int    # the same for calls linked from spans
-    has_calls: bool     # the stage linked calls in the window, or spans wait in it
+    has_calls: bool     # the stage linked spans in the window, or spans wait in it
     catalog_version: int
 
 
 def window_state(store: Store, win: Window) -> WindowState:
+    """What the stage has resolved and linked of ``win``, and the catalog version, in one query.
+
+    Each of the four small tables is read once, in one group by minute:
+    a minute with records (``minute_marks``) or spans (``span_marks``)
+    that the stage has not recorded as resolved (``resolved_minutes``) or
+    linked (``resolved_call_minutes``) is where the stage's rows end."""
     db = store.db
     rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
-    calls_table = "resolved_calls_1h" if win.bucket == 3600 else "resolved_calls_1m"
     tcp, calls, linked, version = store.query(
-        f"""SELECT
-              (SELECT toUInt32(min(ts)) FROM (
-                 SELECT ts FROM {db}.minute_marks WHERE {rng} GROUP BY ts HAVING sum(records) > 0)
-               WHERE ts NOT IN (SELECT ts FROM {db}.resolved_minutes WHERE {rng})),
-              (SELECT toUInt32(min(ts)) FROM (SELECT DISTINCT ts FROM {db}.span_marks WHERE {rng})
-               WHERE ts NOT IN (SELECT ts FROM {db}.resolved_call_minutes WHERE {rng})),
-              (SELECT count() FROM (SELECT 1 FROM {db}.{calls_table} WHERE {rng} LIMIT 1)),
-              (SELECT toUInt64(max(version)) FROM {db}.catalog_loads)""",
+        f"""SELECT toUInt32(minIf(ts, tcp AND marked AND NOT done)), toUInt32(minIf(ts, NOT tcp AND marked AND NOT done)),
+                   countIf(NOT tcp AND done), (SELECT toUInt64(max(version)) FROM {db}.catalog_loads)
+            FROM (
+              SELECT tcp, ts, max(mark) AS marked, max(resolved) AS done FROM (
+                SELECT 1 AS tcp, ts, records > 0 AS mark, 0 AS resolved FROM {db}.minute_marks WHERE {rng}
+                UNION ALL SELECT 1, ts, 0, 1 FROM {db}.resolved_minutes WHERE {rng}
+                UNION ALL SELECT 0, ts, 1, 0 FROM {db}.span_marks WHERE {rng}
+                UNION ALL SELECT 0, ts, 0, 1 FROM {db}.resolved_call_minutes WHERE {rng})
+              GROUP BY tcp, ts)""",
         {"t0": win.start, "t1": win.end})[0]
 
     def split(first: int) -> int:
         return win.end if not first else max(win.start, int(first) // win.bucket * win.bucket)
 
+    # Calls are looked for where the stage linked spans or spans wait for it
+    # (a linked minute without calls only costs a query that finds none).
     return WindowState(split(tcp), split(calls), bool(linked) or bool(calls), int(version or 0))
 
 
@@ -205,27 +219,26 @@ def graph_rows(
         False resolves the whole window now, ignoring the stage's tables.
     calls : bool
         Add the calls traces saw (Zipkin spans); with ``instances_of`` as
-        rows of their own with no instance (``*_inst`` empty), with
-        ``datacenters`` with no datacenter (``*_dc`` empty). Left out with
-        ``dc``: a span does not say where it ran.
+        rows of their own with no instance (``*_inst`` empty). Left out with
+        ``dc`` and ``datacenters``: a span does not say where it ran.
     datacenters : bool
-        Split the rows by the datacenters of their ends (``s_dc d_dc``).
+        One row per pair of datacenters (keys ``s_dc d_dc`` only, ``""`` for
+        an end in none: an address or a traced call), read without the catalog.
     state : WindowState, optional
         ``window_state(store, win)`` when the caller has already read it.
 
     Returns
     -------
     list of dict
-        Keys ``s_kind s_name s_area d_kind d_name d_area`` (plus ``s_dc
-        d_dc`` with ``datacenters``, ``s_inst d_inst`` with
+        Keys ``s_kind s_name s_area d_kind d_name d_area`` (``s_dc d_dc``
+        instead with ``datacenters``; plus ``s_inst d_inst`` with
         ``instances_of``), what TCP saw: ``open
         conn_rate fail_rate`` (per second) and ``connects failures bytes``
         (sums), and what traces saw: ``call_rate`` (per second), ``calls
         call_errors call_us`` (sums; ``call_us`` the calls' summed duration).
         ``*_kind`` is ``service``, ``external`` or ``internet``.
     """
-    keys = (["s_kind", "s_name", "s_area", "s_dc", "d_kind", "d_name", "d_area", "d_dc"] if datacenters
-            else ["s_kind", "s_name", "s_area", "d_kind", "d_name", "d_area"])
+    keys = ["s_dc", "d_dc"] if datacenters else ["s_kind", "s_name", "s_area", "d_kind", "d_name", "d_area"]
     where = []
     extra: dict[str, Any] = {}
     if dc:
@@ -264,9 +277,9 @@ def graph_rows(
         for row in store.query_dicts(sql, params):
             row.update(_NO_CALLS)
             _merge(merged, tuple(row[k] for k in keys), row)
-    if calls and not dc and (state.has_calls or not resolved):
+    if calls and not dc and not datacenters and (state.has_calls or not resolved):
         for row in _call_rows(store, win, calls_split, catalog, svc=instances_of if instances_of is not None else touching,
-                              instances=instances_of is not None, datacenters=datacenters):
+                              instances=instances_of is not None):
             _merge(merged, tuple(row[k] for k in keys), row)
     rows = list(merged.values())
     rows.sort(key=lambda r: tuple(r[k] for k in keys))
@@ -290,7 +303,7 @@ def _merge(merged: dict[tuple, dict[str, Any]], key: tuple, row: dict[str, Any])
 
 
 def _call_rows(store: Store, win: Window, split: int, catalog: CatalogIndex, *, svc: str | None,
-               instances: bool, datacenters: bool) -> list[dict[str, Any]]:
+               instances: bool) -> list[dict[str, Any]]:
     """Graph rows of the calls traces saw in the window: linked by the
     resolution stage up to ``split``, linked here from the spans after it."""
     sums: dict[tuple[str, str], list[int]] = {}
@@ -320,8 +333,6 @@ def _call_rows(store: Store, win: Window, split: int, catalog: CatalogIndex, *, 
         row = {"s_kind": "service", "s_name": caller, "s_area": catalog.area(caller),
                "d_kind": "service", "d_name": callee, "d_area": catalog.area(callee),
                **_NO_TCP, "calls": n, "call_rate": n / secs, "call_errors": e, "call_us": d}
-        if datacenters:
-            row.update(s_dc="", d_dc="")
         if instances:
             row.update(s_inst="", d_inst="")
         out.append(row)
