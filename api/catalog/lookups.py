@@ -16,6 +16,7 @@ address, ``UNASSIGNED`` for the area of a service it does not list.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 from dataclasses import dataclass
@@ -66,6 +67,14 @@ class CatalogIndex:
 
     def area(self, service: str) -> str:
         return self.area_of.get(service) or UNASSIGNED
+
+    @functools.cached_property
+    def bounds(self) -> list[tuple[str, str]]:
+        """First and last address of every range, as IPv6 text: lets a query
+        sum the addresses that no range holds (all of them ``INTERNET``)
+        instead of returning them one by one."""
+        return [(str(ipaddress.IPv6Address(lo)), str(ipaddress.IPv6Address(hi)))
+                for lo, hi, *_ in (*self.services, *self.externals)]
 
     def address(self, text: str, port: int | None) -> tuple[str, str, str]:
         """(kind, name, area) of an address no listener explained; ``port``
