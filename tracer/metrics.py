@@ -5,17 +5,17 @@ What it serves: ``/metrics`` (Prometheus exposition format 0.0.4) and
 three intervals) on ``--metrics-addr:--metrics-port`` (127.0.0.1:9435 by
 default; port 0 turns it off).
 
-Cost: one daemon thread blocked in accept(); values are plain attributes
-written by the drain loop and read by the server thread (single writes of
-Python ints and floats, so no lock is needed).
+Cost: one daemon thread blocked in accept() (``tracer/prometheus.py``
+writes the text and serves it); values are plain attributes written by the
+drain loop and read by the server thread (single writes of Python ints and
+floats, so no lock is needed).
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from tracer import prometheus
 
 __all__ = ["TracerMetrics", "MetricsServer"]
 
@@ -52,91 +52,55 @@ class TracerMetrics:
         return now - last < 3 * self.interval_s + 5
 
     def render(self) -> str:
-        lines: list[str] = []
-
-        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, Any]]) -> None:
-            lines.append(f"# HELP {name} {help_}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{name}{labels} {value}")
-
-        metric("phobos_tracer_info", "gauge", "Tracing mode in use.", [(f'{{mode="{self.mode}"}}', 1)])
+        out = prometheus.Exposition()
+        metric = out.metric
+        metric("phobos_tracer_info", "gauge", "Tracing mode in use.", [({"mode": self.mode}, 1)])
         metric("phobos_tracer_intervals_drained_total", "counter", "Intervals drained from the kernel.",
-               [("", self.intervals)])
-        metric("phobos_tracer_wakeups_total", "counter", "Times the drain loop woke up.", [("", self.wakeups)])
+               [(None, self.intervals)])
+        metric("phobos_tracer_wakeups_total", "counter", "Times the drain loop woke up.", [(None, self.wakeups)])
         metric("phobos_tracer_records_emitted_total", "counter", "Records handed to the sink.",
-               [(f'{{kind="{k}"}}', v) for k, v in sorted(self.records.items())])
+               [({"kind": k}, v) for k, v in sorted(self.records.items())])
         metric("phobos_tracer_map_full_drops_total", "counter",
                "Kernel map updates that failed (map full), by map; socks = sockets not followed, "
                "seeded = open connections not counted.",
-               [(f'{{map="{k}"}}', v) for k, v in sorted(self.map_drops.items())] or [('{map="edges"}', 0)])
+               [({"map": k}, v) for k, v in sorted(self.map_drops.items())] or [({"map": "edges"}, 0)])
         metric("phobos_tracer_missed_events_total", "counter",
                "TCP state changes the kernel did not run the BPF program for (another tracing program "
-               "was running on the CPU: the program's recursion_misses).", [("", self.missed_events)])
+               "was running on the CPU: the program's recursion_misses).", [(None, self.missed_events)])
         metric("phobos_tracer_missed_closes_total", "counter",
                "Socket entries found stale when their address was reused (close never seen); their open "
-               "count was taken back.", [("", self.missed_closes)])
+               "count was taken back.", [(None, self.missed_closes)])
         metric("phobos_tracer_reconciliations_total", "counter",
                "Times the open gauges were reconciled with the kernel's socket list after drops.",
-               [("", self.reconciliations)])
+               [(None, self.reconciliations)])
         metric("phobos_tracer_reconciled_connections_total", "counter",
                "Open connections the socket map could not follow, counted by reconciliation.",
-               [("", self.reconciled_connections)])
+               [(None, self.reconciled_connections)])
         metric("phobos_tracer_last_reconcile_duration_seconds", "gauge", "Duration of the last reconciliation.",
-               [("", f"{self.last_reconcile_s:.6f}")])
+               [(None, f"{self.last_reconcile_s:.6f}")])
         metric("phobos_tracer_lost_samples_total", "counter",
                "Samples lost between kernel and userspace (always 0: no per-event buffer is used).",
-               [("", 0)])
-        metric("phobos_tracer_sink_errors_total", "counter", "Failed sink deliveries.", [("", self.sink_errors)])
+               [(None, 0)])
+        metric("phobos_tracer_sink_errors_total", "counter", "Failed sink deliveries.", [(None, self.sink_errors)])
         metric("phobos_tracer_sink_dropped_records_total", "counter", "Records the sink threw away.",
-               [("", self.sink_dropped)])
-        metric("phobos_tracer_sink_queue_length", "gauge", "Records waiting in the sink.", [("", self.queue_len)])
+               [(None, self.sink_dropped)])
+        metric("phobos_tracer_sink_queue_length", "gauge", "Records waiting in the sink.", [(None, self.queue_len)])
         metric("phobos_tracer_last_drain_duration_seconds", "gauge", "Duration of the last drain.",
-               [("", f"{self.last_drain_s:.6f}")])
+               [(None, f"{self.last_drain_s:.6f}")])
         metric("phobos_tracer_edges_read_total", "counter", "Edge entries read from kernel maps.",
-               [("", self.edges_read)])
+               [(None, self.edges_read)])
         metric("phobos_tracer_open_connections", "gauge", "Connections open at the last drain.",
-               [("", self.open_connections)])
+               [(None, self.open_connections)])
         metric("phobos_tracer_kernel_events_total", "counter", "TCP state changes seen by the BPF program.",
-               [("", self.kernel_events)])
+               [(None, self.kernel_events)])
         metric("phobos_tracer_accepts_without_listener_total", "counter",
                "Accepted connections whose listener was unknown (charged to pid 0).",
-               [("", self.accepts_without_listener)])
-        return "\n".join(lines) + "\n"
+               [(None, self.accepts_without_listener)])
+        return out.text()
 
 
-class MetricsServer:
-    """Serve ``metrics`` on (addr, port) from a daemon thread."""
+class MetricsServer(prometheus.MetricsServer):
+    """Serve ``metrics`` on (addr, port) from a daemon thread: ``/metrics`` and ``/healthz``."""
 
     def __init__(self, metrics: TracerMetrics, addr: str = "127.0.0.1", port: int = 9435) -> None:
-        state = metrics
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    code, body, ctype = 200, state.render(), "text/plain; version=0.0.4; charset=utf-8"
-                elif path == "/healthz":
-                    ok = state.healthy()
-                    code, body, ctype = (200 if ok else 503), ("ok\n" if ok else "stalled\n"), "text/plain"
-                else:
-                    code, body, ctype = 404, "not found\n", "text/plain"
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer((addr, port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="phobos-metrics", daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(metrics.render, addr, port, healthy=metrics.healthy)

@@ -17,12 +17,12 @@ import logging
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 from api.ingest.kafka_topics import (DEFAULT_ENGINE_GROUP, DEFAULT_GROUP, DEFAULT_PREFIX, KINDS, init_topics,
                                      migrate_kafka, topics_for)
 from api.storage import DEFAULT_STORE_URL, Store, open_store
+from tracer.prometheus import Exposition, MetricsServer
 
 __all__ = ["configure_parser", "run", "configure_kafka_parser", "run_kafka", "configure_migrate_parser",
            "migrate_from_args", "prometheus_text"]
@@ -30,22 +30,19 @@ __all__ = ["configure_parser", "run", "configure_kafka_parser", "run_kafka", "co
 
 def prometheus_text(stats: dict[str, Any]) -> str:
     """The consumer's counters and lag (``KafkaIngest.stats``) in the Prometheus text format."""
-    lines = [
-        "# HELP phobos_ingest_records_total Records read from Kafka by outcome.",
-        "# TYPE phobos_ingest_records_total counter",
-        f'phobos_ingest_records_total{{outcome="accepted"}} {stats["accepted"]}',
-        f'phobos_ingest_records_total{{outcome="rejected"}} {stats["rejected"]}',
-        "# TYPE phobos_ingest_batches_total counter",
-        f"phobos_ingest_batches_total {stats['batches']}",
-        "# TYPE phobos_ingest_rows_per_second gauge",
-        f"phobos_ingest_rows_per_second {stats['rows_per_s']}",
-        "# HELP phobos_ingest_lag_messages Messages behind the partition's high watermark.",
-        "# TYPE phobos_ingest_lag_messages gauge",
-    ]
+    out = Exposition()
+    out.metric("phobos_ingest_records_total", "counter", "Records read from Kafka by outcome.",
+               [({"outcome": "accepted"}, stats["accepted"]), ({"outcome": "rejected"}, stats["rejected"])])
+    out.metric("phobos_ingest_batches_total", "counter", "Batches inserted into the store and committed.",
+               [(None, stats["batches"])])
+    out.metric("phobos_ingest_rows_per_second", "gauge", "Records accepted per second since the last report.",
+               [(None, stats["rows_per_s"])])
+    samples = []
     for tp, lag in sorted(stats["lag"].items()):
         topic, _, partition = tp.rpartition("/")
-        lines.append(f'phobos_ingest_lag_messages{{topic="{topic}",partition="{partition}"}} {lag}')
-    return "\n".join(lines) + "\n"
+        samples.append(({"topic": topic, "partition": partition}, lag))
+    out.metric("phobos_ingest_lag_messages", "gauge", "Messages behind the partition's high watermark.", samples)
+    return out.text()
 
 
 def _env(name: str, default: Any) -> Any:
@@ -122,25 +119,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def _serve_metrics(port: int, ingest: Any) -> Any:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+def _serve_metrics(port: int, ingest: Any) -> tuple[MetricsServer, dict[str, str]]:
+    """``/metrics`` on 127.0.0.1:``port``, answering the text of the last report (a scrape never waits on the consumer)."""
     cache = {"text": prometheus_text({**ingest.counts, "rows_per_s": 0.0, "lag": {}})}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            body = cache["text"].encode()
-            self.send_response(200 if self.path.startswith("/metrics") else 404)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, cache
+    return MetricsServer(lambda: cache["text"], "127.0.0.1", port, name="phobos-ingest-metrics"), cache
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
             ingest.close()
             if metrics:
-                metrics[0].shutdown()
+                metrics[0].close()
     return 0
 
 

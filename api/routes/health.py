@@ -14,6 +14,7 @@ from api.ingest.batches import STATS
 from api.routes.common import get_store
 from api.storage import Store
 from api.storage.damage import MONITOR, RECOVERY_HINT, DamageReport, check_at_start
+from tracer.prometheus import CONTENT_TYPE, Exposition
 
 __all__ = ["bp", "REQUESTS", "record_request"]
 
@@ -125,120 +126,76 @@ _RESOLUTION_METRICS = (
 )
 
 
-def _resolution_lines() -> list[str]:
+def _resolution_metrics(out: Exposition) -> None:
     resolver = _resolver()
     if resolver is None:
-        return []
-    lines = []
+        return
     for name, kind, text, attr in _RESOLUTION_METRICS:
         value = getattr(resolver.progress, attr)
-        lines += [f"# HELP phobos_resolution_{name} {text}", f"# TYPE phobos_resolution_{name} {kind}",
-                  f"phobos_resolution_{name} {float(value):g}" if isinstance(value, float)
-                  else f"phobos_resolution_{name} {int(value)}"]
-    return lines
+        out.metric(f"phobos_resolution_{name}", kind, text,
+                   [(None, f"{float(value):g}" if isinstance(value, float) else int(value))])
 
 
-def _label(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _damage_lines(report: DamageReport | None) -> list[str]:
-    """Store damage (``api.storage.damage``) as Prometheus lines; None: the check could not run."""
-    label = _label
-    lines = [
-        "# HELP phobos_store_damage_check_ok Whether the last store damage check ran completely.",
-        "# TYPE phobos_store_damage_check_ok gauge",
-        f"phobos_store_damage_check_ok {int(report is not None and not report.problems)}",
-    ]
+def _damage_metrics(out: Exposition, report: DamageReport | None) -> None:
+    """Store damage (``api.storage.damage``); None: the check could not run."""
+    out.metric("phobos_store_damage_check_ok", "gauge", "Whether the last store damage check ran completely.",
+               [(None, int(report is not None and not report.problems))])
     if report is None:
-        return lines
-    lines += [
-        "# HELP phobos_store_damaged 1 when the store has broken parts or a damaged deduplication log.",
-        "# TYPE phobos_store_damaged gauge",
-        f"phobos_store_damaged {int(report.damaged)}",
-        "# HELP phobos_store_detached_parts Detached parts, by table and reason (empty reason: detached by a person).",
-        "# TYPE phobos_store_detached_parts gauge",
-    ]
+        return
+    out.metric("phobos_store_damaged", "gauge",
+               "1 when the store has broken parts or a damaged deduplication log.", [(None, int(report.damaged))])
     counts: dict[tuple[str, str], int] = {}
     for part in report.detached:
         counts[(part.table, part.reason)] = counts.get((part.table, part.reason), 0) + 1
-    for (table, reason), n in sorted(counts.items()):
-        lines.append(f'phobos_store_detached_parts{{table="{label(table)}",reason="{label(reason)}"}} {n}')
-    lines += [
-        "# HELP phobos_store_broken_parts Parts ClickHouse detached as broken, by table.",
-        "# TYPE phobos_store_broken_parts gauge",
-    ]
+    out.metric("phobos_store_detached_parts", "gauge",
+               "Detached parts, by table and reason (empty reason: detached by a person).",
+               [({"table": table, "reason": reason}, n) for (table, reason), n in sorted(counts.items())])
     broken: dict[str, list] = {}
     for part in report.broken_parts:
         broken.setdefault(part.table, []).append(part)
-    for table, parts in sorted(broken.items()):
-        lines.append(f'phobos_store_broken_parts{{table="{label(table)}"}} {len(parts)}')
-    lines += [
-        "# HELP phobos_store_broken_rows Rows in parts ClickHouse detached as broken, by table.",
-        "# TYPE phobos_store_broken_rows gauge",
-    ]
-    for table, parts in sorted(broken.items()):
-        lines.append(f'phobos_store_broken_rows{{table="{label(table)}"}} {sum(p.rows or 0 for p in parts)}')
-    lines += [
-        "# HELP phobos_store_dedup_log_damaged Damaged deduplication log files, by table "
-        "(read at start-up; embedded store only).",
-        "# TYPE phobos_store_dedup_log_damaged gauge",
-    ]
+    out.metric("phobos_store_broken_parts", "gauge", "Parts ClickHouse detached as broken, by table.",
+               [({"table": table}, len(parts)) for table, parts in sorted(broken.items())])
+    out.metric("phobos_store_broken_rows", "gauge", "Rows in parts ClickHouse detached as broken, by table.",
+               [({"table": table}, sum(p.rows or 0 for p in parts)) for table, parts in sorted(broken.items())])
     dedup: dict[str, list] = {}
     for item in report.dedup_logs:
         dedup.setdefault(item.table, []).append(item)
-    for table, items in sorted(dedup.items()):
-        lines.append(f'phobos_store_dedup_log_damaged{{table="{label(table)}"}} {len(items)}')
-    lines += [
-        "# HELP phobos_store_dedup_records_ignored Deduplication records ClickHouse did not load, by table.",
-        "# TYPE phobos_store_dedup_records_ignored gauge",
-    ]
-    for table, items in sorted(dedup.items()):
-        lines.append(f'phobos_store_dedup_records_ignored{{table="{label(table)}"}} '
-                     f'{sum(i.records_lost for i in items)}')
-    return lines
+    out.metric("phobos_store_dedup_log_damaged", "gauge",
+               "Damaged deduplication log files, by table (read at start-up; embedded store only).",
+               [({"table": table}, len(items)) for table, items in sorted(dedup.items())])
+    out.metric("phobos_store_dedup_records_ignored", "gauge",
+               "Deduplication records ClickHouse did not load, by table.",
+               [({"table": table}, sum(i.records_lost for i in items)) for table, items in sorted(dedup.items())])
 
 
 @bp.get("/metrics")
 def metrics():
-    lines = [
-        "# HELP phobos_api_up_seconds Seconds since the API process started.",
-        "# TYPE phobos_api_up_seconds gauge",
-        f"phobos_api_up_seconds {time.time() - _STARTED:.3f}",
-        "# HELP phobos_ingest_batches_total Record batches ingested by this process.",
-        "# TYPE phobos_ingest_batches_total counter",
-        f"phobos_ingest_batches_total {STATS.batches}",
-        "# HELP phobos_ingest_records_total Records ingested by this process, by kind and outcome.",
-        "# TYPE phobos_ingest_records_total counter",
-    ]
+    out = Exposition()
+    out.metric("phobos_api_up_seconds", "gauge", "Seconds since the API process started.",
+               [(None, f"{time.time() - _STARTED:.3f}")])
+    out.metric("phobos_ingest_batches_total", "counter", "Record batches ingested by this process.",
+               [(None, STATS.batches)])
     with STATS._lock:
         accepted, rejected = dict(STATS.accepted), dict(STATS.rejected)
-    for kind in sorted(set(accepted) | set(rejected)):
-        lines.append(f'phobos_ingest_records_total{{kind="{_label(kind)}",outcome="accepted"}} {accepted.get(kind, 0)}')
-        lines.append(f'phobos_ingest_records_total{{kind="{_label(kind)}",outcome="rejected"}} {rejected.get(kind, 0)}')
-    lines += [
-        "# HELP phobos_http_requests_total HTTP requests answered, by endpoint, method and status.",
-        "# TYPE phobos_http_requests_total counter",
-    ]
+    out.metric("phobos_ingest_records_total", "counter", "Records ingested by this process, by kind and outcome.",
+               [sample for kind in sorted(set(accepted) | set(rejected))
+                for sample in (({"kind": kind, "outcome": "accepted"}, accepted.get(kind, 0)),
+                               ({"kind": kind, "outcome": "rejected"}, rejected.get(kind, 0)))])
     with _LOCK:
         snapshot = sorted(REQUESTS.items())
-    for (endpoint, method, status), (count, _) in snapshot:
-        lines.append(f'phobos_http_requests_total{{endpoint="{_label(endpoint)}",method="{method}",'
-                     f'status="{status}"}} {int(count)}')
-    lines += [
-        "# HELP phobos_http_request_seconds_total Time spent answering requests.",
-        "# TYPE phobos_http_request_seconds_total counter",
-    ]
-    for (endpoint, method, status), (_, seconds) in snapshot:
-        lines.append(f'phobos_http_request_seconds_total{{endpoint="{_label(endpoint)}",method="{method}",'
-                     f'status="{status}"}} {seconds:.6f}')
+    out.metric("phobos_http_requests_total", "counter", "HTTP requests answered, by endpoint, method and status.",
+               [({"endpoint": endpoint, "method": method, "status": status}, int(count))
+                for (endpoint, method, status), (count, _) in snapshot])
+    out.metric("phobos_http_request_seconds_total", "counter", "Time spent answering requests.",
+               [({"endpoint": endpoint, "method": method, "status": status}, f"{seconds:.6f}")
+                for (endpoint, method, status), (_, seconds) in snapshot])
     try:
         report = _damage(get_store())
     except Exception:  # the store cannot be opened: /readyz says why
         report = None
-    lines += _damage_lines(report)
-    lines += _resolution_lines()
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    _damage_metrics(out, report)
+    _resolution_metrics(out)
+    return Response(out.text(), content_type=CONTENT_TYPE)
 
 
 @bp.get("/api/openapi.json")
