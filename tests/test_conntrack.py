@@ -393,3 +393,12 @@ def test_reset_connections_gone_before_the_drain_are_counted_from_destroy_events
     (tr,) = from_events.translations
     assert tr.connections == tr.new == 6 and tr.open == 0
     assert from_events.overruns == 0
+
+
+def test_fixed_layout_and_walking_parser_agree():
+    msg = ct_message(*DNAT, ct_id=3)
+    assert conntrack._fixed_tuples(memoryview(msg), 0, len(msg)) is not None
+    # Without NLA_F_NESTED (older kernels) the fixed layout does not match.
+    plain = msg.replace(struct.pack("=H", CTA_TUPLE_ORIG | NLA_F_NESTED), struct.pack("=H", CTA_TUPLE_ORIG), 1)
+    assert conntrack._fixed_tuples(memoryview(plain), 0, len(plain)) is None
+    assert parse_entry(plain) == parse_entry(msg)
