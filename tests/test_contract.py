@@ -88,6 +88,11 @@ def test_the_column_check_and_the_record_check_share_their_limits(kind):
             cases += [({f.name: "x" * MAX_TEXT}, True), ({f.name: "x" * (MAX_TEXT + 1)}, False)]
         elif f.kind == "enum":
             cases += [({f.name: choice}, True) for choice in f.choices] + [({f.name: "elsewhere"}, False)]
+        elif f.kind == "ip":
+            cases += [({f.name: "10.96.0.10"}, True), ({f.name: "fd00:96::10"}, True), ({f.name: "::"}, True),
+                      ({f.name: "svc.local"}, False), ({f.name: None}, False), ({f.name: "fe80::1%eth0"}, False)]
+        if f.optional:
+            cases += [({f.name: f.default}, True), ({f.name: None}, False)]
     for change, accepted in cases:
         record = make(**change)
         what = {k: f"{len(v)} characters" if isinstance(v, str) and len(v) > 40 else v for k, v in change.items()}
@@ -97,3 +102,39 @@ def test_the_column_check_and_the_record_check_share_their_limits(kind):
         assert (table is not None) is accepted, what
         if accepted:
             assert table.equals(records_to_arrow(kind, good)), what
+
+
+def test_optional_fields_default_when_absent_and_are_checked_when_present():
+    """nat_ip/nat_port came after v1: records of older tracers omit them and stay valid."""
+    old = connection()
+    assert "nat_ip" not in old and "nat_port" not in old
+    rec = validate("connections", old)
+    assert (rec["nat_ip"], rec["nat_port"]) == ("::", 0)
+    rec = validate("connections", connection(nat_ip="10.96.0.10", nat_port=80))
+    assert (rec["nat_ip"], rec["nat_port"]) == ("::ffff:10.96.0.10", 80)
+    for change, words in (({"nat_ip": ""}, "not an IP address"), ({"nat_port": 65536}, "larger than 65535"),
+                          ({"nat_port": -1}, "must not be negative"), ({"nat_ip": None}, "IP address string")):
+        with pytest.raises(RecordError, match=words) as err:
+            validate("connections", connection(**change))
+        assert err.value.field == next(iter(change))
+    required = [f.name for f in RECORD_FIELDS["connections"] if not f.optional]
+    assert "nat_ip" not in required and "remote_ip" in required
+
+
+@pytest.mark.parametrize("forms", [("old", "old"), ("new", "new"), ("old", "new"), ("new", "old", "new")])
+def test_the_column_check_takes_batches_with_and_without_the_optional_fields(forms):
+    """A batch of one form gives the exact path's table; a mixed batch goes to the exact path
+    (or gives its table) - never another table."""
+    make = {"old": lambda i: connection(pid=i),
+            "new": lambda i: connection(pid=i, remote_ip="10.201.1.2", remote_port=8080,
+                                        nat_ip="10.96.0.10", nat_port=80)}
+    batch = [make[form](i) for i, form in enumerate(forms)]
+    good, bad = validate_batch("connections", batch)
+    assert not bad
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in batch)
+    table = fast_table("connections", data, len(batch))
+    if len(set(forms)) == 1:
+        assert table is not None
+    if table is not None:
+        assert table.equals(records_to_arrow("connections", good))
+    assert [r["nat_port"] for r in good] == [80 if f == "new" else 0 for f in forms]

@@ -29,7 +29,7 @@ def test_migrate_twice_changes_nothing(store):
     before = snapshot(store)
     assert store.migrate() == []
     assert snapshot(store) == before
-    assert store.schema_version() == 5
+    assert store.schema_version() == 6
     names = {name for name, _ in before[0]}
     assert {"connections", "listeners", "edges_1m", "edges_1h", "catalog_areas", "catalog_services",
             "alerts", "trace_edges", "dead_letters", "listener_spans", "spans", "resolved_calls_1m"} <= names
@@ -279,6 +279,57 @@ def test_cluster_variant_is_parsed_by_clickhouse(store):
         clustered_statements(["DROP TABLE x"], "phobos", "prod")
     with pytest.raises(StoreError, match="cluster name"):
         store.migrate(cluster="bad name")
+
+
+def test_cluster_variant_adds_columns_to_the_local_and_the_distributed_table(store):
+    """A column added by a later file reaches the replicated tables and the Distributed
+    table over them (a Distributed table keeps the columns it was created with)."""
+    from api.storage.migrations import SQL_DIR, clustered_statements, schema_statements
+
+    statements = schema_statements((SQL_DIR / "006_nat.sql").read_text(), "phobos", 30, cluster="prod")
+    assert statements[:2] == [
+        "ALTER TABLE phobos.connections_local ON CLUSTER prod ADD COLUMN IF NOT EXISTS nat_ip IPv6 "
+        "DEFAULT toIPv6('::')",
+        "ALTER TABLE phobos.connections ON CLUSTER prod ADD COLUMN IF NOT EXISTS nat_ip IPv6 "
+        "DEFAULT toIPv6('::')",
+    ]
+    assert [s.split(" ADD ")[0] for s in statements[2:]] == [
+        "ALTER TABLE phobos.connections_local ON CLUSTER prod", "ALTER TABLE phobos.connections ON CLUSTER prod"]
+    for statement in statements:
+        assert store.query(f"EXPLAIN AST {statement}")[0][0].startswith("AlterQuery")
+    # settings stay on the replicated table; a table that is not MergeTree keeps its name
+    assert clustered_statements(["ALTER TABLE d.t MODIFY SETTING x = 1"], "d", "c", local={"d.t"}) == [
+        "ALTER TABLE d.t_local ON CLUSTER c MODIFY SETTING x = 1"]
+    assert clustered_statements(["ALTER TABLE d.v MODIFY COMMENT 'x'"], "d", "c", local=set()) == [
+        "ALTER TABLE d.v ON CLUSTER c MODIFY COMMENT 'x'"]
+
+
+def test_nat_columns_are_added_to_a_store_made_before_them(chdb_dir, tmp_path):
+    """A store migrated before 006 gets the columns; its older rows read the defaults."""
+    from api.storage.migrations import migrate
+
+    for path in SQL_DIR.glob("00[1-5]_*.sql"):
+        shutil.copy(path, tmp_path)
+    old = open_store(f"chdb://{chdb_dir}?database=t_before_nat", role="pytest")
+    try:
+        migrate(old, directory=tmp_path)
+        assert old.schema_version() == 5
+        # a row as a writer of that schema inserts it: without the columns
+        from api.ingest.contract import records_to_arrow
+        from tracer.records import validate
+
+        row = records_to_arrow("connections", [validate("connections", connection())])
+        old.insert_arrow("connections", row.drop_columns(["nat_ip", "nat_port"]))
+        old.close()
+        # the next version of the writer starts: it migrates, then writes
+        old = open_store(f"chdb://{chdb_dir}?database=t_before_nat", role="pytest")
+        assert migrate(old) == ["applied 006_nat.sql"]
+        assert old.schema_version() == 6
+        ingest_batch(old, "connections", [connection(pid=2, nat_ip="10.96.0.10", nat_port=80)], batch_id="after")
+        rows = old.query(f"SELECT pid, toString(nat_ip), nat_port FROM {old.db}.connections ORDER BY pid")
+        assert rows == [(2, "::ffff:10.96.0.10", 80), (100, "::", 0)]
+    finally:
+        old.close()
 
 
 @pytest.mark.parametrize("value", ["a\nb", "a\\'b", "tab\there", "a\\nb", "x'y", "\\", "cr\r nul\0", "é ✓"])

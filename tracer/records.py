@@ -10,6 +10,10 @@ Two record types cross every boundary in Phobos, one JSON object per line
   backend uses them to resolve a client's remote ip:port to the server's
   service *as of that time*.
 
+Fields appended after version 1 shipped carry a default (``Field.default``)
+and may be omitted: a record without them validates, normalised with the
+default, so older tracers keep working without a version change.
+
 The field lists below are the single definition in code; ``sql/`` holds the
 matching columns and ``tests/test_contract.py`` keeps the two equal.  Records
 are versioned by the ``v`` field so that consumers can refuse what they do not
@@ -60,7 +64,11 @@ class Field:
     """One field of a record.
 
     ``kind`` is the wire type (what JSON carries); ``sql`` the ClickHouse
-    column type that ``sql/`` must declare for it.
+    column type that ``sql/`` must declare for it.  A field with a
+    ``default`` (already in its normalised form) is optional: a record
+    without it is read as if it carried the default, so producers older
+    than the field keep speaking the same version; a value that is present
+    is checked like any other.
     """
 
     name: str
@@ -69,6 +77,11 @@ class Field:
     max: int = 0
     choices: tuple[str, ...] = ()
     doc: str = ""
+    default: Any = None
+
+    @property
+    def optional(self) -> bool:
+        return self.default is not None
 
 
 def _u(name: str, bits_max: int, sql: str, doc: str) -> Field:
@@ -122,6 +135,12 @@ CONNECTION_FIELDS: tuple[Field, ...] = (
     _u("duration_ms_sum", U64, "UInt64", "summed lifetime of the connections closed"),
     _u("bytes_sent", U64, "UInt64", "bytes sent, 0 where unknown"),
     _u("bytes_received", U64, "UInt64", "bytes received, 0 where unknown"),
+    # Optional (added after v1 shipped; older tracers omit them).
+    Field("nat_ip", "ip", "IPv6", default="::",
+          doc="outbound records whose destination NAT rewrote: the address the socket connected to "
+              "(remote_ip is then where the connection went, see tracer/nat.py); :: otherwise"),
+    Field("nat_port", "uint", "UInt16", max=U16, default=0,
+          doc="the port the socket connected to when nat_ip is set; 0 otherwise"),
 )
 
 LISTENER_FIELDS: tuple[Field, ...] = (
@@ -264,6 +283,9 @@ def validate(kind: str, record: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field in fields:
         if field.name not in record:
+            if field.optional:
+                out[field.name] = field.default
+                continue
             raise RecordError(f"missing field {field.name!r}", field.name)
         try:
             out[field.name] = _check(field, record[field.name])

@@ -10,7 +10,10 @@ accept exactly the same records:
 * ``fast_table`` - column by column, for a batch of JSON lines in the form
   the tracer writes: Arrow's JSON reader with the contract's schema, then
   range, enum, length and time checks on whole columns (each distinct IP and
-  time parsed once).  The Kafka consumer tries it first; any doubt sends the
+  time parsed once).  An optional field (``Field.default``) that no record
+  of the batch carries is filled with its default, as ``validate`` does; a
+  batch where some records carry it and others do not goes to the exact
+  path (Arrow reads an absent field and a null alike).  The Kafka consumer tries it first; any doubt sends the
   whole batch to ``check_records``.
 
 Both read the field list and limits from ``tracer.records`` (``RECORD_FIELDS``,
@@ -91,6 +94,10 @@ def fast_table(kind: str, data: bytes, lines: int) -> pa.Table | None:
     for f in RECORD_FIELDS[kind]:
         col = tbl.column(f.name)
         if col.null_count:
+            if f.optional and col.null_count == len(col) and f'"{f.name}"'.encode() not in data:
+                # No record names the field (the producer predates it).
+                out[f.name] = pa.repeat(pa.scalar(f.default, _ARROW_OF_KIND[f.kind]), len(col))
+                continue
             return None  # missing field or null
         if f.kind == "uint":
             lo_hi = pc.min_max(col).as_py()

@@ -247,6 +247,9 @@ def connection_table(fleet: Fleet, ea: _EpochArrays, parts: list[tuple[int, dict
         "direction": pa.DictionaryArray.from_arrays(pa.array(direction), pa.array(["outbound", "inbound"])),
         "local_ip": pa.array(ep.ip[slot]),
     })
+    # The simulated fleet has no NAT: the optional fields keep their defaults.
+    cols.update({f.name: pa.repeat(pa.scalar(f.default, pa.uint16() if f.kind == "uint" else pa.string()), n)
+                 for f in CONNECTION_FIELDS if f.optional})
     return pa.table({f.name: cols[f.name] for f in CONNECTION_FIELDS})
 
 

@@ -98,6 +98,7 @@ _CREATE = re.compile(
     r"^CREATE (?P<what>DATABASE|TABLE|MATERIALIZED VIEW) IF NOT EXISTS (?P<name>[\w.]+)(?P<rest>.*)$", re.S
 )
 _ALTER = re.compile(r"^ALTER TABLE (?P<name>[\w.]+)(?P<rest>.*)$", re.S)
+_COLUMN_CHANGE = re.compile(r"^\s+(ADD|DROP|MODIFY|RENAME|COMMENT) COLUMN\b", re.I)
 _ENGINE = re.compile(r"ENGINE = (?P<kind>\w*)MergeTree(?:\((?P<args>[^)]*)\))?")
 
 
@@ -131,7 +132,10 @@ def clustered_statements(statements: list[str], db: str, cluster: str, local: se
     should use ``insert_distributed_sync = 1`` so that deduplication tokens
     reach the replicas. ``local``: the tables made ``x_local`` (default the
     ``*MergeTree`` tables of ``statements``) - views over them read and
-    write the local ones. A back-fill (``INSERT``) runs once, unchanged.
+    write the local ones. An ``ALTER`` of such a table alters ``x_local``,
+    and ``x`` as well when it changes columns (a Distributed table does not
+    follow its local tables' columns). A back-fill (``INSERT``) runs once,
+    unchanged.
     """
     local = (set(local) if local is not None else set()) | _merge_tree_tables(statements)
     out = []
@@ -142,9 +146,16 @@ def clustered_statements(statements: list[str], db: str, cluster: str, local: se
             continue
         alter = _ALTER.match(stmt)
         if alter:
-            # Settings, TTLs and columns belong to the replicated tables; the
-            # Distributed ones take new columns from them on the next DDL.
-            out.append(f"ALTER TABLE {alter['name']}_local ON CLUSTER {cluster}{alter['rest']}")
+            name, rest = alter["name"], alter["rest"]
+            if name not in local:
+                out.append(f"ALTER TABLE {name} ON CLUSTER {cluster}{rest}")
+                continue
+            # Settings and TTLs belong to the replicated tables. Columns too,
+            # but a Distributed table keeps the column list it was created
+            # with: it is changed the same way, after the tables it reads.
+            out.append(f"ALTER TABLE {name}_local ON CLUSTER {cluster}{rest}")
+            if _COLUMN_CHANGE.match(rest):
+                out.append(f"ALTER TABLE {name} ON CLUSTER {cluster}{rest}")
             continue
         match = _CREATE.match(stmt)
         if not match:
