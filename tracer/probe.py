@@ -1,15 +1,19 @@
 """Load the Phobos BPF program and read its maps (the only BCC importer).
 
 What it does: compiles ``tracer/bpf/phobos.c`` with BCC, attaches it to the
-``sock:inet_sock_set_state`` tracepoint and, where the kernel allows, to
+raw tracepoint ``inet_sock_set_state`` and, where the kernel allows, to
 ``tcp_v4_connect``/``tcp_v6_connect``/``inet_csk_accept`` through fentry or
 kprobes, and gives the agent plain Python values out of the maps.
 
-How: the program reads ``sk->__sk_common.skc_net->ns.inum`` for the network
-namespace.  Kernel headers may not match the running kernel, so the byte
-offsets come from the kernel's own BTF (``/sys/kernel/btf/vmlinux``, parsed
-here; about 0.2 s) and are passed to the compiler as ``-D`` flags; the C code never
-dereferences a kernel struct through a header layout.
+How: the raw tracepoint passes only the socket pointer and the two states,
+so the program reads the 4-tuple, family, protocol and
+``sk->__sk_common.skc_net->ns.inum`` from the socket.  Kernel headers may not
+match the running kernel, so the byte offsets come from the kernel's own BTF
+(``/sys/kernel/btf/vmlinux``, parsed here; about 0.2 s) and are passed to the
+compiler as ``-D`` flags; the C code never dereferences a kernel struct
+through a header layout.  The program's own constants (map slots,
+directions, map sizes) are read from its ``#define`` lines at import, so the
+C file is their one source.
 
 Cost: compiling takes a second or two of CPU at start-up (clang); after that
 the only work is one drain per interval: flip the generation index, wait a
@@ -47,6 +51,9 @@ from typing import Any, Iterable
 __all__ = [
     "ProbeError",
     "KernelOffsets",
+    "SockOffsets",
+    "BPF_CONSTANTS",
+    "bpf_constants",
     "EdgeKey",
     "Btf",
     "kernel_offsets",
@@ -59,9 +66,7 @@ log = logging.getLogger("phobos.tracer.probe")
 
 MODES = ("auto", "tracepoint", "kprobe", "fentry")
 BPF_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "phobos.c")
-DIRECTIONS = {1: "outbound", 2: "inbound"}
-DROP_NAMES = ("edges", "socks", "listeners", "orphans")
-STAT_NAMES = ("events", "accept_no_listener", "missed_closes")
+STATE_TRACEPOINT = "inet_sock_set_state"
 # Time for programs that read the old generation index to finish.  A BPF
 # program runs for microseconds with migration disabled; 5 ms is ample.
 GENERATION_GRACE_S = 0.005
@@ -79,6 +84,41 @@ class ProbeError(RuntimeError):
         self.reason = reason or message
 
 
+_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+([A-Z][A-Z0-9_]*)[ \t]+(0x[0-9a-fA-F]+|[0-9]+)\b", re.M)
+
+
+def bpf_constants(path: str = BPF_SOURCE) -> dict[str, int]:
+    """The integer ``#define`` lines of the C program (the defaults of ``#ifndef`` blocks included)."""
+    with open(path) as fh:
+        return {name: int(value, 0) for name, value in _DEFINE.findall(fh.read())}
+
+
+def _slot_names(consts: dict[str, int], prefix: str) -> tuple[str, ...]:
+    """Names of the slots ``PREFIX_NAME`` 0..PREFIX_SLOTS-1, lower case, in slot order."""
+    slots = {v: k[len(prefix):].lower() for k, v in consts.items()
+             if k.startswith(prefix) and k != prefix + "SLOTS"}
+    if sorted(slots) != list(range(consts[prefix + "SLOTS"])):
+        raise ProbeError(f"{BPF_SOURCE}: {prefix}* slots are not 0..{prefix}SLOTS-1: {slots}")
+    return tuple(slots[i] for i in sorted(slots))
+
+
+BPF_CONSTANTS = bpf_constants()
+DIRECTIONS = {BPF_CONSTANTS["DIR_OUTBOUND"]: "outbound", BPF_CONSTANTS["DIR_INBOUND"]: "inbound"}
+DIRECTION_IDS = {name: value for value, name in DIRECTIONS.items()}
+CLOCK_MONOTONIC_COARSE = 6  # Linux; the time module does not name it
+DROP_NAMES = _slot_names(BPF_CONSTANTS, "DROP_")
+STAT_NAMES = _slot_names(BPF_CONSTANTS, "STAT_")
+
+
+def tick_ns() -> int:
+    """Length of a jiffy in ns, the unit of the kernel's durations.
+
+    The resolution of CLOCK_MONOTONIC_COARSE is one tick (the kernel's
+    TICK_NSEC); no privilege or kernel configuration file is needed.
+    """
+    return round(time.clock_getres(CLOCK_MONOTONIC_COARSE) * 1e9)
+
+
 def _mode_error(mode: str, reason: str) -> ProbeError:
     hint = "; use --mode tracepoint" if mode != "tracepoint" else ""
     return ProbeError(f"{mode} mode: {reason}{hint}", reason=reason)
@@ -89,19 +129,57 @@ _BCC_LOAD_FAILED = re.compile(r"^bpf: Failed to load program: (.+)$", re.M)
 
 
 @dataclass(frozen=True)
+class SockOffsets:
+    """Where the raw tracepoint program finds a socket's fields, in bytes from ``struct sock``.
+
+    All but ``protocol`` lie in struct sock_common, which leads struct sock;
+    ``head_len`` is how many leading bytes the program reads in one go to
+    get all of them.
+    """
+
+    protocol: int
+    addrs: int          # skc_daddr, then skc_rcv_saddr
+    dport: int
+    family: int
+    v6_daddr: int
+    v6_rcv_saddr: int
+    net: int
+    num: int
+    sport: int          # inet_sock.inet_sport: kept at CLOSE, where unhashing zeroes skc_num
+
+    @property
+    def head_len(self) -> int:
+        ends = (self.addrs + 8, self.dport + 2, self.family + 2, self.v6_daddr + 16,
+                self.v6_rcv_saddr + 16, self.net + 8, self.num + 2)
+        return (max(ends) + 7) // 8 * 8
+
+
+@dataclass(frozen=True)
 class KernelOffsets:
     skc_net: int
     net_ns_inum: int
     skc_num: int
     accept_nargs: int
+    sock: SockOffsets | None = None
+    sock_missing: str = ""      # why ``sock`` is None: what the BTF lacks
+    # BTF id of the tracepoint's typedef btf_trace_inet_sock_set_state: what a
+    # BTF-typed raw tracepoint program attaches to (0: none in this BTF)
+    state_tp_btf_id: int = 0
 
     def cflags(self) -> list[str]:
-        return [
+        flags = [
             f"-DSKC_NET_OFF={self.skc_net}",
             f"-DNET_NS_INUM_OFF={self.net_ns_inum}",
             f"-DSKC_NUM_OFF={self.skc_num}",
             f"-DACCEPT_NARGS={self.accept_nargs}",
         ]
+        if self.sock is not None:
+            s = self.sock
+            flags += [f"-DSK_PROTOCOL_OFF={s.protocol}", f"-DSKC_ADDRS_OFF={s.addrs}",
+                      f"-DSKC_DPORT_OFF={s.dport}", f"-DSKC_FAMILY_OFF={s.family}",
+                      f"-DSKC_V6_DADDR_OFF={s.v6_daddr}", f"-DSKC_V6_RCV_SADDR_OFF={s.v6_rcv_saddr}",
+                      f"-DINET_SPORT_OFF={s.sport}", f"-DSKC_HEAD_LEN={s.head_len}"]
+        return flags
 
 
 @dataclass(frozen=True)
@@ -169,7 +247,8 @@ class Btf:
         want = name.encode() + b"\0"
         for tid, (k, name_off, _, _, vlen, _) in self.types.items():
             start = self._strings + name_off
-            if k == kind and (vlen or kind == _KIND_FUNC) and self.data[start:start + len(want)] == want:
+            if k == kind and (vlen or kind in (_KIND_FUNC, _KIND_TYPEDEF)) and \
+                    self.data[start:start + len(want)] == want:
                 return tid
         return 0
 
@@ -216,22 +295,64 @@ class Btf:
             raise ProbeError(f"kernel BTF: struct {struct_name} has no member {member}")
         return value
 
+    def is_bitfield(self, struct_name: str, member: str) -> bool:
+        """Whether a direct member of a struct is a bitfield (kind_flag set and a bit size)."""
+        tid = self._find(_KIND_STRUCT, struct_name)
+        if not tid:
+            raise ProbeError(f"kernel BTF has no struct {struct_name}")
+        kind, _, _, pos, vlen, kflag = self.types[tid]
+        for i in range(vlen):
+            name_off, _mtype, offset = struct.unpack_from("<III", self.data, pos + 12 * i)
+            if self.name(name_off) == member:
+                return bool(kflag and offset >> 24)
+        raise ProbeError(f"kernel BTF: struct {struct_name} has no member {member}")
+
+    def typedef_id(self, name: str) -> int:
+        """Type id of a typedef, 0 if there is none."""
+        return self._find(_KIND_TYPEDEF, name)
+
     def func_nargs(self, name: str) -> int | None:
         tid = self._find(_KIND_FUNC, name)
         proto = self.types.get(self.types[tid][2]) if tid else None
         return proto[4] if proto is not None else None
 
 
+def _sock_offsets(b: Btf, sock_common: int) -> SockOffsets:
+    def common(member: str) -> int:
+        return sock_common + b.offset("sock_common", member)
+
+    if b.is_bitfield("sock", "sk_protocol"):
+        raise ProbeError("this kernel's struct sock has sk_protocol in a bitfield (Linux < 5.6); "
+                         "Phobos needs Linux 5.6 or later")
+    addrs = common("skc_daddr")
+    if common("skc_rcv_saddr") != addrs + 4:
+        raise ProbeError("kernel BTF: skc_rcv_saddr does not follow skc_daddr in struct sock_common")
+    return SockOffsets(protocol=b.offset("sock", "sk_protocol"), addrs=addrs, dport=common("skc_dport"),
+                       family=common("skc_family"), v6_daddr=common("skc_v6_daddr"),
+                       v6_rcv_saddr=common("skc_v6_rcv_saddr"), net=common("skc_net"), num=common("skc_num"),
+                       sport=b.offset("inet_sock", "inet_sport"))
+
+
 def kernel_offsets(btf: bytes) -> KernelOffsets:
-    """The struct offsets phobos.c needs, from a BTF blob of the running kernel."""
+    """The struct offsets phobos.c needs, from a BTF blob of the running kernel.
+
+    What the raw tracepoint reads of a socket is in ``sock``; a BTF without
+    those members still gives the namespace offsets (``sock_missing`` says
+    what it lacks, and loading the program refuses it with that reason).
+    """
     b = Btf(btf)
     sock_common = b.offset("sock", "__sk_common")
-    return KernelOffsets(
+    core = dict(
         skc_net=sock_common + b.offset("sock_common", "skc_net"),
         net_ns_inum=b.offset("net", "ns") + b.offset("ns_common", "inum"),
         skc_num=sock_common + b.offset("sock_common", "skc_num"),
         accept_nargs=b.func_nargs("inet_csk_accept") or 2,
+        state_tp_btf_id=b.typedef_id("btf_trace_" + STATE_TRACEPOINT),
     )
+    try:
+        return KernelOffsets(**core, sock=_sock_offsets(b, sock_common))
+    except ProbeError as err:
+        return KernelOffsets(**core, sock_missing=str(err))
 
 
 def read_btf(path: str = "/sys/kernel/btf/vmlinux") -> bytes:
@@ -294,6 +415,8 @@ def verify_call_probes(offsets: KernelOffsets | None = None) -> list[str]:
     """
     bcc = import_bcc()
     offsets = offsets or kernel_offsets(read_btf())
+    if offsets.sock is None:
+        raise ProbeError(f"cannot read sockets from the raw tracepoint: {offsets.sock_missing}")
     bpf = bcc.BPF(src_file=BPF_SOURCE.encode(), cflags=offsets.cflags() + ["-DPHOBOS_CALL_PROBES", "-w"])
     try:
         names = ["phobos_connect_enter", "phobos_connect_return", "phobos_accept_return"]
@@ -302,6 +425,55 @@ def verify_call_probes(offsets: KernelOffsets | None = None) -> list[str]:
         return names
     finally:
         bpf.cleanup()
+
+
+# bpf(2): the commands, program type and attach type a BTF-typed raw
+# tracepoint needs, which BCC 0.26 does not load by itself.
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+_BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
+_BPF_PROG_TYPE_TRACING, _BPF_TRACE_RAW_TP = 26, 23
+
+
+def _sys_bpf(cmd: int, attr: ct.Array) -> tuple[int, int]:
+    """(return value, errno) of one bpf(2) call."""
+    nr = _SYS_BPF.get(os.uname().machine)
+    if nr is None:
+        return -1, 38  # ENOSYS: not wired for this architecture here
+    libc = ct.CDLL(None, use_errno=True)
+    libc.syscall.restype = ct.c_long
+    ret = libc.syscall(ct.c_long(nr), ct.c_int(cmd), attr, ct.c_uint(len(attr)))
+    return int(ret), ct.get_errno()
+
+
+def attach_btf_raw_tracepoint(insns: bytes, btf_id: int, name: str) -> tuple[int, int]:
+    """Load BCC-compiled instructions as a BTF-typed raw tracepoint and attach them.
+
+    Returns (program fd, attachment fd); closing the attachment fd detaches.
+    Raises ProbeError with the verifier's last lines when the kernel refuses.
+    """
+    code = ct.create_string_buffer(insns, len(insns))
+    license_ = ct.create_string_buffer(b"GPL")
+    log = ct.create_string_buffer(1 << 16)
+    attr = ct.create_string_buffer(128)
+    # union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level,
+    # log_size, log_buf, kern_version, prog_flags, prog_name, prog_ifindex,
+    # expected_attach_type, prog_btf_fd, func_info_rec_size, func_info, func_info_cnt,
+    # line_info_rec_size, line_info, line_info_cnt, attach_btf_id
+    struct.pack_into("<IIQQIIQII16sIIIIQIIQII", attr, 0, _BPF_PROG_TYPE_TRACING, len(insns) // 8,
+                     ct.addressof(code), ct.addressof(license_), 1, len(log), ct.addressof(log), 0, 0,
+                     name.encode()[:15], 0, _BPF_TRACE_RAW_TP, 0, 0, 0, 0, 0, 0, 0, btf_id)
+    prog_fd, err = _sys_bpf(_BPF_PROG_LOAD, attr)
+    if prog_fd < 0:
+        tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-3:])
+        raise ProbeError(f"the kernel refused a BTF-typed raw tracepoint ({os.strerror(err)})"
+                         + (f": {tail}" if tail else ""))
+    open_attr = ct.create_string_buffer(16)
+    struct.pack_into("<QI", open_attr, 0, 0, prog_fd)   # name 0: the target is the BTF id
+    link_fd, err = _sys_bpf(_BPF_RAW_TRACEPOINT_OPEN, open_attr)
+    if link_fd < 0:
+        os.close(prog_fd)
+        raise ProbeError(f"could not attach a BTF-typed raw tracepoint: {os.strerror(err)}")
+    return prog_fd, link_fd
 
 
 def _release_heap() -> None:
@@ -328,6 +500,8 @@ class Probe:
             raise ProbeError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self._bcc = import_bcc()
         self.offsets = offsets or kernel_offsets(read_btf())
+        if self.offsets.sock is None:
+            raise ProbeError(f"cannot read sockets from the raw tracepoint: {self.offsets.sock_missing}")
         self.max_socks = int(max_socks)
         self._base_cflags = self.offsets.cflags() + [
             f"-DMAX_EDGES={int(max_edges)}", f"-DMAX_SOCKS={int(max_socks)}", "-w"]
@@ -346,11 +520,13 @@ class Probe:
                 unused.append(f"{candidate} not used: {why}")
             else:
                 self._load("tracepoint")
-            log.info("tracing mode: %s%s", self.mode, f" ({'; '.join(unused)})" if unused else "")
+            log.info("tracing mode: %s (state changes from %s%s)", self.mode, self.hook,
+                     "".join(f"; {u}" for u in unused))
         else:
             self._load(mode)
-            log.info("tracing mode: %s (--mode %s)", self.mode, mode)
+            log.info("tracing mode: %s (--mode %s; state changes from %s)", self.mode, mode, self.hook)
         _release_heap()
+        self.tick_ns = tick_ns()
         self.gen = 0
         self._edges = [self.bpf["edges0"], self.bpf["edges1"]]
         self._config = self.bpf["config"]
@@ -410,6 +586,9 @@ class Probe:
             why = ("tracepoint sock:inet_sock_set_state is missing (kernel >= 4.16 with "
                    "CONFIG_TRACEPOINTS; is tracefs mounted? mount -t tracefs tracefs /sys/kernel/tracing)")
             raise ProbeError(why, reason=why)
+        if not BPF.support_raw_tracepoint():
+            why = "this kernel has no raw tracepoints for BPF (Linux 4.17 or later is needed)"
+            raise ProbeError(why, reason=why)
         cflags = list(self._base_cflags)
         if mode == "kprobe":
             if not os.path.exists("/sys/kernel/tracing/kprobe_events") and \
@@ -421,8 +600,8 @@ class Probe:
                 raise _mode_error(mode, "this kernel has no BPF trampolines (fentry/fexit)")
             cflags += ["-DPHOBOS_CALL_PROBES", "-DPHOBOS_FENTRY"]
         try:
-            # The constructor also attaches the TRACEPOINT_PROBE and, in
-            # fentry mode, the KFUNC/KRETFUNC probes.
+            # The constructor attaches the KFUNC/KRETFUNC probes of fentry
+            # mode; the state-change program is attached below.
             bpf = BPF(src_file=BPF_SOURCE.encode(), cflags=cflags)
         except Exception as err:  # BCC raises bare Exception
             if mode == "fentry":
@@ -439,10 +618,41 @@ class Probe:
             except Exception as err:
                 bpf.cleanup()
                 raise _mode_error(mode, f"could not attach kprobes: {err}") from None
+        try:
+            self._attach_state(bpf)
+        except ProbeError as err:
+            bpf.cleanup()
+            raise _mode_error(mode, str(err)) from None
         self.bpf = bpf
         self.mode = mode
 
+    def _attach_state(self, bpf) -> None:
+        """Attach the state-change program: BTF-typed where the kernel takes it, else plain.
+
+        The BTF-typed raw tracepoint (Linux 5.5+) reads the socket with
+        direct loads; the plain one needs a helper call per read, which
+        costs about as much as a map lookup.  ``self.hook`` says which.
+        """
+        self._state_fds: tuple[int, ...] = ()
+        why = "this kernel's BTF has no btf_trace_" + STATE_TRACEPOINT
+        if self.offsets.state_tp_btf_id:
+            try:
+                self._state_fds = attach_btf_raw_tracepoint(
+                    bpf.dump_func(b"phobos_state_btf"), self.offsets.state_tp_btf_id, "phobos_state")
+                self.hook = f"tp_btf/{STATE_TRACEPOINT}"
+                return
+            except ProbeError as err:
+                why = str(err)
+        try:
+            bpf.attach_raw_tracepoint(tp=STATE_TRACEPOINT.encode(), fn_name=b"phobos_state_raw")
+        except Exception as err:  # BCC raises bare Exception
+            raise ProbeError(f"could not attach the raw tracepoint {STATE_TRACEPOINT}: {err}") from None
+        self.hook = f"raw_tp/{STATE_TRACEPOINT} (not BTF-typed: {why})"
+
     def close(self) -> None:
+        for fd in getattr(self, "_state_fds", ()):
+            os.close(fd)
+        self._state_fds = ()
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
@@ -452,14 +662,14 @@ class Probe:
         self._config[ct.c_int(slot)] = ct.c_uint32(value)
 
     def set_seeding(self, on: bool) -> None:
-        self._set_config(1, 1 if on else 0)
+        self._set_config(BPF_CONSTANTS["CFG_SEEDING"], 1 if on else 0)
 
     # -- edges ---------------------------------------------------------------
     def drain(self) -> list[tuple[EdgeKey, dict[str, Any]]]:
         """Flip the generation and return (and remove) the old generation's counters."""
         old = self.gen
         self.gen = 1 - old
-        self._set_config(0, self.gen)
+        self._set_config(BPF_CONSTANTS["CFG_GEN"], self.gen)
         time.sleep(GENERATION_GRACE_S)
         table = self._edges[old]
         out = []
@@ -488,10 +698,9 @@ class Probe:
         return EdgeKey(netns=k.netns, pid=k.pid, direction=DIRECTIONS.get(k.direction, "outbound"),
                        local_ip=_ip(k.laddr), local_port=k.lport, remote_ip=_ip(k.raddr), remote_port=k.rport)
 
-    @staticmethod
-    def _edge_val(v) -> dict[str, Any]:
+    def _edge_val(self, v) -> dict[str, Any]:
         return {"connects": v.connects, "accepts": v.accepts, "closes": v.closes, "failures": v.failures,
-                "open_delta": v.open_delta, "duration_ns_sum": v.duration_ns_sum,
+                "open_delta": v.open_delta, "duration_ns_sum": v.duration_jiffies_sum * self.tick_ns,
                 "bytes_sent": v.bytes_sent, "bytes_received": v.bytes_received,
                 "comm": v.comm.decode(errors="replace")}
 
@@ -550,7 +759,7 @@ class Probe:
         leaf = table.Leaf()
         e = leaf.edge
         e.netns, e.pid, e.lport, e.rport = edge.netns, edge.pid, edge.local_port, edge.remote_port
-        e.direction = 1 if edge.direction == "outbound" else 2
+        e.direction = DIRECTION_IDS[edge.direction]
         e.laddr[:] = list(_ip_bytes(edge.local_ip))
         e.raddr[:] = list(_ip_bytes(edge.remote_ip))
         leaf.comm = comm.encode()[:15]
@@ -600,9 +809,9 @@ class Probe:
         missed state change can be a lost connect, accept or close.
         """
         total = 0
-        for fn in self.bpf.funcs.values():
+        for fd in [fn.fd for fn in self.bpf.funcs.values()] + list(self._state_fds[:1]):
             try:
-                with open(f"/proc/self/fdinfo/{fn.fd}") as fh:
+                with open(f"/proc/self/fdinfo/{fd}") as fh:
                     for line in fh:
                         if line.startswith("recursion_misses:"):
                             total += int(line.split()[1])

@@ -1,7 +1,7 @@
 /*
  * phobos.c - per-edge TCP connection counters, aggregated in the kernel.
  *
- * What it traces: every TCP state change seen by the stable tracepoint
+ * What it traces: every TCP state change, through the raw tracepoint of
  * sock:inet_sock_set_state (IPv4 and IPv6, v4-mapped v6 folded into v4):
  *   CLOSE    -> LISTEN       a listener appears (process context)
  *   LISTEN   -> CLOSE        a listener goes away
@@ -11,13 +11,20 @@
  *   any      -> CLOSE        end of a connection; from SYN_SENT it is a
  *                            failed connect (refused, timed out, reset)
  *
- * How: a per-socket hash keyed by the socket pointer remembers which edge a
+ * How: the raw tracepoint passes (sk, oldstate, newstate) and nothing
+ * else, so the transition is decided on the two states before the socket
+ * is read at all; the 4-tuple, family and network namespace are read from
+ * struct sock_common with byte offsets that userspace takes from the
+ * running kernel's BTF and passes as -D flags (kernel headers may not
+ * match the kernel), in one read of the leading bytes of the socket.  A
+ * per-socket hash keyed by the socket pointer remembers which edge a
  * socket belongs to, so that transitions running in softirq (where
- * "current" is whatever task happened to be interrupted) are charged to the
- * process that connected or listened.  Per-edge counters live in two hash
- * generations; userspace flips config[CFG_GEN] and drains the idle
- * generation, so no increment races with the read.  Nothing is sent to
- * userspace per event: no perf buffer, no ring buffer.
+ * "current" is whatever task happened to be interrupted) are charged to
+ * the process that connected or listened, and so that a followed socket's
+ * ESTABLISHED and CLOSE need no read of the socket.  Per-edge counters live
+ * in two hash generations; userspace flips config[CFG_GEN] and drains the
+ * idle generation, so no increment races with the read.  Nothing is sent
+ * to userspace per event: no perf buffer, no ring buffer.
  *
  * Which sockets hold a socks entry: a connecting socket from CLOSE->SYN_SENT
  * and an accepted one from SYN_RECV->ESTABLISHED (the handshake completed,
@@ -40,42 +47,55 @@
  * socket that passes CLOSE->SYN_SENT or SYN_RECV->ESTABLISHED later passes
  * ->CLOSE (tcp_set_state, tcp_done, tcp_disconnect all go through
  * inet_sk_state_store, which fires the tracepoint) - unless the kernel
- * skipped this program because another tracing program was running on the
- * CPU (counted by the kernel as the program's recursion_misses, which
- * userspace reports).  An entry whose close was missed is found when the
- * kernel reuses the socket's address for a new connection; the stale
- * entry's open count is then taken back (stats[STAT_MISSED_CLOSES]).  Until
- * then (the slab normally hands a freed socket's memory to the next socket
- * allocated on that CPU) it holds a slot and one open connection too many.
+ * skipped this program because it was already running on the CPU (a state
+ * change in a softirq that interrupted it; counted by the kernel as the
+ * program's recursion_misses, which userspace reports).  A raw tracepoint
+ * is only skipped for recursion of this program itself, where a classic
+ * tracepoint program is skipped whenever any kprobe or tracepoint program
+ * runs on the CPU.  An entry whose close was missed is found when the
+ * kernel reuses the socket's address for a new connection (the insert
+ * refuses the existing key); the stale entry's open count is then taken
+ * back (stats[STAT_MISSED_CLOSES]).  Until then (the slab normally hands a
+ * freed socket's memory to the next socket allocated on that CPU) it holds
+ * a slot and one open connection too many.
  *
- * Cost: a handful of hash lookups per state change (a TCP connection has
- * about five), none per packet.  Bytes are not counted: the tracepoint does
- * not carry them and reading them at close would need more struct offsets.
- * A full socks map costs one failed insert per refused socket and one
- * seeded-map lookup at its close.  Measured here with bpf_stats on a
- * loopback connect/accept/close loop: about 400 ns per traced state change
- * (LRU 384, this hash 397 with the stale-entry lookup, a full map 380).
+ * Cost: per connection (both ends on the host, six state changes of which
+ * five are acted on) two socket reads at each of connect and accept, one at
+ * ESTABLISHED, none at close; five edge lookups, one listener lookup, two
+ * inserts and two deletes of socks entries, one socks lookup per later
+ * state change; nothing per packet, and nothing but two comparisons for the
+ * state changes not listed above.  The task name is read only when an edge
+ * is created.  Connection durations are taken in jiffies (a load, where
+ * bpf_ktime_get_ns costs about as much as a map lookup here); userspace
+ * converts them with the tick length.  Bytes are not counted.  A full socks
+ * map costs one failed insert per refused socket and one seeded-map lookup
+ * at its close.  Measured here with kernel.bpf_stats_enabled on the loopback
+ * connect/accept/close loop of tests/bench/bench_tracer.py, in which an
+ * empty program already shows about 60 ns per state change: see the
+ * benchmark's output for the figures of this program.
  *
- * Caveats: the tracepoint has no network namespace field, so netns is read
- * from sk->__sk_common.skc_net->ns.inum with byte offsets that userspace
- * takes from the running kernel's BTF and passes as -D flags (kernel headers
- * may not match the kernel).  Accepted connections are charged to the
- * process that called listen() on (netns, port); a listener shared by
- * forked workers is charged to the one that listened (kprobe/fentry mode
- * refreshes the listener from inet_csk_accept, see PHOBOS_CALL_PROBES).  A
- * socket refused by a full socks map has its connect or accept counted but
- * not its failure, close or duration unless a reconciliation seeded it
- * while it was open.  Connections that were open before the tracer started
- * (or that the socks map refused) are matched by 4-tuple against the
- * "seeded" map that userspace fills from /proc, so their close is counted
- * once and never as a new connect.
+ * Caveats: accepted connections are charged to the process that called
+ * listen() on (netns, port); a listener shared by forked workers is charged
+ * to the one that listened (kprobe/fentry mode refreshes the listener from
+ * inet_csk_accept, see PHOBOS_CALL_PROBES).  A socket refused by a full
+ * socks map has its connect or accept counted but not its failure, close or
+ * duration unless a reconciliation seeded it while it was open.
+ * Connections that were open before the tracer started (or that the socks
+ * map refused) are matched by 4-tuple against the "seeded" map that
+ * userspace fills from /proc, so their close is counted once and never as a
+ * new connect.  Durations have the resolution of one tick per connection
+ * (their sum is unbiased).  stats[STAT_EVENTS] counts the state changes
+ * acted on, not every TCP state change.
+ *
+ * The #defines below (DIR_*, CFG_*, DROP_*, STAT_*, MAX_*, P_TCP_*) are read
+ * by tracer/probe.py from this file, so each value has one source.
  */
 
-#ifndef SKC_NET_OFF
-#error "SKC_NET_OFF (offset of skc_net in struct sock) must be passed from BTF"
-#endif
-#ifndef NET_NS_INUM_OFF
-#error "NET_NS_INUM_OFF (offset of ns.inum in struct net) must be passed from BTF"
+#if !defined(SKC_NET_OFF) || !defined(NET_NS_INUM_OFF) || !defined(SK_PROTOCOL_OFF) || \
+    !defined(SKC_ADDRS_OFF) || !defined(SKC_V6_DADDR_OFF) || !defined(SKC_V6_RCV_SADDR_OFF) || \
+    !defined(SKC_DPORT_OFF) || !defined(SKC_NUM_OFF) || !defined(SKC_FAMILY_OFF) || \
+    !defined(INET_SPORT_OFF) || !defined(SKC_HEAD_LEN)
+#error "struct offsets (SKC_*_OFF, SK_PROTOCOL_OFF, INET_SPORT_OFF, NET_NS_INUM_OFF, SKC_HEAD_LEN) must be passed from BTF"
 #endif
 #ifndef MAX_EDGES
 #define MAX_EDGES 16384
@@ -102,6 +122,7 @@
 #define P_TCP_SYN_RECV 3
 #define P_TCP_CLOSE 7
 #define P_TCP_LISTEN 10
+#define P_EEXIST 17
 
 #define DIR_OUTBOUND 1
 #define DIR_INBOUND 2
@@ -140,7 +161,7 @@ struct edge_val {
     u64 closes;
     u64 failures;
     s64 open_delta;     /* +1 established, -1 closed; userspace sums it */
-    u64 duration_ns_sum;
+    u64 duration_jiffies_sum;   /* ticks: userspace knows their length */
     u64 bytes_sent;
     u64 bytes_received;
     char comm[16];      /* at creation: short-lived clients are gone by drain */
@@ -148,11 +169,10 @@ struct edge_val {
 
 struct sock_state {
     struct edge_key edge;
-    u64 start_ns;
+    u64 start_ns;       /* jiffies (the name is the map's ABI with userspace) */
     u16 sport;          /* actual ports, to match the /proc snapshot */
     u16 dport;
     u32 established;
-    char comm[16];
 };
 
 struct listen_key {
@@ -178,8 +198,8 @@ struct tuple_key {
 };
 
 /*
- * A copy of the tracepoint's fields: BCC declares the tracepoint's own args
- * struct only inside TRACEPOINT_PROBE, and the helpers need them too.
+ * What the classic tracepoint would have copied out of the socket, read
+ * only for the transitions that need more than the socket's address.
  */
 struct tp_state {
     const void *skaddr;
@@ -235,16 +255,21 @@ static __always_inline u32 cfg(u32 slot)
     return v ? *v : 0;
 }
 
-static __always_inline u32 sk_netns(const void *sk)
-{
-    const void *net = NULL;
-    u32 inum = 0;
-    bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + SKC_NET_OFF);
-    if (!net)
-        return 0;
-    bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + NET_NS_INUM_OFF);
-    return inum;
-}
+/*
+ * A field of the socket (or of its struct net).  The BTF-typed raw
+ * tracepoint (phobos_state_btf) may load kernel memory directly - the
+ * verifier checks each load against the kernel's BTF and the JIT guards it
+ * - while the plain raw tracepoint (phobos_state_raw) has to go through the
+ * probe-read helper, a call per read.  "direct" is a constant in each entry
+ * point, so each gets only its own code.
+ */
+#define SK_FIELD(type, base, off, direct) ({                                   \
+    type _v = 0;                                                               \
+    if (direct)                                                                \
+        _v = *(const type *)((const char *)(base) + (off));                    \
+    else                                                                       \
+        bpf_probe_read_kernel(&_v, sizeof(_v), (const char *)(base) + (off));  \
+    _v; })
 
 static __always_inline int is_v4_mapped(const u8 *a)
 {
@@ -279,15 +304,27 @@ static __always_inline void tp_addrs(const struct tp_state *args,
     }
 }
 
-/* The counters of an edge in the generation the kernel currently writes. */
-static __always_inline struct edge_val *edge_get(struct edge_key *k, const char *comm)
+/*
+ * The counters of an edge in the generation the kernel currently writes,
+ * created if missing.  The task name is only wanted when the edge is
+ * created (userspace keeps it per edge across generations), so it is read
+ * only then: in process context from the current task (COMM_CURRENT), else
+ * copied from a listener or seeded entry, else left empty.
+ */
+#define COMM_NONE 0
+#define COMM_CURRENT 1
+#define COMM_COPY 2
+static __always_inline struct edge_val *edge_get(struct edge_key *k, int how, const char *comm)
 {
     u32 gen = cfg(CFG_GEN);
     struct edge_val *v = gen ? edges1.lookup(k) : edges0.lookup(k);
     if (v)
         return v;
     struct edge_val init = {};
-    __builtin_memcpy(init.comm, comm, sizeof(init.comm));
+    if (how == COMM_CURRENT)
+        bpf_get_current_comm(init.comm, sizeof(init.comm));
+    else if (how == COMM_COPY)
+        __builtin_memcpy(init.comm, comm, sizeof(init.comm));
     /* NOEXIST: another CPU may have created it meanwhile; then use that. */
     int err = gen ? edges1.insert(k, &init) : edges0.insert(k, &init);
     v = gen ? edges1.lookup(k) : edges0.lookup(k);
@@ -329,22 +366,28 @@ static __always_inline void on_unlisten(const struct tp_state *args, u32 netns)
 }
 
 /*
- * A socks entry for a socket that is only now connecting or being accepted
- * belongs to an earlier socket at the same address whose close this program
- * never saw (every seen close deletes the entry).  Take back what that
- * socket added to its edge's open gauge before the entry is overwritten.
+ * Follow a socket that is only now connecting or being accepted.  The
+ * insert refuses an existing key: an entry already there belongs to an
+ * earlier socket at the same address whose close this program never saw
+ * (every seen close deletes the entry).  Only then is the old entry read,
+ * to take back what that socket added to its edge's open gauge, and
+ * overwritten.  Returns 0 when the socket is followed.
  */
-static __always_inline void forget_stale(u64 skp)
+static __always_inline int follow(u64 skp, struct sock_state *st)
 {
+    int err = socks.insert(&skp, st);
+    if (err != -P_EEXIST)
+        return err;
     struct sock_state *old = socks.lookup(&skp);
-    if (!old)
-        return;
-    count(0, STAT_MISSED_CLOSES);
-    if (!old->established)
-        return;
-    struct edge_val *ev = edge_get(&old->edge, old->comm);
-    if (ev)
-        __sync_fetch_and_add(&ev->open_delta, -1);
+    if (old) {
+        count(0, STAT_MISSED_CLOSES);
+        if (old->established) {
+            struct edge_val *ev = edge_get(&old->edge, COMM_NONE, 0);
+            if (ev)
+                __sync_fetch_and_add(&ev->open_delta, -1);
+        }
+    }
+    return socks.update(&skp, st);
 }
 
 static __always_inline void on_connect(const struct tp_state *args,
@@ -356,10 +399,8 @@ static __always_inline void on_connect(const struct tp_state *args,
     st.edge.direction = DIR_OUTBOUND;
     st.edge.rport = args->dport;
     tp_addrs(args, st.edge.laddr, st.edge.raddr);
-    bpf_get_current_comm(st.comm, sizeof(st.comm));
-    st.start_ns = bpf_ktime_get_ns();
     st.dport = args->dport;
-    struct edge_val *ev = edge_get(&st.edge, st.comm);
+    struct edge_val *ev = edge_get(&st.edge, COMM_CURRENT, 0);
     if (ev)
         __sync_fetch_and_add(&ev->connects, 1);
 #ifdef PHOBOS_CALL_PROBES
@@ -371,22 +412,22 @@ static __always_inline void on_connect(const struct tp_state *args,
     if (call)
         call->syn_sent = 1;
 #endif
-    forget_stale(skp);
     /* Full map: the connect is counted, the socket is not followed.  Its
      * ESTABLISHED then finds no entry and adds nothing to the open gauge. */
-    if (socks.update(&skp, &st) != 0)
+    if (follow(skp, &st) != 0)
         count(1, DROP_SOCKS);
 }
 
-static __always_inline void on_connected(const struct tp_state *args, u64 skp)
+static __always_inline void on_connected(const void *sk, u64 skp, int direct)
 {
     struct sock_state *st = socks.lookup(&skp);
     if (!st)
         return;
+    u16 sport = SK_FIELD(u16, sk, SKC_NUM_OFF, direct);
     st->established = 1;
-    st->start_ns = bpf_ktime_get_ns();
-    st->sport = args->sport;   /* the ephemeral port is bound by now */
-    struct edge_val *ev = edge_get(&st->edge, st->comm);
+    st->start_ns = bpf_jiffies64();
+    st->sport = sport;   /* the ephemeral port is bound by now */
+    struct edge_val *ev = edge_get(&st->edge, COMM_NONE, 0);
     if (ev)
         __sync_fetch_and_add(&ev->open_delta, 1);
 }
@@ -396,11 +437,12 @@ static __always_inline void on_accept(const struct tp_state *args,
                                       u64 skp, u32 netns)
 {
     struct sock_state st = {};
+    char comm[16] = {};
     struct listen_key lk = {.netns = netns, .port = args->sport};
     struct listen_val *lv = listeners.lookup(&lk);
     if (lv) {
         st.edge.pid = lv->pid;
-        __builtin_memcpy(st.comm, lv->comm, sizeof(st.comm));
+        __builtin_memcpy(comm, lv->comm, sizeof(comm));
     } else {
         count(0, STAT_ACCEPT_NO_LISTENER);
     }
@@ -408,17 +450,16 @@ static __always_inline void on_accept(const struct tp_state *args,
     st.edge.direction = DIR_INBOUND;
     st.edge.lport = args->sport;
     tp_addrs(args, st.edge.laddr, st.edge.raddr);
-    st.start_ns = bpf_ktime_get_ns();
+    st.start_ns = bpf_jiffies64();
     st.sport = args->sport;
     st.dport = args->dport;
     st.established = 1;
-    forget_stale(skp);
     /* The socket is locked while its state changes, so its close cannot
      * run between the insert and the open count below. */
-    int followed = socks.update(&skp, &st) == 0;
+    int followed = follow(skp, &st) == 0;
     if (!followed)
         count(1, DROP_SOCKS);   /* counted as accepted, never as open */
-    struct edge_val *ev = edge_get(&st.edge, st.comm);
+    struct edge_val *ev = edge_get(&st.edge, COMM_COPY, comm);
     if (ev) {
         __sync_fetch_and_add(&ev->accepts, 1);
         if (followed)
@@ -426,64 +467,106 @@ static __always_inline void on_accept(const struct tp_state *args,
     }
 }
 
-static __always_inline void on_close(const struct tp_state *args, u64 skp)
+/*
+ * A followed socket: its entry says which edge it belongs to, and nothing
+ * about the socket needs to be read.  Returns 0 when not followed.
+ */
+static __always_inline int close_followed(u64 skp, int oldstate)
 {
-    int opening = args->oldstate == P_TCP_SYN_SENT || args->oldstate == P_TCP_SYN_RECV;
-    struct tuple_key tk = {};
-    if (!opening) {
-        tk.netns = sk_netns(args->skaddr);
-        tk.lport = args->sport;
-        tk.rport = args->dport;
-        tp_addrs(args, tk.laddr, tk.raddr);
-        /* Closed while userspace reads /proc: whatever it finds of this
-         * connection in its snapshot is gone already, so it must not seed
-         * it (userspace takes back what it seeded for these tuples). */
-        if (cfg(CFG_SEEDING)) {
-            u32 one = 1;
-            if (orphans.update(&tk, &one) != 0)
-                count(1, DROP_ORPHANS);
-        }
-    }
     struct sock_state *st = socks.lookup(&skp);
-    if (st) {
-        struct edge_val *ev = edge_get(&st->edge, st->comm);
-        if (ev) {
-            if (st->established) {
-                __sync_fetch_and_add(&ev->closes, 1);
-                __sync_fetch_and_add(&ev->open_delta, -1);
-                __sync_fetch_and_add(&ev->duration_ns_sum, bpf_ktime_get_ns() - st->start_ns);
-            } else if (args->oldstate == P_TCP_SYN_SENT) {
-                __sync_fetch_and_add(&ev->failures, 1);
-            }
-        }
-        socks.delete(&skp);
-        return;
-    }
-    if (opening)
-        return;
-    /* Not followed: a connection from a /proc snapshot, or one the full
-     * socks map refused (seeded by a reconciliation), or neither. */
-    struct seed_val *sv = seeded.lookup(&tk);
-    if (sv) {
-        struct edge_val *ev = edge_get(&sv->edge, sv->comm);
-        if (ev) {
+    if (!st)
+        return 0;
+    struct edge_val *ev = edge_get(&st->edge, COMM_NONE, 0);
+    if (ev) {
+        if (st->established) {
             __sync_fetch_and_add(&ev->closes, 1);
             __sync_fetch_and_add(&ev->open_delta, -1);
+            __sync_fetch_and_add(&ev->duration_jiffies_sum, bpf_jiffies64() - st->start_ns);
+        } else if (oldstate == P_TCP_SYN_SENT) {
+            __sync_fetch_and_add(&ev->failures, 1);
         }
-        seeded.delete(&tk);
     }
+    socks.delete(&skp);
+    return 1;
+}
+
+/*
+ * Not followed: a connection from a /proc snapshot, or one the full socks
+ * map refused (seeded by a reconciliation), or neither.
+ */
+static __always_inline void close_seeded(struct tuple_key *tk)
+{
+    struct seed_val *sv = seeded.lookup(tk);
+    if (!sv)
+        return;
+    struct edge_val *ev = edge_get(&sv->edge, COMM_COPY, sv->comm);
+    if (ev) {
+        __sync_fetch_and_add(&ev->closes, 1);
+        __sync_fetch_and_add(&ev->open_delta, -1);
+    }
+    seeded.delete(tk);
+}
+
+/*
+ * The socket's addresses, ports, family and network namespace (all in
+ * struct sock_common; without BTF typing in one read of its leading bytes)
+ * and its protocol: inet_sock_set_state also fires for SCTP and for
+ * MPTCP's own sockets, whose subflows are the TCP sockets counted here.  On
+ * the way to CLOSE tcp_set_state releases the bound port (skc_num = 0)
+ * before the state changes, so a closing socket's port comes from
+ * inet_sport, which stays.  Returns the namespace inode, or -1 for a socket
+ * that is not TCP.
+ */
+static __always_inline long sk_read(const void *sk, int os, int ns, struct tp_state *e, int direct)
+{
+    /* BTF-typed: the helper both checks the protocol (NULL for what is not
+     * a full TCP socket) and gives a struct tcp_sock pointer, through which
+     * the verifier lets inet_sport be read (it lies beyond struct sock). */
+    const void *tcp = sk;
+    if (direct)
+        tcp = bpf_skc_to_tcp_sock((void *)sk);
+    else if (SK_FIELD(u16, sk, SK_PROTOCOL_OFF, 0) != P_IPPROTO_TCP)
+        tcp = 0;
+    if (!tcp)
+        return -1;
+    u64 head[(SKC_HEAD_LEN + 7) / 8];
+    const void *h = sk;
+    if (!direct) {
+        if (bpf_probe_read_kernel(head, sizeof(head), sk) != 0)
+            return -1;
+        h = head;
+    }
+    const u8 *b = (const u8 *)h;
+    u16 dport_be = *(const u16 *)(b + SKC_DPORT_OFF);
+    u16 num = *(const u16 *)(b + SKC_NUM_OFF);
+    e->family = *(const u16 *)(b + SKC_FAMILY_OFF);
+    /* skc_daddr, then skc_rcv_saddr: the two halves of skc_addrpair */
+    u32 daddr = *(const u32 *)(b + SKC_ADDRS_OFF);
+    u32 saddr = *(const u32 *)(b + SKC_ADDRS_OFF + 4);
+    __builtin_memcpy(e->daddr, &daddr, 4);
+    __builtin_memcpy(e->saddr, &saddr, 4);
+    __builtin_memcpy(e->daddr_v6, b + SKC_V6_DADDR_OFF, 16);
+    __builtin_memcpy(e->saddr_v6, b + SKC_V6_RCV_SADDR_OFF, 16);
+    const void *net = *(const void * const *)(b + SKC_NET_OFF);
+    if (ns == P_TCP_CLOSE) {
+        u16 sport_be = SK_FIELD(u16, tcp, INET_SPORT_OFF, direct);
+        num = (sport_be >> 8) | ((sport_be & 0xff) << 8);
+    }
+    e->skaddr = sk;
+    e->oldstate = os;
+    e->newstate = ns;
+    e->sport = num;
+    e->dport = (dport_be >> 8) | ((dport_be & 0xff) << 8);
+    return net ? SK_FIELD(u32, net, NET_NS_INUM_OFF, direct) : 0;
 }
 
 enum transition { T_LISTEN = 1, T_UNLISTEN, T_CONNECT, T_CONNECTED, T_ACCEPT, T_CLOSE };
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+static __always_inline int on_state(const void *sk, int os, int ns, int direct)
 {
-    if (args->protocol != P_IPPROTO_TCP)
-        return 0;
-    count(0, STAT_EVENTS);
-    int os = args->oldstate, ns = args->newstate, t;
+    int t;
     /* Most state changes (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, the child's
-     * LISTEN -> SYN_RECV) change nothing we count: leave before any copy. */
+     * LISTEN -> SYN_RECV) change nothing we count: leave before any read. */
     if (ns == P_TCP_LISTEN)
         t = T_LISTEN;
     else if (os == P_TCP_LISTEN && ns == P_TCP_CLOSE)
@@ -498,41 +581,77 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         t = T_CLOSE;
     else
         return 0;
+    count(0, STAT_EVENTS);
+    u64 skp = (u64)sk;
+    /* Only sockets that hold an entry (TCP, connecting) matter here. */
+    if (t == T_CONNECTED) {
+        on_connected(sk, skp, direct);
+        return 0;
+    }
+    /* A followed socket's close needs nothing but its address - unless
+     * userspace is reading /proc, when every closing tuple is noted. */
+    u32 seeding = t == T_CLOSE ? cfg(CFG_SEEDING) : 0;
+    int opening = os == P_TCP_SYN_SENT || os == P_TCP_SYN_RECV;
+    if (t == T_CLOSE && !seeding && (close_followed(skp, os) || opening))
+        return 0;
 
-    struct tp_state e = {
-        .skaddr = args->skaddr,
-        .oldstate = os,
-        .newstate = ns,
-        .sport = args->sport,
-        .dport = args->dport,
-        .family = args->family,
-    };
-    __builtin_memcpy(e.saddr, args->saddr, 4);
-    __builtin_memcpy(e.daddr, args->daddr, 4);
-    __builtin_memcpy(e.saddr_v6, args->saddr_v6, 16);
-    __builtin_memcpy(e.daddr_v6, args->daddr_v6, 16);
-    u64 skp = (u64)e.skaddr;
-
+    struct tp_state e = {};
+    long netns = sk_read(sk, os, ns, &e, direct);
+    if (netns < 0)
+        return 0;
     switch (t) {
     case T_LISTEN:
-        on_listen(&e, sk_netns(e.skaddr));
+        on_listen(&e, netns);
         break;
     case T_UNLISTEN:
-        on_unlisten(&e, sk_netns(e.skaddr));
+        on_unlisten(&e, netns);
         break;
     case T_CONNECT:
-        on_connect(&e, skp, sk_netns(e.skaddr));
-        break;
-    case T_CONNECTED:
-        on_connected(&e, skp);
+        on_connect(&e, skp, netns);
         break;
     case T_ACCEPT:
-        on_accept(&e, skp, sk_netns(e.skaddr));
+        on_accept(&e, skp, netns);
         break;
-    default:
-        on_close(&e, skp);
+    default: {
+        struct tuple_key tk = {};
+        if (!opening) {
+            tk.netns = netns;
+            tk.lport = e.sport;
+            tk.rport = e.dport;
+            tp_addrs(&e, tk.laddr, tk.raddr);
+            /* Closed while userspace reads /proc: whatever it finds of this
+             * connection in its snapshot is gone already, so it must not
+             * seed it (userspace takes back what it seeded for these). */
+            if (seeding) {
+                u32 one = 1;
+                if (orphans.update(&tk, &one) != 0)
+                    count(1, DROP_ORPHANS);
+            }
+        }
+        if (seeding && close_followed(skp, os))
+            break;
+        if (!opening)
+            close_seeded(&tk);
+    }
     }
     return 0;
+}
+
+/*
+ * The entry points, both on the raw tracepoint inet_sock_set_state, whose
+ * arguments are (struct sock *sk, int oldstate, int newstate).  Userspace
+ * loads the BTF-typed one (BPF_TRACE_RAW_TP) where the kernel accepts it
+ * and attaches the plain one otherwise; neither has a name BCC attaches by
+ * itself.
+ */
+int phobos_state_btf(u64 *ctx)
+{
+    return on_state((const void *)ctx[0], (int)ctx[1], (int)ctx[2], 1);
+}
+
+int phobos_state_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+    return on_state((const void *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], 0);
 }
 
 #ifdef PHOBOS_CALL_PROBES
@@ -551,6 +670,17 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 #ifndef PHOBOS_FENTRY
 #include <uapi/linux/ptrace.h>  /* struct pt_regs: user ABI, stable across kernels */
 #endif
+
+static __always_inline u32 sk_netns(const void *sk)
+{
+    const void *net = NULL;
+    u32 inum = 0;
+    bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + SKC_NET_OFF);
+    if (!net)
+        return 0;
+    bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + NET_NS_INUM_OFF);
+    return inum;
+}
 
 static __always_inline void refresh_listener(const void *newsk)
 {
@@ -580,22 +710,21 @@ static __always_inline void connect_return(int ret)
     if (!c)
         return;
     if (ret != 0 && !c->syn_sent) {
-        struct sock_state st = {};
+        struct edge_key k = {};
         u16 family = 0, port = 0;
         bpf_probe_read_kernel(&family, sizeof(family), c->uaddr);
         bpf_probe_read_kernel(&port, sizeof(port), (const char *)c->uaddr + 2);
         if (family == P_AF_INET) {
-            st.edge.raddr[10] = st.edge.raddr[11] = 0xff;
-            bpf_probe_read_kernel(st.edge.raddr + 12, 4, (const char *)c->uaddr + 4);
+            k.raddr[10] = k.raddr[11] = 0xff;
+            bpf_probe_read_kernel(k.raddr + 12, 4, (const char *)c->uaddr + 4);
         } else {
-            bpf_probe_read_kernel(st.edge.raddr, 16, (const char *)c->uaddr + 8);
+            bpf_probe_read_kernel(k.raddr, 16, (const char *)c->uaddr + 8);
         }
-        st.edge.netns = sk_netns(c->sk);
-        st.edge.pid = tid >> 32;
-        st.edge.direction = DIR_OUTBOUND;
-        st.edge.rport = (port >> 8) | ((port & 0xff) << 8);
-        bpf_get_current_comm(st.comm, sizeof(st.comm));
-        struct edge_val *ev = edge_get(&st.edge, st.comm);
+        k.netns = sk_netns(c->sk);
+        k.pid = tid >> 32;
+        k.direction = DIR_OUTBOUND;
+        k.rport = (port >> 8) | ((port & 0xff) << 8);
+        struct edge_val *ev = edge_get(&k, COMM_CURRENT, 0);
         if (ev) {
             __sync_fetch_and_add(&ev->connects, 1);
             __sync_fetch_and_add(&ev->failures, 1);
