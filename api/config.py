@@ -27,6 +27,9 @@ SQL_STORE                 PHOBOS_SQL_STORE             (unset: the store's URL; 
 ALERT_SERVICE_LABELS      PHOBOS_ALERT_SERVICE_LABELS  service,app,job
 DIFF_MIN_CHANGE           PHOBOS_DIFF_MIN_CHANGE       0.5 (relative)
 DIFF_MIN_VOLUME           PHOBOS_DIFF_MIN_VOLUME       0.01 (per second)
+WARNING_RATIO             PHOBOS_WARNING_RATIO         0.01 (failed share of connects: yellow)
+DANGER_RATIO              PHOBOS_DANGER_RATIO          0.05 (failed share of connects: red)
+HEALTH_MIN_CONNECTS       PHOBOS_HEALTH_MIN_CONNECTS   10 (connects in a window before failures count)
 ========================  ===========================  =====================
 """
 
@@ -58,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "ALERT_SERVICE_LABELS": ("service", "app", "job"),
     "DIFF_MIN_CHANGE": 0.5,
     "DIFF_MIN_VOLUME": 0.01,
+    "WARNING_RATIO": 0.01,
+    "DANGER_RATIO": 0.05,
+    "HEALTH_MIN_CONNECTS": 10,
 }
 
 _ENV = {
@@ -81,6 +87,9 @@ _ENV = {
     "ALERT_SERVICE_LABELS": "PHOBOS_ALERT_SERVICE_LABELS",
     "DIFF_MIN_CHANGE": "PHOBOS_DIFF_MIN_CHANGE",
     "DIFF_MIN_VOLUME": "PHOBOS_DIFF_MIN_VOLUME",
+    "WARNING_RATIO": "PHOBOS_WARNING_RATIO",
+    "DANGER_RATIO": "PHOBOS_DANGER_RATIO",
+    "HEALTH_MIN_CONNECTS": "PHOBOS_HEALTH_MIN_CONNECTS",
 }
 
 
@@ -127,4 +136,6 @@ def load_config(overrides: Mapping[str, Any] | None = None,
         raise ValueError("PHOBOS_SQL_CONCURRENCY must be at least 1")
     if config["MAX_NODES"] < 3:
         raise ValueError("PHOBOS_MAX_NODES must be at least 3")
+    if not 0 < config["WARNING_RATIO"] <= config["DANGER_RATIO"] <= 1:
+        raise ValueError("PHOBOS_WARNING_RATIO and PHOBOS_DANGER_RATIO must satisfy 0 < warning <= danger <= 1")
     return config

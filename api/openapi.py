@@ -116,6 +116,39 @@ def openapi_spec(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
                 ],
                 "responses": {"200": _resp("Diff", {"$ref": "#/components/schemas/Diff"}), **_errors(400)},
             }},
+            "/api/v1/problems": {"get": {
+                "summary": "The worst failing service pairs and services of the window (failed share of connects "
+                           "from PHOBOS_WARNING_RATIO / PHOBOS_DANGER_RATIO), and alerting services.",
+                "operationId": "problems",
+                "parameters": [*_VIEW_PARAMS,
+                               _q("limit", "Most pairs and most services listed (1-200, default 20).",
+                                  {"type": "integer", "minimum": 1, "maximum": 200}),
+                               _q("min_connects", "Connects a pair needs in the window to be classed "
+                                                  "(default PHOBOS_HEALTH_MIN_CONNECTS).",
+                                  {"type": "integer", "minimum": 1})],
+                "responses": {"200": _resp("Problems", {"$ref": "#/components/schemas/Problems"}),
+                              **_errors(400)},
+            }},
+            "/api/v1/edges": {"get": {
+                "summary": "The pairs behind one drawn edge: service pairs behind an area edge (level=areas), "
+                           "instance pairs behind a service edge (level=area).",
+                "operationId": "edgePairs",
+                "parameters": [
+                    _q("source", "Client end of the drawn edge (area or service).",
+                       {"type": "string", "minLength": 1, "maxLength": 256}, required=True),
+                    _q("target", "Server end of the drawn edge (area or service).",
+                       {"type": "string", "minLength": 1, "maxLength": 256}, required=True),
+                    _q("level", "Level of the drawn edge: areas or area (default).",
+                       {"type": "string", "enum": ["areas", "area"]}),
+                    _q("limit", "Most pairs listed (1-500, default 50).",
+                       {"type": "integer", "minimum": 1, "maximum": 500}),
+                    *_VIEW_PARAMS,
+                ],
+                "responses": {"200": _resp("Pairs", {"type": "object", "required": ["pairs"],
+                                                     "properties": {"pairs": {"type": "array",
+                                                                              "items": {"type": "object"}}}}),
+                              **_errors(400)},
+            }},
             "/api/v1/search": {"get": {
                 "summary": "Areas, services, instances and IPs containing a text.",
                 "operationId": "search",
@@ -260,6 +293,10 @@ def openapi_spec(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
                            "properties": {k: {"type": "array", "items": {"type": "object"}}
                                           for k in ("upstream", "downstream", "areas", "processes")}
                            | {"service": {"type": "string"}, "cycles": {"type": "array"}}},
+                "Problems": {"type": "object", "required": ["edges", "services", "meta"],
+                             "properties": {"edges": {"type": "array", "items": {"type": "object"}},
+                                            "services": {"type": "array", "items": {"type": "object"}},
+                                            "counts": {"type": "object"}, "meta": {"type": "object"}}},
                 "Diff": {"type": "object", "required": ["new", "vanished", "changed"],
                          "properties": {k: {"type": "array", "items": {"type": "object"}}
                                         for k in ("new", "vanished", "changed")}},

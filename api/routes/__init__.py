@@ -13,10 +13,10 @@ __all__ = ["register_blueprints"]
 
 
 def _blueprints() -> list:
-    from api.routes import (alerts, areas, datacenters, diff, health, ingest, search, services,
-                            spans, sql, timeline, ui)
+    from api.routes import (alerts, areas, datacenters, diff, edges, health, ingest, problems, search,
+                            services, spans, sql, timeline, ui)
 
-    return [areas.bp, datacenters.bp, services.bp, diff.bp, search.bp, timeline.bp,
+    return [areas.bp, datacenters.bp, services.bp, diff.bp, problems.bp, edges.bp, search.bp, timeline.bp,
             ingest.bp, alerts.bp, spans.bp, sql.bp, health.bp, ui.bp]
 
 

@@ -9,9 +9,12 @@ Every map is the same pipeline, run by ``compose``:
    contracted into edges between groups (``graph.contract``);
 3. **alerts** - each node's class, alerts and notices (``mark``), and with
    ``internal`` the traffic that stays inside it;
-4. **group** - the long tail folded into one "N more" node, sparing the
-   nodes the map names in ``keep``;
-5. **serialise** - one Vizceral level (``vizceral.view``) whose nodes the
+4. **health** - each edge's and node's class from failed connects
+   (``api.views.health.classify``): an unhealthy node is drawn ``danger``
+   or ``warning`` unless it is alerting, which it stays;
+5. **group** - the long tail folded into one "N more" node, sparing the
+   nodes the map names in ``keep`` and every unhealthy or alerting node;
+6. **serialise** - one Vizceral level (``vizceral.view``) whose nodes the
    ``child_renderer`` draws.
 
 A ``Map`` holds what differs; ``areas_view``, ``area_view``,
@@ -28,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from api.catalog.lookups import INTERNET, UNASSIGNED
 from api.errors import ApiError
-from api.views import graph, vizceral
+from api.views import graph, health, vizceral
 from api.views.context import ViewContext
 from api.views.params import ViewParams
 
@@ -61,6 +64,8 @@ def compose(ctx: ViewContext, p: ViewParams, m: Map, rows: list[dict[str, Any]] 
     """The Vizceral level of map ``m`` (``rows``: the map's rows when the caller already read them)."""
     if rows is None:
         rows = ctx.rows(p, **m.rows)
+    # A node's health is what it serves in the whole window, also through edges this map does not draw.
+    every_row = rows
     if m.keeps is not None:
         rows = [r for r in rows if m.keeps(r)]
     nodes: Nodes = {name: dict(data) for name, data in m.seed.items()}
@@ -72,39 +77,63 @@ def compose(ctx: ViewContext, p: ViewParams, m: Map, rows: list[dict[str, Any]] 
         return name
 
     edges = graph.contract(rows, group)
+    found = health.classify(every_row, m.group, edges, health.Thresholds.of(ctx))
     for name, data in nodes.items():
         if m.internal:
             inside = edges.get((name, name))
             data["internal"] = graph.metric_value(inside.values, p.metric) if inside else 0.0
         if m.mark is not None:
             m.mark(name, data)
-    edges, nodes, tail = _fold_tail(edges, nodes, p.metric, ctx.max_nodes, m.keep(nodes), m.what)
+        _mark_health(data, found.nodes.get(name, "normal"))
+    spared = sorted((n for n, d in nodes.items() if _severity(d)), key=lambda n: (-_severity(nodes[n]), n))
+    keep = [k for k in m.keep(nodes) if k == INTERNET] + spared + m.keep(nodes)
+    edges, nodes, tail, classes = _fold_tail(edges, nodes, p.metric, ctx.max_nodes, keep, m.what, found.edges)
     return vizceral.view(m.renderer, m.name, vizceral.nodes_of(nodes, m.child_renderer, p.win.end * 1000),
-                         vizceral.connections_of(edges, p.metric), metadata=p.meta(**m.meta, grouped=len(tail)),
+                         vizceral.connections_of(edges, p.metric, classes, found.worst_rows),
+                         metadata=p.meta(**m.meta, grouped=len(tail), health=health.Thresholds.of(ctx).meta()),
                          notices=vizceral.tail_notices(tail, m.what))
 
 
+#: Node classes that stand for trouble, and how bad (what "N more" never hides).
+_TROUBLE = {"alert": 3, "danger": 2, "warning": 1}
+
+
+def _mark_health(data: dict[str, Any], cls: str) -> None:
+    """Record a node's health and draw it in its class, unless it is alerting (alerts outrank failures)."""
+    data["health"] = cls
+    if cls != "normal" and not data.get("alerts"):
+        data["cls"] = cls
+
+
+def _severity(data: Mapping[str, Any]) -> int:
+    return 3 if data.get("alerts") else _TROUBLE.get(data.get("cls", "normal"), 0)
+
+
 def _fold_tail(edges: dict[tuple[str, str], graph.Edge], nodes: Nodes, metric: str, max_nodes: int,
-               keep: Iterable[str], what: str) -> tuple[dict[tuple[str, str], graph.Edge], Nodes, list[str]]:
-    """Fold the long tail of ``nodes`` into one "N more" node; the nodes folded."""
+               keep: Iterable[str], what: str, classes: Mapping[tuple[str, str], str]
+               ) -> tuple[dict[tuple[str, str], graph.Edge], Nodes, list[str], dict[tuple[str, str], str]]:
+    """Fold the long tail of ``nodes`` into one "N more" node; the nodes folded, the edges' classes after."""
     volumes = {n: 0.0 for n in nodes}
     volumes.update({n: v for n, v in graph.node_volumes(edges, metric).items() if n in nodes})
-    kept, tail = graph.long_tail(volumes, max_nodes, keep)
+    kept, tail = graph.long_tail(volumes, max_nodes, list(dict.fromkeys(keep)))
     if not tail:
-        return edges, nodes, []
+        return edges, nodes, [], dict(classes)
     name = f"{len(tail)} more {what}"
     while name in nodes:
         name += "+"
     folded: dict[tuple[str, str], graph.Edge] = {}
+    folded_classes: dict[tuple[str, str], str] = {}
     for (src, dst), edge in edges.items():
         key = (src if src in kept else name, dst if dst in kept else name)
         target = folded.get(key)
         if target is None:
             target = folded[key] = graph.Edge(*key)
         target.add(edge.values)
+        if (src, dst) in classes:
+            folded_classes[key] = health.worst(folded_classes.get(key, "normal"), classes[(src, dst)])
     new_nodes = {n: d for n, d in nodes.items() if n in kept}
     new_nodes[name] = {"cls": "normal", "grouped": tail}
-    return folded, new_nodes, tail
+    return folded, new_nodes, tail, folded_classes
 
 
 def _side(key: str) -> Callable[[Row, str], str]:

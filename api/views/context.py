@@ -31,20 +31,29 @@ class ViewContext:
 
     ``listener_slack``: seconds a listener is believed after its last report
     (``PHOBOS_LISTENER_SLACK``); ``max_nodes``: most nodes a map draws, the
-    "N more" node included (``PHOBOS_MAX_NODES``).
+    "N more" node included (``PHOBOS_MAX_NODES``); ``warning_ratio``,
+    ``danger_ratio``: failed share of connects from which an edge is
+    ``warning``/``danger`` (``PHOBOS_WARNING_RATIO``, ``PHOBOS_DANGER_RATIO``),
+    ``health_min_connects``: attempts in a window below which an edge is not
+    classed (``PHOBOS_HEALTH_MIN_CONNECTS``; ``api.views.health``).
     """
 
     store: Store
     cache: ResultCache
     listener_slack: int = 600
     max_nodes: int = 150
+    warning_ratio: float = 0.01
+    danger_ratio: float = 0.05
+    health_min_connects: int = 10
     # A context lives for one request: what it read of a window's state is
     # good for the whole request, also with the result cache off.
     _states: dict[Window, reads.WindowState] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, store: Store, cache: ResultCache, cfg: Mapping[str, Any]) -> ViewContext:
-        return cls(store, cache, listener_slack=cfg["LISTENER_SLACK"], max_nodes=cfg["MAX_NODES"])
+        return cls(store, cache, listener_slack=cfg["LISTENER_SLACK"], max_nodes=cfg["MAX_NODES"],
+                   warning_ratio=cfg["WARNING_RATIO"], danger_ratio=cfg["DANGER_RATIO"],
+                   health_min_connects=cfg["HEALTH_MIN_CONNECTS"])
 
     def cached(self, key: tuple, compute: Callable[[], Any], end: int | None = None) -> Any:
         """``compute()``, kept in the cache under ``key`` (``end``: the end of its window, if it has one)."""

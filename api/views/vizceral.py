@@ -25,15 +25,11 @@ import html
 import time
 from typing import Any, Iterable, Mapping
 
+from api.views import health
 from api.views.graph import Edge
 
-__all__ = ["SCHEMA", "notice", "node", "connection", "view", "edge_metrics", "edge_class", "edge_metadata",
+__all__ = ["SCHEMA", "notice", "node", "connection", "view", "edge_metrics", "edge_metadata",
            "nodes_of", "connections_of", "alert_notices", "tail_notices"]
-
-#: Failure ratio (failed / attempted connects) from which an edge is drawn red.
-DANGER_RATIO = 0.05
-#: ... and from which it is drawn yellow.
-WARNING_RATIO = 0.01
 
 
 def notice(title: str, severity: int = 0, link: str | None = None) -> dict[str, Any]:
@@ -90,35 +86,35 @@ def edge_metrics(values: Mapping[str, float], metric: str) -> dict[str, float]:
     return {"normal": round(normal, 6), "warning": 0.0, "danger": round(fail, 6)}
 
 
-def edge_class(values: Mapping[str, float]) -> str:
-    """``danger``/``warning``/``normal`` by the edge's failure ratio (of
-    connects; of calls for an edge only traces saw)."""
-    connects = float(values.get("connects") or 0)
-    if not connects and values.get("calls"):
-        connects, failures = float(values["calls"]), float(values.get("call_errors") or 0)
-    else:
-        failures = float(values.get("failures") or 0)
-    ratio = failures / connects if connects else 0.0
-    if ratio >= DANGER_RATIO:
-        return "danger"
-    if ratio >= WARNING_RATIO:
-        return "warning"
-    return "normal"
-
-
 def connection(source: str, target: str, values: Mapping[str, float], metric: str,
-               metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One Vizceral connection (``source`` depends on ``target``)."""
+               metadata: Mapping[str, Any] | None = None, cls: str | None = None,
+               worst: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One Vizceral connection (``source`` depends on ``target``).
+
+    ``cls``: its health class (``api.views.health``; default: from its own
+    failure ratio); ``worst``: the worst row behind it, named in a notice
+    when it is not the edge itself (one failing pair inside an area edge).
+    """
+    cls = cls or health.edge_class(values)
     out: dict[str, Any] = {
         "source": source,
         "target": target,
         "metrics": edge_metrics(values, metric),
-        "class": edge_class(values),
+        "class": cls,
     }
-    connects = float(values.get("connects") or 0)
-    if connects and values.get("failures"):
-        out["notices"] = [notice(f"{int(values['failures'])} of {int(connects)} connects failed",
-                                 severity=2 if out["class"] == "danger" else 1)]
+    severity = {"danger": 2, "warning": 1}.get(cls, 0)
+    tried, failed = health.attempts(values)
+    notices = []
+    if failed:
+        what = "connects" if values.get("connects") else "calls"
+        notices.append(notice(f"{int(failed)} of {int(tried)} {what} failed ({failed / tried:.1%})", severity))
+    if worst is not None and health.pair_names(worst) != (source, target):
+        w_tried, w_failed = health.attempts(worst)
+        w_src, w_dst = health.pair_names(worst)
+        notices.append(notice(f"worst pair {w_src} \u2192 {w_dst}: {int(w_failed)} of "
+                              f"{int(w_tried)} failed ({w_failed / w_tried:.1%})", severity))
+    if notices:
+        out["notices"] = notices
     if metadata:
         out["metadata"] = dict(metadata)
     return out
@@ -187,16 +183,39 @@ def nodes_of(nodes: Mapping[str, Mapping[str, Any]], renderer: str | None, updat
 def edge_metadata(edge: Edge) -> dict[str, Any]:
     """What an edge's side panel shows: both sources' volumes and who saw it."""
     v = edge.values
+    tried, failed = health.attempts(v)
     return {"provenance": edge.provenance, "connects": v["connects"], "failures": v["failures"],
+            "failure_ratio": round(failed / tried, 6) if tried else 0.0,
             "open": round(v["open"], 6), "conn_rate": round(v["conn_rate"], 6), "bytes": v["bytes"],
             "calls": v["calls"], "call_errors": v["call_errors"], "call_rate": round(v["call_rate"], 6),
             "call_mean_ms": round(v["call_us"] / v["calls"] / 1000, 3) if v["calls"] else None}
 
 
-def connections_of(edges: Mapping[tuple[str, str], Edge], metric: str) -> list[dict[str, Any]]:
-    """Vizceral connections of contracted edges, sorted; an edge inside one node is not drawn."""
-    return [connection(s, d, e.values, metric, metadata=edge_metadata(e))
-            for (s, d), e in sorted(edges.items()) if s != d]
+def connections_of(edges: Mapping[tuple[str, str], Edge], metric: str,
+                   classes: Mapping[tuple[str, str], str] | None = None,
+                   worst: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Vizceral connections of contracted edges, sorted; an edge inside one node is not drawn.
+
+    ``classes``: health class by edge (``api.views.health.classify``; an
+    edge not in it is ``normal``); ``worst``: the worst row behind an edge.
+    """
+    classes = classes if classes is not None else {k: health.edge_class(e.values) for k, e in edges.items()}
+    worst = worst or {}
+    out = []
+    for (s, d), e in sorted(edges.items()):
+        if s == d:
+            continue
+        cls = classes.get((s, d), "normal")
+        meta = edge_metadata(e)
+        meta["class"] = cls
+        pair = worst.get((s, d))
+        if pair is not None:
+            w_tried, w_failed = health.attempts(pair)
+            w_src, w_dst = health.pair_names(pair)
+            meta["worst_pair"] = {"source": w_src, "target": w_dst, "connects": w_tried,
+                                  "failures": w_failed, "failure_ratio": round(w_failed / w_tried, 6)}
+        out.append(connection(s, d, e.values, metric, metadata=meta, cls=cls, worst=pair))
+    return out
 
 
 def alert_notices(alerts: Iterable[Mapping[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
