@@ -103,6 +103,47 @@ def test_a_client_before_its_servers_listener_is_resolved_again_when_the_listene
     assert rows == reads.graph_rows(store, win, resolved=False)
 
 
+@pytest.mark.parametrize("listen_ip", ["10.7.0.9", "::"])
+def test_an_address_handed_to_another_service_within_a_minute_is_resolved_per_interval(store, listen_ip):
+    """A deploy: the old owner stops listening and the new one takes the
+    address and port seconds later, inside one minute. The minute's rollup
+    sums connections to both, so it is resolved from the raw records, each
+    as of its own interval - with the stage and on the spot alike."""
+    minute = T0 + 120
+    ingest_batch(store, "listeners", [
+        listener(ts=format_ts(minute + s), host="h-s", ip=listen_ip, port=9000, service="ledger") for s in (0, 10, 20)
+    ] + [listener(ts=format_ts(minute + s), host="h-s", ip=listen_ip, port=9000, service="billing") for s in (40, 50)])
+    ingest_batch(store, "connections", [
+        connection(ts=format_ts(minute + 10), host="h-c", service="batch", remote_ip="10.7.0.9", remote_port=9000,
+                   connects=5, closes=5),
+        connection(ts=format_ts(minute + 20), host="h-c", service="batch", remote_ip="10.7.0.9", remote_port=9000,
+                   connects=2, closes=2),
+        connection(ts=format_ts(minute + 50), host="h-c", service="batch", remote_ip="10.7.0.9", remote_port=9000,
+                   connects=3, closes=3),
+    ])
+    def accepted(at: int, n: int) -> None:
+        if listen_ip == "::":  # a wildcard listener is found where its host accepted
+            ingest_batch(store, "connections", [connection(
+                ts=format_ts(at), host="h-s", service="billing", direction="inbound", local_ip="10.7.0.9",
+                local_port=9000, remote_ip="10.0.0.1", remote_port=0, connects=0, accepts=n, closes=n)])
+
+    accepted(minute + 50, 3)
+    win = Window.at(minute + 60, 60)
+    fresh = {(e["s_name"], e["d_name"]): e["connects"] for e in reads.graph_rows(store, win, resolved=False)}
+    assert fresh == {("batch", "ledger"): 7, ("batch", "billing"): 3}
+    resolve_all(store)
+    assert reads.resolved_until(store, win) == win.end
+    assert {(e["s_name"], e["d_name"]): e["connects"] for e in reads.graph_rows(store, win)} == fresh
+    # the next minute has one owner: the rollup resolves it as before
+    ingest_batch(store, "connections", [connection(ts=format_ts(minute + 70), host="h-c", service="batch",
+                                                   remote_ip="10.7.0.9", remote_port=9000, connects=4)])
+    ingest_batch(store, "listeners", [listener(ts=format_ts(minute + 70), host="h-s", ip=listen_ip, port=9000,
+                                               service="billing")])
+    accepted(minute + 70, 4)
+    later = Window.at(minute + 120, 60)
+    assert [(e["d_name"], e["connects"]) for e in reads.graph_rows(store, later, resolved=False)] == [("billing", 4)]
+
+
 def test_a_catalog_change_shows_without_resolving_again(store):
     fx.build(store)
     resolve_all(store)

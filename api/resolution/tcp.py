@@ -98,6 +98,29 @@ def ip_text(col: str) -> str:
             f"substring(toString({col}), 8), toString({col}))")
 
 
+# Hourly rows come from the stage's minutes; its live fallback keeps the caveat above.
+_NO_HANDOVERS = "CAST([], 'Array(Tuple(DateTime(''UTC''), IPv6, UInt16))')"
+
+
+def _handovers_sql(db: str) -> str:
+    """(minute, ip, port) where a listener took over an address another owner
+    had held within the slack, and did so after the minute began: the only
+    minutes a per-minute rollup cannot resolve, since connections to both
+    owners are summed in them. A wildcard listener's takeover is listed with
+    the address ``::`` (whatever its host's addresses turn out to be)."""
+    spans = (f"(SELECT if({_WILDCARD.format(c='ip')}, toIPv6('::'), ip) AS ip, port, service, host, pod, "
+             f"first_seen, last_seen FROM {db}.listener_spans "
+             f"WHERE hour >= toStartOfHour(toDateTime({{t0:UInt32}} - {{slack:UInt32}} - 3600, 'UTC')) "
+             f"AND hour < toDateTime({{t1:UInt32}}, 'UTC'))")
+    return f"""(SELECT groupUniqArray((b, ip, port)) FROM (
+         SELECT toStartOfMinute(n.first_seen) AS b, n.ip AS ip, n.port AS port
+         FROM {spans} AS n INNER JOIN {spans} AS o ON n.ip = o.ip AND n.port = o.port
+         WHERE (n.service, n.host, n.pod) != (o.service, o.host, o.pod)
+           AND o.first_seen < n.first_seen AND toStartOfMinute(n.first_seen) < n.first_seen
+           AND o.last_seen + {{slack:UInt32}} >= toStartOfMinute(n.first_seen))
+         WHERE b >= toDateTime({{t0:UInt32}}, 'UTC') AND b < toDateTime({{t1:UInt32}}, 'UTC'))"""
+
+
 def resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
     """The SQL of the instance-level resolved rows of the window (see the module docstring).
 
@@ -119,7 +142,8 @@ def resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
       {lookups_sql(db, cv)},
       (SELECT groupUniqArray(host) FROM {db}.listener_spans
          WHERE hour >= toStartOfHour(toDateTime({{t0:UInt32}} - {{slack:UInt32}} - 3600, 'UTC'))
-           AND hour < toDateTime({{t1:UInt32}}, 'UTC') AND {_WILDCARD.format(c='ip')}) AS wild_hosts
+           AND hour < toDateTime({{t1:UInt32}}, 'UTC') AND {_WILDCARD.format(c='ip')}) AS wild_hosts,
+      {_handovers_sql(db) if win.bucket == 60 else _NO_HANDOVERS} AS handovers
     SELECT
       s_kind, s_name,
       if(s_kind = 'service', if(area_of[s_name] = '', '{UNASSIGNED}', area_of[s_name]), s_area) AS s_area,
@@ -159,6 +183,20 @@ def resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
                  open_seconds AS os, connects AS cn, failures AS fl, bytes_sent + bytes_received AS bt
           FROM {table}
           WHERE direction = 'outbound' AND {rng}
+            AND NOT (has(handovers, (ts, remote_ip, remote_port)) OR has(handovers, (ts, toIPv6('::'), remote_port)))
+          UNION ALL
+          -- a minute in which an address changed hands: its raw records, each
+          -- resolved as of its own interval rather than the minute's end
+          SELECT toStartOfMinute(at) AS ts, at AS t_end, dc, host, service, pod, remote_ip, remote_port,
+                 if({lo_e}, host, '') AS kh,
+                 toUInt64(open) * interval_s AS os, connects AS cn, failures AS fl, bytes_sent + bytes_received AS bt
+          FROM (
+            SELECT ts AS at, dc, host, service, pod, remote_ip, remote_port, open, interval_s, connects,
+                   failures, bytes_sent, bytes_received
+            FROM {db}.connections
+            WHERE notEmpty(handovers) AND direction = 'outbound' AND {rng}
+              AND (has(handovers, (toStartOfMinute(ts), remote_ip, remote_port))
+                   OR has(handovers, (toStartOfMinute(ts), toIPv6('::'), remote_port))))
         ) AS e
         ASOF LEFT JOIN (
           SELECT a AS ip, port, if({lo_a}, host, '') AS kh, host, service, pod, dc,
