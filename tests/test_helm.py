@@ -491,7 +491,9 @@ def _known_env(*paths: str) -> set[str]:
 
 
 def test_tracer_env_names_are_the_agents(rendered):
-    known = _known_env("tracer/agent.py", "tracer/kafka_sink.py")
+    from tracer.settings import TRACER_SETTINGS
+
+    known = _known_env("tracer/agent.py", "tracer/kafka_sink.py") | TRACER_SETTINGS.variables()
     for variant in ("default", "production", "ingest"):
         container = pod_spec(one(rendered[variant], "DaemonSet", "tracer"))["containers"][0]
         for name in env_of(container):
@@ -500,8 +502,10 @@ def test_tracer_env_names_are_the_agents(rendered):
 
 
 def test_api_env_names_are_the_apis(rendered):
+    from api.config import SETTINGS
+
     known = _known_env("api/config.py", "api/commands/phobos.py", "api/storage/__init__.py",
-                       "api/storage/migrations.py") | {"PHOBOS_CLICKHOUSE_PASSWORD"}
+                       "api/storage/migrations.py") | SETTINGS.variables() | {"PHOBOS_CLICKHOUSE_PASSWORD"}
     for variant in ("default", "production"):
         container = pod_spec(one(rendered[variant], "Deployment", "api"))["containers"][0]
         for name in env_of(container):

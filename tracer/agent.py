@@ -52,17 +52,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import tracer.kafka_sink  # noqa: F401 - registers kafka:// with the sinks (confluent-kafka loads when one opens)
 from tracer import aggregate, attribution, preflight, records
 from tracer.metrics import MetricsServer, TracerMetrics
+from tracer.settings import TRACER_SETTINGS
 from tracer.sinks import SinkError, make_sink, sink_factory
 
 __all__ = ["configure_parser", "run", "main", "EXAMPLES"]
@@ -94,14 +94,9 @@ LOSS_TEXT = {
 }
 
 
-def _env(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return kind(value)
-    except ValueError:
-        raise SystemExit(f"phobos trace: environment variable {name}={value!r} is not a valid {kind.__name__}")
+def _env(name: str) -> Any:
+    """A flag's default: the setting ``name`` of ``tracer.settings``, from its PHOBOS_* variable."""
+    return TRACER_SETTINGS.default(name, "phobos trace")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -110,37 +105,37 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     if not parser.epilog:
         parser.epilog = EXAMPLES
     add = parser.add_argument
-    add("--mode", choices=("auto", "tracepoint", "kprobe", "fentry"), default=_env("PHOBOS_MODE", "auto"),
+    add("--mode", choices=("auto", "tracepoint", "kprobe", "fentry"), default=_env("MODE"),
         help="hooks to use: tracepoint only, or also kprobes/fentry on tcp_v4/v6_connect and "
              "inet_csk_accept; auto picks the best the kernel allows [PHOBOS_MODE, default auto]")
-    add("--interval", type=float, default=_env("PHOBOS_INTERVAL", 10.0, float),
+    add("--interval", type=float, default=_env("INTERVAL"),
         help="seconds between drains of the kernel counters [PHOBOS_INTERVAL, default 10]")
-    add("--sink", default=_env("PHOBOS_SINK", "stdout"),
+    add("--sink", default=_env("SINK"),
         help="stdout | http://HOST:PORT | kafka://BROKERS/TOPIC [PHOBOS_SINK, default stdout]")
-    add("--catalog", default=_env("PHOBOS_CATALOG", None),
+    add("--catalog", default=_env("CATALOG"),
         help="catalog file whose rules name services [PHOBOS_CATALOG]")
-    add("--dc", default=_env("PHOBOS_DC", os.environ.get("PHOBOS_NODE_ZONE", "")),
+    add("--dc", default=_env("DC") or _env("NODE_ZONE"),
         help="datacenter/zone label [PHOBOS_DC, default $PHOBOS_NODE_ZONE or empty]")
-    add("--host", default=_env("PHOBOS_HOST", socket.gethostname()),
+    add("--host", default=_env("HOST") or socket.gethostname(),
         help="host name in records [PHOBOS_HOST, default the host name]")
-    add("--metrics-port", type=int, default=_env("PHOBOS_METRICS_PORT", 9435, int),
+    add("--metrics-port", type=int, default=_env("METRICS_PORT"),
         help="port of /metrics and /healthz, 0 = off [PHOBOS_METRICS_PORT, default 9435]")
-    add("--metrics-addr", default=_env("PHOBOS_METRICS_ADDR", "127.0.0.1"),
+    add("--metrics-addr", default=_env("METRICS_ADDR"),
         help="address for /metrics [PHOBOS_METRICS_ADDR, default 127.0.0.1]")
-    add("--max-queue", type=int, default=_env("PHOBOS_MAX_QUEUE", 100_000, int),
+    add("--max-queue", type=int, default=_env("MAX_QUEUE"),
         help="records a network sink keeps while its target is down; oldest dropped beyond "
              "[PHOBOS_MAX_QUEUE, default 100000]")
-    add("--max-edges", type=int, default=_env("PHOBOS_MAX_EDGES", 16384, int),
+    add("--max-edges", type=int, default=_env("MAX_EDGES"),
         help="kernel edge map size per generation [PHOBOS_MAX_EDGES, default 16384]")
-    add("--max-socks", type=int, default=_env("PHOBOS_MAX_SOCKS", 65536, int),
+    add("--max-socks", type=int, default=_env("MAX_SOCKS"),
         help="kernel per-socket map size: one entry per TCP socket from connect or completed handshake "
              "to close (not listeners, not TIME_WAIT; both ends of a local connection count); size it "
              "above the host's peak of TCP sockets in all network namespaces (\"alloc\" in "
              "/proc/net/sockstat is a safe upper bound). Sockets beyond it are counted as "
              "map_drops.socks and repaired by reconciling with /proc [PHOBOS_MAX_SOCKS, default 65536]")
-    add("--duration", type=float, default=_env("PHOBOS_DURATION", 0.0, float),
+    add("--duration", type=float, default=_env("DURATION"),
         help="stop after this many seconds, 0 = run until signalled [PHOBOS_DURATION]")
-    add("--log-level", default=_env("PHOBOS_LOG_LEVEL", "info"),
+    add("--log-level", default=_env("LOG_LEVEL"),
         choices=("debug", "info", "warning", "error"), help="stderr log level [PHOBOS_LOG_LEVEL, default info]")
     return parser
 
@@ -395,7 +390,7 @@ def run(args: argparse.Namespace) -> int:
     # The sink starts after the probe: auto mode forks to try optional hooks,
     # and a sink may already run threads (librdkafka does).
     try:
-        sink = make_sink(args.sink, host=args.host, token=os.environ.get("PHOBOS_TOKEN") or None,
+        sink = make_sink(args.sink, host=args.host, token=TRACER_SETTINGS.value("TOKEN"),
                          max_queue=args.max_queue)
     except SinkError as err:
         print(f"phobos trace: {err}", file=sys.stderr)

@@ -61,6 +61,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from tracer.settings import TRACER_SETTINGS, librdkafka_properties
 from tracer.sinks import Sink, SinkError, register_sink
 from tracer.spool import Spool
 
@@ -92,7 +93,7 @@ def parse_kafka_url(url: str) -> tuple[str, str, dict[str, str]]:
 
 
 def _default_spool_dir(prefix: str) -> str:
-    base = os.environ.get("PHOBOS_SPOOL_DIR") or "/var/lib/phobos/spool"
+    base = TRACER_SETTINGS.value("SPOOL_DIR")
     path = os.path.join(base, prefix)
     try:
         os.makedirs(path, exist_ok=True)
@@ -151,9 +152,7 @@ class KafkaSink(Sink):
             "error_cb": self._on_error,
             "log_level": 3,
         }
-        for name, value in os.environ.items():
-            if name.startswith("PHOBOS_KAFKA_") and value:
-                conf[name[len("PHOBOS_KAFKA_"):].lower().replace("_", ".")] = value
+        conf.update(librdkafka_properties())  # PHOBOS_KAFKA_SASL_PASSWORD -> sasl.password ...
         conf.update(opts)  # the remaining options all have a dot: librdkafka's own
         try:
             self.producer = Producer(conf)

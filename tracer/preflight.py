@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from tracer.settings import TRACER_SETTINGS
+
 __all__ = ["Problem", "check_privileges", "check_bcc", "check_headers", "check_tracefs",
            "check_tracepoint", "check_btf", "run_checks", "effective_caps", "format_problems"]
 
@@ -131,15 +133,15 @@ def run_checks(
     bcc_importer: Callable[[], object] | None = None,
 ) -> list[Problem]:
     """Every problem that stops the tracer; empty when it can start."""
-    env = os.environ
     euid = os.geteuid() if euid is None else euid
     caps = effective_caps() if caps is None else caps
     release = os.uname().release if release is None else release
-    modules_dir = modules_dir or env.get("PHOBOS_MODULES_DIR", "/lib/modules")
+    modules_dir = modules_dir or TRACER_SETTINGS.value("MODULES_DIR")
     if tracefs_candidates is None:
-        tracefs_candidates = (env["PHOBOS_TRACEFS"],) if env.get("PHOBOS_TRACEFS") else TRACEFS_CANDIDATES
+        tracefs = TRACER_SETTINGS.value("TRACEFS")
+        tracefs_candidates = (tracefs,) if tracefs else TRACEFS_CANDIDATES
     tracefs_candidates = tuple(tracefs_candidates)
-    btf_path = btf_path or env.get("PHOBOS_BTF", "/sys/kernel/btf/vmlinux")
+    btf_path = btf_path or TRACER_SETTINGS.value("BTF")
     problems = [
         check_privileges(euid, caps),
         check_bcc(bcc_importer),

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 from typing import Any
 
-from api.ingest.kafka_topics import (DEFAULT_ENGINE_GROUP, DEFAULT_GROUP, DEFAULT_PREFIX, KINDS, init_topics,
-                                     migrate_kafka, topics_for)
+from api.config import SETTINGS
+from api.ingest.kafka_topics import KINDS, init_topics, migrate_kafka, topics_for
 from api.storage import DEFAULT_STORE_URL, Store, open_store
 from tracer.prometheus import Exposition, MetricsServer
 
@@ -45,14 +44,14 @@ def prometheus_text(stats: dict[str, Any]) -> str:
     return out.text()
 
 
-def _env(name: str, default: Any) -> Any:
-    return os.environ.get(name) or default
+def _env(name: str) -> Any:
+    return SETTINGS.default(name, "phobos")
 
 
 def _add_kafka_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kafka", default=_env("PHOBOS_KAFKA_BROKERS", None), required=not os.environ.get("PHOBOS_KAFKA_BROKERS"),
+    parser.add_argument("--kafka", default=_env("KAFKA_BROKERS"), required=not _env("KAFKA_BROKERS"),
                         metavar="BROKERS", help="bootstrap servers, host:9092[,host:9092] [PHOBOS_KAFKA_BROKERS]")
-    parser.add_argument("--topic-prefix", default=_env("PHOBOS_TOPIC_PREFIX", DEFAULT_PREFIX),
+    parser.add_argument("--topic-prefix", default=_env("TOPIC_PREFIX"),
                         help="topics are PREFIX.connections and PREFIX.listeners [PHOBOS_TOPIC_PREFIX, "
                         "default %(default)s]")
     parser.add_argument("-X", dest="kafka_conf", action="append", default=[], metavar="KEY=VALUE",
@@ -99,13 +98,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--topic", action="append", default=[], metavar="[KIND=]TOPIC",
                         help="topic to consume (repeatable); KIND is connections or listeners, taken from the "
                         "name's ending when left out (default: the prefix's two topics)")
-    parser.add_argument("--group", default=_env("PHOBOS_KAFKA_GROUP", DEFAULT_GROUP),
+    parser.add_argument("--group", default=_env("KAFKA_GROUP"),
                         help="consumer group [PHOBOS_KAFKA_GROUP, default %(default)s]")
-    parser.add_argument("--store", default=_env("PHOBOS_STORE", DEFAULT_STORE_URL),
+    parser.add_argument("--store", default=_env("STORE") or DEFAULT_STORE_URL,
                         help="store URL [PHOBOS_STORE, default %(default)s]")
-    parser.add_argument("--batch-records", type=int, default=int(_env("PHOBOS_BATCH_RECORDS", 100_000)),
+    parser.add_argument("--batch-records", type=int, default=_env("BATCH_RECORDS"),
                         help="records per partition batch [default %(default)s]")
-    parser.add_argument("--batch-interval", type=float, default=float(_env("PHOBOS_BATCH_INTERVAL", 1.0)),
+    parser.add_argument("--batch-interval", type=float, default=_env("BATCH_INTERVAL"),
                         help="seconds before a partition's partial batch is inserted [default %(default)s]")
     parser.add_argument("--max-message-bytes", type=int, default=1 << 20,
                         help="larger messages go to dead_letters [default %(default)s]")
@@ -114,7 +113,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="stop after this many seconds without messages (0: never)")
     parser.add_argument("--report", type=float, default=10.0,
                         help="seconds between status lines on stderr (lag, rows/s, rejected) [default %(default)s]")
-    parser.add_argument("--metrics-port", type=int, default=int(_env("PHOBOS_METRICS_PORT", 0)),
+    parser.add_argument("--metrics-port", type=int, default=_env("INGEST_METRICS_PORT"),
                         help="serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
     return parser
 
@@ -182,12 +181,12 @@ def run_kafka(args: argparse.Namespace) -> int:
 
 def configure_migrate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Extra flags of ``phobos migrate`` for the Kafka-engine set."""
-    parser.add_argument("--kafka", default=_env("PHOBOS_KAFKA_BROKERS", None), metavar="BROKERS",
+    parser.add_argument("--kafka", default=_env("KAFKA_BROKERS"), metavar="BROKERS",
                         help="also create Kafka engine queues and views so that ClickHouse consumes BROKERS "
                         "itself (server mode) [PHOBOS_KAFKA_BROKERS]")
-    parser.add_argument("--topic-prefix", default=_env("PHOBOS_TOPIC_PREFIX", DEFAULT_PREFIX),
+    parser.add_argument("--topic-prefix", default=_env("TOPIC_PREFIX"),
                         help="with --kafka: topics PREFIX.connections / PREFIX.listeners [default %(default)s]")
-    parser.add_argument("--kafka-group", default=_env("PHOBOS_KAFKA_ENGINE_GROUP", DEFAULT_ENGINE_GROUP),
+    parser.add_argument("--kafka-group", default=_env("KAFKA_ENGINE_GROUP"),
                         help="with --kafka: ClickHouse's consumer group [default %(default)s]")
     return parser
 

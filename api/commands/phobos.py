@@ -37,12 +37,19 @@ class UsageError(Exception):
     """A mistake in what the user asked for; printed without a traceback."""
 
 
+def _env(name: str) -> Any:
+    """A flag's default: the setting ``name`` (``api.config.SETTINGS``) from its PHOBOS_* variable."""
+    from api.config import SETTINGS
+
+    return SETTINGS.default(name, "phobos")
+
+
 def _store_arg(parser: argparse.ArgumentParser) -> None:
     from api.storage import DEFAULT_STORE_URL
 
     parser.add_argument(
         "--store",
-        default=os.environ.get("PHOBOS_STORE", DEFAULT_STORE_URL),
+        default=_env("STORE") or DEFAULT_STORE_URL,
         help="chdb:///path/to/dir (embedded) or clickhouse://user:pass@host:9000/phobos "
         "(env PHOBOS_STORE; default %(default)s)",
     )
@@ -70,7 +77,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         db = parse_store_url(args.store).database
         try:
             statements = analyst_user_statements(db, args.print_analyst_user,
-                                                 os.environ.get("PHOBOS_SQL_PASSWORD", ""), args.cluster)
+                                                 _env("SQL_PASSWORD"), args.cluster)
         except StoreError as err:
             raise UsageError(str(err)) from None
         for statement in statements:
@@ -354,15 +361,13 @@ def configure_migrate(p: argparse.ArgumentParser) -> None:
     from api.commands.ingest import configure_migrate_parser
 
     _store_arg(p)
-    ttl_env = os.environ.get("PHOBOS_TTL_DAYS")
-    p.add_argument("--ttl-days", type=int, default=int(ttl_env) if ttl_env else None,
+    p.add_argument("--ttl-days", type=int, default=_env("TTL_DAYS"),
                    help="retention of raw records in days (env PHOBOS_TTL_DAYS; default: keep the "
                    "current one, 30 for a new store)")
-    span_env = os.environ.get("PHOBOS_SPAN_TTL_HOURS")
-    p.add_argument("--span-ttl-hours", type=int, default=int(span_env) if span_env else None,
+    p.add_argument("--span-ttl-hours", type=int, default=_env("SPAN_TTL_HOURS"),
                    help="how long trace spans wait for the rest of their trace, in hours (env "
                    "PHOBOS_SPAN_TTL_HOURS; default: keep the current one, 6 for a new store)")
-    p.add_argument("--cluster", default=os.environ.get("PHOBOS_CLUSTER") or None,
+    p.add_argument("--cluster", default=_env("CLUSTER"),
                    help="ClickHouse cluster name: Replicated*/Distributed tables, DDL ON CLUSTER "
                    "(env PHOBOS_CLUSTER)")
     p.add_argument("--print-analyst-user", metavar="USER",
@@ -384,7 +389,7 @@ def configure_catalog(p: argparse.ArgumentParser) -> None:
     p.add_argument("file")
     # No store module needed to check a file (a tracer host has none);
     # open_store picks the default store when --store and PHOBOS_STORE are unset.
-    p.add_argument("--store", default=os.environ.get("PHOBOS_STORE") or None,
+    p.add_argument("--store", default=_env("STORE"),
                    help="store to load into: as for phobos migrate (env PHOBOS_STORE; default the "
                    "embedded store in ./data/phobos)")
 

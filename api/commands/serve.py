@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -43,23 +42,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = "Serve the Phobos API (graphs, ingest, SQL) over HTTP."
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--store", default=os.environ.get("PHOBOS_STORE"),
+    from api.config import SETTINGS
+
+    def env(name: str) -> object:
+        return SETTINGS.default(name, "phobos serve")
+
+    parser.add_argument("--store", default=env("STORE"),
                         help="store URL (env PHOBOS_STORE; default chdb://./data/phobos)")
-    parser.add_argument("--host", default=os.environ.get("PHOBOS_BIND", "127.0.0.1"),
+    parser.add_argument("--host", default=env("BIND"),
                         help="address to bind (env PHOBOS_BIND; default %(default)s)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PHOBOS_PORT", "8080")),
+    parser.add_argument("--port", type=int, default=env("PORT"),
                         help="port (env PHOBOS_PORT; default %(default)s)")
     parser.add_argument("--migrate", action="store_true",
                         help="create or upgrade the schema before serving")
-    parser.add_argument("--kafka", default=os.environ.get("PHOBOS_KAFKA_BROKERS") or None, metavar="BROKERS",
+    parser.add_argument("--kafka", default=env("KAFKA_BROKERS"), metavar="BROKERS",
                         help="also consume the record topics from BROKERS into the store, in this process "
                         "(the way an embedded store ingests from Kafka while it is served) "
                         "(env PHOBOS_KAFKA_BROKERS)")
-    parser.add_argument("--topic-prefix", default=os.environ.get("PHOBOS_TOPIC_PREFIX", "phobos"),
+    parser.add_argument("--topic-prefix", default=env("TOPIC_PREFIX"),
                         help="with --kafka: topics PREFIX.connections and PREFIX.listeners "
                         "(env PHOBOS_TOPIC_PREFIX; default %(default)s)")
     parser.add_argument("--no-resolve", action="store_true",
-                        default=os.environ.get("PHOBOS_NO_RESOLVE", "") in ("1", "true", "yes"),
+                        default=env("NO_RESOLVE"),
                         help="do not run the resolution stage in this process (a `phobos resolve` runs it); "
                              "views then resolve what the stage has not (env PHOBOS_NO_RESOLVE)")
     parser.add_argument("--debug", action="store_true", help="Flask debug mode (never in production)")

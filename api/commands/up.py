@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -46,9 +45,10 @@ every option also reads a PHOBOS_* environment variable (PHOBOS_DATA, PHOBOS_POR
 """
 
 
-def _env(name: str, default: Any) -> Any:
-    value = os.environ.get(name)
-    return default if value is None or value == "" else value
+def _env(name: str) -> Any:
+    from api.config import SETTINGS
+
+    return SETTINGS.default(name, "phobos up")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -61,27 +61,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
     accept_relative_times(parser)  # --sim-history -24h
     add = parser.add_argument
-    add("--data", default=_env("PHOBOS_DATA", "./data/phobos"),
+    add("--data", default=_env("DATA"),
         help="data directory of the embedded store, kept between runs (env PHOBOS_DATA; default %(default)s)")
-    add("--port", type=int, default=int(_env("PHOBOS_PORT", 8080)),
+    add("--port", type=int, default=_env("PORT"),
         help="HTTP port of the API and UI (env PHOBOS_PORT; default %(default)s)")
-    add("--host", default=_env("PHOBOS_BIND", "127.0.0.1"),
+    add("--host", default=_env("BIND"),
         help="address to bind (env PHOBOS_BIND; default %(default)s); other than loopback, set "
              "PHOBOS_TOKEN or ingest is refused")
-    add("--simulate", action="store_true", default=_env("PHOBOS_UP_SIMULATE", "") in ("1", "true", "yes"),
+    add("--simulate", action="store_true", default=_env("UP_SIMULATE"),
         help="also write a simulated live fleet (no privileges needed) (env PHOBOS_UP_SIMULATE=1)")
     add("--no-trace", action="store_true", help="do not start the tracer even where it could run")
-    add("--interval", type=float, default=float(_env("PHOBOS_INTERVAL", 10)),
+    add("--interval", type=float, default=_env("INTERVAL"),
         help="seconds between the tracer's reports (env PHOBOS_INTERVAL; default %(default)s)")
-    add("--sim-areas", type=int, default=int(_env("PHOBOS_SIM_AREAS", 8)),
+    add("--sim-areas", type=int, default=_env("UP_SIM_AREAS"),
         help="simulated business areas (default %(default)s)")
-    add("--sim-services", type=int, default=int(_env("PHOBOS_SIM_SERVICES", 60)),
+    add("--sim-services", type=int, default=_env("UP_SIM_SERVICES"),
         help="simulated services (default %(default)s)")
-    add("--sim-instances", type=int, default=int(_env("PHOBOS_SIM_INSTANCES", 300)),
+    add("--sim-instances", type=int, default=_env("UP_SIM_INSTANCES"),
         help="simulated instances (default %(default)s)")
-    add("--sim-history", default=_env("PHOBOS_SIM_HISTORY", "-1h"),
+    add("--sim-history", default=_env("SIM_HISTORY"),
         help="simulated history written before going live, e.g. -1h, -24h (default %(default)s)")
-    add("--sim-interval", type=int, default=int(_env("PHOBOS_SIM_INTERVAL", 60)),
+    add("--sim-interval", type=int, default=_env("SIM_INTERVAL"),
         help="seconds per simulated interval (default %(default)s)")
 
 

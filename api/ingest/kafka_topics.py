@@ -14,20 +14,21 @@ Consumer mode is ``kafka_consumer.py``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from api.config import SETTINGS
 from api.storage import Store, StoreError
 from api.storage.migrations import KAFKA_SQL_DIR, apply_kafka_schema, kafka_schema_statements
+from tracer.settings import librdkafka_properties
 
 __all__ = ["DEFAULT_PREFIX", "DEFAULT_GROUP", "DEFAULT_ENGINE_GROUP", "KINDS", "topics_for", "kafka_conf", "init_topics",
            "migrate_kafka", "kafka_statements"]
 
-DEFAULT_PREFIX = "phobos"
+DEFAULT_PREFIX = SETTINGS["TOPIC_PREFIX"].default
 #: Consumer groups: of ``phobos ingest``, and of ClickHouse itself in server mode.
-DEFAULT_GROUP = "phobos-ingest"
-DEFAULT_ENGINE_GROUP = "phobos-clickhouse"
+DEFAULT_GROUP = SETTINGS["KAFKA_GROUP"].default
+DEFAULT_ENGINE_GROUP = SETTINGS["KAFKA_ENGINE_GROUP"].default
 KINDS = ("connections", "listeners")
 
 
@@ -37,12 +38,9 @@ def topics_for(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
 
 
 def kafka_conf(brokers: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
-    """librdkafka settings: the brokers, every ``PHOBOS_KAFKA_*`` variable (``PHOBOS_KAFKA_SASL_PASSWORD``
-    -> ``sasl.password``), then ``extra``."""
-    conf: dict[str, Any] = {"bootstrap.servers": brokers}
-    for name, value in os.environ.items():
-        if name.startswith("PHOBOS_KAFKA_") and value:
-            conf[name[len("PHOBOS_KAFKA_"):].lower().replace("_", ".")] = value
+    """librdkafka settings: the brokers, every ``PHOBOS_KAFKA_*`` variable that is not a Phobos setting
+    (``PHOBOS_KAFKA_SASL_PASSWORD`` -> ``sasl.password``; ``PHOBOS_KAFKA_BROKERS`` is not one), then ``extra``."""
+    conf: dict[str, Any] = {"bootstrap.servers": brokers, **librdkafka_properties(SETTINGS)}
     conf.update(extra or {})
     return conf
 

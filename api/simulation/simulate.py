@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
 import re
 import signal
@@ -50,6 +49,7 @@ import numpy as np
 import pyarrow as pa
 
 from api.catalog.versions import load_into_store
+from api.config import SETTINGS
 from api.simulation.fleet import (
     INTERNET_CLIENTS,
     PAIR_INTERNET,
@@ -57,7 +57,7 @@ from api.simulation.fleet import (
     SimConfig,
     build_fleet,
 )
-from api.storage import Store
+from api.storage import DEFAULT_STORE_URL, Store
 from tracer import timestamps
 from tracer.catalog import parse_catalog
 from tracer.records import CONNECTION_FIELDS, LISTENER_FIELDS, VERSION, format_ts
@@ -554,8 +554,8 @@ def parse_time(text: str, now: float | None = None) -> int:
     return int(value)
 
 
-def _env(name: str, default: Any) -> Any:
-    return os.environ.get(f"PHOBOS_SIM_{name}", default)
+def _env(name: str) -> Any:
+    return SETTINGS.default(name, "phobos simulate")
 
 
 def accept_relative_times(parser: argparse.ArgumentParser) -> None:
@@ -575,29 +575,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     accept_relative_times(parser)
-    parser.add_argument("--store", default=os.environ.get("PHOBOS_STORE") or "chdb://./data/phobos",
+    parser.add_argument("--store", default=_env("STORE") or DEFAULT_STORE_URL,
                         help="store URL (env PHOBOS_STORE; default %(default)s)")
-    parser.add_argument("--areas", type=int, default=int(_env("AREAS", 6)),
+    parser.add_argument("--areas", type=int, default=_env("SIM_AREAS"),
                         help="business areas (env PHOBOS_SIM_AREAS; default %(default)s)")
-    parser.add_argument("--services", type=int, default=int(_env("SERVICES", 40)),
+    parser.add_argument("--services", type=int, default=_env("SIM_SERVICES"),
                         help="services, at least --areas (env PHOBOS_SIM_SERVICES; default %(default)s)")
-    parser.add_argument("--instances", type=int, default=int(_env("INSTANCES", 200)),
+    parser.add_argument("--instances", type=int, default=_env("SIM_INSTANCES"),
                         help="instances, at least --services (env PHOBOS_SIM_INSTANCES; default %(default)s)")
-    parser.add_argument("--dcs", type=int, default=int(_env("DCS", 2)),
+    parser.add_argument("--dcs", type=int, default=_env("SIM_DCS"),
                         help="datacenters (env PHOBOS_SIM_DCS; default %(default)s)")
-    parser.add_argument("--from", dest="start", default=_env("FROM", "-1h"),
+    parser.add_argument("--from", dest="start", default=_env("SIM_FROM"),
                         help="start: -90m, -24h, -7d or an ISO time (env PHOBOS_SIM_FROM; default %(default)s)")
-    parser.add_argument("--to", dest="end", default=_env("TO", "now"),
+    parser.add_argument("--to", dest="end", default=_env("SIM_TO"),
                         help="end: now, relative or ISO (env PHOBOS_SIM_TO; default %(default)s)")
-    parser.add_argument("--interval", type=int, default=int(_env("INTERVAL", 60)),
+    parser.add_argument("--interval", type=int, default=_env("SIM_INTERVAL"),
                         help="seconds per record interval (env PHOBOS_SIM_INTERVAL; default %(default)s)")
-    parser.add_argument("--seed", type=int, default=int(_env("SEED", 1)),
+    parser.add_argument("--seed", type=int, default=_env("SIM_SEED"),
                         help="random seed; same seed and range, same records (env PHOBOS_SIM_SEED; "
                         "default %(default)s)")
-    parser.add_argument("--live", action="store_true", default=_env("LIVE", "") in ("1", "true", "yes"),
+    parser.add_argument("--live", action="store_true", default=_env("SIM_LIVE"),
                         help="after the backfill, keep writing each interval in real time until "
                         "Ctrl-C (env PHOBOS_SIM_LIVE=1)")
-    parser.add_argument("--catalog-out", default=_env("CATALOG_OUT", None), metavar="FILE",
+    parser.add_argument("--catalog-out", default=_env("SIM_CATALOG_OUT"), metavar="FILE",
                         help="also write the fleet's catalog YAML to FILE (env PHOBOS_SIM_CATALOG_OUT)")
     parser.add_argument("--no-catalog", action="store_true",
                         help="do not load the fleet's catalog into the store")

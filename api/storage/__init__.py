@@ -14,8 +14,7 @@ a client nor pyarrow: a back end is imported when a store of its kind opens.
 
 from __future__ import annotations
 
-import os
-
+from api.config import SETTINGS
 from api.storage.interface import (DEFAULT_STORE_URL, ReadLimits, Store, StoreBusyError, StoreError, StoreURL,
                                    parse_store_url)
 
@@ -29,7 +28,7 @@ def open_store(url: str | None = None, role: str = "phobos") -> Store:
     ``role`` names this process in the embedded store's lock file, so that a
     second process is told who holds the data directory.
     """
-    parsed = parse_store_url(url or os.environ.get("PHOBOS_STORE") or DEFAULT_STORE_URL)
+    parsed = parse_store_url(url or SETTINGS.value("STORE") or DEFAULT_STORE_URL)
     if parsed.scheme == "chdb":
         from api.storage.embedded import ChdbStore
 
