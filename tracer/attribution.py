@@ -51,11 +51,22 @@ __all__ = [
 
 log = logging.getLogger("phobos.tracer.attribution")
 
+# Kernel TCP states (include/net/tcp_states.h) as /proc/net/tcp prints them.
+# tracer/bpf/phobos.c names those it acts on P_TCP_*; tests/test_bpf_constants.py
+# keeps the two equal.
 TCP_ESTABLISHED = 0x01
+TCP_SYN_SENT = 0x02
+TCP_SYN_RECV = 0x03
+TCP_FIN_WAIT1 = 0x04
+TCP_FIN_WAIT2 = 0x05
+TCP_CLOSE = 0x07
+TCP_CLOSE_WAIT = 0x08
+TCP_LAST_ACK = 0x09
 TCP_LISTEN = 0x0A
+TCP_CLOSING = 0x0B
 # States in which a socket still counts as an open connection: it will pass
 # through CLOSE later, which is where the kernel decrements the gauge.
-OPEN_STATES = {0x01, 0x04, 0x05, 0x08, 0x09, 0x0B}
+OPEN_STATES = {TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING}
 
 
 @dataclass(frozen=True)

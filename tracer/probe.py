@@ -108,6 +108,7 @@ DIRECTION_IDS = {name: value for value, name in DIRECTIONS.items()}
 CLOCK_MONOTONIC_COARSE = 6  # Linux; the time module does not name it
 DROP_NAMES = _slot_names(BPF_CONSTANTS, "DROP_")
 STAT_NAMES = _slot_names(BPF_CONSTANTS, "STAT_")
+CONFIG_NAMES = _slot_names(BPF_CONSTANTS, "CFG_")
 
 
 def tick_ns() -> int:
@@ -495,7 +496,7 @@ class Probe:
     """
 
     def __init__(self, mode: str = "auto", offsets: KernelOffsets | None = None,
-                 max_edges: int = 16384, max_socks: int = 65536):
+                 max_edges: int = BPF_CONSTANTS["MAX_EDGES"], max_socks: int = BPF_CONSTANTS["MAX_SOCKS"]):
         if mode not in MODES:
             raise ProbeError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self._bcc = import_bcc()

@@ -130,6 +130,7 @@
 /* config[] slots, written by userspace */
 #define CFG_GEN 0      /* which edges map the kernel writes: 0 or 1 */
 #define CFG_SEEDING 1  /* 1 while userspace reads /proc (start-up, reconciliation) */
+#define CFG_SLOTS 2
 
 /* drops[] slots: failed map updates, per CPU */
 #define DROP_EDGES 0
@@ -227,7 +228,7 @@ BPF_HASH(listeners, struct listen_key, struct listen_val, MAX_LISTENERS);
 BPF_HASH(seeded, struct tuple_key, struct seed_val, MAX_SEEDED);
 /* 4-tuples closed while userspace reads /proc; it clears the map after. */
 BPF_HASH(orphans, struct tuple_key, u32, MAX_ORPHANS);
-BPF_ARRAY(config, u32, 2);
+BPF_ARRAY(config, u32, CFG_SLOTS);
 BPF_PERCPU_ARRAY(drops, u64, DROP_SLOTS);
 BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
 

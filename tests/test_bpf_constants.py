@@ -1,0 +1,109 @@
+"""The C program's constants and the Python that reads its maps agree.
+
+tracer/probe.py reads the slot numbers, directions and map sizes from the
+``#define`` lines of tracer/bpf/phobos.c at import; these tests parse the C
+file on their own and check what the Python side ends up with, so that a
+slot added, renumbered or renamed on one side only fails here - without
+root, BCC or a kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tracer import agent, attribution, probe  # noqa: E402
+
+SOURCE = ROOT / "tracer" / "bpf" / "phobos.c"
+
+
+def c_defines() -> dict[str, int]:
+    """Every ``#define NAME <integer>`` of the C file, by a parser of the test's own."""
+    out = {}
+    for line in SOURCE.read_text().splitlines():
+        m = re.match(r"\s*#\s*define\s+(\w+)\s+(\S+)", line)
+        if m and re.fullmatch(r"0x[0-9a-fA-F]+|\d+", m.group(2)):
+            assert m.group(1) not in out, f"{m.group(1)} defined twice in {SOURCE.name}"
+            out[m.group(1)] = int(m.group(2), 0)
+    return out
+
+
+C = c_defines()
+
+
+def slots(prefix: str) -> dict[int, str]:
+    named = {v: k for k, v in C.items() if k.startswith(prefix) and k != prefix + "SLOTS"}
+    assert len(named) == len([k for k in C if k.startswith(prefix) and k != prefix + "SLOTS"]), \
+        f"two {prefix}* names share a slot"
+    return named
+
+
+def test_probe_reads_the_same_defines_as_the_c_file_has():
+    assert probe.bpf_constants() == C
+    assert probe.BPF_CONSTANTS == C
+
+
+@pytest.mark.parametrize("prefix, names", [("DROP_", probe.DROP_NAMES), ("STAT_", probe.STAT_NAMES),
+                                           ("CFG_", probe.CONFIG_NAMES)])
+def test_slot_names_follow_the_c_slot_numbers(prefix, names):
+    named = slots(prefix)
+    assert sorted(named) == list(range(C[prefix + "SLOTS"])), f"{prefix}* slots are not 0..{prefix}SLOTS-1"
+    assert names == tuple(named[i][len(prefix):].lower() for i in range(C[prefix + "SLOTS"]))
+
+
+def test_the_agent_reports_the_kernel_counters_it_names():
+    # The agent reads these by name from Probe.drops() and Probe.stats().
+    assert "socks" in probe.DROP_NAMES and "edges" in probe.DROP_NAMES
+    assert {"events", "accept_no_listener", "missed_closes"} <= set(probe.STAT_NAMES)
+    assert set(probe.DROP_NAMES) <= set(agent.LOSS_TEXT) | {"edges", "listeners", "orphans"}
+
+
+def test_directions():
+    assert probe.DIRECTIONS == {C["DIR_OUTBOUND"]: "outbound", C["DIR_INBOUND"]: "inbound"}
+    assert probe.DIRECTION_IDS == {"outbound": C["DIR_OUTBOUND"], "inbound": C["DIR_INBOUND"]}
+    assert C["DIR_OUTBOUND"] != C["DIR_INBOUND"] and 0 not in probe.DIRECTIONS  # 0: an empty key
+
+
+def test_config_slots_used_by_the_probe_exist():
+    assert {"CFG_GEN", "CFG_SEEDING"} <= set(C)
+    assert max(C["CFG_GEN"], C["CFG_SEEDING"]) < C["CFG_SLOTS"]
+    assert "BPF_ARRAY(config, u32, CFG_SLOTS);" in SOURCE.read_text()
+
+
+def test_map_sizes_are_the_defaults_of_the_probe_and_of_the_agent_flags():
+    params = inspect.signature(probe.Probe).parameters
+    assert params["max_edges"].default == C["MAX_EDGES"]
+    assert params["max_socks"].default == C["MAX_SOCKS"]
+    parser = agent.configure_parser(argparse.ArgumentParser())
+    defaults = parser.parse_args([])
+    env_set = [name for name in ("PHOBOS_MAX_EDGES", "PHOBOS_MAX_SOCKS") if name in os.environ]
+    if env_set:
+        pytest.skip(f"{', '.join(env_set)} set in the environment: the flags' defaults come from it")
+    assert (defaults.max_edges, defaults.max_socks) == (C["MAX_EDGES"], C["MAX_SOCKS"])
+    for name in ("MAX_EDGES", "MAX_SOCKS", "MAX_LISTENERS", "MAX_SEEDED", "MAX_ORPHANS"):
+        assert C[name] > 0
+
+
+def test_tcp_states_match_the_kernel_names_in_both_places():
+    for name in ("ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE", "LISTEN"):
+        assert getattr(attribution, "TCP_" + name) == C["P_TCP_" + name], name
+    # An open connection in /proc is one the kernel will still see go to CLOSE.
+    assert attribution.TCP_ESTABLISHED in attribution.OPEN_STATES
+    assert not {C["P_TCP_SYN_SENT"], C["P_TCP_SYN_RECV"], C["P_TCP_CLOSE"], C["P_TCP_LISTEN"]} \
+        & attribution.OPEN_STATES
+
+
+def test_constants_parser_reads_hex_and_ifndef_defaults(tmp_path):
+    src = tmp_path / "p.c"
+    src.write_text("#ifndef MAX_X\n#define MAX_X 0x10\n#endif\n  #  define DIR_A 3 /* c */\n"
+                   "#define NOT_A_NUMBER (1 << 2)\n#define lower 1\n")
+    assert probe.bpf_constants(str(src)) == {"MAX_X": 16, "DIR_A": 3}
