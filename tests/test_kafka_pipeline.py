@@ -308,6 +308,9 @@ def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
     topics = topics_for(prefix)
     producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "enable.idempotence": True})
     good = stream(300)
+    # a third of the records in the form with the optional NAT fields, the rest without (older tracers)
+    for r in good[::3]:
+        r.update(nat_ip="10.96.0.10", nat_port=80)
     for start in range(0, len(good), 100):
         producer.produce(topics["connections"], b"\n".join(json.dumps(r).encode() for r in good[start:start + 100]))
     bad = [b"garbage{", json.dumps(connection(pid="abc")).encode(), json.dumps(connection(v=2)).encode(),
@@ -317,7 +320,8 @@ def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
            b"[" * 100_000 + b"]" * 100_000,
            json.dumps(connection(pid=9)).replace('"comm": "curl"', '"comm": "\\ud800"').encode(),
            json.dumps(connection(pid=10)).replace('"comm": "curl"', '"comm": "\xff"').encode("latin-1"),
-           json.dumps(connection(local_ip="fe80::1%eth0")).encode()]
+           json.dumps(connection(local_ip="fe80::1%eth0")).encode(),
+           json.dumps(connection(nat_ip="nope", nat_port=80)).encode(), json.dumps(connection(nat_port=70000)).encode()]
     for value in bad:
         producer.produce(topics["connections"], value)
     producer.produce(topics["listeners"], json.dumps(listener()).encode())
@@ -340,6 +344,13 @@ def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
         assert "not an IP address" in reasons[3] and "'up'" in reasons[4] and "negative" in reasons[5]
         assert reasons[6].startswith("unreadable message") and reasons[7].startswith("unreadable message")
         assert "not valid UTF-8" in reasons[8] and "not an IP address" in reasons[9]
+        assert "nat_ip is not an IP address" in reasons[10] and "too large" in reasons[11]
+        nat = store.query(f"SELECT toString(nat_ip), nat_port, count() FROM {store.db}.connections "
+                          f"GROUP BY nat_ip, nat_port ORDER BY nat_port")
+        assert nat == [("::", 0, 200), ("::ffff:10.96.0.10", 80, 100)]
+        kept = [json.loads(r[0]) for r in store.query(f"SELECT raw FROM {store.db}.dead_letters "
+                                                      f"WHERE reason LIKE '%too large%'")]
+        assert sorted(str(r["nat_port"]) for r in kept) == ["70000", "None"]  # absent: null
         offsets = store.query(f"SELECT count(), max(offset) FROM {store.db}.kafka_offsets FINAL "
                               "WHERE topic = {t:String}", {"t": topics["connections"]})[0]
         assert offsets == (3 + len(bad), 2 + len(bad))

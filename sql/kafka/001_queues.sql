@@ -18,6 +18,9 @@
 -- dead_letters instead of a parse error for the whole message; the views
 -- apply the record contract (tracer/records.py) in SQL. Messages that are
 -- not JSON at all arrive with _error set (kafka_handle_error_mode='stream').
+-- Optional fields of the contract (nat_ip, nat_port: tracers older than
+-- them omit them) are Nullable in the queue (a Kafka engine table takes no
+-- DEFAULT clause): absent is NULL, and the views read NULL as the default.
 --
 -- Delivery is at-least-once: the Kafka engine commits after the block is
 -- written; a crash between the two re-reads messages. Server-side
@@ -67,7 +70,9 @@ CREATE TABLE IF NOT EXISTS $db.connections_queue
     open            Int64,
     duration_ms_sum UInt64,
     bytes_sent      UInt64,
-    bytes_received  UInt64
+    bytes_received  UInt64,
+    nat_ip          Nullable(String),
+    nat_port        Nullable(Int64)
 )
 ENGINE = Kafka
 SETTINGS
@@ -98,18 +103,20 @@ SELECT
     toUInt16(remote_port) AS remote_port,
     toUInt32(connects) AS connects, toUInt32(accepts) AS accepts, toUInt32(closes) AS closes,
     toUInt32(failures) AS failures, toUInt32(open) AS open,
-    duration_ms_sum, bytes_sent, bytes_received
+    duration_ms_sum, bytes_sent, bytes_received,
+    toIPv6(ifNull(nat_ip, '::')) AS nat_ip,
+    toUInt16(ifNull(nat_port, 0)) AS nat_port
 FROM $db.connections_queue AS q
 WHERE length(_error) = 0
   AND q.v = 1
   AND isValidUTF8(concat(q.dc, q.host, q.comm, q.service, q.container_id, q.pod, q.namespace))
   AND parseDateTimeBestEffortOrNull(q.ts, 'UTC') IS NOT NULL
   AND toIPv6OrNull(q.host_ip) IS NOT NULL AND toIPv6OrNull(q.local_ip) IS NOT NULL
-  AND toIPv6OrNull(q.remote_ip) IS NOT NULL
+  AND toIPv6OrNull(q.remote_ip) IS NOT NULL AND toIPv6OrNull(ifNull(q.nat_ip, '::')) IS NOT NULL
   AND q.direction IN ('outbound', 'inbound')
-  AND least(q.interval_s, q.netns, q.pid, q.local_port, q.remote_port, q.connects, q.accepts, q.closes, q.failures, q.open) >= 0
+  AND least(q.interval_s, q.netns, q.pid, q.local_port, q.remote_port, ifNull(q.nat_port, 0), q.connects, q.accepts, q.closes, q.failures, q.open) >= 0
   AND greatest(q.interval_s, q.netns, q.pid, q.connects, q.accepts, q.closes, q.failures, q.open) <= 4294967295
-  AND greatest(q.local_port, q.remote_port) <= 65535;
+  AND greatest(q.local_port, q.remote_port, ifNull(q.nat_port, 0)) <= 65535;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS $db.connections_dead_mv TO $db.dead_letters AS
 SELECT
@@ -121,14 +128,16 @@ SELECT
         v != 1, concat('unsupported record version ', toString(v), ', this Phobos reads v=1'),
         NOT isValidUTF8(concat(dc, host, comm, service, container_id, pod, namespace)), 'a text field is not valid UTF-8',
         parseDateTimeBestEffortOrNull(ts, 'UTC') IS NULL, concat('field \'ts\' ', concat('''', ts, ''''), ' is not a time'),
-        toIPv6OrNull(host_ip) IS NULL OR toIPv6OrNull(local_ip) IS NULL OR toIPv6OrNull(remote_ip) IS NULL,
-            'field host_ip, local_ip or remote_ip is not an IP address',
+        toIPv6OrNull(host_ip) IS NULL OR toIPv6OrNull(local_ip) IS NULL OR toIPv6OrNull(remote_ip) IS NULL
+            OR toIPv6OrNull(ifNull(nat_ip, '::')) IS NULL,
+            'field host_ip, local_ip, remote_ip or nat_ip is not an IP address',
         direction NOT IN ('outbound', 'inbound'), concat('field \'direction\' must be outbound or inbound, got ', concat('''', direction, '''')),
         'a count or port is negative or too large') AS reason,
     if(length(_error) > 0, _raw_message,
        formatRowNoNewline('JSONEachRow', v, ts, interval_s, dc, host, host_ip, netns, pid, comm, service,
                           container_id, pod, namespace, direction, local_ip, local_port, remote_ip, remote_port,
-                          connects, accepts, closes, failures, open, duration_ms_sum, bytes_sent, bytes_received)) AS raw
+                          connects, accepts, closes, failures, open, duration_ms_sum, bytes_sent, bytes_received,
+                          nat_ip, nat_port)) AS raw
 FROM $db.connections_queue
 WHERE NOT (
     length(_error) = 0
@@ -136,11 +145,11 @@ WHERE NOT (
     AND isValidUTF8(concat(dc, host, comm, service, container_id, pod, namespace))
     AND parseDateTimeBestEffortOrNull(ts, 'UTC') IS NOT NULL
     AND toIPv6OrNull(host_ip) IS NOT NULL AND toIPv6OrNull(local_ip) IS NOT NULL
-    AND toIPv6OrNull(remote_ip) IS NOT NULL
+    AND toIPv6OrNull(remote_ip) IS NOT NULL AND toIPv6OrNull(ifNull(nat_ip, '::')) IS NOT NULL
     AND direction IN ('outbound', 'inbound')
-    AND least(interval_s, netns, pid, local_port, remote_port, connects, accepts, closes, failures, open) >= 0
+    AND least(interval_s, netns, pid, local_port, remote_port, ifNull(nat_port, 0), connects, accepts, closes, failures, open) >= 0
     AND greatest(interval_s, netns, pid, connects, accepts, closes, failures, open) <= 4294967295
-    AND greatest(local_port, remote_port) <= 65535);
+    AND greatest(local_port, remote_port, ifNull(nat_port, 0)) <= 65535);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS $db.connections_offsets_mv TO $db.kafka_offsets AS
 SELECT
