@@ -89,7 +89,8 @@ def test_records_pass_the_contract():
                                          host="h1", host_ip="192.0.2.2", attribute=attribute)
     assert len(conns) == 2 and len(lis) == 2
     for rec in conns:
-        assert set(rec) == {f.name for f in records.CONNECTION_FIELDS}
+        # the optional fields (nat_ip, nat_port) are added by tracer/nat.py
+        assert set(rec) == {f.name for f in records.CONNECTION_FIELDS if not f.optional}
         records.validate("connections", rec)
     for rec in lis:
         assert set(rec) == {f.name for f in records.LISTENER_FIELDS}
@@ -730,3 +731,85 @@ def test_a_full_seeded_map_is_reported_as_drops(tmp_path, caplog):
     assert agent.summary()["map_drops"]["seeded"] == 4
     assert 'phobos_tracer_map_full_drops_total{map="seeded"} 4' in agent.metrics.render()
     assert [r for r in caplog.records if "seeded full" in r.getMessage()]
+
+
+class FakeConntrack:
+    """Stands in for tracer.conntrack.ConntrackReader: hands out prepared drains."""
+
+    max_entries = 100
+
+    def __init__(self, drains):
+        self.drains = list(drains)
+
+    def drain(self):
+        item = self.drains.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def _ct_drain(translations, dropped=0):
+    from tracer.conntrack import Drain
+
+    return Drain(translations=tuple(translations), entries=len(translations), nat_entries=len(translations),
+                 dropped=dropped, truncated=dropped > 0, overruns=0, malformed=0, interrupted=0,
+                 kernel_filtered=True, seconds=0.01, cpu_seconds=0.01)
+
+
+def test_drain_follows_nat_to_the_backends_and_counts_it(tmp_path, caplog):
+    from tracer.agent import Agent
+    from tracer.conntrack import ConntrackError, Translation
+
+    probe = FakeProbe()
+    args = argparse.Namespace(dc="", host="h1", interval=10.0, duration=0)
+    sink = ListSink()
+    ct = FakeConntrack([
+        _ct_drain([Translation("10.201.1.2", "10.96.0.10", 80, "10.200.0.2", 8080, "10.201.1.2", 2, 2, 0),
+                   Translation("10.201.1.2", "10.96.0.10", 80, "10.200.0.3", 8080, "10.201.1.2", 1, 1, 0)],
+                  dropped=3),
+        ConntrackError(105, "No buffer space"),
+    ])
+    agent = Agent(args, probe, sink, attribution.Attributor(str(_fake_proc(tmp_path))),
+                  TracerMetrics("tracepoint", 10), conntrack=ct)
+    edge = EdgeKey(4026531840, 200, "outbound", "10.201.1.2", 0, "10.96.0.10", 80)
+    probe.to_drain = [(edge, vals(connects=3, closes=3))]
+    with caplog.at_level("WARNING", logger="phobos.tracer"):
+        conns, _ = agent.drain(10)
+    assert [(r["remote_ip"], r["remote_port"], r["nat_ip"], r["nat_port"], r["connects"]) for r in conns] == [
+        ("::ffff:10.200.0.2", 8080, "::ffff:10.96.0.10", 80, 2), ("::ffff:10.200.0.3", 8080, "::ffff:10.96.0.10", 80, 1)]
+    m = agent.metrics
+    assert (m.nat["enabled"], m.nat["records_translated"], m.nat["translations"], m.nat["dropped"]) == (1, 1, 2, 3)
+    assert m.records["connections"] == 2
+    text = m.render()
+    assert "phobos_tracer_nat_records_translated_total 1" in text and "phobos_tracer_conntrack_dropped_total 3" in text
+    assert any("--nat-max-entries 100" in r.getMessage() for r in caplog.records)
+    # a failed conntrack drain: the interval goes on without NAT, said once
+    probe.to_drain = [(edge, vals(connects=1, closes=1))]
+    with caplog.at_level("WARNING", logger="phobos.tracer"):
+        conns, _ = agent.drain(10)
+    assert [(r["remote_ip"], r["nat_port"], r["connects"]) for r in conns] == [("::ffff:10.96.0.10", 0, 1)]
+    assert m.nat["errors"] == 1 and "phobos_tracer_conntrack_errors_total 1" in m.render()
+    assert sum("reading NAT translations failed" in r.getMessage() for r in caplog.records) == 1
+    assert agent.summary()["nat"]["records_translated"] == 1
+
+
+def test_without_nat_records_carry_the_defaults(tmp_path):
+    probe = FakeProbe()
+    agent, sink, _ = _agent(tmp_path, probe)
+    probe.to_drain = [(EdgeKey(4026531840, 200, "outbound", "10.0.0.1", 0, "10.96.0.10", 80), vals(connects=1))]
+    conns, _ = agent.drain(10)
+    assert (conns[0]["remote_ip"], conns[0]["nat_ip"], conns[0]["nat_port"]) == ("::ffff:10.96.0.10", "::", 0)
+    assert agent.metrics.nat["enabled"] == 0 and "phobos_tracer_nat_enabled 0" in agent.metrics.render()
+
+
+def test_a_conntrack_reader_that_cannot_open_is_said_once_and_tracing_goes_on(caplog):
+    from tracer.agent import _open_conntrack, configure_parser
+
+    args = configure_parser(argparse.ArgumentParser()).parse_args(["--nat-netns", "/nonexistent/netns"])
+    assert args.nat is True and args.nat_max_entries == 100_000
+    with caplog.at_level("WARNING", logger="phobos.tracer"):
+        assert _open_conntrack(args) is None
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("not following NAT: connection tracking of /nonexistent/netns cannot be read")
+    assert "--no-nat" in warning
+    assert configure_parser(argparse.ArgumentParser()).parse_args(["--no-nat"]).nat is False

@@ -5,7 +5,11 @@ What it does: checks prerequisites, loads the BPF program
 /proc snapshot, then once per ``--interval`` drains the per-edge counters,
 attributes pids to processes, containers, pods and services, and hands
 ConnectionRecords and ListenerRecords to a sink.  Health and counters are
-served in Prometheus format.
+served in Prometheus format.  Unless ``--no-nat``, each drain also reads
+the host's connection tracking (``tracer/conntrack.py``) and follows
+destination NAT to the backends (``tracer/nat.py``): a client of a
+ClusterIP, a NodePort or a published port is reported as connected to the
+backend it reached, the virtual address kept in ``nat_ip``/``nat_port``.
 
 How often it runs: one wake-up per interval, whatever the connection rate;
 the work per wake-up grows with the number of distinct edges, never with the
@@ -60,7 +64,7 @@ import time
 from typing import Any
 
 import tracer.kafka_sink  # noqa: F401 - registers kafka:// with the sinks (confluent-kafka loads when one opens)
-from tracer import aggregate, attribution, preflight, records
+from tracer import aggregate, attribution, nat, preflight, records
 from tracer.metrics import MetricsServer, TracerMetrics
 from tracer.settings import TRACER_SETTINGS
 from tracer.sinks import SinkError, make_sink, sink_factory
@@ -135,6 +139,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
              "map_drops.socks and repaired by reconciling with /proc [PHOBOS_MAX_SOCKS, default 65536]")
     add("--duration", type=float, default=_env("DURATION"),
         help="stop after this many seconds, 0 = run until signalled [PHOBOS_DURATION]")
+    add("--nat", action=argparse.BooleanOptionalAction, default=_env("NAT"),
+        help="follow destination NAT (Kubernetes ClusterIP/NodePort, published container ports) to the "
+             "backends through connection tracking; needs CAP_NET_ADMIN [PHOBOS_NAT, default on]")
+    add("--nat-netns", default=_env("NAT_NETNS"),
+        help="network namespace whose connection tracking is read: a name under /run/netns or a path "
+             "such as /proc/1/ns/net [PHOBOS_NAT_NETNS, default the tracer's own, the host's with hostNetwork]")
+    add("--nat-max-entries", type=int, default=_env("NAT_MAX_ENTRIES"),
+        help="conntrack entries parsed per drain at most; more are counted as dropped "
+             "[PHOBOS_NAT_MAX_ENTRIES, default 100000]")
     add("--log-level", default=_env("LOG_LEVEL"),
         choices=("debug", "info", "warning", "error"), help="stderr log level [PHOBOS_LOG_LEVEL, default info]")
     return parser
@@ -149,9 +162,11 @@ class Agent:
     """One tracer run: probe, attribution, aggregation, sink, metrics."""
 
     def __init__(self, args: argparse.Namespace, probe: Any, sink: Any, attributor: attribution.Attributor,
-                 metrics: TracerMetrics) -> None:
+                 metrics: TracerMetrics, conntrack: Any = None) -> None:
         self.args = args
         self.probe = probe
+        self.conntrack = conntrack      # a tracer.conntrack.ConntrackReader, or None: no NAT followed
+        metrics.nat["enabled"] = int(conntrack is not None)
         self.sink = sink
         self.attributor = attributor
         self.metrics = metrics
@@ -274,11 +289,18 @@ class Agent:
             self.reconcile()
             losses["seeded"] = self.seed_failures
         drained = self.probe.drain()
+        # After the kernel's counters: every connect they hold has its
+        # conntrack entry by now (made by the same SYN).
+        translations = self._translations()
         counts = self.aggregator.apply(drained)
         now = time.time()
         conns, lis = aggregate.build_records(
             counts, self.probe.listeners(), ts=now, interval_s=max(1, round(interval_s)),
             dc=self.args.dc, host=self.args.host, host_ip=self.host_ip, attribute=self.attributor.attribute)
+        followed = nat.apply(conns, translations)
+        conns = followed.records
+        self.metrics.nat["records_translated"] += followed.translated
+        self.metrics.nat["translations"] += followed.translations
         conns = self._valid("connections", conns)
         lis = self._valid("listeners", lis)
         try:
@@ -309,6 +331,34 @@ class Agent:
         if m.intervals % 60 == 0:
             self.attributor.forget_dead()
         return conns, lis
+
+    def _translations(self) -> tuple:
+        """This interval's NAT translations; none when the reader is off or its drain failed."""
+        if self.conntrack is None:
+            return ()
+        m = self.metrics.nat
+        try:
+            drain = self.conntrack.drain()
+        except (OSError, ValueError) as err:
+            m["errors"] += 1
+            now = time.monotonic()
+            if now - self._warned.get("nat", (0, -WARN_EVERY_S))[1] >= WARN_EVERY_S:
+                log.warning("reading NAT translations failed (%s); this interval's connections to virtual "
+                            "addresses keep their virtual address", err)
+                self._warned["nat"] = (m["errors"], now)
+            return ()
+        m["dropped"] += drain.dropped
+        m["truncated"] += int(drain.truncated)
+        m["overruns"] += drain.overruns
+        m["malformed"] += drain.malformed
+        m["last_drain_s"] = drain.seconds
+        if (drain.truncated or drain.overruns) and \
+                time.monotonic() - self._warned.get("nat_loss", (0, -WARN_EVERY_S))[1] >= WARN_EVERY_S:
+            log.warning("conntrack: %d entries not read so far (--nat-max-entries %d), %d event overruns; "
+                        "connections of those entries keep their virtual address",
+                        m["dropped"], self.conntrack.max_entries, m["overruns"])
+            self._warned["nat_loss"] = (m["dropped"], time.monotonic())
+        return drain.translations
 
     def _valid(self, kind: str, recs: list[dict]) -> list[dict]:
         good = []
@@ -350,7 +400,8 @@ class Agent:
                 "sink_dropped": m.sink_dropped, "invalid_records": self.invalid_records,
                 "kernel_events": m.kernel_events, "missed_events": m.missed_events,
                 "missed_closes": m.missed_closes, "reconciliations": m.reconciliations,
-                "reconciled_connections": m.reconciled_connections, "open_connections": m.open_connections}
+                "reconciled_connections": m.reconciled_connections, "open_connections": m.open_connections,
+                "nat": dict(m.nat)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -402,6 +453,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_PREREQ
 
     metrics = TracerMetrics(mode=probe.mode, interval_s=args.interval)
+    reader = _open_conntrack(args) if args.nat else None
     server = None
     try:
         if args.metrics_port:
@@ -411,7 +463,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"phobos trace: cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: {err}",
                       file=sys.stderr)
                 return EXIT_PREREQ
-        agent = Agent(args, probe, sink, attribution.Attributor(catalog=catalog, host=args.host), metrics)
+        agent = Agent(args, probe, sink, attribution.Attributor(catalog=catalog, host=args.host), metrics,
+                      conntrack=reader)
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -419,7 +472,8 @@ def run(args: argparse.Namespace) -> int:
             except ValueError:  # not the main thread
                 pass
         agent.seed()
-        log.info("tracing (mode %s), draining every %.3g s to %s", probe.mode, args.interval, args.sink)
+        log.info("tracing (mode %s), draining every %.3g s to %s%s", probe.mode, args.interval, args.sink,
+                 ", following NAT" if reader is not None else "")
         try:
             agent.loop()
         finally:
@@ -431,8 +485,25 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
+        if reader is not None:
+            reader.close()
         sink.close()
         probe.close()
+
+
+def _open_conntrack(args: argparse.Namespace) -> Any:
+    """The conntrack reader of ``--nat-netns``, or None (said once) when it cannot be opened."""
+    from tracer.conntrack import ConntrackReader  # noqa: PLC0415 - only when NAT is followed
+
+    try:
+        return ConntrackReader(args.nat_netns or None, max_entries=args.nat_max_entries).open()
+    except (OSError, ValueError) as err:
+        log.warning("not following NAT: connection tracking%s cannot be read (%s); clients of ClusterIPs, "
+                    "NodePorts and published ports are reported with the virtual address they connected to. "
+                    "Run the tracer as root (CAP_NET_ADMIN) in the host's network namespace, with "
+                    "nf_conntrack loaded, or pass --no-nat", f" of {args.nat_netns}" if args.nat_netns else "",
+                    err)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

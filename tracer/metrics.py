@@ -44,6 +44,9 @@ class TracerMetrics:
         self.reconciliations = 0
         self.reconciled_connections = 0
         self.last_reconcile_s = 0.0
+        #: NAT followed through conntrack (tracer/agent.py, tracer/nat.py): cumulative counts.
+        self.nat = {"enabled": 0, "translations": 0, "records_translated": 0, "dropped": 0, "truncated": 0,
+                    "overruns": 0, "malformed": 0, "errors": 0, "last_drain_s": 0.0}
         self.started_at = time.time()
 
     def healthy(self, now: float | None = None) -> bool:
@@ -96,6 +99,29 @@ class TracerMetrics:
         metric("phobos_tracer_accepts_without_listener_total", "counter",
                "Accepted connections whose listener was unknown (charged to pid 0).",
                [(None, self.accepts_without_listener)])
+        nat = self.nat
+        metric("phobos_tracer_nat_enabled", "gauge",
+               "1 when destination NAT is followed through connection tracking.", [(None, nat["enabled"])])
+        metric("phobos_tracer_nat_translations_total", "counter",
+               "Destination-NAT translations (client, virtual address, backend) read, summed over drains.",
+               [(None, nat["translations"])])
+        metric("phobos_tracer_nat_records_translated_total", "counter",
+               "Outbound records to a virtual address replaced by records to its backends.",
+               [(None, nat["records_translated"])])
+        metric("phobos_tracer_conntrack_dropped_total", "counter",
+               "Conntrack entries counted but not read: over --nat-max-entries in a drain.",
+               [(None, nat["dropped"])])
+        metric("phobos_tracer_conntrack_truncated_drains_total", "counter",
+               "Drains that reached --nat-max-entries.", [(None, nat["truncated"])])
+        metric("phobos_tracer_conntrack_overruns_total", "counter",
+               "Times the conntrack event socket overflowed (events lost, how many unknown).",
+               [(None, nat["overruns"])])
+        metric("phobos_tracer_conntrack_malformed_total", "counter",
+               "Conntrack messages that could not be parsed.", [(None, nat["malformed"])])
+        metric("phobos_tracer_conntrack_errors_total", "counter",
+               "Conntrack drains that failed (the interval went without NAT).", [(None, nat["errors"])])
+        metric("phobos_tracer_conntrack_last_drain_duration_seconds", "gauge",
+               "Duration of the last conntrack drain.", [(None, f"{nat['last_drain_s']:.6f}")])
         return out.text()
 
 

@@ -133,6 +133,11 @@ TRACER_SETTINGS = Settings([
     Setting("MAX_SOCKS", "PHOBOS_MAX_SOCKS", int, 65536, "kernel per-socket map size"),
     Setting("DURATION", "PHOBOS_DURATION", float, 0.0, "stop tracing after this many seconds, 0 = run on"),
     Setting("LOG_LEVEL", "PHOBOS_LOG_LEVEL", str, "info", "stderr log level of the tracer"),
+    Setting("NAT", "PHOBOS_NAT", bool, True, "follow destination NAT (ClusterIP, NodePort, published ports) "
+            "through connection tracking"),
+    Setting("NAT_NETNS", "PHOBOS_NAT_NETNS", str, None, "network namespace whose connection tracking is read "
+            "(a name under /run/netns or a path such as /proc/1/ns/net; unset: the tracer's own)"),
+    Setting("NAT_MAX_ENTRIES", "PHOBOS_NAT_MAX_ENTRIES", int, 100_000, "conntrack entries parsed per drain at most"),
     Setting("TOKEN", "PHOBOS_TOKEN", str, None,
             "the API's write token: required by its write endpoints, sent by the tracer's http sink "
             "(unset: writes only on loopback)"),
