@@ -10,6 +10,7 @@ import pytest
 
 from api.ingest.batches import ingest_batch
 from api.storage import StoreError, open_store, parse_store_url
+from api.storage.interface import sql_literal, sql_quote
 from api.storage.migrations import SQL_DIR, render_sql, split_statements, table_ttl
 from api.storage.server import driver_params
 from factories import T0, connection, listener
@@ -338,6 +339,10 @@ def test_string_parameters_arrive_exactly(store, value):
     """Query parameters reach ClickHouse unchanged, whatever escapes they hold."""
     assert store.query("SELECT {q:String}", {"q": value}) == [(value,)]
     assert store.query("SELECT {q:Array(String)}", {"q": [value, "z"]}) == [([value, "z"],)]
+    assert store.query("SELECT {q:Array(Tuple(String, UInt8))}", {"q": [(value, 1)]}) == [([[value, 1]],)]
+    # ... and so do the literals written into SQL text
+    assert store.query(f"SELECT {sql_quote(value)}, {sql_literal([(value, 2), ('z', 3)])}") == \
+        [(value, [[value, 2], ["z", 3]])]
 
 
 def test_service_presence_follows_records_and_is_back_filled_for_older_stores(store, tmp_path):
@@ -355,9 +360,9 @@ def test_service_presence_follows_records_and_is_back_filled_for_older_stores(st
     s = open_store(f"chdb://{store.url.path}?database={store.db}_old", role="pytest")
     try:
         s.migrate(directory=older)
-        ingest_batch(s, "connections", [connection(ts=format_ts(T0 + 75), service="web"),
-                                        connection(ts=format_ts(T0 + 3725), service="web")])
-        ingest_batch(s, "listeners", [listener(ts=format_ts(T0 + 30), service="web")])
+        # rows as that schema held them (today's records may carry newer fields)
+        for table, at in (("connections", T0 + 75), ("connections", T0 + 3725), ("listeners", T0 + 30)):
+            s.execute(f"INSERT INTO {s.db}.{table} (v, ts, service) VALUES (1, toDateTime({at}, 'UTC'), 'web')")
         s.migrate()  # adds service_presence and back-fills it: to the minute, never later than a record
         assert reads.service_seen(s, "web") == {"first_seen": text(T0 + 30), "last_seen": text(T0 + 3720)}
         ingest_batch(s, "connections", [connection(ts=format_ts(T0 + 7207), service="web")])

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from api.storage.base import INSERT_SETTINGS, StoreBase, base_type, clean_error
-from api.storage.interface import ReadLimits, Store, StoreBusyError, StoreError, StoreURL, sql_quote
+from api.storage.interface import ReadLimits, Store, StoreBusyError, StoreError, StoreURL, sql_literal, sql_quote
 
 __all__ = ["ChdbStore"]
 
@@ -234,7 +234,7 @@ class _ChdbReader(ChdbStore):
             for statement in (
                 "SET output_format_json_quote_64bit_integers = 0",
                 f"USE {self.db}",
-                *(f"SET {k} = {_sql_literal(v)}" for k, v in limits.settings().items()),
+                *(f"SET {k} = {sql_literal(v)}" for k, v in limits.settings().items()),
                 "SET readonly = 1",  # last: from here on no setting can change
             ):
                 reader.session.query(statement, "CSV")
@@ -284,10 +284,6 @@ def _select_expr(name: str, ch_type: str, arrow_type: pa.DataType) -> str:
     return col
 
 
-def _sql_literal(value: Any) -> str:
-    return sql_quote(value) if isinstance(value, str) else repr(value)
-
-
 def _chdb_params(params: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in params.items():
@@ -295,9 +291,7 @@ def _chdb_params(params: dict[str, Any]) -> dict[str, Any]:
             value = value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         elif isinstance(value, (list, tuple)):
             # An array is read as a literal: escapes inside its quoted strings.
-            value = "[" + ",".join(
-                "'" + v.translate(_QUOTED_FORM) + "'" if isinstance(v, str) else str(v) for v in value
-            ) + "]"
+            value = sql_literal(list(value))
         elif isinstance(value, str):
             # ClickHouse reads parameter values in its escaped (TSV) form: a
             # raw newline or tab is refused and a backslash starts an escape.
@@ -306,5 +300,4 @@ def _chdb_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_QUOTED_FORM = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"})
 _ESCAPED_FORM = str.maketrans({"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"})

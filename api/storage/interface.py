@@ -9,7 +9,9 @@ or catching ``StoreError`` costs nothing.
 SQL text refers to the database through ``store.db`` (callers format it in)
 and to parameters with ClickHouse's own ``{name:Type}`` syntax; the few
 values written into SQL text itself are checked names (``IDENTIFIER``) or
-quoted strings (``sql_quote``).
+literals made here: ``sql_quote`` (a string), ``sql_escape`` (the inside of
+one, for templates that hold the quotes) and ``sql_literal`` (strings,
+numbers, arrays and tuples of them).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ __all__ = [
     "StoreURL",
     "ReadLimits",
     "parse_store_url",
+    "sql_escape",
+    "sql_literal",
     "sql_quote",
 ]
 
@@ -42,9 +46,34 @@ DEFAULT_STORE_URL = "chdb://./data/phobos"
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# Inside a quoted literal ClickHouse reads backslash escapes; control
+# characters are escaped too, so a literal stays on one line of a statement.
+_QUOTED = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"})
+
+
+def sql_escape(value: str) -> str:
+    """``value`` as the inside of a single-quoted SQL string literal."""
+    return str(value).translate(_QUOTED)
+
+
 def sql_quote(value: str) -> str:
     """``value`` as a single-quoted SQL string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "'" + sql_escape(value) + "'"
+
+
+def sql_literal(value: Any) -> str:
+    """A SQL literal of a string, number, bool, or a list (array) or tuple of them."""
+    if isinstance(value, str):
+        return sql_quote(value)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(sql_literal(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(sql_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
 class StoreError(RuntimeError):

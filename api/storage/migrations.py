@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from api.storage.interface import IDENTIFIER, Store, StoreError, sql_quote
+from api.storage.interface import IDENTIFIER, Store, StoreError, sql_escape, sql_quote
 
 __all__ = [
     "SQL_DIR",
@@ -359,14 +359,9 @@ def _kafka_files(directory: Path) -> list[Path]:
 
 
 def _kafka_values(db: str, brokers: str, group: str, topics: Mapping[str, str], ttl_days: int) -> dict[str, Any]:
-    return dict(db=db, brokers=_in_quotes(brokers), group=_in_quotes(group), ttl_days=int(ttl_days),
-                topic_connections=_in_quotes(topics["connections"]),
-                topic_listeners=_in_quotes(topics["listeners"]))
-
-
-def _in_quotes(value: str) -> str:
-    """A value for inside a single-quoted SQL literal."""
-    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return dict(db=db, brokers=sql_escape(brokers), group=sql_escape(group), ttl_days=int(ttl_days),
+                topic_connections=sql_escape(topics["connections"]),
+                topic_listeners=sql_escape(topics["listeners"]))
 
 
 def apply_kafka_schema(store: Store, *, brokers: str, group: str, topics: Mapping[str, str],
