@@ -588,3 +588,61 @@ def test_followed_sockets_match_the_proc_snapshot_so_reconciliation_never_counts
         for s in held + servers:
             s.close()
         probe.close()
+
+
+def _hook_variants():
+    """The BTF-typed raw tracepoint the tracer prefers, and the plain one it falls back to."""
+    import dataclasses
+
+    from tracer.probe import kernel_offsets, read_btf
+
+    offsets = kernel_offsets(read_btf())
+    return {"btf": offsets, "plain": dataclasses.replace(offsets, state_tp_btf_id=0)}
+
+
+@pytest.mark.parametrize("hook", ["btf", "plain"])
+def test_both_hooks_count_exactly_and_time_durations_in_ns(bpf_ready, hook):
+    """Each way of attaching the state-change program counts the same loopback connections
+    exactly, IPv4 and IPv6, and the durations (kept in ticks by the kernel) come back in ns."""
+    from tracer.probe import Probe
+
+    probe = Probe(mode="tracepoint", offsets=_hook_variants()[hook])
+    servers, held = [], []
+    try:
+        assert probe.hook.startswith("tp_btf/" if hook == "btf" else "raw_tp/"), probe.hook
+        for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            srv = socket.socket(family)
+            srv.bind((addr, 0))
+            srv.listen(64)
+            servers.append(srv)
+            for _ in range(5):
+                c = socket.create_connection((addr, srv.getsockname()[1]))
+                held += [c, srv.accept()[0]]
+        ports = {s.getsockname()[1] for s in servers}
+        mine = {t for t in probe.tracked_tuples() if t[2] in ports or t[4] in ports}
+        assert len(mine) == 20, mine
+        time.sleep(0.5)
+        for s in held:
+            s.close()
+        time.sleep(0.2)
+        got = [(k, v) for k, v in probe.drain() if k.pid == os.getpid()
+               and (k.remote_port in ports or k.local_port in ports)]
+        out = [v for k, v in got if k.direction == "outbound"]
+        inb = [v for k, v in got if k.direction == "inbound"]
+        assert sum(v["connects"] for v in out) == 10 and sum(v["closes"] for v in out) == 10
+        assert sum(v["accepts"] for v in inb) == 10 and sum(v["closes"] for v in inb) == 10
+        assert sum(v["open_delta"] for v in out + inb) == 0 and sum(v["failures"] for v in out) == 0
+        assert {v["comm"] for v in out} == {probe_comm()}
+        # Held about 0.5 s each: 20 sockets, within two ticks each of the sleep.
+        total_ns = sum(v["duration_ns_sum"] for v in out + inb)
+        assert 20 * (0.5e9 - 2 * probe.tick_ns) <= total_ns <= 20 * (0.7e9 + 2 * probe.tick_ns), total_ns
+        assert probe.missed_events() == 0 and all(v == 0 for v in probe.drops().values())
+    finally:
+        for s in held + servers:
+            s.close()
+        probe.close()
+
+
+def probe_comm() -> str:
+    with open(f"/proc/{os.getpid()}/comm") as fh:
+        return fh.read().strip()

@@ -6,7 +6,12 @@ Run as root from the repository root:
 
 What it measures, in one run, and prints as ratios and figures:
 - connection throughput with and without the tracer (rounds alternate so
-  drift hits both sides; goal: ratio >= 0.95);
+  drift hits both sides; goal: ratio >= 0.97);
+- in-kernel cost with kernel.bpf_stats_enabled: mean run time of the
+  tracer's programs per state change and per connection (goals: <= 100 ns
+  and <= 600 ns), beside the same figures for an empty program on the same
+  hook - what the kernel's own accounting costs per run on this host, which
+  the tracer's figures include;
 - tracer CPU (user+sys of the agent process from /proc/PID/stat) per 10k
   connections, and its RSS (goal <= 150 MB);
 - start-up time to the first record;
@@ -182,17 +187,38 @@ def prog_stats(pid: int) -> tuple[int, int]:
     return total_ns, total_cnt
 
 
+class _BpfStats:
+    """kernel.bpf_stats_enabled on for the duration of a ``with`` block."""
+
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __enter__(self):
+        with open(self.path) as fh:
+            self.old = fh.read().strip()
+        with open(self.path, "w") as fh:
+            fh.write("1")
+        return self
+
+    def __exit__(self, *exc):
+        with open(self.path, "w") as fh:
+            fh.write(self.old)
+
+
+def _cost(ns: int, events: int, w: dict) -> dict:
+    per_conn_ns = ns / max(1, w["connects"])
+    wall_per_conn_ns = w["seconds"] * 1e9 / max(1, w["connects"])
+    return {"events": events, "ns_per_event": ns / max(1, events), "ns_per_conn": per_conn_ns,
+            "events_per_conn": events / max(1, w["connects"]), "conns": w["connects"],
+            "share": per_conn_ns / wall_per_conn_ns, "rate": w["connects"] / w["seconds"]}
+
+
 def in_kernel_cost(seconds: float) -> dict:
     """BPF run time per event and per connection, with kernel.bpf_stats_enabled on for the round.
 
-    Unlike the throughput ratio this does not depend on what else the host runs.
+    Unlike the throughput ratio this does not depend much on what else the
+    host runs; events from other processes' TCP traffic are included.
     """
-    path = "/proc/sys/kernel/bpf_stats_enabled"
-    with open(path) as fh:
-        old = fh.read().strip()
-    with open(path, "w") as fh:
-        fh.write("1")
-    try:
+    with _BpfStats():
         tracer = Tracer(free_port(), mode="tracepoint")
         try:
             tracer.wait_first_record()
@@ -201,14 +227,48 @@ def in_kernel_cost(seconds: float) -> dict:
             ns1, cnt1 = prog_stats(tracer.proc.pid)
         finally:
             tracer.stop()
+    out = _cost(ns1 - ns0, cnt1 - cnt0, w)
+    out["hook"] = next((line.split("state changes from ", 1)[1].split(")")[0].split(" ")[0]
+                        for line in tracer.stderr if "state changes from " in line), "?")
+    return out
+
+
+def empty_program_cost(seconds: float) -> dict:
+    """The same round with an empty program on the tracer's hook: the floor of the accounting itself.
+
+    bpf_stats reads the clock twice around each run; on a virtual machine
+    that alone can be tens of ns, which every program's figure includes.
+    """
+    from tracer import probe
+
+    bcc = probe.import_bcc()
+    offsets = probe.kernel_offsets(probe.read_btf())
+    bpf = bcc.BPF(text=b"int phobos_empty(u64 *ctx) { return 0; }\n"
+                       b"int phobos_empty_raw(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n")
+    fds: tuple[int, ...] = ()
+    try:
+        try:
+            fds = probe.attach_btf_raw_tracepoint(bpf.dump_func(b"phobos_empty"), offsets.state_tp_btf_id,
+                                                  "phobos_empty")
+            prog_fd = fds[0]
+        except probe.ProbeError:
+            bpf.attach_raw_tracepoint(tp=probe.STATE_TRACEPOINT.encode(), fn_name=b"phobos_empty_raw")
+            prog_fd = bpf.funcs[b"phobos_empty_raw"].fd
+
+        def stats() -> tuple[int, int]:
+            with open(f"/proc/self/fdinfo/{prog_fd}") as fh:
+                info = dict(line.split(":", 1) for line in fh if ":" in line)
+            return int(info["run_time_ns"]), int(info["run_cnt"])
+
+        with _BpfStats():
+            ns0, cnt0 = stats()
+            w = workload(seconds)
+            ns1, cnt1 = stats()
     finally:
-        with open(path, "w") as fh:
-            fh.write(old)
-    events, ns = cnt1 - cnt0, ns1 - ns0
-    per_conn_ns = ns / max(1, w["connects"])
-    wall_per_conn_ns = w["seconds"] * 1e9 / max(1, w["connects"])
-    return {"events": events, "ns_per_event": ns / max(1, events), "ns_per_conn": per_conn_ns,
-            "conns": w["connects"], "share": per_conn_ns / wall_per_conn_ns, "rate": w["connects"] / w["seconds"]}
+        for fd in fds:
+            os.close(fd)
+        bpf.cleanup()
+    return _cost(ns1 - ns0, cnt1 - cnt0, w)
 
 
 def free_port() -> int:
@@ -321,7 +381,7 @@ def main() -> int:
     paired = [t / b for t, b in zip(traced_rates, base_rates)]
     print(f"throughput ratio (with/without tracer): median of rounds {statistics.median(paired):.3f} "
           f"(rounds {min(paired):.2f}..{max(paired):.2f}; medians {statistics.median(traced_rates):.0f} vs "
-          f"{statistics.median(base_rates):.0f} connections/s; goal >= 0.95)")
+          f"{statistics.median(base_rates):.0f} connections/s; goal >= 0.97)")
     print(f"tracer CPU per 10k connections: {statistics.median(cpu_per_10k):.4f} s (user+sys of the agent, "
           f"clock tick {1 / os.sysconf('SC_CLK_TCK'):.2f} s; in-kernel BPF time is charged to the workload)")
     print(f"tracer RSS: {rss[0] / 1024:.1f} MB, peak {rss[1] / 1024:.1f} MB (goal <= 150 MB)")
@@ -334,10 +394,16 @@ def main() -> int:
     print(f"kernel events in last round: {summary.get('kernel_events')}, userspace wake-ups: "
           f"{summary.get('wakeups')}, edges read: {summary.get('edges_read')}")
     cost_k = in_kernel_cost(args.seconds)
-    print(f"in-kernel cost (kernel.bpf_stats_enabled for one round): {cost_k['ns_per_event']:.0f} ns per "
-          f"state change, {cost_k['ns_per_conn']:.0f} ns per connection ({cost_k['events']} events, "
+    floor = empty_program_cost(args.seconds)
+    print(f"in-kernel cost (kernel.bpf_stats_enabled for one round, hook {cost_k['hook']}): "
+          f"{cost_k['ns_per_event']:.0f} ns per state change, {cost_k['ns_per_conn']:.0f} ns per connection "
+          f"(goals <= 100 and <= 600; {cost_k['events']} events, {cost_k['events_per_conn']:.2f} per connection, "
           f"{cost_k['conns']} connections at {cost_k['rate']:.0f}/s) = {cost_k['share'] * 100:.2f}% of the "
           f"wall time per connection -> throughput ratio bound >= {1 / (1 + cost_k['share']):.3f} on one core")
+    print(f"  an empty program on the same hook: {floor['ns_per_event']:.0f} ns per state change, "
+          f"{floor['ns_per_conn']:.0f} ns per connection (the accounting's own cost here, included above; "
+          f"net of it the tracer costs {cost_k['ns_per_event'] - floor['ns_per_event']:.0f} ns per state change, "
+          f"{cost_k['ns_per_conn'] - floor['ns_per_event'] * cost_k['events_per_conn']:.0f} ns per connection)")
     print("BCC tcpconnect-bpfcc:", bcc_tool("/usr/sbin/tcpconnect-bpfcc"))
     print("BCC tcpaccept-bpfcc: ", bcc_tool("/usr/sbin/tcpaccept-bpfcc"))
     cost = proc_net_cost(args.open_sockets, free_port())
