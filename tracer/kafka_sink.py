@@ -61,16 +61,24 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from tracer.records import RECORD_FIELDS
 from tracer.settings import TRACER_SETTINGS, librdkafka_properties
 from tracer.sinks import Sink, SinkError, register_sink
 from tracer.spool import Spool
 
-__all__ = ["KafkaSink", "parse_kafka_url", "DEFAULT_PREFIX"]
+__all__ = ["KafkaSink", "parse_kafka_url", "DEFAULT_PREFIX", "KINDS", "topics_for"]
 
 log = logging.getLogger("phobos.tracer.kafka")
 
 DEFAULT_PREFIX = "phobos"
-KINDS = ("connections", "listeners")
+#: One topic per record kind.
+KINDS = tuple(RECORD_FIELDS)
+
+
+def topics_for(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
+    """Kind -> topic name for a topic prefix: what the sink writes and ``phobos ingest`` reads."""
+    return {kind: f"{prefix}.{kind}" for kind in KINDS}
+
 _MAX_MESSAGE_BYTES = 900_000  # below the broker's default 1 MB message.max.bytes
 
 # One encoder for every record: json.dumps with options builds a new one per call.
@@ -132,7 +140,7 @@ class KafkaSink(Sink):
         if unknown:
             raise SinkError(f"unknown kafka sink option(s) {', '.join(sorted(unknown))}")
         self.brokers = brokers
-        self.topics = {kind: f"{prefix}.{kind}" for kind in KINDS}
+        self.topics = topics_for(prefix)
         self.key = (host or os.uname().nodename).encode()
         self.records_per_message = int(opts.pop("records_per_message", 1000))
         self.probe_s = float(opts.pop("probe_s", 2.0))

@@ -20,6 +20,7 @@ from typing import Any
 from api.config import SETTINGS
 from api.storage import Store, StoreError
 from api.storage.migrations import KAFKA_SQL_DIR, apply_kafka_schema, kafka_schema_statements
+from tracer.kafka_sink import KINDS, topics_for
 from tracer.settings import librdkafka_properties
 
 __all__ = ["DEFAULT_PREFIX", "DEFAULT_GROUP", "DEFAULT_ENGINE_GROUP", "KINDS", "topics_for", "kafka_conf", "init_topics",
@@ -29,12 +30,6 @@ DEFAULT_PREFIX = SETTINGS["TOPIC_PREFIX"].default
 #: Consumer groups: of ``phobos ingest``, and of ClickHouse itself in server mode.
 DEFAULT_GROUP = SETTINGS["KAFKA_GROUP"].default
 DEFAULT_ENGINE_GROUP = SETTINGS["KAFKA_ENGINE_GROUP"].default
-KINDS = ("connections", "listeners")
-
-
-def topics_for(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
-    """Kind -> topic name for a topic prefix."""
-    return {kind: f"{prefix}.{kind}" for kind in KINDS}
 
 
 def kafka_conf(brokers: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
