@@ -51,7 +51,7 @@ APP_SETTINGS = (
        "share of failed connects from which an edge, and what serves it, is drawn yellow"),
     _S("DANGER_RATIO", "PHOBOS_DANGER_RATIO", float, 0.05,
        "share of failed connects from which an edge, and what serves it, is drawn red"),
-    _S("HEALTH_MIN_CONNECTS", "PHOBOS_HEALTH_MIN_CONNECTS", int, 10,
+    _S("HEALTH_MIN_CONNECTS", "PHOBOS_HEALTH_MIN_CONNECTS", int, 3,
        "connects an edge needs in a view's window before its failures colour it or list it as a problem"),
 )
 

@@ -102,7 +102,7 @@ def test_areas_view_red_edge_and_area(client):
     nodes, edges = by_name(view), by_pair(view)
     assert nodes["shop"]["class"] == "danger"  # it holds web -> api
     assert {n for n, d in nodes.items() if d["class"] != "normal"} == {"shop"}
-    assert view["metadata"]["health"] == {"warning_ratio": 0.01, "danger_ratio": 0.05, "min_connects": 10}
+    assert view["metadata"]["health"] == {"warning_ratio": 0.01, "danger_ratio": 0.05, "min_connects": 3}
     assert all(c["class"] == "normal" for c in view["connections"])  # web -> api stays inside shop
 
 
@@ -192,7 +192,7 @@ def test_problems_name_the_failing_dependency(client):
     assert [s["name"] for s in out["services"]] == ["api"]
     api = out["services"][0]
     assert api["area"] == "shop" and api["failing_clients"] == ["web"] and api["class"] == "danger"
-    assert out["meta"]["danger_ratio"] == 0.05 and out["meta"]["min_connects"] == 10
+    assert out["meta"]["danger_ratio"] == 0.05 and out["meta"]["min_connects"] == 3
     # A minimum volume above the pair's 90 attempts: nothing ranks.
     assert get(client, f"/api/v1/problems?{VIEW}&min_connects=91")["edges"] == []
     # A time before the data: no problems, no error.

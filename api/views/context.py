@@ -44,7 +44,7 @@ class ViewContext:
     max_nodes: int = 150
     warning_ratio: float = 0.01
     danger_ratio: float = 0.05
-    health_min_connects: int = 10
+    health_min_connects: int = 3
     # A context lives for one request: what it read of a window's state is
     # good for the whole request, also with the result cache off.
     _states: dict[Window, reads.WindowState] = field(default_factory=dict, compare=False, repr=False)

@@ -46,7 +46,7 @@ class Thresholds:
 
     warning: float = 0.01
     danger: float = 0.05
-    min_connects: int = 10
+    min_connects: int = 3
 
     @classmethod
     def of(cls, ctx: ViewContext) -> Thresholds:

@@ -209,6 +209,8 @@ def connections_of(edges: Mapping[tuple[str, str], Edge], metric: str,
         meta = edge_metadata(e)
         meta["class"] = cls
         pair = worst.get((s, d))
+        if pair is not None and health.pair_names(pair) == (s, d):
+            pair = None  # the edge is its own worst pair: nothing more to say
         if pair is not None:
             w_tried, w_failed = health.attempts(pair)
             w_src, w_dst = health.pair_names(pair)
