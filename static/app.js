@@ -31,13 +31,17 @@ const COLORS = {
   traced: 'rgb(186, 140, 230)',
 };
 
+// Health classes of edges and nodes (api/views/health.py), worst last.
+const HEALTH = ['normal', 'warning', 'danger'];
+
 // Provenance of an edge, in the side panel's words.
 const SEEN_BY = { tcp: 'TCP', trace: 'traces', both: 'TCP + traces' };
 
 // State visible to tests and benchmarks (read-only for them).
 const phobos = window.phobos = {
   ready: false, errors: [], renders: 0, frames: 0, view: [], lastRender: null,
-  panel: null, impact: null, diff: null, timeline: null,
+  panel: null, impact: null, diff: null, timeline: null, problems: null, edge: null, tooltip: null,
+  tooltipMs: [], state: 'loading',
 };
 
 const $ = (id) => document.getElementById(id);
@@ -113,11 +117,18 @@ async function getJson(path, params = {}) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== '') q.set(k, v);
   const url = `${API}${path}${q.toString() ? `?${q}` : ''}`;
-  const response = await fetch(url, { headers: { Accept: 'application/json' } });
+  let response;
+  try {
+    response = await fetch(url, { headers: { Accept: 'application/json' } });
+  } catch (e) {
+    const err = new Error(`the Phobos API does not answer (GET ${API}${path}: ${e.message || e})`);
+    err.status = 0;
+    throw err;
+  }
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) {
-    const err = new Error((body && body.message) || `${response.status} ${response.statusText}`);
+    const err = new Error(`${(body && body.message) || `${response.status} ${response.statusText}`} (GET ${API}${path})`);
     err.status = response.status;
     throw err;
   }
@@ -158,9 +169,16 @@ function initViz() {
   viz.setOptions({ showLabels: true, allowDraggingOfNodes: false });
   viz.on('viewChanged', onViewChanged);
   viz.on('objectHighlighted', onHighlighted);
-  // Count the frames Vizceral draws (for the benchmark's frames per second).
+  viz.on('objectHovered', onHovered);
+  // Count the frames Vizceral draws (for the benchmark's frames per second);
+  // a view whose data could not be refreshed is frozen, not animated as if live.
   const render = viz.render.bind(viz);
-  viz.render = (t) => { phobos.frames += 1; render(t); };
+  viz.render = (t) => {
+    if (phobos.state === 'error') return;
+    phobos.frames += 1;
+    tintLines();
+    render(t);
+  };
   viz.animate();
   return true;
 }
@@ -185,8 +203,10 @@ function onViewChanged(ev) {
 
 function onHighlighted(obj) {
   if (applyingView) return;
+  if (obj && obj.type === 'connection') { showEdge(obj); return; }
   if (!obj || obj.type !== 'node') {
     if (state.sel && !state.service) select(undefined);
+    else if ($('panel').dataset.kind === 'edge') closePanel();
     return;
   }
   const meta = obj.metadata || {};
@@ -233,10 +253,44 @@ function cleanLevel(data, childRenderer) {
   for (const c of data.connections) {
     c.notices = safeNotices(c.notices);
     if (!c.notices) delete c.notices;
+    paintHealth(c);
   }
   data.notices = safeNotices(data.notices);
   if (!data.notices) delete data.notices;
   return data;
+}
+
+// Vizceral colours a connection's particles by the keys of its metrics and
+// ignores its class, so an unhealthy edge draws all of its volume in its
+// class's colour (its figures stay in its metadata); the line under the
+// particles is tinted too (tintLines), since a small edge releases a particle
+// only every few seconds.
+function paintHealth(c) {
+  if (c.class !== 'danger' && c.class !== 'warning') return;
+  const m = c.metrics || {};
+  const total = Object.values(m).reduce((a, v) => a + (Number(v) || 0), 0);
+  c.metrics = { normal: 0, warning: 0, danger: 0, [c.class]: total };
+}
+
+const rgbOf = (css) => (css.match(/\d+/g) || [0, 0, 0]).slice(0, 3).map((v) => Number(v) / 255);
+
+// The region renderer draws each connection over a grey line of one colour for
+// all; give unhealthy ones the line of their class.  Views are made lazily
+// by Vizceral, so this runs before each frame and touches a line only when
+// its class changed.
+function tintLines() {
+  const graph = viz && viz.currentGraph;
+  if (!graph || !graph.connections) return;
+  for (const c of Object.values(graph.connections)) {
+    const view = c.view;
+    const material = view && view.connectionLineMaterial;
+    if (!material) continue;
+    const cls = c.class === 'danger' || c.class === 'warning' ? c.class : 'normal';
+    if (view.phobosTint === cls) continue;
+    view.phobosTint = cls;
+    const [r, g, b] = cls === 'normal' ? [view.lineColor.r, view.lineColor.g, view.lineColor.b] : rgbOf(COLORS[cls]);
+    material.color.setRGB(r, g, b);
+  }
 }
 
 // -- loading -------------------------------------------------------------------
@@ -250,9 +304,9 @@ function refresh() {
     try {
       await load();
     } catch (err) {
-      showMessage(err.message || String(err));
-      phobos.errors.push(String(err.message || err));
+      showError(err);
     } finally {
+      showLoading(false);
       refreshing = null;
       if (pending) { pending = false; refresh(); }
     }
@@ -269,9 +323,10 @@ async function loadTimeline() {
 async function load() {
   const started = performance.now();
   phobos.ready = false;
+  showLoading(true);
   hideMessage();
   const tl = phobos.timeline && !state.live ? phobos.timeline : await loadTimeline();
-  if (!tl.range) { showEmpty(true); phobos.ready = true; return; }
+  if (!tl.range) { showEmpty(true); phobos.state = 'empty'; phobos.ready = true; return; }
   showEmpty(false);
   setupSlider(tl);
   $('metric').value = state.metric || 'open';
@@ -295,7 +350,9 @@ async function load() {
     if (err.status === 404) return null;
     throw err;
   }) : null);
-  const [areas, area, service, diff, impact, summary] = await Promise.all(requests);
+  requests.push(getJson('/problems', { ...params, limit: 10 }));
+  const [areas, area, service, diff, impact, summary, problems] = await Promise.all(requests);
+  clearError();
 
   if (state.area && !area) { state.area = undefined; state.service = undefined; }
   if (state.service && !service) state.service = undefined;
@@ -340,14 +397,38 @@ async function load() {
   draw(tree);
   renderCrumbs();
   renderDiffPanel(diff);
+  // An edge panel belongs to the level it was opened in.
+  if ($('panel').dataset.kind === 'edge' && (!phobos.edge || JSON.stringify(phobos.edge.view) !== JSON.stringify(path()))) closePanel();
   renderPanel(impact, summary);
+  renderProblems(problems);
+  renderLegend(areas.metadata || {});
+  showNoData(areas, tl);
+  phobos.levelData = level;
   phobos.view = path();
   phobos.level = { name: level.name || 'phobos', nodes: level.nodes.map((n) => n.name),
     connections: level.connections.map((c) => [c.source, c.target]) };
   await afterFrames(2);
   phobos.renders += 1;
   phobos.lastRender = { ms: performance.now() - started, at: performance.now(), view: path() };
+  phobos.state = 'ready';
   phobos.ready = true;
+  if (focusEdge) selectEdge(...focusEdge);
+}
+
+// Select a drawn edge as a click would, once Vizceral has laid it out (its
+// views are made with the layout, which runs in a worker).
+async function selectEdge(source, target) {
+  focusEdge = null;
+  for (let i = 0; i < 100; i += 1) {
+    const graph = viz && viz.currentGraph;
+    const conn = graph && graph.connections[`${source}--${target}`];
+    if (conn && conn.getView() && phobos.nodePosition(source) && phobos.nodePosition(target)) {
+      graph.highlightObject(conn);
+      return;
+    }
+    if (graph && !conn) return;
+    await afterFrames(2);
+  }
 }
 
 function notFound(err) {
@@ -587,14 +668,289 @@ function showInstance(name, meta) {
       ['ports', (inst.ports || []).join(' ')], ['pids', (inst.pids || []).join(' ')],
       ['first seen', inst.first_seen || ''], ['last seen', inst.last_seen || '']]));
   }
+  // Its edges in the drawn level: what it calls and what calls it, with failures.
+  const level = phobos.levelData || { connections: [] };
+  const rows = [];
+  for (const c of level.connections) {
+    if (c.source !== name && c.target !== name) continue;
+    const m = c.metadata || {};
+    rows.push([c.source === name ? `→ ${c.target}` : `← ${c.source}`, m.open || 0, m.conn_rate || 0,
+      m.connects ? `${pct(m.failure_ratio)} of ${m.connects}` : '']);
+  }
+  body.append(el('h3', { text: `Connections (${rows.length})` }));
+  body.append(table(['peer', 'open', 'new/s', 'failed'], rows));
+  body.lastChild.id = 'instance-connections';
+  const alerts = (phobos.panel && phobos.panel.alerts) || [];
+  if (alerts.length) {
+    body.append(el('h3', { class: 'bad', text: `Alerts of ${meta.service} (${alerts.length})` }));
+    body.append(el('ul', { id: 'instance-alerts' }, ...alerts.map((a) =>
+      el('li', { class: 'bad', text: `${a.alertname}${a.summary ? `: ${a.summary}` : ''}` }))));
+  }
   body.append(el('button', { type: 'button', text: `Back to ${meta.service || 'service'}`,
     onclick: () => renderPanel(null, phobos.panel) }));
+}
+
+// -- inspecting an edge ------------------------------------------------------------
+
+const nameOf = (obj) => (obj && obj.getName ? obj.getName() : obj && obj.name);
+const bytesText = (v) => {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let x = Number(v) || 0;
+  let i = 0;
+  while (x >= 1000 && i < units.length - 1) { x /= 1000; i += 1; }
+  return `${i ? x.toFixed(1) : x.toFixed(0)} ${units[i]}`;
+};
+
+// The figures of an edge, from what the API sent in its metadata: one list for
+// the tooltip and the panel, so both say the same.
+function edgeFigures(meta) {
+  const out = [
+    ['open', fmt(meta.open || 0)],
+    ['new/s', fmt(meta.conn_rate || 0, 3)],
+    ['failed', `${pct(meta.failure_ratio)} (${meta.failures || 0} of ${meta.connects || 0})`],
+    ['bytes', bytesText(meta.bytes)],
+    ['seen by', SEEN_BY[meta.provenance] || meta.provenance || ''],
+  ];
+  if (meta.calls) {
+    out.push(['calls/s', fmt(meta.call_rate || 0, 3)]);
+    out.push(['call errors', `${pct(meta.call_errors / meta.calls)} (${meta.call_errors} of ${meta.calls})`]);
+  }
+  const w = meta.worst_pair;
+  if (w) out.push(['worst pair', `${w.source} → ${w.target}: ${pct(w.failure_ratio)} (${w.failures} of ${w.connects})`]);
+  return out;
+}
+
+function reverseOf(conn) {
+  const graph = viz && viz.currentGraph;
+  return graph && graph.connections ? graph.connections[`${nameOf(conn.target)}--${nameOf(conn.source)}`] : undefined;
+}
+
+function edgeOf(conn) {
+  return { source: nameOf(conn.source), target: nameOf(conn.target), cls: conn.class || 'normal',
+    meta: conn.metadata || {} };
+}
+
+let pairsSeq = 0;
+
+async function showEdge(conn) {
+  const edge = edgeOf(conn);
+  const panel = $('panel');
+  const body = $('panel-body');
+  body.replaceChildren();
+  panel.dataset.kind = 'edge';
+  panel.hidden = false;
+  body.append(el('h2', { id: 'panel-title', text: `${edge.source} → ${edge.target}` }));
+  body.append(el('div', { class: `meta health-${edge.cls}`, id: 'edge-class',
+    text: { danger: 'failing', warning: 'degraded', normal: 'healthy' }[edge.cls] || edge.cls }));
+  body.append(table(['', ''], edgeFigures(edge.meta)));
+  body.lastChild.id = 'edge-figures';
+  const back = reverseOf(conn);
+  if (back) {
+    const other = edgeOf(back);
+    body.append(el('h3', { text: 'The other way' }));
+    body.append(el('button', { type: 'button', id: 'edge-reverse', text: `${other.source} → ${other.target}`,
+      onclick: () => showEdge(back) }));
+  }
+  phobos.edge = { ...edge, figures: edgeFigures(edge.meta), pairs: null, view: path() };
+  // The pairs behind the edge: services behind an area edge, instances behind a service edge;
+  // a service's own view already draws instances.
+  const level = !state.area ? 'areas' : (!state.service ? 'area' : null);
+  if (!level) return;
+  const seq = ++pairsSeq;
+  const heading = el('h3', { text: level === 'areas' ? 'Service pairs' : 'Instance pairs' });
+  const box = el('div', { id: 'edge-pairs', class: 'meta', text: 'loading…' });
+  body.append(heading, box);
+  try {
+    const out = await getJson('/edges', { source: edge.source, target: edge.target, level, ...viewParams() });
+    if (seq !== pairsSeq || !phobos.edge) return;
+    phobos.edge.pairs = out.pairs;
+    heading.textContent = `${heading.textContent} (${out.count})`;
+    const t = table(['client', 'server', 'open', 'new/s', 'failed'], out.pairs.map((pr) => [pr.source, pr.target,
+      pr.open, pr.conn_rate, pr.connects ? `${pct(pr.failure_ratio)} of ${pr.connects}` : '']));
+    for (const [i, pr] of out.pairs.entries()) t.rows[i + 1].className = `health-${pr.class}`;
+    t.id = 'edge-pairs';
+    box.replaceWith(t);
+  } catch (err) {
+    if (seq === pairsSeq) box.textContent = `pairs not available: ${err.message}`;
+  }
+}
+
+// Hover: a tooltip with the edge's figures (or a node's health) next to the pointer.
+let pointer = { x: 0, y: 0, t: 0 };
+let hovered = null;
+
+function onHovered(obj) {
+  if (!obj || (obj.type !== 'connection' && obj.type !== 'node')) { hideTooltip(); return; }
+  showTooltip(obj);
+}
+
+function showTooltip(obj) {
+  const tip = $('tooltip');
+  hovered = obj;
+  tip.replaceChildren();
+  if (obj.type === 'connection') {
+    const edge = edgeOf(obj);
+    tip.append(el('strong', { class: `health-${edge.cls}`, text: `${edge.source} → ${edge.target}` }));
+    const figures = edgeFigures(edge.meta);
+    tip.append(table(['', ''], figures));
+    phobos.tooltip = { kind: 'edge', source: edge.source, target: edge.target, cls: edge.cls, figures };
+    // Both directions of a pair are drawn on one line: say what the other one carries too.
+    const back = reverseOf(obj);
+    if (back) {
+      const other = edgeOf(back);
+      tip.append(el('strong', { class: `health-${other.cls}`, text: `${other.source} → ${other.target}` }));
+      tip.append(table(['', ''], edgeFigures(other.meta)));
+    }
+  } else {
+    const meta = obj.metadata || {};
+    tip.append(el('strong', { class: `health-${meta.health || 'normal'}`, text: obj.displayName || nameOf(obj) }));
+    const line = meta.health && meta.health !== 'normal'
+      ? `${meta.health === 'danger' ? 'failing' : 'degraded'}: what it serves fails` : 'healthy';
+    tip.append(el('div', { text: line }));
+    phobos.tooltip = { kind: 'node', name: nameOf(obj), health: meta.health || 'normal' };
+  }
+  const r = $('stage').getBoundingClientRect();
+  tip.style.left = `${Math.min(pointer.x - r.left + 14, r.width - 260)}px`;
+  tip.style.top = `${Math.max(pointer.y - r.top + 14, 0)}px`;
+  tip.hidden = false;
+  if (pointer.t) phobos.tooltipMs.push(performance.now() - pointer.t);
+}
+
+function hideTooltip() {
+  $('tooltip').hidden = true;
+  hovered = null;
+  phobos.tooltip = null;
+}
+
+$('viz').addEventListener('mousemove', (e) => {
+  pointer = { x: e.clientX, y: e.clientY, t: performance.now() };
+  // Vizceral says when the pointer reaches an object, not when it leaves one,
+  // and says nothing while another object is selected: ask it after its own handler.
+  setTimeout(() => {
+    const graph = viz && viz.currentGraph;
+    const now = graph && graph.getIntersectedObject ? graph.getIntersectedObject() : undefined;
+    if (!now) { if (hovered) hideTooltip(); return; }
+    if (now !== hovered && graph.highlightedObject) showTooltip(now);
+  }, 0);
+});
+$('viz').addEventListener('mouseleave', hideTooltip);
+
+// -- the problems list --------------------------------------------------------------
+
+let focusEdge = null;
+let problemsOpen = true;
+
+function renderProblems(problems) {
+  phobos.problems = problems;
+  const box = $('problems');
+  if (!problems) { box.hidden = true; return; }
+  box.hidden = false;
+  const list = $('problems-list');
+  list.replaceChildren();
+  const n = problems.services.length + problems.edges.length;
+  $('problems-count').textContent = n ? `(${problems.counts.services} services, ${problems.counts.edges} edges)` : '';
+  $('problems-toggle').textContent = problemsOpen ? '−' : '+';
+  list.hidden = !problemsOpen;
+  box.classList.toggle('bad', problems.services.some((sv) => sv.class === 'danger' || sv.alerts));
+  if (!n) {
+    const m = problems.meta;
+    list.append(el('div', { class: 'meta', id: 'problems-none',
+      text: `No problems: no pair with ${pct(m.warning_ratio)} or more of its connects failed (at least ${m.min_connects}), no alerts.` }));
+    return;
+  }
+  if (problems.services.length) {
+    const ul = el('ul', { id: 'problems-services' });
+    for (const sv of problems.services) {
+      const what = sv.connects ? `${pct(sv.failure_ratio)} of ${sv.connects} connects failed` : '';
+      const who = sv.failing_clients.length ? ` · ${sv.failing_clients.length} client${sv.failing_clients.length > 1 ? 's' : ''}` : '';
+      const alerts = sv.alerts ? ` · ${sv.alerts} alert${sv.alerts > 1 ? 's' : ''}` : '';
+      ul.append(el('li', { class: `health-${sv.alerts ? 'danger' : sv.class}`, tabindex: '0', role: 'button',
+        title: `open ${sv.name} in ${sv.area}`, 'data-name': sv.name,
+        onclick: () => openProblemService(sv), onkeydown: (e) => { if (e.key === 'Enter') openProblemService(sv); } },
+      el('span', { class: 'name', text: sv.name }), el('span', { class: 'where', text: ` ${sv.area}` }),
+      el('div', { class: 'meta', text: `${what}${who}${alerts}` })));
+    }
+    list.append(el('div', { class: 'sub', text: 'Services' }), ul);
+  }
+  if (problems.edges.length) {
+    const ul = el('ul', { id: 'problems-edges' });
+    for (const e of problems.edges) {
+      ul.append(el('li', { class: `health-${e.class}`, tabindex: '0', role: 'button',
+        title: `open ${e.target_area} and select ${e.source} → ${e.target}`, 'data-source': e.source, 'data-target': e.target,
+        onclick: () => openProblemEdge(e), onkeydown: (ev) => { if (ev.key === 'Enter') openProblemEdge(e); } },
+      el('span', { class: 'name', text: `${e.source} → ${e.target}` }),
+      el('div', { class: 'meta', text: `${pct(e.failure_ratio)} of ${e.connects} connects failed` })));
+    }
+    list.append(el('div', { class: 'sub', text: 'Edges' }), ul);
+  }
+}
+
+// A service problem opens its area with the service in the side panel.
+function openProblemService(sv) {
+  navigate({ area: sv.area, service: undefined, sel: sv.kind === 'service' ? sv.name : undefined, impact: undefined });
+}
+
+// An edge problem opens the area of the failing server, where both ends are
+// drawn, and selects the edge.
+function openProblemEdge(e) {
+  focusEdge = [e.source, e.target];
+  navigate({ area: e.target_area, service: undefined, sel: undefined, impact: undefined });
+}
+
+$('problems-toggle').addEventListener('click', () => {
+  problemsOpen = !problemsOpen;
+  renderProblems(phobos.problems);
+});
+
+// -- states: loading, error, no data at this time ------------------------------------
+
+let loadingTimer = null;
+function showLoading(on) {
+  clearTimeout(loadingTimer);
+  // Only a load that takes a while shows it: a flash on every refresh is noise.
+  if (on) loadingTimer = setTimeout(() => { $('loading').hidden = false; }, 150);
+  else $('loading').hidden = true;
+  phobos.loading = on;
+}
+
+function showError(err) {
+  const text = err.message || String(err);
+  phobos.errors.push(text);
+  phobos.state = 'error';
+  $('error-text').textContent = text;
+  $('error').hidden = false;
+  $('viz').classList.add('stale');
+  phobos.ready = true;
+}
+
+function clearError() {
+  if (phobos.state === 'error') phobos.state = 'loading';
+  $('error').hidden = true;
+  $('viz').classList.remove('stale');
+}
+
+function showNoData(areas, tl) {
+  const box = $('nodata');
+  const empty = !areas.connections.length;
+  box.hidden = !empty;
+  if (!empty) return;
+  const m = areas.metadata || {};
+  $('nodata-text').textContent = `No connections from ${m.from} to ${m.at}. This store holds data from `
+    + `${tl.range.first} to ${tl.range.last}: move the time slider into that range.`;
+}
+
+function renderLegend(meta) {
+  const h = meta.health;
+  if (!h) return;
+  $('legend-danger').textContent = `failing (≥ ${pct(h.danger_ratio)} of connects)`;
+  $('legend-warning').textContent = `degraded (≥ ${pct(h.warning_ratio)})`;
 }
 
 function closePanel() {
   $('panel').hidden = true;
   $('panel').dataset.kind = '';
   phobos.panel = null;
+  phobos.edge = null;
 }
 
 function renderDiffPanel(diff) {
@@ -761,6 +1117,25 @@ phobos.navigate = navigate;
 // What Vizceral really draws now: its current graph's level and nodes.
 phobos.drawn = () => (viz && viz.currentGraph ? { view: viz.currentGraph.graphIndex,
   nodes: Object.keys(viz.currentGraph.nodes).sort() } : null);
+// The classes Vizceral holds for the current level's nodes and connections, and
+// the keys its particles are drawn with (tests check red is really drawn).
+phobos.drawnHealth = () => {
+  const graph = viz && viz.currentGraph;
+  if (!graph) return null;
+  const nodes = Object.fromEntries(Object.values(graph.nodes).map((n) => [n.getName(), n.getClass()]));
+  const connections = Object.fromEntries(Object.values(graph.connections).map((c) => [c.getName(),
+    { cls: c.class, keys: Object.keys(c.volume || {}).filter((k) => c.volume[k] > 0),
+      line: c.view ? c.view.phobosTint || null : null }]));
+  return { nodes, connections };
+};
+// Points on the drawn edge source -> target, in page pixels, from its middle
+// outwards (tests hover there; another node may sit on the middle).
+phobos.edgePoints = (source, target) => {
+  const a = phobos.nodePosition(source);
+  const b = phobos.nodePosition(target);
+  if (!a || !b) return null;
+  return [0.5, 0.4, 0.6, 0.3, 0.7].map((f) => ({ x: a.x + (b.x - a.x) * f, y: a.y + (b.y - a.y) * f }));
+};
 // Where a node of the current view is drawn, in page pixels (tests click there).
 phobos.nodePosition = (name) => {
   const graph = viz && viz.currentGraph;
