@@ -886,13 +886,16 @@ function renderProblems(problems) {
 }
 
 // A service problem opens its area with the service in the side panel.
+// The list folds away once it has been used, so it does not cover what it opened.
 function openProblemService(sv) {
+  problemsOpen = false;
   navigate({ area: sv.area, service: undefined, sel: sv.kind === 'service' ? sv.name : undefined, impact: undefined });
 }
 
 // An edge problem opens the area of the failing server, where both ends are
 // drawn, and selects the edge.
 function openProblemEdge(e) {
+  problemsOpen = false;
   focusEdge = [e.source, e.target];
   navigate({ area: e.target_area, service: undefined, sel: undefined, impact: undefined });
 }

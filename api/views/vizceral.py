@@ -14,6 +14,8 @@ Rules of the format that the builders below keep (and ``SCHEMA`` checks):
 node names are unique within a level (connections refer to them);
 ``metrics`` of a connection are requests per second split into ``normal``,
 ``warning`` and ``danger`` (Phobos puts failed connects in ``danger``);
+a connection's ``class`` is its health (``api.views.health``), which
+Vizceral 4.9 does not draw by itself - the page colours unhealthy edges;
 ``maxVolume`` scales the particles and must be positive.  Vizceral inserts
 ``notices`` into the page as raw HTML, so every notice text is escaped here
 - names come from hosts and processes nobody vetted.
