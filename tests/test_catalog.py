@@ -477,7 +477,7 @@ def test_broken_file_reaches_no_store(tmp_path):
                                  "an IP range; write it as 10.1.2.0/24, 2001:db8::/32 or a "
                                  "single address"]
     assert current_version(store) == 1 and read_catalog(store) == cat
-    assert len(store.inserts) == 4
+    assert len(store.inserts) == 5  # one insert per table of the good version
 
 
 def _require_chdb():
@@ -515,3 +515,175 @@ def test_round_trip_through_chdb(tmp_path):
         assert rows == [("corporate-smtp",)]
     finally:
         store.close()
+
+
+# -- virtual addresses -------------------------------------------------------------
+
+VIRTUAL = """\
+version: 1
+areas: [{name: shop}]
+services:
+  - name: web
+    area: shop
+    virtual:
+      - cidrs: [198.51.100.10]
+        ports: [443]
+        sources: [10.99.0.0/24]
+  - name: db
+    area: shop
+    virtual:
+      - {cidrs: ["198.51.100.10"], ports: [5432]}
+      - {cidrs: ["2001:db8:5::/64"]}
+"""
+
+
+def test_virtual_entries_are_read_matched_and_round_tripped():
+    cat = parse(VIRTUAL)
+    web = cat.service("web")
+    assert [v.as_dict() for v in web.virtual] == [
+        {"cidrs": ["198.51.100.10/32"], "ports": [443], "sources": ["10.99.0.0/24"]}]
+    # one balancer address in front of two services, on different ports
+    assert cat.match_virtual("198.51.100.10", 443) == "web"
+    assert cat.match_virtual("::ffff:198.51.100.10", 5432) == "db"
+    assert cat.match_virtual("198.51.100.10", 80) is None
+    assert cat.match_virtual("2001:db8:5::9", 80) == "db"
+    assert web.virtual[0].is_source("10.99.0.7") and not web.virtual[0].is_source("10.98.0.7")
+    assert parse_catalog(cat.to_yaml()) == cat
+    rows = catalog_to_rows(cat, 3)
+    assert rows["catalog_virtuals"] == [
+        {"version": 3, "service": "web", "position": 0, "cidrs": ["::ffff:198.51.100.10/128"],
+         "ports": [443], "sources": ["::ffff:10.99.0.0/120"]},
+        {"version": 3, "service": "db", "position": 0, "cidrs": ["::ffff:198.51.100.10/128"],
+         "ports": [5432], "sources": []},
+        {"version": 3, "service": "db", "position": 1, "cidrs": ["2001:db8:5::/64"], "ports": [],
+         "sources": []}]
+    rows["catalog_virtuals"].reverse()  # as a table sorted otherwise hands them back
+    assert catalog_from_rows(rows) == cat
+    # a catalog without virtual entries keeps its checksum of before they existed
+    assert "virtual" not in parse(SMALL).as_dict()["services"][0]
+
+
+def test_virtual_entries_are_validated_with_positions():
+    errors = errors_of("""\
+        version: 1
+        areas: [{name: shop}]
+        services:
+          - name: web
+            area: shop
+            virtual:
+              - {cidrs: [198.51.100.0/28], ports: [443, 0]}
+              - {ports: [443]}
+              - {cidrs: [], sorces: [10.0.0.0/8]}
+              - {cidrs: [198.51.100.300, 10.0.0.1/8], sources: [bad]}
+              - 198.51.100.1
+          - name: api
+            area: shop
+            virtual: {cidrs: [10.0.0.0/8]}
+          - name: db
+            area: shop
+            virtual:
+              - {cidrs: ["198.51.100.8/29", "2001:db8::/32"], ports: ["443"]}
+              - {cidrs: ["::ffff:198.51.100.10/128"]}
+              - {cidrs: [198.51.100.10], ports: [5432]}
+        """)
+    web = "a virtual entry of service 'web'"
+    assert errors == [
+        f"cat.yaml:7:49: port 0 in {web} is not a TCP port; use a whole number from 1 to 65535",
+        f"cat.yaml:8:9: {web} is missing required key 'cidrs': the addresses that stand for "
+        "the service",
+        f"cat.yaml:9:17: 'cidrs' of {web} is empty; list the addresses that stand for the service",
+        f"cat.yaml:9:21: unknown key 'sorces' in {web}; did you mean 'sources'?",
+        f"cat.yaml:10:18: '198.51.100.300' in {web} is not an IP range; write it as 10.1.2.0/24, "
+        "2001:db8::/32 or a single address",
+        f"cat.yaml:10:34: '10.0.0.1/8' in {web} has host bits set; did you mean 10.0.0.0/8?",
+        f"cat.yaml:10:57: 'bad' in {web} is not an IP range; write it as 10.1.2.0/24, "
+        "2001:db8::/32 or a single address",
+        "cat.yaml:11:9: each entry of 'virtual' in service 'web' must be a mapping "
+        "{cidrs, ports, sources}",
+        "cat.yaml:14:14: 'virtual' of service 'api' must be a list of mappings such as "
+        "- {cidrs: [198.51.100.10], ports: [443]}",
+        # a port refused leaves the entry on every port, so it meets web's 443 too
+        "cat.yaml:18:18: virtual range '198.51.100.8/29' of service 'db' overlaps "
+        "'198.51.100.0/28' of service 'web' (line 7) on port 443; an address stands for one "
+        "service: narrow a range or give the entries different ports",
+        "cat.yaml:18:63: port '443' in a virtual entry of service 'db' is quoted text; write it "
+        "without quotes",
+        # every port of db's second entry meets 443 of web's first (an IPv4-mapped range
+        # is the IPv4 one); db's third, on 5432, meets nothing
+        "cat.yaml:19:18: virtual range '198.51.100.10/32' of service 'db' overlaps "
+        "'198.51.100.0/28' of service 'web' (line 7) on port 443; an address stands for one "
+        "service: narrow a range or give the entries different ports",
+    ]
+
+
+def test_virtual_overlaps_between_services_are_errors_and_within_one_are_not():
+    errors = errors_of("""\
+        version: 1
+        areas: [{name: shop}]
+        services:
+          - name: web
+            area: shop
+            virtual:
+              - {cidrs: [10.1.0.0/16], ports: [80, 443]}
+              - {cidrs: [10.1.2.0/24]}
+          - name: api
+            area: shop
+            virtual:
+              - {cidrs: [10.1.2.3], ports: [443, 8443]}
+              - {cidrs: [10.1.0.0/16], ports: [8080]}
+              - {cidrs: [10.1.0.0/16], ports: [80]}
+        """)
+    assert errors == [
+        "cat.yaml:12:18: virtual range '10.1.2.3/32' of service 'api' overlaps '10.1.0.0/16' of "
+        "service 'web' (line 7) on port 443; an address stands for one service: narrow a range "
+        "or give the entries different ports",
+        "cat.yaml:12:18: virtual range '10.1.2.3/32' of service 'api' overlaps '10.1.2.0/24' of "
+        "service 'web' (line 8) on ports 443, 8443; an address stands for one service: narrow a "
+        "range or give the entries different ports",
+        # web's /24 stands for it on every port, 8080 too
+        "cat.yaml:13:18: virtual range '10.1.0.0/16' of service 'api' overlaps '10.1.2.0/24' of "
+        "service 'web' (line 8) on port 8080; an address stands for one service: narrow a range "
+        "or give the entries different ports",
+        "cat.yaml:14:18: virtual range '10.1.0.0/16' of service 'api' overlaps '10.1.0.0/16' of "
+        "service 'web' (line 7) on port 80; an address stands for one service: narrow a range or "
+        "give the entries different ports",
+        "cat.yaml:14:18: virtual range '10.1.0.0/16' of service 'api' overlaps '10.1.2.0/24' of "
+        "service 'web' (line 8) on port 80; an address stands for one service: narrow a range or "
+        "give the entries different ports",
+    ]
+
+
+def test_many_virtual_addresses_are_checked_quickly():
+    import time
+
+    entries = "".join(f"      - {{cidrs: [10.{i // 250}.{i % 250}.0/24], ports: [{1 + i % 3}]}}\n"
+                      for i in range(5_000))
+    text = ("version: 1\nareas: [{name: a}]\nservices:\n  - name: s\n    area: a\n    virtual:\n"
+            + entries + "  - name: t\n    area: a\n    virtual:\n      - {cidrs: [10.0.0.0/8], ports: [9]}\n")
+    started = time.perf_counter()
+    cat = parse_catalog(text)
+    assert len(cat.service("s").virtual) == 5_000
+    assert time.perf_counter() - started < 10
+
+
+def test_catalog_check_reports_virtual_errors(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "vip.yaml"
+    path.write_text(VIRTUAL.replace("ports: [5432]", "ports: [443]"))
+    out = subprocess.run([sys.executable, "-m", "api.commands.phobos", "catalog", "check", str(path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert f"{path}:13:18: virtual range '198.51.100.10/32' of service 'db' overlaps" in out.stderr
+
+
+def test_the_helm_charts_catalog_validates():
+    import yaml
+
+    found = []
+    for values in sorted((ROOT / "helm").rglob("*values*.yaml")):
+        content = ((yaml.safe_load(values.read_text()) or {}).get("catalog") or {}).get("content")
+        if content:
+            found.append(parse_catalog(content, source=str(values)))
+    assert found, "a values file of the chart embeds a catalog"

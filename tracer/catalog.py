@@ -4,8 +4,9 @@ The tracer sees processes and sockets; people think in business areas,
 services and the outside parties they talk to.  The catalog is one YAML file,
 kept in version control by the platform team, that maps one onto the other.
 This module reads and validates it into frozen dataclasses and answers "which
-service is this process" (``Catalog.match_service``) and "which outside party
-is this address" (``Catalog.match_external``).  It is pure: no I/O besides
+service is this process" (``Catalog.match_service``), "which outside party
+is this address" (``Catalog.match_external``) and "which service does this
+virtual address stand for" (``Catalog.match_virtual``).  It is pure: no I/O besides
 reading the file it is given.
 
 Who uses it: the tracer (``phobos trace --catalog FILE``) names the processes
@@ -45,6 +46,11 @@ File format (version 1)
         tier: 1                     # 1 (most critical) .. 5; omitted = unknown
         description: Double-entry book of every payment.
         match: {...}                # see below
+        virtual:                    # addresses that stand for it; see below
+          - cidrs: ["198.51.100.10"]  # required: a load balancer's VIP ...
+            ports: [443]              # optional; restricts these cidrs only
+            sources: ["198.51.100.128/25"]  # optional: the addresses it shows
+                                            # the service as the client
         links: [...]
     externals:                      # endpoints outside the traced fleet
       - name: stripe                # required, unique (also among services)
@@ -82,7 +88,41 @@ So ``{cmdline: [postgres], ports: [5432]}`` is "a postgres listening on
 A service without rules matches nothing (the tracer's defaults name it).
 Services are tried in file order and the first match wins, so list specific
 services before catch-alls.  ``cidrs`` and ``ports`` also let the backend
-resolve a remote address to the service when no listener record covers it.
+resolve a remote address to the service when no listener record covers it;
+they say where its processes run, and ``ports`` applies to all of its
+``cidrs``.  Addresses that only stand for it belong in ``virtual``.
+
+Virtual addresses
+-----------------
+Where a connection is translated out of the tracers' sight - a cloud load
+balancer's VIP, a NodePort reached from a host outside the cluster, another
+box's NAT - a traced client's record keeps the address it connected to, and
+no listener owns it.  A service's ``virtual`` entries name such addresses:
+
+``cidrs``    required; ranges (or single addresses) that stand for the service
+``ports``    optional; these cidrs stand for it on these ports only (other
+             ports fall through to the services' ranges, externals and
+             INTERNET)
+``sources``  optional; the addresses the translation presents to the
+             service's instances as the client (a load balancer's source NAT
+             pool, the nodes' addresses)
+
+A server address no listener explains resolves first to the virtual entry
+that holds it (and its port), then to services' ``match`` ranges, then to
+externals, else INTERNET; a listener always wins.  Virtual ranges name
+servers only: a client address in one is looked up as any other client's.
+Two services' entries may share an address only on disjoint ports (one load
+balancer in front of several services); otherwise each overlap is an error.
+
+``sources`` trades completeness for exactness.  The service's instances
+record the translated connections too, as inbound connections from a source
+address; with ``sources`` set those records are taken for the ones the
+traced clients already reported through the VIP and are not counted again -
+but untraced clients coming through the same translation are then not drawn
+at all (the translation hides who they are).  Without ``sources`` they are
+drawn as INTERNET -> service next to the traced clients' edges, which
+counts the traced clients' connections twice.  The drop applies to every
+inbound record of the service from a source address, whatever entry or port.
 
 Regular expressions (RE2)
 -------------------------
@@ -140,6 +180,7 @@ __all__ = [
     "Area",
     "Match",
     "Service",
+    "Virtual",
     "External",
     "Catalog",
     "parse_catalog",
@@ -325,8 +366,43 @@ class Match:
 
 
 @dataclass(frozen=True)
+class Virtual:
+    """Addresses that stand for a service (a VIP, another box's NAT); see
+    "Virtual addresses" in the module docstring."""
+
+    cidrs: tuple[str, ...]
+    ports: tuple[int, ...] = ()
+    sources: tuple[str, ...] = ()
+    _nets: tuple[Any, ...] = field(init=False, repr=False, compare=False, default=())
+    _sources: tuple[Any, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_nets", tuple(ipaddress.ip_network(c) for c in self.cidrs))
+        object.__setattr__(self, "_sources", tuple(ipaddress.ip_network(c) for c in self.sources))
+
+    def holds(self, ip: Any, port: int | None = None) -> bool:
+        """Whether a server address (and port, when given) is one of these."""
+        addr = _parse_ip(ip)
+        if addr is None or (port and self.ports and int(port) not in self.ports):
+            return False
+        return any(n.version == addr.version and addr in n for n in self._nets)
+
+    def is_source(self, ip: Any) -> bool:
+        """Whether a client address is one the translation presents."""
+        addr = _parse_ip(ip)
+        return addr is not None and any(n.version == addr.version and addr in n for n in self._sources)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"cidrs": list(self.cidrs)}
+        _put(d, "ports", list(self.ports))
+        _put(d, "sources", list(self.sources))
+        return d
+
+
+@dataclass(frozen=True)
 class Service:
-    """A service: owned by one area, recognised by its ``match`` rules."""
+    """A service: owned by one area, recognised by its ``match`` rules,
+    reached also through its ``virtual`` addresses."""
 
     name: str
     area: str
@@ -336,6 +412,7 @@ class Service:
     description: str = ""
     match: Match = field(default_factory=Match)
     links: tuple[Link, ...] = ()
+    virtual: tuple[Virtual, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "area": self.area, "title": self.title}
@@ -343,6 +420,7 @@ class Service:
         _put(d, "tier", self.tier)
         _put(d, "description", self.description)
         _put(d, "match", self.match.as_dict())
+        _put(d, "virtual", [v.as_dict() for v in self.virtual])
         _put(d, "links", [link.as_dict() for link in self.links])
         return d
 
@@ -439,6 +517,14 @@ class Catalog:
                         if best is None or net.prefixlen > best[0]:
                             best = (net.prefixlen, ext.name)
         return best[1] if best else None
+
+    def match_virtual(self, ip: str | None, port: int | None = None) -> str | None:
+        """Name the service a server address stands for by its ``virtual``
+        entries (at most one can: overlaps on shared ports are refused)."""
+        for svc in self.services:
+            if any(v.holds(ip, port) for v in svc.virtual):
+                return svc.name
+        return None
 
     # -- serialisation ---------------------------------------------------
 
@@ -658,7 +744,9 @@ class _Tree:
 
 _TOP_KEYS = ("version", "areas", "services", "externals")
 _AREA_KEYS = ("name", "title", "kind", "owner", "description", "services", "links")
-_SERVICE_KEYS = ("name", "area", "title", "owner", "tier", "description", "match", "links")
+_SERVICE_KEYS = ("name", "area", "title", "owner", "tier", "description", "match", "virtual",
+                 "links")
+_VIRTUAL_KEYS = ("cidrs", "ports", "sources")
 _MATCH_KEYS = ("comm", "exe", "cmdline", "systemd_unit", "k8s_labels", "hosts", "cidrs", "ports")
 _EXTERNAL_KEYS = ("name", "area", "description", "cidrs", "hostnames", "ports")
 _LINK_KEYS = ("kind", "title", "url")
@@ -742,7 +830,12 @@ class _Fields:
         return out
 
     def cidrs(self, key: str = "cidrs") -> list[str]:
-        out = []
+        return [net for net, _ in self.cidr_marks(key)]
+
+    def cidr_marks(self, key: str = "cidrs") -> list[tuple[str, Any]]:
+        """Valid ranges of ``key`` in canonical form, each with its position."""
+        out: list[tuple[str, Any]] = []
+        seen: set[str] = set()
         for text, mark in self.strings(key):
             try:
                 net = ipaddress.ip_network(text, strict=True)
@@ -756,8 +849,14 @@ class _Fields:
                 self.chk.err(mark, f"'{text}' in {self.what} has host bits set; "
                              f"did you mean {fixed}?")
                 continue
-            if str(net) not in out:
-                out.append(str(net))
+            mapped = net.network_address.ipv4_mapped if net.version == 6 else None
+            if mapped is not None and net.prefixlen >= 96:
+                # one spelling per range: the store keeps IPv4 in this form
+                # and reads it back as IPv4
+                net = ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}")
+            if str(net) not in seen:
+                seen.add(str(net))
+                out.append((str(net), mark))
         return out
 
     def regexes(self, key: str) -> list[str]:
@@ -902,6 +1001,7 @@ def _areas(doc: _Map, top: _Fields, chk: _Checker) -> tuple[list[Area], list]:
 
 def _services(doc: _Map, top: _Fields, chk: _Checker) -> tuple[list[Service], list]:
     services, refs, seen = [], [], {}
+    spans: list[_Span] = []
     for m in _section(doc, top, chk, "services"):
         label = f"service '{m['name']}'" if isinstance(m.get("name"), str) else "a service"
         f = _Fields(chk, m, label, _SERVICE_KEYS)
@@ -919,8 +1019,93 @@ def _services(doc: _Map, top: _Fields, chk: _Checker) -> tuple[list[Service], li
         services.append(Service(
             name=name, area=area, title=f.string("title") or name, owner=f.string("owner"),
             tier=tier or 0, description=f.string("description"),
-            match=_match(chk, m, f, label), links=f.links()))
+            match=_match(chk, m, f, label), links=f.links(),
+            virtual=_virtuals(chk, m, f, label, name, spans)))
+    _overlaps(chk, spans)
     return services, refs
+
+
+@dataclass(frozen=True)
+class _Span:
+    """One virtual range as numbers in the IPv6 space the store uses (IPv4
+    mapped), so that 10.0.0.0/24 and ::ffff:10.0.0.0/120 are one range."""
+
+    lo: int
+    hi: int
+    service: str
+    ports: frozenset[int]
+    text: str
+    mark: Any
+
+
+def _virtuals(chk: _Checker, parent: _Map, pf: _Fields, label: str, name: str,
+              spans: list[_Span]) -> tuple[Virtual, ...]:
+    v = parent.get("virtual")
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        chk.err(pf.at("virtual"), f"'virtual' of {label} must be a list of mappings such as "
+                "- {cidrs: [198.51.100.10], ports: [443]}")
+        return ()
+    out = []
+    for item, node in zip(v, v.nodes):
+        if not isinstance(item, _Map):
+            chk.err(node.start_mark, f"each entry of 'virtual' in {label} must be a mapping "
+                    "{cidrs, ports, sources}")
+            continue
+        what = f"a virtual entry of {label}"
+        f = _Fields(chk, item, what, _VIRTUAL_KEYS)
+        cidrs = f.cidr_marks("cidrs")
+        if not f.present("cidrs"):
+            chk.err(item.mark, f"{what} is missing required key 'cidrs': the addresses that "
+                    "stand for the service")
+        elif item["cidrs"] == []:
+            chk.err(f.at("cidrs"), f"'cidrs' of {what} is empty; list the addresses that "
+                    "stand for the service")
+        ports = f.ports()
+        sources = f.cidrs("sources")
+        for text, mark in cidrs:
+            lo, hi = _span(text)
+            spans.append(_Span(lo, hi, name, frozenset(ports), text, mark))
+        if cidrs:
+            out.append(Virtual(cidrs=tuple(t for t, _ in cidrs), ports=tuple(ports),
+                               sources=tuple(sources)))
+    return tuple(out)
+
+
+def _span(cidr: str) -> tuple[int, int]:
+    net = ipaddress.ip_network(cidr)
+    base = (0xFFFF << 32) if net.version == 4 else 0
+    return base | int(net.network_address), base | int(net.broadcast_address)
+
+
+def _overlaps(chk: _Checker, spans: list[_Span]) -> None:
+    """Report virtual ranges of two services that share an address on a
+    shared port: such an address would stand for both.
+
+    Ranges are CIDR blocks, so two of them are nested or apart: sorted by
+    start (wider first), the ranges still open at a start all hold it, and
+    they are one chain of nested ranges (plus equal ones on other ports),
+    so each range is compared with a few others rather than with all."""
+    chain: list[_Span] = []
+    for cur in sorted(spans, key=lambda x: (x.lo, -x.hi)):
+        while chain and chain[-1].hi < cur.lo:
+            chain.pop()
+        for other in chain:
+            if other.service == cur.service:
+                continue
+            if other.ports and cur.ports and not other.ports & cur.ports:
+                continue  # one address, different ports: one balancer, two services
+            first, then = sorted((other, cur), key=lambda x: (x.mark.line, x.mark.column))
+            shared = sorted(first.ports & then.ports if first.ports and then.ports
+                            else first.ports | then.ports)
+            on = f" on port{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))}" \
+                if shared else ""
+            chk.err(then.mark, f"virtual range '{then.text}' of service '{then.service}' overlaps "
+                    f"'{first.text}' of service '{first.service}' (line {first.mark.line + 1})"
+                    f"{on}; an address stands for one service: narrow a range or give the "
+                    "entries different ports")
+        chain.append(cur)
 
 
 def _match(chk: _Checker, parent: _Map, pf: _Fields, label: str) -> Match:

@@ -1,8 +1,9 @@
 """Writing the catalog to ClickHouse and reading it back.
 
 Every load writes a complete new *version* of the catalog into
-``catalog_areas``, ``catalog_services`` and ``catalog_externals`` and only
-then one row into ``catalog_loads``.  Readers take the highest version found
+``catalog_areas``, ``catalog_services``, ``catalog_externals`` and
+``catalog_virtuals`` (services' virtual addresses, one row per entry) and
+only then one row into ``catalog_loads``.  Readers take the highest version found
 in ``catalog_loads``, so a load that dies half-way leaves rows nobody reads
 instead of a half-old, half-new catalog.  Old versions stay, which lets the
 graph be drawn with the catalog of any past moment.
@@ -31,7 +32,7 @@ import time
 from typing import Any, Iterable, Mapping
 
 from api.storage import Store
-from tracer.catalog import Area, Catalog, External, Link, Match, Service
+from tracer.catalog import Area, Catalog, External, Link, Match, Service, Virtual
 
 __all__ = [
     "CATALOG_TABLES",
@@ -51,11 +52,15 @@ CATALOG_TABLES: dict[str, tuple[str, ...]] = {
                          "match", "cidrs", "ports", "links"),
     "catalog_externals": ("version", "name", "area", "description", "cidrs", "hostnames",
                           "ports"),
+    "catalog_virtuals": ("version", "service", "position", "cidrs", "ports", "sources"),
     "catalog_loads": ("version", "loaded_at", "source", "checksum", "areas", "services",
                       "externals"),
 }
 # catalog_loads last: its row is what makes a version visible.
-_WRITE_ORDER = ("catalog_areas", "catalog_services", "catalog_externals", "catalog_loads")
+_WRITE_ORDER = ("catalog_areas", "catalog_services", "catalog_externals", "catalog_virtuals",
+                "catalog_loads")
+# How each table's rows are read back in a stable order.
+_ORDER_BY = {"catalog_virtuals": "service, position", "catalog_loads": ""}
 # The rules of a service's ``match`` that are lists of text.
 _MATCH_LISTS = ("comm", "exe", "cmdline", "systemd_unit", "hosts", "cidrs")
 
@@ -90,13 +95,18 @@ def catalog_to_rows(catalog: Catalog, version: int, source: str = "",
         "cidrs": [_sql_cidr(c) for c in e.cidrs], "hostnames": list(e.hostnames),
         "ports": list(e.ports),
     } for e in catalog.externals]
+    virtuals = [{
+        "version": version, "service": s.name, "position": i,
+        "cidrs": [_sql_cidr(c) for c in v.cidrs], "ports": list(v.ports),
+        "sources": [_sql_cidr(c) for c in v.sources],
+    } for s in catalog.services for i, v in enumerate(s.virtual)]
     loads = [{
         "version": version, "loaded_at": int(loaded_at), "source": source,
         "checksum": catalog.checksum(), "areas": len(areas), "services": len(services),
         "externals": len(externals),
     }]
     return {"catalog_areas": areas, "catalog_services": services,
-            "catalog_externals": externals, "catalog_loads": loads}
+            "catalog_externals": externals, "catalog_virtuals": virtuals, "catalog_loads": loads}
 
 
 def catalog_from_rows(rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> Catalog:
@@ -111,6 +121,12 @@ def catalog_from_rows(rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> Catalo
         description=r["description"], services=tuple(r["services"]),
         links=_links_from_json(r["links"]),
     ) for r in rows.get("catalog_areas", ())), key=lambda a: a.name))
+    virtual: dict[str, list[tuple[int, Virtual]]] = {}
+    for r in rows.get("catalog_virtuals", ()):
+        virtual.setdefault(r["service"], []).append((int(r["position"]), Virtual(
+            cidrs=tuple(_from_sql_cidr(c) for c in r["cidrs"]),
+            ports=tuple(int(p) for p in r["ports"]),
+            sources=tuple(_from_sql_cidr(c) for c in r["sources"]))))
     ordered = []
     for r in rows.get("catalog_services", ()):
         m = json.loads(r["match"])
@@ -123,6 +139,7 @@ def catalog_from_rows(rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> Catalo
             name=r["name"], area=r["area"], title=r["title"], owner=r["owner"],
             tier=int(r["tier"]), description=r["description"], match=match,
             links=_links_from_json(r["links"]),
+            virtual=tuple(v for _, v in sorted(virtual.get(r["name"], ()), key=lambda t: t[0])),
         )))
     services = tuple(s for _, _, s in sorted(ordered, key=lambda t: (t[0], t[1])))
     externals = tuple(sorted((External(
@@ -201,7 +218,8 @@ def current_catalog_rows(store: Store, version: int | None = None) -> dict[str, 
         return {table: [] for table in CATALOG_TABLES}
     out = {}
     for table, columns in CATALOG_TABLES.items():
-        order = " ORDER BY name" if "name" in columns else ""
+        order = _ORDER_BY.get(table, "name")
+        order = f" ORDER BY {order}" if order else ""
         result = store.query(
             f"SELECT {', '.join(columns)} FROM {store.db}.{table} "
             f"WHERE version = {{v:UInt64}}{order}",
