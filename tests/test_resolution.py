@@ -261,3 +261,146 @@ def test_a_store_from_before_the_resolved_tables_is_marked_and_back_filled(store
     r.run_once()
     assert reads.resolved_until(store, win) == win.end
     assert {(x["s_name"], x["d_name"]): x["open"] for x in reads.graph_rows(store, win)} == pytest.approx(fx.EXPECTED_OPEN)
+
+
+# -- catalog virtual addresses -------------------------------------------------------
+
+#: A fleet behind translations no tracer sees: api behind a cloud load balancer
+#: (VIP 198.51.100.10:443, source NAT pool 10.99.0.0/24) inside a range the
+#: external ``cloud`` covers, and db's NodePort 203.0.113.50:5432.
+VIP_CATALOG = """
+version: 1
+areas: [{name: shop}]
+services:
+  - {name: web, area: shop, match: {comm: [nginx]}}
+  - name: api
+    area: shop
+    virtual:
+      - {cidrs: [198.51.100.10], ports: [443], sources: [10.99.0.0/24]}
+  - name: db
+    area: shop
+    virtual: [{cidrs: [203.0.113.50], ports: [5432]}]
+  - {name: edge, area: shop}
+externals:
+  - {name: cloud, cidrs: [198.51.100.0/24]}
+"""
+NO_VIP_CATALOG = "\n".join(line for line in VIP_CATALOG.splitlines()
+                           if "virtual" not in line and "cidrs: [198.51.100.10]" not in line)
+
+
+def build_vip_fleet(store) -> Window:
+    minute = T0 + 120
+
+    def out(port: int, ip: str, n: int, at: int = minute) -> dict:
+        return connection(ts=format_ts(at), host="h-web", host_ip="10.0.0.1", service="web", local_ip="10.0.0.1",
+                          remote_ip=ip, remote_port=port, connects=n, closes=n)
+
+    def inbound(client: str, n: int) -> dict:
+        return connection(ts=format_ts(minute), host="h-api", host_ip="10.0.0.5", service="api",
+                          direction="inbound", local_ip="10.0.0.5", local_port=8443, remote_ip=client,
+                          remote_port=0, connects=0, accepts=n, closes=n)
+
+    ingest_batch(store, "connections", [
+        out(443, "198.51.100.10", 5),    # through the balancer: api
+        out(80, "198.51.100.10", 2),     # another port of that address: the external around it
+        out(5432, "203.0.113.50", 4),    # the NodePort: db
+        out(5433, "203.0.113.50", 1),    # not its port: nothing names it
+        inbound("10.99.0.7", 5),         # the balancer's side of web's 5
+        inbound("192.0.2.80", 3),        # a client that is not traced, not through the balancer
+    ])
+    # a minute later a traced host owns the VIP's address and port: its listener wins
+    ingest_batch(store, "listeners", [listener(ts=format_ts(minute + 60), host="h-edge", ip="198.51.100.10",
+                                               port=443, service="edge")])
+    ingest_batch(store, "connections", [out(443, "198.51.100.10", 6, at=minute + 60)])
+    return Window.at(minute + 120, 120)
+
+
+VIP_EDGES = {("web", "api"): 5, ("web", "cloud"): 2, ("web", "db"): 4, ("web", INTERNET): 1,
+             ("INTERNET", "api"): 3, ("web", "edge"): 6}
+
+
+def vip_views(win: Window) -> list[dict]:
+    return [{}, {"instances_of": "api"}, {"touching": "api"}, {"touching": INTERNET}, {"dc": "dc1"},
+            {"datacenters": True}]
+
+
+def connects(rows: list[dict]) -> dict:
+    return {(r["s_name"], r["d_name"]): r["connects"] for r in rows}
+
+
+def assert_vip_views_same_as_fresh(store, win: Window) -> None:
+    for options in vip_views(win):
+        stored = reads.graph_rows(store, win, **options)
+        fresh = reads.graph_rows(store, win, resolved=False, **options)
+        if "instances_of" in options:
+            # stored rows sum INTERNET's addresses into one instance, fresh ones keep them apart
+            def by_instance(rows: list[dict]) -> dict:
+                out: dict = {}
+                for r in rows:
+                    key = (r["s_name"], "" if r["s_name"] == INTERNET else r["s_inst"],
+                           r["d_name"], "" if r["d_name"] == INTERNET else r["d_inst"])
+                    out[key] = out.get(key, 0) + r["connects"]
+                return out
+            stored, fresh = by_instance(stored), by_instance(fresh)
+        assert stored == fresh, options
+
+
+def test_a_virtual_address_resolves_to_its_service_on_its_ports(store):
+    load_into_store(store, parse_catalog(VIP_CATALOG), source="test")
+    win = build_vip_fleet(store)
+    fresh = reads.graph_rows(store, win, resolved=False)
+    # the balancer's side of web's 5 is not counted again; the other client stays
+    assert connects(fresh) == VIP_EDGES
+    kinds = {(r["s_name"], r["d_name"]): (r["s_kind"], r["d_kind"], r["d_area"]) for r in fresh}
+    assert kinds[("web", "api")] == ("service", "service", "shop")
+    assert kinds[("web", "cloud")] == ("service", "external", INTERNET)
+    resolve_all(store)
+    assert reads.resolved_until(store, win) == win.end
+    assert_vip_views_same_as_fresh(store, win)
+    # the service's own view: the balancer's source is no instance of a client
+    inst = reads.graph_rows(store, win, instances_of="api")
+    assert {(r["s_name"], r["s_inst"], r["d_inst"], r["connects"]) for r in inst} == {
+        ("web", "h-web", "198.51.100.10", 5), (INTERNET, "", "h-api", 3)}
+
+
+def test_adding_a_virtual_address_shows_without_resolving_again(store):
+    load_into_store(store, parse_catalog(NO_VIP_CATALOG), source="before")
+    win = build_vip_fleet(store)
+    resolve_all(store)
+    before = connects(reads.graph_rows(store, win))
+    assert before == {("web", "cloud"): 7, ("web", INTERNET): 5, ("INTERNET", "api"): 8, ("web", "edge"): 6}
+    load_into_store(store, parse_catalog(VIP_CATALOG), source="after")
+    assert resolver(store).pending() == []  # nothing to resolve again ...
+    assert_vip_views_same_as_fresh(store, win)  # ... and every view shows the new catalog
+    assert connects(reads.graph_rows(store, win)) == VIP_EDGES
+    # and back: without sources the balancer's connections are an untraced client again
+    load_into_store(store, parse_catalog(VIP_CATALOG.replace(", sources: [10.99.0.0/24]", "")), source="no sources")
+    rows = connects(reads.graph_rows(store, win))
+    assert rows == {**VIP_EDGES, ("INTERNET", "api"): 8}
+    assert rows == connects(reads.graph_rows(store, win, resolved=False))
+
+
+def test_the_read_index_names_servers_by_virtual_addresses_before_ranges_and_externals():
+    from ipaddress import IPv6Address
+
+    from api.catalog.lookups import CatalogIndex
+
+    def span(first: str, last: str) -> tuple[int, int]:
+        return int(IPv6Address(first)), int(IPv6Address(last))
+
+    index = CatalogIndex(
+        {"api": "shop", "lb-hosts": "shop"},
+        services=((*span("::ffff:198.51.100.0", "::ffff:198.51.100.15"), "lb-hosts", "shop", frozenset()),),
+        externals=((*span("::ffff:198.51.100.0", "::ffff:198.51.100.255"), "cloud", INTERNET, frozenset()),),
+        virtuals=((*span("::ffff:198.51.100.10", "::ffff:198.51.100.10"), "api", "", frozenset({443})),),
+        sources=((*span("::ffff:10.99.0.0", "::ffff:10.99.0.255"), "api"),))
+    assert index.address("198.51.100.10", 443) == ("service", "api", "shop")
+    assert index.address("198.51.100.10", 80) == ("service", "lb-hosts", "shop")
+    assert index.address("198.51.100.99", 443) == ("external", "cloud", INTERNET)
+    # a client at that address is not the service it stands for
+    assert index.address("198.51.100.10", None) == ("service", "lb-hosts", "shop")
+    # virtual addresses are never summed into INTERNET as addresses in no range
+    vip = str(IPv6Address("::ffff:198.51.100.10"))
+    assert (vip, vip) in index.bounds
+    assert index.source_bounds == [(str(IPv6Address("::ffff:10.99.0.0")), str(IPv6Address("::ffff:10.99.0.255")),
+                                    "api")]

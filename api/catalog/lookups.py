@@ -5,12 +5,17 @@ A catalog version (``versions.py``) becomes, once per version and store:
 * ``catalog_maps`` - areas, services and externals by name, for what a view
   shows of them (titles, owners, links, a business process's services);
 * ``catalog_index`` - the areas of services and the address ranges of
-  services and externals, longest prefix first, which name the addresses
-  no listener explained when resolved rows are read;
+  services' virtual addresses, services and externals, longest prefix
+  first, which name the addresses no listener explained when resolved rows
+  are read, and the virtual addresses' sources, whose inbound rows the
+  traced clients already reported;
 * ``lookups_sql`` - the same as ClickHouse ``WITH`` expressions, for the
   resolution SQL that applies the catalog in the query itself.
 
-What the catalog does not explain has a name too: ``INTERNET`` for an
+A server address no listener explained is, in this order, a service's
+virtual address (on its ports), in a service's ``match`` range, in an
+external's, else ``INTERNET``; a client address skips the virtual ranges
+(they stand for servers). What the catalog does not explain has a name too: ``INTERNET`` for an
 address, ``UNASSIGNED`` for the area of a service it does not list.
 """
 
@@ -37,33 +42,52 @@ def version_sql(db: str) -> str:
     return f"(SELECT max(version) FROM {db}.catalog_loads)"
 
 
+def _ranges_sql(source: str, name: str, area: str, ports: str) -> str:
+    """(first, last, name, area, ports) of every range of ``source`` (a
+    table and what it is ARRAY JOINed on as ``cidr``), longest prefix first,
+    so a row compares two addresses per range instead of parsing text."""
+    prefix = "toUInt8OrZero(splitByChar('/', cidr)[2])"
+    return f"""(SELECT groupArray((r.1, r.2, n, a, p)) FROM (
+         SELECT IPv6CIDRToRange(toIPv6(splitByChar('/', cidr)[1]), {prefix}) AS r,
+                {name} AS n, {area} AS a, {ports} AS p
+         FROM {source}
+         ORDER BY {prefix} DESC, n))"""
+
+
 def lookups_sql(db: str, cv: str) -> str:
-    """``area_of`` (service -> area) and the address ranges of services and
-    externals as WITH expressions, for catalog version ``cv``."""
+    """``area_of`` (service -> area) and address ranges as WITH expressions,
+    for catalog version ``cv``: ``vip_ranges`` (services' virtual addresses),
+    ``svc_ranges`` (services' ``match`` ranges), ``ext_ranges`` (externals),
+    ``dst_ranges`` (the first two in the order a server address is looked up
+    in) - each (first, last, name, area, ports) - and ``vip_sources``
+    (first, last, service) of the virtual addresses' sources."""
+    virtuals = f"{db}.catalog_virtuals ARRAY JOIN {{}} AS cidr WHERE version = {cv}"
     return f"""(SELECT mapFromArrays(groupArray(name), groupArray(area))
          FROM {db}.catalog_services WHERE version = {cv}) AS area_of,
-      -- address ranges as (first, last, name, area, ports), longest prefix first,
-      -- so a row compares two addresses per range instead of parsing text
-      (SELECT groupArray((r.1, r.2, name, area, ports)) FROM (
+      {_ranges_sql(f"{db}.catalog_services ARRAY JOIN cidrs AS cidr WHERE version = {cv}",
+                   "name", "area", "ports")} AS svc_ranges,
+      {_ranges_sql(f"{db}.catalog_externals ARRAY JOIN cidrs AS cidr WHERE version = {cv}",
+                   "name", f"if(area = '', '{INTERNET}', area)", "ports")} AS ext_ranges,
+      {_ranges_sql(virtuals.format("cidrs"), "service", "''", "ports")} AS vip_ranges,
+      -- virtual addresses first: they stand for a service wherever it runs
+      arrayConcat(vip_ranges, svc_ranges) AS dst_ranges,
+      (SELECT groupArray((r.1, r.2, service)) FROM (
          SELECT IPv6CIDRToRange(toIPv6(splitByChar('/', cidr)[1]),
-                                toUInt8OrZero(splitByChar('/', cidr)[2])) AS r, name, area, ports
-         FROM {db}.catalog_services ARRAY JOIN cidrs AS cidr WHERE version = {cv}
-         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS svc_ranges,
-      (SELECT groupArray((r.1, r.2, name, if(area = '', '{INTERNET}', area), ports)) FROM (
-         SELECT IPv6CIDRToRange(toIPv6(splitByChar('/', cidr)[1]),
-                                toUInt8OrZero(splitByChar('/', cidr)[2])) AS r, name, area, ports
-         FROM {db}.catalog_externals ARRAY JOIN cidrs AS cidr WHERE version = {cv}
-         ORDER BY toUInt8OrZero(splitByChar('/', cidr)[2]) DESC, name)) AS ext_ranges"""
+                                toUInt8OrZero(splitByChar('/', cidr)[2])) AS r, service
+         FROM {virtuals.format("sources")})) AS vip_sources"""
 
 
 @dataclass(frozen=True)
 class CatalogIndex:
-    """The catalog as the resolved rows need it: areas of services, and the
-    address ranges of services and externals, longest prefix first."""
+    """The catalog as the resolved rows need it: areas of services, the
+    address ranges of services' virtual addresses, services and externals,
+    longest prefix first, and the sources of the virtual addresses."""
 
     area_of: dict[str, str]
     services: tuple[tuple[int, int, str, str, frozenset[int]], ...]
     externals: tuple[tuple[int, int, str, str, frozenset[int]], ...]
+    virtuals: tuple[tuple[int, int, str, str, frozenset[int]], ...] = ()
+    sources: tuple[tuple[int, int, str], ...] = ()
 
     def area(self, service: str) -> str:
         return self.area_of.get(service) or UNASSIGNED
@@ -74,16 +98,28 @@ class CatalogIndex:
         sum the addresses that no range holds (all of them ``INTERNET``)
         instead of returning them one by one."""
         return [(str(ipaddress.IPv6Address(lo)), str(ipaddress.IPv6Address(hi)))
-                for lo, hi, *_ in (*self.services, *self.externals)]
+                for lo, hi, *_ in (*self.virtuals, *self.services, *self.externals)]
+
+    @functools.cached_property
+    def source_bounds(self) -> list[tuple[str, str, str]]:
+        """(first, last, service) of every virtual address's source range,
+        as IPv6 text, for the query that leaves out the rows they explain."""
+        return [(str(ipaddress.IPv6Address(lo)), str(ipaddress.IPv6Address(hi)), name)
+                for lo, hi, name in self.sources]
 
     def address(self, text: str, port: int | None) -> tuple[str, str, str]:
         """(kind, name, area) of an address no listener explained; ``port``
-        None for a client (ranges then match on the address alone)."""
+        None for a client (ranges then match on the address alone, and
+        virtual addresses, which stand for servers, not at all)."""
         try:
             addr = ipaddress.ip_address(text)
         except ValueError:
             return "internet", INTERNET, INTERNET
         value = int(addr) | (0xFFFF << 32) if addr.version == 4 else int(addr)
+        if port is not None:
+            for lo, hi, name, _area, ports in self.virtuals:
+                if lo <= value <= hi and (not ports or port in ports):
+                    return "service", name, self.area(name)
         for lo, hi, name, area, ports in self.services:
             if lo <= value <= hi and (port is None or not ports or port in ports):
                 return "service", name, self.area(name)
@@ -110,13 +146,17 @@ def catalog_index(store: Store, version: int) -> CatalogIndex:
     (row,) = store.query(f"""WITH {lookups_sql(db, cv)}
         SELECT mapKeys(area_of), mapValues(area_of),
                arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3, x.4, x.5), svc_ranges),
-               arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3, x.4, x.5), ext_ranges)""")
+               arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3, x.4, x.5), ext_ranges),
+               arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3, x.4, x.5), vip_ranges),
+               arrayMap(x -> (IPv6NumToString(x.1), IPv6NumToString(x.2), x.3), vip_sources)""")
 
     def ranges(items: list) -> tuple[tuple[int, int, str, str, frozenset[int]], ...]:
         return tuple((int(ipaddress.IPv6Address(lo)), int(ipaddress.IPv6Address(hi)), name, area,
                       frozenset(int(p) for p in ports)) for lo, hi, name, area, ports in items)
 
-    index = CatalogIndex(dict(zip(row[0], row[1])), ranges(row[2]), ranges(row[3]))
+    sources = tuple((int(ipaddress.IPv6Address(lo)), int(ipaddress.IPv6Address(hi)), name)
+                    for lo, hi, name in row[5])
+    index = CatalogIndex(dict(zip(row[0], row[1])), ranges(row[2]), ranges(row[3]), ranges(row[4]), sources)
     with _LOCK:
         if len(_CATALOG_INDEX) > 16:
             _CATALOG_INDEX.clear()

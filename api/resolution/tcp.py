@@ -19,8 +19,13 @@ six hours and more, where minute detail would only cost time).
   else was already counted from the client's side - so an edge seen from
   both ends is counted once.
 * Whatever no listener explains is looked up in the catalog: services'
-  ``cidrs``/``ports`` first, then externals (longest prefix wins), else it
-  is the ``INTERNET`` node.
+  virtual addresses (on their ports) first, then services'
+  ``cidrs``/``ports``, then externals (longest prefix wins within each),
+  else it is the ``INTERNET`` node. Client addresses skip the virtual ones.
+* Inbound records of a service from the ``sources`` of its virtual
+  addresses are left out: they are the connections its traced clients
+  reported through the virtual address (``tracer/catalog.py``, "Virtual
+  addresses", says what that costs).
 
 ``resolved_sql`` is run by the resolution stage (``stage.py``) once per
 minute, without the catalog (what no listener explains stays an address;
@@ -127,7 +132,8 @@ def resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
     Parameters are ``t0``, ``t1`` (UInt32 epoch seconds), ``slack`` (UInt32).
     Each row keeps its bucket (``ts``) and, for a server no listener
     explains, the port it was reached on (``d_port``). Without ``catalog``
-    no address ranges are applied: what no listener explains stays an
+    no address ranges are applied and no inbound record is left out for
+    a virtual address's ``sources``: what no listener explains stays an
     address (kind ``internet``, the address in ``*_inst``) - the form the
     resolution stage stores, applying the catalog when it is read.
     """
@@ -159,7 +165,7 @@ def resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
         if(pod != '', pod, host) AS s_inst,
         -- ranges only for what no listener explained (empty arrays cost nothing)
         arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2 AND (empty(x.5) OR has(x.5, remote_port)),
-                   if(hit, [], svc_ranges)) AS sr,
+                   if(hit, [], dst_ranges)) AS sr,
         arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2 AND (empty(x.5) OR has(x.5, remote_port)),
                    if(hit OR sr.3 != '', [], ext_ranges)) AS xr,
         multiIf(hit, 'service', sr.3 != '', 'service', xr.3 != '', 'external', 'internet') AS d_kind,
@@ -248,6 +254,8 @@ def resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
                sum(bytes_sent + bytes_received) AS bt
         FROM {table}
         WHERE direction = 'inbound' AND {rng}
+          -- through a virtual address with sources: the traced clients reported these
+          AND NOT arrayExists(x -> remote_ip BETWEEN x.1 AND x.2 AND x.3 = service, vip_sources)
           -- per bucket, so that a minute resolves the same in any window
           AND (ts, remote_ip) NOT IN (
             SELECT ts, local_ip FROM {table} WHERE direction = 'outbound' AND {rng}

@@ -12,7 +12,9 @@ The resolution stage (``api.resolution.stage``) resolves endpoint rows into
 client -> server rows once per minute; ``graph_rows`` reads its tables and
 resolves on the spot (``api.resolution.tcp``) only the minutes the stage has
 not reached.  The catalog is applied to the rows kept as addresses when
-they are read (``api.catalog.lookups``), so a catalog change shows at once.
+they are read (``api.catalog.lookups``), so a catalog change shows at once -
+its virtual addresses too, and the untraced-client rows their ``sources``
+explain are left out then.
 
 The value columns are per-second over the window: ``open`` (time-averaged
 open connections, from ``open_seconds``), ``conn_rate`` (new connections per
@@ -65,6 +67,15 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
     if dc:
         where.append("(s_dc = {dc:String} OR d_dc = {dc:String})")
         params["dc"] = dc
+    if catalog.sources:
+        # A client address the catalog names as a source of the server's own
+        # virtual address is the traced clients' connections seen again at
+        # the server: left out here rather than when the minute was resolved,
+        # so that a change of the catalog shows at once.
+        where.append(f"NOT (s_kind = 'addr' AND d_kind = 'service' AND arrayExists("
+                     f"r -> toIPv6OrDefault({s_addr}) BETWEEN r.1 AND r.2 AND r.3 = d_name, "
+                     "arrayMap(x -> (toIPv6(x.1), toIPv6(x.2), x.3), {vsources:Array(Tuple(String, String, String))})))")
+        params["vsources"] = catalog.source_bounds
     if svc is not None:
         # Address rows may turn out to be the service, by its catalog ranges.
         where.append("(s_name = {svc:String} OR d_name = {svc:String} OR s_kind = 'addr' OR d_kind = 'addr')")
