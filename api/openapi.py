@@ -103,16 +103,25 @@ def openapi_spec(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
                               **_errors(400, 404)},
             }},
             "/api/v1/diff": {"get": {
-                "summary": "New, vanished and changed service edges between two times.",
+                "summary": "New, vanished and changed service edges between two times, and all of them "
+                           "ranked by absolute change (`ranked`).",
                 "operationId": "diff",
                 "parameters": [
-                    _q("from", "Earlier time (default: 24 h before `to`)."),
+                    _q("from", "Earlier time (default: 24 h before `to`, or the first window wholly inside "
+                               "the data when that is later; `meta.default_from` says so)."),
                     _q("to", "Later time (default now; `at` is an alias)."),
                     _AT, _WINDOW, _METRIC, _DC,
                     _q("min_change", "Relative change from which an edge counts as changed (default 0.5).",
                        {"type": "number", "minimum": 0}),
                     _q("min_volume", "Edges below this volume at both times are ignored (default 0.01).",
                        {"type": "number", "minimum": 0}),
+                    _q("area", "Only the edges the area's view draws (one end in the area)."),
+                    _q("service", "Only the edges the service's view draws (one end is the service)."),
+                    _q("by", "`service` (default): service edges; `area`: area edges, as the areas view "
+                             "draws them (not with `area` or `service`).",
+                       {"type": "string", "enum": ["service", "area"]}),
+                    _q("limit", "Most edges in `ranked` (1-5000, default 200).",
+                       {"type": "integer", "minimum": 1, "maximum": 5000}),
                 ],
                 "responses": {"200": _resp("Diff", {"$ref": "#/components/schemas/Diff"}), **_errors(400)},
             }},
@@ -297,9 +306,14 @@ def openapi_spec(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
                              "properties": {"edges": {"type": "array", "items": {"type": "object"}},
                                             "services": {"type": "array", "items": {"type": "object"}},
                                             "counts": {"type": "object"}, "meta": {"type": "object"}}},
-                "Diff": {"type": "object", "required": ["new", "vanished", "changed"],
-                         "properties": {k: {"type": "array", "items": {"type": "object"}}
-                                        for k in ("new", "vanished", "changed")}},
+                "Diff": {"type": "object", "required": ["new", "vanished", "changed", "ranked", "counts"],
+                         "properties": {**{k: {"type": "array", "items": {"type": "object"}}
+                                           for k in ("new", "vanished", "changed")},
+                                        "ranked": {"type": "array", "items": {
+                                            "type": "object", "description": "an edge of new, vanished or "
+                                            "changed with its `kind` and `delta` (after - before), largest "
+                                            "absolute change first"}},
+                                        "counts": {"type": "object"}}},
             },
         },
     }

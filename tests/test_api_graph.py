@@ -214,6 +214,56 @@ def test_diff(client):
     assert diff["changed"] == []
 
 
+def test_diff_ranked_by_absolute_change(client):
+    diff = get(client, f"/api/v1/diff?from={fx.T0 + 300}&to={fx.T0 + 600}&window=240")
+    ranked = diff["ranked"]
+    assert sorted((e["source"], e["target"], e["kind"]) for e in ranked) == sorted(
+        [("ledger", "api", "new"), ("web", "INTERNET", "vanished"), ("api", "db", "changed")])
+    sizes = [abs(e["delta"]) for e in ranked]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] > 0
+    assert all(e["delta"] == pytest.approx(e["after"] - e["before"]) for e in ranked)
+    assert diff["counts"] == {"new": 1, "vanished": 1, "changed": 1}
+    assert {(e["source_area"], e["target_area"]) for e in ranked if e["source"] == "ledger"} == {("pay", "shop")}
+    assert len(get(client, f"/api/v1/diff?from={fx.T0 + 300}&to={fx.T0 + 600}&window=240&limit=1")["ranked"]) == 1
+
+
+@pytest.mark.parametrize("scope, edges", [
+    ("area=pay", {("ledger", "api"), ("api", "db")}),      # one end in pay
+    ("area=shop", {("ledger", "api"), ("api", "db"), ("web", "INTERNET")}),
+    ("service=web", {("web", "INTERNET")}),
+    ("service=ledger", {("ledger", "api")}),
+])
+def test_diff_scoped_to_a_view(client, scope, edges):
+    diff = get(client, f"/api/v1/diff?from={fx.T0 + 300}&to={fx.T0 + 600}&window=240&{scope}")
+    assert {(e["source"], e["target"]) for e in diff["ranked"]} == edges
+    key, value = scope.split("=")
+    assert diff["meta"][key] == value
+
+
+def test_diff_by_area_compares_area_edges(client):
+    diff = get(client, f"/api/v1/diff?from={fx.T0 + 300}&to={fx.T0 + 600}&window=240&by=area")
+    names = {n for e in diff["ranked"] for n in (e["source"], e["target"])}
+    assert names <= {"shop", "pay", "INTERNET", UNASSIGNED}
+    # web -> INTERNET vanished, so the shop -> INTERNET area edge did too
+    assert ("shop", "INTERNET") in {(e["source"], e["target"]) for e in diff["vanished"]}
+    assert diff["meta"]["by"] == "area"
+    get(client, f"/api/v1/diff?to={fx.AT}&by=area&area=pay", status=400)
+    get(client, f"/api/v1/diff?to={fx.AT}&by=nodes", status=400)
+
+
+def test_diff_default_from_has_data(client):
+    # 24 h before the fixture's end is long before its first record: the
+    # default moves to the first window inside the data, so not every edge is new.
+    diff = get(client, f"/api/v1/diff?to={fx.AT}&window=240")
+    assert diff["meta"]["default_from"] is True
+    from tracer.records import format_ts
+
+    first = reads.data_range(client.application.extensions["phobos_store"])[0]
+    assert diff["meta"]["from"] == format_ts(first + 240)
+    assert diff["counts"]["new"] < 3 and (diff["vanished"] or diff["changed"])
+    assert get(client, f"/api/v1/diff?from={fx.T0 + 300}&to={fx.AT}")["meta"]["default_from"] is False
+
+
 def test_search(client):
     found = get(client, f"/api/v1/search?q=led&at={fx.AT}")
     assert [s["name"] for s in found["services"]] == ["ledger"]
