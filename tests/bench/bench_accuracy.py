@@ -1,7 +1,7 @@
 """Benchmark: how exact the map is, against traffic whose truth is known.
 
 Run (root, BPF, nftables):
-    .venv/bin/python tests/bench/bench_accuracy.py [--scale 1] [--json]
+    .venv/bin/python tests/bench/bench_accuracy.py [--scale 1] [--json] [--no-nat]
 
 Builds a small fleet in network namespaces it creates (``tests/netns.py``:
 three hosts on a bridge, three pods behind the first, the "node"), runs the
@@ -87,7 +87,7 @@ class Truth:
         self.failures[key] = self.failures.get(key, 0) + failed
 
 
-def run_fleet(scale: int, truth: Truth) -> tuple[list[dict], dict, set[int]]:
+def run_fleet(scale: int, truth: Truth, nat: bool = True) -> tuple[list[dict], dict, set[int]]:
     """Build the fleet, trace it while the traffic runs; the records, the tracer's summary, the netns inodes."""
     import netns
     from test_tracer_bpf import AgentRun, Client, start_server
@@ -104,7 +104,7 @@ def run_fleet(scale: int, truth: Truth) -> tuple[list[dict], dict, set[int]]:
         netns.nft(h3, FAILING_RULES)
         inodes = {h.netns for h in topo.hosts}
 
-        agent = AgentRun("--nat-netns", h1.name)
+        agent = AgentRun(*(("--nat-netns", h1.name) if nat else ("--no-nat",)))
         try:
             servers = [start_server(h2, "api", "8080"), start_server(h3, "api", "8080"),
                        start_server(h3, "db", "5432"), start_server(shop_pod, "shop", "8090")]
@@ -200,13 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1, help="multiplies the short-lived connections")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    parser.add_argument("--no-nat", action="store_true", help="trace without following NAT, for comparison")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (BPF, network namespaces, nftables)", file=sys.stderr)
         return 2
     truth = Truth()
     started = time.time()
-    records, summary, _ = run_fleet(args.scale, truth)
+    records, summary, _ = run_fleet(args.scale, truth, nat=not args.no_nat)
     connects, failures, _meta = map_edges(records)
     result = score(truth, connects, failures)
     result["tracer_drops"] = summary.get("map_drops")
