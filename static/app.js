@@ -26,7 +26,7 @@ const COLORS = {
   impact: 'rgb(240, 160, 48)',
   focus: 'rgb(255, 255, 255)',
   new: 'rgb(182, 240, 106)',
-  vanished: 'rgb(110, 110, 110)',
+  vanished: 'rgb(224, 112, 224)',
   // calls only distributed tracing saw (no TCP connection behind them)
   traced: 'rgb(186, 140, 230)',
 };
@@ -176,7 +176,7 @@ function initViz() {
   viz.render = (t) => {
     if (phobos.state === 'error') return;
     phobos.frames += 1;
-    tintLines();
+    styleLines();
     render(t);
   };
   viz.animate();
@@ -263,7 +263,7 @@ function cleanLevel(data, childRenderer) {
 // Vizceral colours a connection's particles by the keys of its metrics and
 // ignores its class, so an unhealthy edge draws all of its volume in its
 // class's colour (its figures stay in its metadata); the line under the
-// particles is tinted too (tintLines), since a small edge releases a particle
+// particles is tinted too (styleLines), since a small edge releases a particle
 // only every few seconds.
 function paintHealth(c) {
   if (c.class !== 'danger' && c.class !== 'warning') return;
@@ -274,23 +274,98 @@ function paintHealth(c) {
 
 const rgbOf = (css) => (css.match(/\d+/g) || [0, 0, 0]).slice(0, 3).map((v) => Number(v) / 255);
 
-// The region renderer draws each connection over a grey line of one colour for
-// all; give unhealthy ones the line of their class.  Views are made lazily
-// by Vizceral, so this runs before each frame and touches a line only when
-// its class changed.
-function tintLines() {
+// Connections the open diff marks (Vizceral names: "source--target").
+const diffLines = { new: new Set(), vanished: new Set() };
+
+// The region renderer draws each connection over a faint grey line of one
+// colour for all and with particles of one size whatever the volume.  Before
+// each frame: unhealthy lines take their class's colour, new ones green,
+// vanished ones a bright dashed line (they carry no traffic, so a faint line
+// alone would be invisible), and particles grow with the edge's share of the
+// level's largest volume (WebGL lines are one pixel wide, particles are the
+// only width there is).  Views are made lazily by Vizceral; each is touched
+// only when what it shows changed.
+function styleLines() {
   const graph = viz && viz.currentGraph;
   if (!graph || !graph.connections) return;
-  for (const c of Object.values(graph.connections)) {
+  const conns = Object.values(graph.connections);
+  let max = 0;
+  for (const c of conns) if (!diffLines.vanished.has(c.getName())) max = Math.max(max, c.volumeTotal || 0);
+  const dpr = window.devicePixelRatio || 1;
+  for (const c of conns) {
     const view = c.view;
     const material = view && view.connectionLineMaterial;
     if (!material) continue;
-    const cls = c.class === 'danger' || c.class === 'warning' ? c.class : 'normal';
-    if (view.phobosTint === cls) continue;
-    view.phobosTint = cls;
-    const [r, g, b] = cls === 'normal' ? [view.lineColor.r, view.lineColor.g, view.lineColor.b] : rgbOf(COLORS[cls]);
-    material.color.setRGB(r, g, b);
+    const name = c.getName();
+    let cls = c.class === 'danger' || c.class === 'warning' ? c.class : 'normal';
+    if (diffLines.vanished.has(name)) cls = 'vanished';
+    else if (cls === 'normal' && diffLines.new.has(name)) cls = 'new';
+    if (view.phobosTint !== cls) {
+      if (!view.phobosLine) view.phobosLine = view.lineColor;
+      const [r, g, b] = cls === 'normal' ? [view.phobosLine.r, view.phobosLine.g, view.phobosLine.b] : rgbOf(COLORS[cls]);
+      // Setting lineColor keeps the colour and opacity through Vizceral's own setOpacity calls.
+      view.lineColor = cls === 'normal' ? view.phobosLine : { r, g, b, a: cls === 'vanished' ? 0.9 : 0.6 };
+      material.color.setRGB(r, g, b);
+      material.opacity = view.lineColor.a;
+      view.phobosTint = cls;
+    }
+    dashLine(view, cls === 'vanished');
+    const total = cls === 'vanished' ? max * 0.25 : c.volumeTotal || 0;
+    const size = Math.round((3 + 9 * Math.sqrt(max > 0 ? Math.min(1, total / max) : 0)) * dpr);
+    if (view.phobosSize !== size || view.phobosParticles !== view.particles) {
+      const attr = view.particles.geometry.getAttribute('size');
+      attr.array.fill(size);
+      attr.needsUpdate = true;
+      view.phobosSize = size;
+      view.phobosParticles = view.particles;
+      view.phobosWidth = size;
+    }
   }
+}
+
+// A dashed line: the connection's two-point line redrawn as segments (three.js
+// draws a Line flagged isLineSegments as separate pairs of points).  Vizceral
+// moves the line by writing new end points into its geometry; the dashes are
+// made again when they are not the ones made here.
+function dashLine(view, dashed) {
+  const line = view.connectionLine;
+  if (!line) return;
+  const geom = line.geometry;
+  if (!dashed) {
+    if (view.phobosDash) {
+      const plain = view.connectionLineGeometry;
+      [plain.vertices[0], plain.vertices[1]] = [geom.vertices[0],
+        geom.vertices[1] === view.phobosDashEnd ? view.phobosEnds[1] : geom.vertices[1]];
+      plain.verticesNeedUpdate = true;
+      line.geometry = plain;
+      line.isLineSegments = false;
+      geom.dispose();
+      view.phobosDash = null;
+    }
+    return;
+  }
+  const v = geom.vertices;
+  if (view.phobosDash && view.phobosDash === geom && v[0] === view.phobosDashStart && v[1] === view.phobosDashEnd) return;
+  if (v.length < 2) return;
+  // Vizceral wrote its own end points into [0] and [1]: they are the line's ends.
+  const a = v[0];
+  const b = v[1] === view.phobosDashEnd && view.phobosEnds ? view.phobosEnds[1] : v[1];
+  const len = Math.hypot(b.x - a.x, b.y - a.y);
+  const n = Math.max(2, Math.min(200, Math.round(len / 14)));
+  const Vec = a.constructor;
+  const points = [];
+  for (let i = 0; i < n; i += 1) {
+    points.push(new Vec().lerpVectors(a, b, i / n), new Vec().lerpVectors(a, b, (i + 0.55) / n));
+  }
+  const dash = new geom.constructor();
+  dash.vertices = points;
+  line.geometry = dash;
+  line.isLineSegments = true;
+  if (view.phobosDash) view.phobosDash.dispose();
+  view.phobosEnds = [a, b];
+  view.phobosDash = dash;
+  view.phobosDashStart = points[0];
+  view.phobosDashEnd = points[1];
 }
 
 // -- loading -------------------------------------------------------------------
@@ -343,7 +418,7 @@ async function load() {
   requests.push(state.area ? getJson(`/areas/${enc(state.area)}`, params).catch(notFound) : null);
   requests.push(state.service ? getJson(`/services/${enc(state.service)}`, params).catch(notFound) : null);
   requests.push(state.diff ? getJson('/diff', { from: state.diff, to: params.at, window: state.window,
-    metric: state.metric }) : null);
+    metric: state.metric, ...diffScope() }) : null);
   requests.push(state.impact ? getJson(`/services/${enc(state.impact)}/impact`, params).catch(notFound) : null);
   const selected = state.sel || state.service;
   requests.push(selected ? getJson(`/services/${enc(selected)}/summary`, params).catch((err) => {
@@ -393,6 +468,7 @@ async function load() {
   const level = currentLevel(tree);
   phobos.impact = impact ? markImpact(level, impact) : null;
   phobos.diff = diff ? markDiff(level, diff) : null;
+  if (!diff) { diffLines.new.clear(); diffLines.vanished.clear(); }
   lastTree = tree;
   draw(tree);
   renderCrumbs();
@@ -402,6 +478,9 @@ async function load() {
   renderPanel(impact, summary);
   renderProblems(problems);
   renderLegend(areas.metadata || {});
+  phobos.window = (areas.metadata || {}).window || phobos.window;
+  // The time the API resolved `at` to (relative and ISO times included).
+  if ((areas.metadata || {}).at) phobos.shownAt = toEpoch(areas.metadata.at);
   showNoData(areas, tl);
   phobos.levelData = level;
   phobos.view = path();
@@ -493,6 +572,14 @@ function markImpact(level, impact) {
     processes: (impact.processes || []).map((p) => p.name), highlighted };
 }
 
+// The diff of the open view: the areas view compares area edges, an area's
+// view the edges with an end in the area, a service's view the service's.
+function diffScope() {
+  if (state.service) return { service: state.service };
+  if (state.area) return { area: state.area };
+  return { by: 'area' };
+}
+
 function markDiff(level, diff) {
   const key = (s, t) => `${s}\u0000${t}`;
   const added = new Set(diff.new.map((e) => key(e.source, e.target)));
@@ -503,15 +590,19 @@ function markDiff(level, diff) {
     const meta = n.metadata || {};
     serviceOf[n.name] = (meta.kind === 'instance' || meta.kind === 'traced') && meta.service ? meta.service : n.name;
   }
+  diffLines.new.clear();
+  diffLines.vanished.clear();
   const highlighted = [];
   for (const c of level.connections) {
     if (added.has(key(serviceOf[c.source], serviceOf[c.target]))) {
       const m = c.metrics || {};
-      // Dense green particles: a new edge must stand out even when it is small.
+      // Green particles at the edge's own volume (a floor keeps a tiny one
+      // moving); its line is green too (styleLines).
       const volume = (m.normal || 0) + (m.warning || 0);
-      c.metrics = { new: Math.max(volume, (level.maxVolume || 1) * 0.3), danger: m.danger || 0 };
+      c.metrics = { new: Math.max(volume, (level.maxVolume || 1) * 0.02), danger: m.danger || 0 };
       // ... and carries a marker: Vizceral draws a connection's notices on it.
       c.notices = [...(c.notices || []), { title: safeNoticeText(`new since ${diff.meta.from}`), severity: 0 }];
+      diffLines.new.add(`${c.source}--${c.target}`);
       highlighted.push([c.source, c.target]);
     }
   }
@@ -519,13 +610,19 @@ function markDiff(level, diff) {
   for (const e of diff.vanished) {
     if (names.has(e.source) && names.has(e.target)
         && !level.connections.some((c) => c.source === e.source && c.target === e.target)) {
+      // Particles of what it carried before, so its size shows; the dashed
+      // line says it is gone.
       level.connections.push({ source: e.source, target: e.target, class: 'vanished',
-        metrics: { vanished: Math.max(e.before || 0, 1e-3) * 0.2 } });
+        metrics: { vanished: Math.max(e.before || 0, (level.maxVolume || 1) * 0.02) },
+        metadata: { vanished: true, before: e.before },
+        notices: [{ title: safeNoticeText(`vanished since ${diff.meta.from} (was ${fmt(e.before)})`), severity: 0 }] });
+      diffLines.vanished.add(`${e.source}--${e.target}`);
       dimmed.push([e.source, e.target]);
     }
   }
   return { new: diff.new.map((e) => [e.source, e.target]), vanished: diff.vanished.map((e) => [e.source, e.target]),
-    changed: diff.changed.map((e) => [e.source, e.target]), highlighted, dimmed };
+    changed: diff.changed.map((e) => [e.source, e.target]), highlighted, dimmed,
+    ranked: (diff.ranked || []).map((e) => [e.kind, e.source, e.target, e.delta]), scope: diff.meta };
 }
 
 // -- DOM: breadcrumb, panel, diff list ---------------------------------------------
@@ -956,23 +1053,63 @@ function closePanel() {
   phobos.edge = null;
 }
 
+// The changes of the open view, largest absolute change first, whatever their
+// kind (a vanished edge of 355 before 27 new ones of 0.2); a click selects the
+// edge when it is drawn.  The list folds to its title (−/+) and × ends the diff.
+let diffOpen = true;
+const DIFF_ICON = { new: '+', vanished: '−', changed: '±' };
+
 function renderDiffPanel(diff) {
   const box = $('diff-panel');
   if (!diff) { box.hidden = true; return; }
   box.hidden = false;
-  $('diff-range').textContent = `${diff.meta.from} → ${diff.meta.to}`;
+  const m = diff.meta;
+  const where = m.service ? `service ${m.service}` : m.area ? `area ${m.area}` : 'all areas';
+  $('diff-range').textContent = `${where} · ${m.from} → ${m.to}${m.default_from ? ' (first window with data)' : ''}`;
+  const c = diff.counts || { new: diff.new.length, vanished: diff.vanished.length, changed: diff.changed.length };
+  $('diff-count').textContent = `${c.new} new · ${c.vanished} vanished · ${c.changed} changed`;
+  $('diff-fold').textContent = diffOpen ? '−' : '+';
   const list = $('diff-list');
+  list.hidden = !diffOpen;
   list.replaceChildren();
-  const section = (cls, title, items, text) => {
-    list.append(el('div', { class: cls }, el('strong', { text: `${title} (${items.length})` })));
-    const ul = el('ul', { class: cls, id: `diff-${cls}` });
-    for (const e of items.slice(0, 200)) ul.append(el('li', { text: text(e) }));
-    list.append(ul);
-  };
-  section('new', 'New edges', diff.new, (e) => `${e.source} → ${e.target} (${fmt(e.after)})`);
-  section('vanished', 'Vanished edges', diff.vanished, (e) => `${e.source} → ${e.target} (was ${fmt(e.before)})`);
-  section('changed', 'Changed', diff.changed, (e) => `${e.source} → ${e.target}: ${fmt(e.before)} → ${fmt(e.after)}`);
+  const ranked = diff.ranked || [];
+  if (!ranked.length) {
+    list.append(el('div', { class: 'meta', id: 'diff-none', text: `No edge changed by ${pct(m.min_change)} or more.` }));
+    return;
+  }
+  const unit = { open: 'open', connects: 'new/s', failures: 'failed/s' }[m.metric] || '';
+  const ol = el('ol', { id: 'diff-ranked' });
+  for (const e of ranked) {
+    const change = e.kind === 'new' ? `+${fmt(e.after)}` : e.kind === 'vanished' ? `−${fmt(e.before)}`
+      : `${fmt(e.before)} → ${fmt(e.after)} (${e.delta > 0 ? '+' : '−'}${fmt(Math.abs(e.delta))})`;
+    const open = () => openDiffEdge(e);
+    ol.append(el('li', { class: `diff-${e.kind}`, tabindex: '0', role: 'button', 'data-kind': e.kind,
+      'data-source': e.source, 'data-target': e.target, title: `${e.kind}: ${e.source} → ${e.target}`,
+      onclick: open, onkeydown: (ev) => { if (ev.key === 'Enter') open(); } },
+    el('span', { class: 'icon', text: DIFF_ICON[e.kind] }),
+    el('span', { class: 'name', text: `${e.source} → ${e.target}` }),
+    el('span', { class: 'num', text: ` ${change} ${unit}` })));
+  }
+  list.append(ol);
+  const shown = c.new + c.vanished + c.changed;
+  if (shown > ranked.length) list.append(el('div', { class: 'meta', text: `the ${ranked.length} largest of ${shown}` }));
 }
+
+function openDiffEdge(e) {
+  const graph = viz && viz.currentGraph;
+  if (graph && graph.connections[`${e.source}--${e.target}`]) { selectEdge(e.source, e.target); return; }
+  // Not drawn at this level: open the view that draws it (the client's area).
+  if (!state.area && !e.source_area) { showMessage(`${e.source} → ${e.target} is not drawn here`); return; }
+  const area = e.source_area && e.source_area !== 'INTERNET' ? e.source_area : e.target_area;
+  if (area && area !== state.area) { focusEdge = [e.source, e.target]; navigate({ area, service: undefined, sel: undefined }); }
+}
+
+$('diff-fold').addEventListener('click', () => {
+  diffOpen = !diffOpen;
+  $('diff-fold').textContent = diffOpen ? '−' : '+';
+  $('diff-list').hidden = !diffOpen;
+});
+$('diff-close').addEventListener('click', () => navigate({ diff: undefined }));
 
 function showEmpty(empty) {
   $('empty').hidden = !empty;
@@ -1036,10 +1173,24 @@ $('diff-from').addEventListener('change', () => navigate({ diff: $('diff-from').
 $('metric').addEventListener('change', () => navigate({ metric: $('metric').value === 'open' ? undefined : $('metric').value }));
 $('diff-toggle').addEventListener('change', () => {
   if (!$('diff-toggle').checked) { navigate({ diff: undefined }); return; }
-  const at = Number(atParam() === 'now' ? Math.floor(Date.now() / 1000) : atParam());
-  const first = phobos.timeline && phobos.timeline.range ? toEpoch(phobos.timeline.range.first) : at - 86400;
-  navigate({ diff: String(Math.max(first, at - 86400)) });
+  navigate({ diff: String(defaultDiffFrom()) });
 });
+// 24 h before the time shown, or the first window wholly inside the data when
+// that is later: a time before the data makes every edge "new".
+function defaultDiffFrom(at = shownAt()) {
+  const tl = phobos.timeline;
+  const first = tl && tl.range ? toEpoch(tl.range.first) : at - 86400;
+  const window = phobos.window || 300;
+  return Math.max(Math.min(first + window, at - 60), at - 86400);
+}
+
+// The time the views show, as epoch seconds.
+function shownAt() {
+  if (phobos.shownAt) return phobos.shownAt;
+  const at = atParam();
+  return /^\d+$/.test(at) ? Number(at) : Math.floor(Date.now() / 1000);
+}
+
 $('live').addEventListener('change', () => navigate({ live: $('live').checked ? '1' : undefined, at: undefined }));
 $('panel-close').addEventListener('click', () => select(undefined));
 
@@ -1130,6 +1281,15 @@ phobos.drawnHealth = () => {
     { cls: c.class, keys: Object.keys(c.volume || {}).filter((k) => c.volume[k] > 0),
       line: c.view ? c.view.phobosTint || null : null }]));
   return { nodes, connections };
+};
+// How the current level's lines are drawn: their tint (normal, warning,
+// danger, new, vanished), whether dashed, and their particles' size.
+phobos.drawnLines = () => {
+  const graph = viz && viz.currentGraph;
+  if (!graph) return null;
+  return Object.fromEntries(Object.values(graph.connections).filter((c) => c.view).map((c) => [c.getName(),
+    { tint: c.view.phobosTint || null, dashed: !!c.view.phobosDash, size: c.view.phobosSize || null,
+      segments: c.view.connectionLine ? c.view.connectionLine.geometry.vertices.length : 0 }]));
 };
 // Points on the drawn edge source -> target, in page pixels, from its middle
 // outwards (tests hover there; another node may sit on the middle).

@@ -333,7 +333,7 @@ def test_diff_mode_highlights_the_new_edge(page, fx):
     diff = page.js("window.phobos.diff")
     assert ["ledger", "api"] in diff["new"]
     assert ["ledger", "api"] in diff["highlighted"]
-    assert page.page.locator("#diff-new").inner_text().startswith("ledger → api")
+    assert page.page.locator("#diff-ranked li[data-kind=new]").first.inner_text().startswith("+\nledger → api")
     assert page.page.locator("#diff-panel").is_visible()
     page.shot("08-diff")
     # In api's own view the new edge ends at the instance that took the traffic.
