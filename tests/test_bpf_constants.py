@@ -108,3 +108,17 @@ def test_constants_parser_reads_hex_and_ifndef_defaults(tmp_path):
     src.write_text("#ifndef MAX_X\n#define MAX_X 0x10\n#endif\n  #  define DIR_A 3 /* c */\n"
                    "#define NOT_A_NUMBER (1 << 2)\n#define lower 1\n")
     assert probe.bpf_constants(str(src)) == {"MAX_X": 16, "DIR_A": 3}
+
+
+def test_handshake_histogram_layout_is_the_kernels():
+    """tracer/records.py reads handshake_hist with the bucket layout phobos.c fills it with."""
+    from tracer import records
+
+    assert (records.HANDSHAKE_BUCKETS, records.HANDSHAKE_MIN_LOG2) == (C["HS_BUCKETS"], C["HS_MIN_LOG2"])
+    assert C["HS_BUCKETS"] & (C["HS_BUCKETS"] - 1) == 0, "the kernel masks the bucket index with HS_BUCKETS - 1"
+    for us in (0, 1, 127, 128, 191, 192, 255, 256, 10_000, 999_999, 1_000_300, 3_000_000, 4_194_303, 2**40):
+        b = records.handshake_bucket(us)
+        low, high = records.handshake_bounds(b)
+        assert low <= us < high, (us, b, low, high)
+    bounds = [records.handshake_bounds(b) for b in range(C["HS_BUCKETS"])]
+    assert all(bounds[i][1] == bounds[i + 1][0] for i in range(len(bounds) - 1))

@@ -7,10 +7,13 @@ kprobes, and gives the agent plain Python values out of the maps.
 
 How: the raw tracepoint passes only the socket pointer and the two states,
 so the program reads the 4-tuple, family, protocol and
-``sk->__sk_common.skc_net->ns.inum`` from the socket.  Kernel headers may not
-match the running kernel, so the byte offsets come from the kernel's own BTF
-(``/sys/kernel/btf/vmlinux``, parsed here; about 0.2 s) and are passed to the
-compiler as ``-D`` flags; the C code never dereferences a kernel struct
+``sk->__sk_common.skc_net->ns.inum`` from the socket, and at an established
+connection's close a few ``struct tcp_sock`` counters (bytes acknowledged
+and received, retransmitted segments, and what corrects them for SYN and
+FIN: ``snd_una``, ``write_seq``, the ``SOCK_DONE`` bit of ``sk_flags``).
+Kernel headers may not match the running kernel, so the byte offsets (and
+the bit number) come from the kernel's own BTF (``/sys/kernel/btf/vmlinux``,
+parsed here; about 0.2 s) and are passed to the compiler as ``-D`` flags; the C code never dereferences a kernel struct
 through a header layout.  The program's own constants (map slots,
 directions, map sizes) are read from its ``#define`` lines at import, so the
 C file is their one source.
@@ -147,6 +150,15 @@ class SockOffsets:
     net: int
     num: int
     sport: int          # inet_sock.inet_sport: kept at CLOSE, where unhashing zeroes skc_num
+    # read at an established connection's close (see add_totals in phobos.c):
+    # struct tcp_sock's counters in sequence space, less SYN and FINs
+    bytes_acked: int
+    snd_una: int
+    write_seq: int
+    bytes_received: int
+    total_retrans: int
+    flags: int          # sock_common.skc_flags (sk_flags)
+    done_bit: int       # enum sock_flags: SOCK_DONE
 
     @property
     def head_len(self) -> int:
@@ -179,7 +191,12 @@ class KernelOffsets:
             flags += [f"-DSK_PROTOCOL_OFF={s.protocol}", f"-DSKC_ADDRS_OFF={s.addrs}",
                       f"-DSKC_DPORT_OFF={s.dport}", f"-DSKC_FAMILY_OFF={s.family}",
                       f"-DSKC_V6_DADDR_OFF={s.v6_daddr}", f"-DSKC_V6_RCV_SADDR_OFF={s.v6_rcv_saddr}",
-                      f"-DINET_SPORT_OFF={s.sport}", f"-DSKC_HEAD_LEN={s.head_len}"]
+                      f"-DINET_SPORT_OFF={s.sport}", f"-DSKC_HEAD_LEN={s.head_len}",
+                      f"-DTCP_BYTES_ACKED_OFF={s.bytes_acked}", f"-DTCP_SND_UNA_OFF={s.snd_una}",
+                      f"-DTCP_WRITE_SEQ_OFF={s.write_seq}",
+                      f"-DTCP_BYTES_RECEIVED_OFF={s.bytes_received}",
+                      f"-DTCP_TOTAL_RETRANS_OFF={s.total_retrans}", f"-DSK_FLAGS_OFF={s.flags}",
+                      f"-DSOCK_DONE_BIT={s.done_bit}"]
         return flags
 
 
@@ -204,7 +221,7 @@ class EdgeKey:
 # and the member lists of structs, unions and function prototypes are needed.
 
 BTF_MAGIC = 0xEB9F
-_KIND_STRUCT, _KIND_UNION, _KIND_TYPEDEF, _KIND_FUNC, _KIND_FUNC_PROTO = 4, 5, 8, 12, 13
+_KIND_STRUCT, _KIND_UNION, _KIND_ENUM, _KIND_TYPEDEF, _KIND_FUNC, _KIND_FUNC_PROTO = 4, 5, 6, 8, 12, 13
 _KIND_MODIFIERS = {8, 9, 10, 11, 18}  # typedef, volatile, const, restrict, type_tag
 # Bytes that follow the 12-byte common record, per kind: (fixed, per vlen item).
 _KIND_EXTRA = {1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7: (0, 0),
@@ -235,7 +252,8 @@ class Btf:
             extra = _KIND_EXTRA.get(kind)
             if extra is None:
                 raise ProbeError(f"kernel BTF has type kind {kind} this Phobos does not know")
-            if kind in (_KIND_STRUCT, _KIND_UNION, _KIND_FUNC_PROTO, _KIND_FUNC) or kind in _KIND_MODIFIERS:
+            if kind in (_KIND_STRUCT, _KIND_UNION, _KIND_ENUM, _KIND_FUNC_PROTO, _KIND_FUNC) or \
+                    kind in _KIND_MODIFIERS:
                 self.types[tid] = (kind, name_off, size_type, pos, vlen, info >> 31)
             pos += extra[0] + extra[1] * vlen
             tid += 1
@@ -308,6 +326,18 @@ class Btf:
                 return bool(kflag and offset >> 24)
         raise ProbeError(f"kernel BTF: struct {struct_name} has no member {member}")
 
+    def enum_value(self, enum_name: str, member: str) -> int:
+        """Value of one enumerator of a (32-bit) enum."""
+        tid = self._find(_KIND_ENUM, enum_name)
+        if not tid:
+            raise ProbeError(f"kernel BTF has no enum {enum_name}")
+        _, _, _, pos, vlen, _ = self.types[tid]
+        for i in range(vlen):
+            name_off, value = struct.unpack_from("<Ii", self.data, pos + 8 * i)
+            if self.name(name_off) == member:
+                return value
+        raise ProbeError(f"kernel BTF: enum {enum_name} has no {member}")
+
     def typedef_id(self, name: str) -> int:
         """Type id of a typedef, 0 if there is none."""
         return self._find(_KIND_TYPEDEF, name)
@@ -325,13 +355,21 @@ def _sock_offsets(b: Btf, sock_common: int) -> SockOffsets:
     if b.is_bitfield("sock", "sk_protocol"):
         raise ProbeError("this kernel's struct sock has sk_protocol in a bitfield (Linux < 5.6); "
                          "Phobos needs Linux 5.6 or later")
+    for member in ("bytes_acked", "snd_una", "write_seq", "bytes_received", "total_retrans"):
+        if b.is_bitfield("tcp_sock", member):
+            raise ProbeError(f"this kernel's struct tcp_sock has {member} in a bitfield")
     addrs = common("skc_daddr")
     if common("skc_rcv_saddr") != addrs + 4:
         raise ProbeError("kernel BTF: skc_rcv_saddr does not follow skc_daddr in struct sock_common")
     return SockOffsets(protocol=b.offset("sock", "sk_protocol"), addrs=addrs, dport=common("skc_dport"),
                        family=common("skc_family"), v6_daddr=common("skc_v6_daddr"),
                        v6_rcv_saddr=common("skc_v6_rcv_saddr"), net=common("skc_net"), num=common("skc_num"),
-                       sport=b.offset("inet_sock", "inet_sport"))
+                       sport=b.offset("inet_sock", "inet_sport"),
+                       bytes_acked=b.offset("tcp_sock", "bytes_acked"),
+                       snd_una=b.offset("tcp_sock", "snd_una"), write_seq=b.offset("tcp_sock", "write_seq"),
+                       bytes_received=b.offset("tcp_sock", "bytes_received"),
+                       total_retrans=b.offset("tcp_sock", "total_retrans"),
+                       flags=common("skc_flags"), done_bit=b.enum_value("sock_flags", "SOCK_DONE"))
 
 
 def kernel_offsets(btf: bytes) -> KernelOffsets:
@@ -703,6 +741,8 @@ class Probe:
         return {"connects": v.connects, "accepts": v.accepts, "closes": v.closes, "failures": v.failures,
                 "open_delta": v.open_delta, "duration_ns_sum": v.duration_jiffies_sum * self.tick_ns,
                 "bytes_sent": v.bytes_sent, "bytes_received": v.bytes_received,
+                "retransmits": v.retransmits, "aborts": v.aborts, "handshakes": v.handshakes,
+                "handshake_us_sum": v.handshake_ns_sum // 1000, "handshake_hist": list(v.handshake_hist),
                 "comm": v.comm.decode(errors="replace")}
 
     # -- listeners -----------------------------------------------------------

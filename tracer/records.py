@@ -50,6 +50,11 @@ __all__ = [
     "format_ts",
     "parse_ts",
     "normalize_ip",
+    "HANDSHAKE_BUCKETS",
+    "HANDSHAKE_MIN_LOG2",
+    "handshake_bucket",
+    "handshake_bounds",
+    "handshake_quantile",
 ]
 
 VERSION = 1
@@ -57,6 +62,56 @@ VERSION = 1
 U8, U16, U32, U64 = 2**8 - 1, 2**16 - 1, 2**32 - 1, 2**64 - 1
 #: Longest text field, in characters.
 MAX_TEXT = 4096
+
+#: The handshake latency histogram (``handshake_hist``), as the kernel fills
+#: it (tracer/bpf/phobos.c, HS_BUCKETS and HS_MIN_LOG2; a test keeps them
+#: equal): bucket 0 holds latencies below 2**HANDSHAKE_MIN_LOG2 us; above,
+#: each power of two n is split into [2**n, 1.5 * 2**n) and [1.5 * 2**n,
+#: 2**(n+1)); the last bucket is open-ended (from 2**22 us, 4.2 s).
+HANDSHAKE_BUCKETS = 32
+HANDSHAKE_MIN_LOG2 = 7
+
+
+def handshake_bucket(us: int) -> int:
+    """The bucket of a latency in microseconds (what the kernel computes)."""
+    if us < 1 << HANDSHAKE_MIN_LOG2:
+        return 0
+    n = min(int(us), 2**32 - 1).bit_length() - 1
+    b = 2 * (n - HANDSHAKE_MIN_LOG2) + ((int(us) >> (n - 1)) & 1) + 1
+    return min(b, HANDSHAKE_BUCKETS - 1)
+
+
+def handshake_bounds(bucket: int) -> tuple[float, float]:
+    """[low, high) of a bucket in microseconds; the last one's high is infinite."""
+    if bucket == 0:
+        return 0.0, float(1 << HANDSHAKE_MIN_LOG2)
+    n, upper_half = divmod(bucket - 1, 2)
+    base = float(1 << (HANDSHAKE_MIN_LOG2 + n))
+    low = base * (1.5 if upper_half else 1.0)
+    high = float("inf") if bucket == HANDSHAKE_BUCKETS - 1 else base * (2.0 if upper_half else 1.5)
+    return low, high
+
+
+def handshake_quantile(hist: "list[int] | tuple[int, ...]", q: float) -> float | None:
+    """The q-quantile (0 < q <= 1) of a histogram, in microseconds; None when it is empty.
+
+    Linear within the bucket the quantile falls in (the open-ended last
+    bucket gives its lower bound), so the estimate is off by at most the
+    bucket's width: a third of its value above 128 us.
+    """
+    total = sum(hist)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for bucket, n in enumerate(hist):
+        if n and seen + n >= rank:
+            low, high = handshake_bounds(bucket)
+            if high == float("inf"):
+                return low
+            return low + (high - low) * (rank - seen) / n
+        seen += n
+    return handshake_bounds(len(hist) - 1)[0]
 
 
 @dataclass(frozen=True)

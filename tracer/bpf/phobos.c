@@ -59,20 +59,30 @@
  * freed socket's memory to the next socket allocated on that CPU) it holds
  * a slot and one open connection too many.
  *
+ * Health of an edge, from the same state changes: at SYN_SENT the socket's
+ * entry takes a ktime stamp, at ESTABLISHED the handshake's latency goes
+ * into the edge's sum, count and log2 histogram (HS_BUCKETS); at the close
+ * of an established connection its payload bytes each way and its
+ * retransmitted segments are read from the socket (see add_totals), and a
+ * close straight from ESTABLISHED or CLOSE_WAIT (no FIN exchange: a reset
+ * or a timeout) counts as an abort.
+ *
  * Cost: per connection (both ends on the host, six state changes of which
  * five are acted on) two socket reads at each of connect and accept, one at
- * ESTABLISHED, none at close; five edge lookups, one listener lookup, two
- * inserts and two deletes of socks entries, one socks lookup per later
- * state change; nothing per packet, and nothing but two comparisons for the
+ * ESTABLISHED, four to six fields of the socket at each close; five edge
+ * lookups, one listener lookup, two inserts and two deletes of socks
+ * entries, one socks lookup per later state change, two bpf_ktime_get_ns
+ * per connect; nothing per packet, and nothing but two comparisons for the
  * state changes not listed above.  The task name is read only when an edge
  * is created.  Connection durations are taken in jiffies (a load, where
  * bpf_ktime_get_ns costs about as much as a map lookup here); userspace
- * converts them with the tick length.  Bytes are not counted.  A full socks
- * map costs one failed insert per refused socket and one seeded-map lookup
- * at its close.  Measured here with kernel.bpf_stats_enabled on the loopback
- * connect/accept/close loop of tests/bench/bench_tracer.py, in which an
- * empty program already shows about 60 ns per state change: see the
- * benchmark's output for the figures of this program.
+ * converts them with the tick length; handshakes need the finer clock.  A
+ * full socks map costs one failed insert per refused socket and one
+ * seeded-map lookup at its close.  Measured here with
+ * kernel.bpf_stats_enabled on the loopback connect/accept/close loop of
+ * tests/bench/bench_tracer.py, in which an empty program already shows
+ * about 60 ns per state change: see the benchmark's output for the figures
+ * of this program.
  *
  * Caveats: accepted connections are charged to the process that called
  * listen() on (netns, port); a listener shared by forked workers is charged
@@ -84,8 +94,12 @@
  * map refused) are matched by 4-tuple against the "seeded" map that
  * userspace fills from /proc, so their close is counted once and never as a
  * new connect.  Durations have the resolution of one tick per connection
- * (their sum is unbiased).  stats[STAT_EVENTS] counts the state changes
- * acted on, not every TCP state change.
+ * (their sum is unbiased).  Bytes and retransmits are counted when a
+ * connection closes, in the interval of its close: a connection open for
+ * hours reports nothing of its traffic until then, and one that predates
+ * the tracer (seeded) or that the socks map refused reports none of it.
+ * stats[STAT_EVENTS] counts the state changes acted on, not every TCP state
+ * change.
  *
  * The #defines below (DIR_*, CFG_*, DROP_*, STAT_*, MAX_*, P_TCP_*) are read
  * by tracer/probe.py from this file, so each value has one source.
@@ -94,8 +108,10 @@
 #if !defined(SKC_NET_OFF) || !defined(NET_NS_INUM_OFF) || !defined(SK_PROTOCOL_OFF) || \
     !defined(SKC_ADDRS_OFF) || !defined(SKC_V6_DADDR_OFF) || !defined(SKC_V6_RCV_SADDR_OFF) || \
     !defined(SKC_DPORT_OFF) || !defined(SKC_NUM_OFF) || !defined(SKC_FAMILY_OFF) || \
-    !defined(INET_SPORT_OFF) || !defined(SKC_HEAD_LEN)
-#error "struct offsets (SKC_*_OFF, SK_PROTOCOL_OFF, INET_SPORT_OFF, NET_NS_INUM_OFF, SKC_HEAD_LEN) must be passed from BTF"
+    !defined(INET_SPORT_OFF) || !defined(SKC_HEAD_LEN) || !defined(TCP_BYTES_ACKED_OFF) || \
+    !defined(TCP_SND_UNA_OFF) || !defined(TCP_WRITE_SEQ_OFF) || !defined(TCP_BYTES_RECEIVED_OFF) || \
+    !defined(TCP_TOTAL_RETRANS_OFF) || !defined(SK_FLAGS_OFF) || !defined(SOCK_DONE_BIT)
+#error "struct offsets (SKC_*_OFF, SK_*_OFF, INET_SPORT_OFF, NET_NS_INUM_OFF, SKC_HEAD_LEN, TCP_*_OFF, SOCK_DONE_BIT) must be passed from BTF"
 #endif
 #ifndef MAX_EDGES
 #define MAX_EDGES 16384
@@ -120,8 +136,13 @@
 #define P_TCP_ESTABLISHED 1
 #define P_TCP_SYN_SENT 2
 #define P_TCP_SYN_RECV 3
+#define P_TCP_FIN_WAIT1 4
+#define P_TCP_FIN_WAIT2 5
 #define P_TCP_CLOSE 7
+#define P_TCP_CLOSE_WAIT 8
+#define P_TCP_LAST_ACK 9
 #define P_TCP_LISTEN 10
+#define P_TCP_CLOSING 11
 #define P_EEXIST 17
 
 #define DIR_OUTBOUND 1
@@ -145,6 +166,17 @@
 #define STAT_MISSED_CLOSES 2   /* stale socks entries found at address reuse */
 #define STAT_SLOTS 3
 
+/*
+ * Handshake latency histogram of an edge (tracer/records.py reads the same
+ * layout): bucket 0 is below 2^HS_MIN_LOG2 us; above, each power of two is
+ * split in two halves, [2^n, 1.5*2^n) and [1.5*2^n, 2^(n+1)), so a bucket
+ * is at most 1.5 times as wide as its lower bound and a percentile read
+ * from it is within about 20 % of the truth.  The last bucket holds
+ * everything from 2^(HS_MIN_LOG2 + (HS_BUCKETS - 2) / 2) us (4.2 s) up.
+ */
+#define HS_BUCKETS 32
+#define HS_MIN_LOG2 7
+
 struct edge_key {
     u32 netns;
     u32 pid;
@@ -163,14 +195,20 @@ struct edge_val {
     u64 failures;
     s64 open_delta;     /* +1 established, -1 closed; userspace sums it */
     u64 duration_jiffies_sum;   /* ticks: userspace knows their length */
-    u64 bytes_sent;
-    u64 bytes_received;
+    u64 bytes_sent;     /* payload sent, each byte once, at close */
+    u64 bytes_received; /* payload received in order, at close */
+    u64 retransmits;    /* tcp_sock.total_retrans at close (see add_totals) */
+    u64 aborts;         /* established connections closed without the FIN exchange */
+    u64 handshakes;     /* connects that reached ESTABLISHED ... */
+    u64 handshake_ns_sum;   /* ... and the time they took from SYN_SENT */
+    u32 handshake_hist[HS_BUCKETS];
     char comm[16];      /* at creation: short-lived clients are gone by drain */
 };
 
 struct sock_state {
     struct edge_key edge;
     u64 start_ns;       /* jiffies (the name is the map's ABI with userspace) */
+    u64 syn_ns;         /* ktime at SYN_SENT, for the handshake's latency */
     u16 sport;          /* actual ports, to match the /proc snapshot */
     u16 dport;
     u32 established;
@@ -231,6 +269,9 @@ BPF_HASH(orphans, struct tuple_key, u32, MAX_ORPHANS);
 BPF_ARRAY(config, u32, CFG_SLOTS);
 BPF_PERCPU_ARRAY(drops, u64, DROP_SLOTS);
 BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
+/* A new edge's initial value, too large for the stack beside the rest: its
+ * counters are never written (zero), only the task name before an insert. */
+BPF_PERCPU_ARRAY(edge_init, struct edge_val, 1);
 
 #ifdef PHOBOS_CALL_PROBES
 /* A tcp_v4_connect/tcp_v6_connect call in progress, by thread (see below). */
@@ -321,13 +362,18 @@ static __always_inline struct edge_val *edge_get(struct edge_key *k, int how, co
     struct edge_val *v = gen ? edges1.lookup(k) : edges0.lookup(k);
     if (v)
         return v;
-    struct edge_val init = {};
+    u32 zero = 0;
+    struct edge_val *init = edge_init.lookup(&zero);
+    if (!init)
+        return 0;
     if (how == COMM_CURRENT)
-        bpf_get_current_comm(init.comm, sizeof(init.comm));
+        bpf_get_current_comm(init->comm, sizeof(init->comm));
     else if (how == COMM_COPY)
-        __builtin_memcpy(init.comm, comm, sizeof(init.comm));
+        __builtin_memcpy(init->comm, comm, sizeof(init->comm));
+    else
+        __builtin_memset(init->comm, 0, sizeof(init->comm));
     /* NOEXIST: another CPU may have created it meanwhile; then use that. */
-    int err = gen ? edges1.insert(k, &init) : edges0.insert(k, &init);
+    int err = gen ? edges1.insert(k, init) : edges0.insert(k, init);
     v = gen ? edges1.lookup(k) : edges0.lookup(k);
     if (!v && err)
         count(1, DROP_EDGES);
@@ -401,6 +447,7 @@ static __always_inline void on_connect(const struct tp_state *args,
     st.edge.rport = args->dport;
     tp_addrs(args, st.edge.laddr, st.edge.raddr);
     st.dport = args->dport;
+    st.syn_ns = bpf_ktime_get_ns();
     struct edge_val *ev = edge_get(&st.edge, COMM_CURRENT, 0);
     if (ev)
         __sync_fetch_and_add(&ev->connects, 1);
@@ -419,6 +466,36 @@ static __always_inline void on_connect(const struct tp_state *args,
         count(1, DROP_SOCKS);
 }
 
+/* floor(log2(v)) for v > 0, without a loop (the verifier needs none). */
+static __always_inline u32 log2_u32(u32 v)
+{
+    u32 r = (v > 0xFFFF) << 4, shift;
+    v >>= r;
+    shift = (v > 0xFF) << 3;
+    v >>= shift;
+    r |= shift;
+    shift = (v > 0xF) << 2;
+    v >>= shift;
+    r |= shift;
+    shift = (v > 0x3) << 1;
+    v >>= shift;
+    r |= shift;
+    return r | (v >> 1);
+}
+
+/* The handshake histogram's bucket of a latency (layout at HS_BUCKETS). */
+static __always_inline u32 hs_bucket(u64 ns)
+{
+    u64 us = ns / 1000;
+    if (us < (1 << HS_MIN_LOG2))
+        return 0;
+    if (us > 0xFFFFFFFF)
+        us = 0xFFFFFFFF;
+    u32 l = log2_u32((u32)us);
+    u32 b = 2 * (l - HS_MIN_LOG2) + (((u32)us >> (l - 1)) & 1) + 1;
+    return b < HS_BUCKETS ? b : HS_BUCKETS - 1;
+}
+
 static __always_inline void on_connected(const void *sk, u64 skp, int direct)
 {
     struct sock_state *st = socks.lookup(&skp);
@@ -429,8 +506,19 @@ static __always_inline void on_connected(const void *sk, u64 skp, int direct)
     st->start_ns = bpf_jiffies64();
     st->sport = sport;   /* the ephemeral port is bound by now */
     struct edge_val *ev = edge_get(&st->edge, COMM_NONE, 0);
-    if (ev)
-        __sync_fetch_and_add(&ev->open_delta, 1);
+    if (!ev)
+        return;
+    __sync_fetch_and_add(&ev->open_delta, 1);
+    /* From the first SYN to the SYN-ACK's processing: a lost SYN shows as
+     * the retransmission timeout (1 s, then 3 s) it cost the client. */
+    u64 took = bpf_ktime_get_ns() - st->syn_ns;
+    __sync_fetch_and_add(&ev->handshakes, 1);
+    __sync_fetch_and_add(&ev->handshake_ns_sum, took);
+    u32 b = hs_bucket(took);
+    /* Keep the mask: the compiler knows b < HS_BUCKETS, the verifier has
+     * lost track of it by the time of the load. */
+    asm volatile("" : "+r"(b));
+    __sync_fetch_and_add(&ev->handshake_hist[b & (HS_BUCKETS - 1)], 1);
 }
 
 /* Runs in softirq: charge the process that listens on (netns, port). */
@@ -469,10 +557,55 @@ static __always_inline void on_accept(const struct tp_state *args,
 }
 
 /*
- * A followed socket: its entry says which edge it belongs to, and nothing
- * about the socket needs to be read.  Returns 0 when not followed.
+ * What an established connection carried, read once at its close (offsets
+ * from BTF).  struct tcp_sock counts in sequence space, where a SYN and a
+ * FIN take one byte each: bytes_acked includes our SYN (a connect's is
+ * acknowledged by the SYN-ACK; an accepted socket starts past it) and our
+ * FIN once acknowledged - queued when the socket left ESTABLISHED or
+ * CLOSE_WAIT for a FIN state, acknowledged when snd_una has reached
+ * write_seq; bytes_received includes the peer's FIN, whose arrival
+ * tcp_fin() marks with SOCK_DONE in sk_flags.  What remains is payload,
+ * each byte once however often it was sent.  total_retrans counts
+ * retransmitted segments as ss(8) shows them: SYNs included, tail loss
+ * probes not.  The BTF-typed program needs a tcp_sock pointer for the
+ * verifier to allow loads beyond struct sock; the plain one reads through
+ * the helper, a call per field.
  */
-static __always_inline int close_followed(u64 skp, int oldstate)
+static __always_inline void add_totals(const void *sk, struct edge_val *ev, int oldstate,
+                                       int outbound, int direct)
+{
+    const void *tcp = sk;
+    if (direct)
+        tcp = bpf_skc_to_tcp_sock((void *)sk);
+    if (!tcp)
+        return;
+    u64 sent = SK_FIELD(u64, tcp, TCP_BYTES_ACKED_OFF, direct);
+    u64 received = SK_FIELD(u64, tcp, TCP_BYTES_RECEIVED_OFF, direct);
+    u32 retrans = SK_FIELD(u32, tcp, TCP_TOTAL_RETRANS_OFF, direct);
+    if (outbound && sent)
+        sent--;
+    if ((oldstate == P_TCP_FIN_WAIT1 || oldstate == P_TCP_FIN_WAIT2 || oldstate == P_TCP_CLOSING ||
+         oldstate == P_TCP_LAST_ACK) && sent &&
+        SK_FIELD(u32, tcp, TCP_SND_UNA_OFF, direct) == SK_FIELD(u32, tcp, TCP_WRITE_SEQ_OFF, direct))
+        sent--;
+    if (received && (SK_FIELD(unsigned long, sk, SK_FLAGS_OFF, direct) >> SOCK_DONE_BIT) & 1)
+        received--;
+    /* An atomic add costs more than the test: most connections move
+     * bytes one way only, and retransmit nothing. */
+    if (sent)
+        __sync_fetch_and_add(&ev->bytes_sent, sent);
+    if (received)
+        __sync_fetch_and_add(&ev->bytes_received, received);
+    if (retrans)
+        __sync_fetch_and_add(&ev->retransmits, retrans);
+}
+
+/*
+ * A followed socket: its entry says which edge it belongs to; of the
+ * socket only the totals of an established connection are read.  Returns
+ * 0 when not followed.
+ */
+static __always_inline int close_followed(const void *sk, u64 skp, int oldstate, int direct)
 {
     struct sock_state *st = socks.lookup(&skp);
     if (!st)
@@ -483,6 +616,15 @@ static __always_inline int close_followed(u64 skp, int oldstate)
             __sync_fetch_and_add(&ev->closes, 1);
             __sync_fetch_and_add(&ev->open_delta, -1);
             __sync_fetch_and_add(&ev->duration_jiffies_sum, bpf_jiffies64() - st->start_ns);
+            /* An orderly close leaves ESTABLISHED for FIN_WAIT1 (local
+             * close) or CLOSE_WAIT (peer's FIN) and reaches CLOSE from
+             * FIN_WAIT2, CLOSING, LAST_ACK or TIME_WAIT's hand-over.  Straight
+             * from ESTABLISHED or CLOSE_WAIT is a reset sent (abortive close,
+             * unread data, tcp_disconnect) or received, or a timeout that
+             * gave up on the peer (tcp_write_err). */
+            if (oldstate == P_TCP_ESTABLISHED || oldstate == P_TCP_CLOSE_WAIT)
+                __sync_fetch_and_add(&ev->aborts, 1);
+            add_totals(sk, ev, oldstate, st->edge.direction == DIR_OUTBOUND, direct);
         } else if (oldstate == P_TCP_SYN_SENT) {
             __sync_fetch_and_add(&ev->failures, 1);
         }
@@ -593,7 +735,7 @@ static __always_inline int on_state(const void *sk, int os, int ns, int direct)
      * userspace is reading /proc, when every closing tuple is noted. */
     u32 seeding = t == T_CLOSE ? cfg(CFG_SEEDING) : 0;
     int opening = os == P_TCP_SYN_SENT || os == P_TCP_SYN_RECV;
-    if (t == T_CLOSE && !seeding && (close_followed(skp, os) || opening))
+    if (t == T_CLOSE && !seeding && (close_followed(sk, skp, os, direct) || opening))
         return 0;
 
     struct tp_state e = {};
@@ -629,7 +771,7 @@ static __always_inline int on_state(const void *sk, int os, int ns, int direct)
                     count(1, DROP_ORPHANS);
             }
         }
-        if (seeding && close_followed(skp, os))
+        if (seeding && close_followed(sk, skp, os, direct))
             break;
         if (!opening)
             close_seeded(&tk);
