@@ -76,7 +76,7 @@ function safeNotices(list) {
 
 // -- URL state ---------------------------------------------------------------
 
-const STATE_KEYS = ['area', 'service', 'at', 'window', 'metric', 'diff', 'sel', 'impact', 'live'];
+const STATE_KEYS = ['area', 'service', 'at', 'window', 'metric', 'diff', 'sel', 'impact', 'live', 'tz'];
 
 function readState() {
   const q = new URLSearchParams(location.search);
@@ -390,7 +390,7 @@ function refresh() {
 }
 
 async function loadTimeline() {
-  const tl = await getJson('/timeline', { buckets: 200 });
+  const tl = await getJson('/timeline', zoom ? { buckets: 200, from: zoom[0], to: zoom[1] } : { buckets: 200 });
   phobos.timeline = tl;
   return tl;
 }
@@ -403,7 +403,6 @@ async function load() {
   const tl = phobos.timeline && !state.live ? phobos.timeline : await loadTimeline();
   if (!tl.range) { showEmpty(true); phobos.state = 'empty'; phobos.ready = true; return; }
   showEmpty(false);
-  setupSlider(tl);
   $('metric').value = state.metric || 'open';
   $('live').checked = !!state.live;
   $('diff-toggle').checked = !!state.diff;
@@ -481,6 +480,7 @@ async function load() {
   phobos.window = (areas.metadata || {}).window || phobos.window;
   // The time the API resolved `at` to (relative and ISO times included).
   if ((areas.metadata || {}).at) phobos.shownAt = toEpoch(areas.metadata.at);
+  setupSlider(tl);
   showNoData(areas, tl);
   phobos.levelData = level;
   phobos.view = path();
@@ -675,7 +675,7 @@ function renderPanel(impact, summary) {
     + `${cat.tier !== undefined && cat.tier !== null ? ` · tier ${cat.tier}` : ''}` }));
   if (cat.description) body.append(el('p', { text: cat.description }));
   body.append(el('div', { class: 'meta', id: 'panel-seen',
-    text: `first seen ${summary.first_seen || '—'} · last seen ${summary.last_seen || '—'}` }));
+    text: `first seen ${storeTimeText(summary.first_seen)} · last seen ${storeTimeText(summary.last_seen)}` }));
   const buttons = el('div');
   if (state.service !== summary.service) {
     buttons.append(el('button', { type: 'button', id: 'open-service', text: 'Instances',
@@ -706,7 +706,7 @@ function renderPanel(impact, summary) {
   body.append(el('h3', { text: `Instances (${insts.length})` }));
   body.append(table(['host', 'dc', 'ips', 'ports', 'last seen'], insts.map((i) =>
     [i.pod ? `${i.host} / ${i.pod}` : i.host, i.dc || '', (i.ips || []).join(' '), (i.ports || []).join(' '),
-      i.last_seen || ''])));
+      storeTimeText(i.last_seen)])));
   body.lastChild.id = 'panel-instances';
   for (const [dir, title] of [['inbound', 'Inbound (who depends on it)'], ['outbound', 'Outbound (what it depends on)']]) {
     const deps = summary[dir] || [];
@@ -763,7 +763,7 @@ function showInstance(name, meta) {
   if (inst) {
     body.append(table(['', ''], [['dc', inst.dc || ''], ['ips', (inst.ips || []).join(' ')],
       ['ports', (inst.ports || []).join(' ')], ['pids', (inst.pids || []).join(' ')],
-      ['first seen', inst.first_seen || ''], ['last seen', inst.last_seen || '']]));
+      ['first seen', storeTimeText(inst.first_seen)], ['last seen', storeTimeText(inst.last_seen)]]));
   }
   // Its edges in the drawn level: what it calls and what calls it, with failures.
   const level = phobos.levelData || { connections: [] };
@@ -1119,54 +1119,356 @@ function showEmpty(empty) {
 function showMessage(text) { const m = $('message'); m.textContent = text; m.hidden = false; }
 function hideMessage() { $('message').hidden = true; }
 
-// -- time slider -----------------------------------------------------------------
+// -- time: zone, axis, marks --------------------------------------------------------
 
 const toEpoch = (iso) => Math.floor(Date.parse(iso.includes('T') ? iso : `${iso.replace(' ', 'T')}Z`) / 1000);
 const isoOf = (epoch) => new Date(epoch * 1000).toISOString().replace('.000Z', 'Z');
+const LOCAL_ZONE = (() => { try { return Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC'; } catch (e) { return 'UTC'; } })();
 
-function setupSlider(tl) {
-  const first = toEpoch(tl.range.first);
-  const last = toEpoch(tl.range.last);
-  const slider = $('slider');
-  const step = tl.bucket >= 3600 ? 60 : 60;
-  for (const s of [slider, $('diff-from')]) {
-    s.min = String(first); s.max = String(Math.max(last, first + 60)); s.step = String(step);
+// The zone times are shown in: UTC unless the URL names another (tz=local: the browser's).
+function zone() {
+  const tz = state.tz === 'local' ? LOCAL_ZONE : state.tz || 'UTC';
+  try { new Intl.DateTimeFormat('en', { timeZone: tz }); return tz; } catch (e) { return 'UTC'; }
+}
+
+const partsCache = new Map();
+function zoneParts(epoch, tz = zone()) {
+  let f = partsCache.get(tz);
+  if (!f) {
+    f = new Intl.DateTimeFormat('en-GB', { timeZone: tz, hourCycle: 'h23', year: 'numeric', month: '2-digit',
+      day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit', timeZoneName: 'short' });
+    partsCache.set(tz, f);
   }
-  const at = state.at ? Number(state.at) : (state.live ? Math.floor(Date.now() / 1000) : last);
-  slider.value = String(at);
-  $('at-label').textContent = `${state.live ? 'live · ' : ''}at ${isoOf(Number(slider.value) || at)}`;
-  const from = $('diff-from');
-  from.hidden = !state.diff;
-  $('diff-label').hidden = !state.diff;
-  if (state.diff) {
-    from.value = state.diff;
-    $('diff-label').textContent = `compared with ${isoOf(Number(state.diff))}`;
-  }
-  const marks = $('incidents');
-  marks.replaceChildren();
-  const span = Math.max(1, last - first);
-  const place = (t) => `${Math.min(100, Math.max(0, ((t - first) / span) * 100))}%`;
-  // Alerts (Alertmanager) on the timeline, in red ...
+  const out = {};
+  for (const p of f.formatToParts(new Date(epoch * 1000))) out[p.type] = p.value;
+  return out;
+}
+
+// Seconds the zone is ahead of UTC at ``epoch``.
+function zoneOffset(epoch, tz = zone()) {
+  const p = zoneParts(epoch, tz);
+  return Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute, +p.second) / 1000 - epoch;
+}
+
+// A time in the chosen zone, its zone written out: "2026-12-01 22:04:00 UTC".
+function timeText(epoch, { seconds = true, date = true } = {}) {
+  if (!Number.isFinite(epoch)) return '—';
+  const p = zoneParts(epoch);
+  const tzName = zone() === 'UTC' ? 'UTC' : p.timeZoneName;
+  return `${date ? `${p.year}-${p.month}-${p.day} ` : ''}${p.hour}:${p.minute}${seconds ? `:${p.second}` : ''} ${tzName}`;
+}
+
+// A time the API wrote ("2026-12-01 22:04:00", UTC) for a panel, in the chosen zone.
+// A time after now (a clock ahead, an interval's end) is shown as now.
+function storeTimeText(text) {
+  if (!text) return '—';
+  const t = toEpoch(text);
+  return Number.isFinite(t) ? timeText(Math.min(t, Math.floor(Date.now() / 1000))) : String(text);
+}
+
+// The "at" label: the time the views really show (relative and ISO `at`
+// resolved by the API), in the zone and, outside UTC, in UTC too.
+function atText(epoch) {
+  const utc = isoOf(epoch);
+  return zone() === 'UTC' ? utc : `${timeText(epoch, { seconds: false })} (${utc})`;
+}
+
+// -- the timeline: visible range, axis, activity, marks ------------------------------
+
+// Rows: alerts and deploys, failure spikes, activity bars, the axis.
+const TL = { pad: 8, height: 76, spikeY: 17, barTop: 30, axisY: 54 };
+let zoom = null; // [from, to] shown by the timeline; null: what the API picks (up to a week)
+
+function tlRange(tl) {
+  return [toEpoch(tl.from), toEpoch(tl.to)];
+}
+
+// Tick spacing: the smallest step that leaves ~90 px per label.
+const STEPS = [60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400];
+function ticks(from, to, width) {
+  const want = Math.max(2, Math.floor(width / 90));
+  const step = STEPS.find((st) => (to - from) / st <= want) || STEPS[STEPS.length - 1];
+  const out = [];
+  // Ticks fall on round times of the zone, not of UTC.
+  const off = zoneOffset(from);
+  for (let t = Math.ceil((from + off) / step) * step - off; t <= to; t += step) out.push(t);
+  return { step, ticks: out };
+}
+
+function tickLabel(t, step, prev) {
+  const p = zoneParts(t);
+  const day = `${p.year}-${p.month}-${p.day}`;
+  const prevDay = prev === undefined ? null : (() => { const q = zoneParts(prev); return `${q.year}-${q.month}-${q.day}`; })();
+  if (step >= 86400) return `${p.month}-${p.day}`;
+  return day !== prevDay ? `${p.month}-${p.day} ${p.hour}:${p.minute}` : `${p.hour}:${p.minute}`;
+}
+
+// Marks of the time line: alerts (red), deploys (blue), buckets whose share of
+// failed connects stands out (orange).  Deploys are notifications named
+// "Deploy" (the simulator writes them, a CI job can post them to /api/v1/alerts).
+function timelineMarks(tl) {
+  const marks = [];
   for (const inc of tl.incidents || []) {
     const t = toEpoch(inc.starts_at || tl.range.first);
-    const what = `${inc.alertname || 'alert'}${inc.service ? ` (${inc.service})` : ''} from ${inc.starts_at || ''}`;
-    marks.append(el('i', { class: 'alert', style: `left:${place(t)}`, title: what }));
+    const deploy = inc.alertname === 'Deploy';
+    marks.push({ kind: deploy ? 'deploy' : 'alert', t, service: inc.service || '',
+      title: deploy ? `deploy of ${inc.service}` : `${inc.alertname || 'alert'}${inc.service ? ` (${inc.service})` : ''}`
+        + `${inc.severity ? ` [${inc.severity}]` : ''}` });
   }
-  // ... and buckets whose share of failed connects stands out, in orange.
   const ratios = (tl.buckets || []).map((b) => (b.connects ? b.failures / b.connects : 0));
   const sorted = [...ratios].sort((a, b) => a - b);
   const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
   (tl.buckets || []).forEach((b, i) => {
     if (b.failures > 0 && ratios[i] > Math.max(3 * median, 0.01)) {
-      marks.append(el('i', { class: 'spike', style: `left:${place(toEpoch(b.bucket))}`,
-        title: `${b.bucket}: ${b.failures} of ${b.connects} connects failed` }));
+      // A run of spiking buckets is one mark, at its start.
+      const last = marks[marks.length - 1];
+      const t = toEpoch(b.bucket);
+      if (last && last.kind === 'spike' && t - last.end <= tl.bucket) { last.end = t + tl.bucket; last.failures += b.failures; last.connects += b.connects; return; }
+      marks.push({ kind: 'spike', t, end: t + tl.bucket, failures: b.failures, connects: b.connects });
     }
   });
-  phobos.incidents = marks.children.length;
+  for (const m of marks) {
+    if (m.kind === 'spike') m.title = `failure spike: ${m.failures} of ${m.connects} connects failed`;
+  }
+  return marks.sort((a, b) => a.t - b.t);
 }
 
+const SVG = 'http://www.w3.org/2000/svg';
+const svgEl = (tag, attrs = {}, ...children) => {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith('on')) node.addEventListener(k.slice(2), v); else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+};
+
+function renderTimeline(tl = phobos.timeline) {
+  if (!tl || !tl.range) return;
+  const svg = $('timeline');
+  const width = Math.max(200, svg.clientWidth || svg.parentNode.clientWidth || 800);
+  svg.setAttribute('viewBox', `0 0 ${width} ${TL.height}`);
+  svg.replaceChildren();
+  const [from, to] = tlRange(tl);
+  const span = Math.max(60, to - from);
+  const x = (t) => TL.pad + ((t - from) / span) * (width - 2 * TL.pad);
+  phobos.timelineX = { from, to, width, pad: TL.pad };
+  // Activity: connects per bucket in grey, the failed share in red on top.
+  const buckets = tl.buckets || [];
+  const maxC = Math.max(1, ...buckets.map((b) => b.connects || 0));
+  const bw = Math.max(1, ((tl.bucket || 60) / span) * (width - 2 * TL.pad) - 0.5);
+  const bars = svgEl('g', { class: 'bars' });
+  for (const b of buckets) {
+    const t = toEpoch(b.bucket);
+    const h = ((b.connects || 0) / maxC) * (TL.axisY - TL.barTop);
+    bars.append(svgEl('rect', { x: x(t), y: TL.axisY - h, width: bw, height: h, class: 'bar' }));
+    if (b.failures > 0) {
+      const fh = Math.max(2, Math.min(1, b.failures / (b.connects || 1)) * (TL.axisY - TL.barTop));
+      bars.append(svgEl('rect', { x: x(t), y: TL.axisY - fh, width: bw, height: fh, class: 'bar failed' }));
+    }
+  }
+  svg.append(bars);
+  // Axis with ticks and labels in the chosen zone.
+  const axis = svgEl('g', { class: 'axis' });
+  axis.append(svgEl('line', { x1: TL.pad, x2: width - TL.pad, y1: TL.axisY, y2: TL.axisY }));
+  const { step, ticks: ts } = ticks(from, to, width);
+  ts.forEach((t, i) => {
+    axis.append(svgEl('line', { x1: x(t), x2: x(t), y1: TL.axisY, y2: TL.axisY + 5 }));
+    // Labels at the ends stay inside the box.
+    const anchor = x(t) < 40 ? 'start' : x(t) > width - 40 ? 'end' : 'middle';
+    axis.append(svgEl('text', { x: Math.max(0, x(t) - (anchor === 'start' ? 4 : 0)), y: TL.axisY + 16, 'text-anchor': anchor },
+      tickLabel(t, step, ts[i - 1])));
+  });
+  svg.append(axis);
+  // The diff's earlier time and the time shown.
+  if (state.diff) svg.append(svgEl('line', { class: 'cursor diff', x1: x(+state.diff), x2: x(+state.diff), y1: 0, y2: TL.axisY }));
+  const at = shownAt();
+  if (at >= from && at <= to) svg.append(svgEl('line', { class: 'cursor at', id: 'tl-at', x1: x(at), x2: x(at), y1: 0, y2: TL.axisY }));
+  // Marks: 12 px shapes with a larger invisible target, each a button.
+  const marks = timelineMarks(tl).filter((m) => m.t >= from && m.t <= to);
+  const g = svgEl('g', { class: 'marks' });
+  for (const m of marks) {
+    const mx = x(m.t);
+    const shape = m.kind === 'deploy' ? svgEl('path', { d: `M${mx} 2 l6 6 l-6 6 l-6 -6 z` })
+      : m.kind === 'alert' ? svgEl('path', { d: `M${mx - 6} 2 h12 l-6 12 z` })
+        : svgEl('rect', { x: mx, y: TL.spikeY, width: Math.max(6, x(m.end) - mx), height: 10, rx: 2 });
+    const label = `${m.title} at ${timeText(m.t, { seconds: false })}`;
+    const open = (ev) => { ev.stopPropagation(); openMark(m, mx); };
+    g.append(svgEl('g', { class: `mark ${m.kind}`, tabindex: '0', role: 'button', 'aria-label': label,
+      'data-kind': m.kind, 'data-t': String(m.t), onclick: open, onmousedown: (ev) => ev.stopPropagation(),
+      onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); open(ev); } } },
+    svgEl('title', {}, label), svgEl('rect', { class: 'hit', x: mx - 8, y: m.kind === 'spike' ? TL.spikeY - 2 : 0,
+      width: m.kind === 'spike' ? Math.max(16, x(m.end) - mx + 8) : 16, height: 14 }), shape));
+  }
+  svg.append(g);
+  phobos.incidents = marks.length;
+  phobos.marks = marks.map((m) => ({ kind: m.kind, t: m.t, title: m.title }));
+  $('tl-range').textContent = `${timeText(from, { seconds: false })} – ${timeText(to, { seconds: false })}`;
+  $('tl-zoom-out').disabled = !zoom;
+}
+
+// A click on a mark shows the window that starts at it and offers the diff
+// against the window just before.
+function openMark(m, mx) {
+  const window = phobos.window || 300;
+  const last = toEpoch(phobos.timeline.range.last);
+  const at = Math.min(m.t + window, last);
+  const pop = $('mark-pop');
+  $('mark-title').textContent = `${m.title} at ${timeText(m.t, { seconds: false })}`;
+  pop.dataset.t = String(m.t);
+  pop.dataset.at = String(at);
+  // What an alert or a failure spike changed is in the failures; a deploy's
+  // in the edges themselves, whatever the metric.
+  pop.dataset.metric = m.kind === 'deploy' ? (state.metric || '') : 'failures';
+  $('mark-diff').textContent = m.kind === 'deploy' ? 'Diff against just before' : 'Diff failures against just before';
+  pop.hidden = false;
+  const box = $('timeline-box').getBoundingClientRect();
+  pop.style.left = `${Math.max(0, Math.min(box.width - 300, mx - 150))}px`;
+  phobos.mark = { kind: m.kind, t: m.t, at };
+  navigate({ at: String(at), live: undefined });
+}
+
+$('mark-diff').addEventListener('click', () => {
+  const pop = $('mark-pop');
+  pop.hidden = true;
+  navigate({ at: pop.dataset.at, diff: pop.dataset.t, live: undefined, metric: pop.dataset.metric || undefined });
+});
+$('mark-close').addEventListener('click', () => { $('mark-pop').hidden = true; });
+
+// Click on the time line: that time.  Drag: zoom to the brushed range.
+(() => {
+  const svg = $('timeline');
+  let down = null;
+  const timeAt = (clientX) => {
+    const r = svg.getBoundingClientRect();
+    const { from, to, width, pad } = phobos.timelineX || {};
+    if (from === undefined) return null;
+    const f = ((clientX - r.left) * (width / r.width) - pad) / (width - 2 * pad);
+    return Math.round((from + Math.min(1, Math.max(0, f)) * (to - from)) / 60) * 60;
+  };
+  svg.addEventListener('mousedown', (e) => { down = { x: e.clientX, t: timeAt(e.clientX) }; });
+  svg.addEventListener('mousemove', (e) => {
+    if (!down) return;
+    const brush = $('tl-brush');
+    const r = svg.getBoundingClientRect();
+    brush.hidden = Math.abs(e.clientX - down.x) < 5;
+    brush.style.left = `${Math.min(e.clientX, down.x) - r.left}px`;
+    brush.style.width = `${Math.abs(e.clientX - down.x)}px`;
+  });
+  window.addEventListener('mouseup', (e) => {
+    if (!down) return;
+    const start = down;
+    down = null;
+    $('tl-brush').hidden = true;
+    const t = timeAt(e.clientX);
+    if (t === null || start.t === null) return;
+    if (Math.abs(e.clientX - start.x) >= 5) {
+      const [a, b] = [Math.min(start.t, t), Math.max(start.t, t)];
+      if (b - a >= 300) setZoom([a, b]);
+      return;
+    }
+    if (e.target.closest && e.target.closest('.mark')) return;
+    navigate({ at: String(t), live: undefined });
+  });
+  svg.addEventListener('wheel', (e) => {
+    if (!phobos.timelineX) return;
+    e.preventDefault();
+    const { from, to } = phobos.timelineX;
+    const t = timeAt(e.clientX);
+    const k = e.deltaY < 0 ? 0.5 : 2;
+    setZoom([t - (t - from) * k, t + (to - t) * k]);
+  }, { passive: false });
+})();
+
+// Zoom the time line to [from, to] (kept inside the data; null: the default range).
+async function setZoom(range) {
+  const tl = phobos.timeline;
+  if (!tl || !tl.range) return;
+  const first = toEpoch(tl.range.first);
+  const last = toEpoch(tl.range.last);
+  if (range) {
+    let [a, b] = range.map(Math.round);
+    if (b - a >= last - first) range = null;
+    else {
+      if (a < first) { b += first - a; a = first; }
+      if (b > last) { a -= b - last; b = last; }
+      range = [Math.max(first, a), Math.min(last, b)];
+    }
+  }
+  zoom = range;
+  try {
+    await loadTimeline();
+    setupSlider(phobos.timeline);
+  } catch (err) { showError(err); }
+}
+
+$('tl-zoom-out').addEventListener('click', () => {
+  if (!zoom) return;
+  const [a, b] = zoom;
+  const mid = (a + b) / 2;
+  setZoom([mid - (b - a), mid + (b - a)]);
+});
+$('tl-all').addEventListener('click', () => {
+  const tl = phobos.timeline;
+  if (tl && tl.range) setZoom([toEpoch(tl.range.first), toEpoch(tl.range.last)]);
+});
+
+function setupSlider(tl) {
+  const [from, to] = tlRange(tl);
+  const slider = $('slider');
+  for (const sl of [slider, $('diff-from')]) {
+    sl.min = String(from); sl.max = String(Math.max(to, from + 60)); sl.step = '60';
+  }
+  const at = shownAt();
+  slider.value = String(at);
+  $('at-label').textContent = `${state.live ? 'live · ' : ''}at ${atText(at)}`;
+  const pick = $('at-pick');
+  const p = zoneParts(at);
+  pick.value = `${p.year}-${p.month}-${p.day}T${p.hour}:${p.minute}`;
+  const dfrom = $('diff-from');
+  dfrom.hidden = !state.diff;
+  $('diff-label').hidden = !state.diff;
+  if (state.diff) {
+    dfrom.value = state.diff;
+    $('diff-label').textContent = `compared with ${atText(Number(state.diff))}`;
+  }
+  renderZones();
+  renderTimeline(tl);
+}
+
+function renderZones() {
+  const sel = $('tz');
+  const want = state.tz || 'UTC';
+  const options = [['UTC', 'UTC'], ['local', `local (${LOCAL_ZONE})`]];
+  if (!options.some(([v]) => v === want)) options.push([want, want]);
+  if (sel.options.length !== options.length || sel.options[sel.options.length - 1].value !== options[options.length - 1][0]) {
+    sel.replaceChildren(...options.map(([v, text]) => el('option', { value: v, text })));
+  }
+  sel.value = want;
+}
+
+$('tz').addEventListener('change', () => {
+  state = { ...state, tz: $('tz').value === 'UTC' ? undefined : $('tz').value };
+  if (!state.tz) delete state.tz;
+  history.replaceState(null, '', stateUrl(state));
+  partsCache.clear();
+  if (phobos.timeline && phobos.timeline.range) setupSlider(phobos.timeline);
+  if (phobos.panel && $('panel').dataset.kind === 'service') renderPanel(null, phobos.panel);
+});
+
+// The date picker reads its value in the chosen zone.
+$('at-pick').addEventListener('change', () => {
+  const v = $('at-pick').value;
+  if (!v) return;
+  const guess = Date.parse(`${v}:00Z`) / 1000;
+  if (!Number.isFinite(guess)) return;
+  navigate({ at: String(guess - zoneOffset(guess - zoneOffset(guess))), live: undefined });
+});
+
+window.addEventListener('resize', () => renderTimeline());
+
 $('slider').addEventListener('input', () => {
-  $('at-label').textContent = `at ${isoOf(Number($('slider').value))}`;
+  $('at-label').textContent = `at ${atText(Number($('slider').value))}`;
 });
 $('slider').addEventListener('change', () => navigate({ at: $('slider').value, live: undefined }));
 $('diff-from').addEventListener('change', () => navigate({ diff: $('diff-from').value }));

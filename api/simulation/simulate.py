@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow as pa
 
 from api.catalog.versions import load_into_store
+from api.ingest.alerts import insert_alerts
 from api.config import SETTINGS
 from api.simulation.fleet import (
     INTERNET_CLIENTS,
@@ -331,6 +332,7 @@ class Summary:
     services: int = 0
     instances: int = 0
     edges: int = 0
+    alerts: int = 0  # notifications written for the incidents and deploys (``event_alerts``)
 
     @property
     def total(self) -> int:
@@ -340,11 +342,12 @@ class Summary:
         c = self.config
         return (f"{self.records['connections']:,} connection and {self.records['listeners']:,} listener "
                 f"records, {self.intervals} intervals of {c.interval} s from {format_ts(c.start)} to "
-                f"{format_ts(c.end)}, {self.services} services, {self.instances} instances, seed {c.seed}")
+                f"{format_ts(c.end)}, {self.services} services, {self.instances} instances, seed {c.seed}"
+                + (f", {self.alerts} alert notifications for its incidents and deploys" if self.alerts else ""))
 
     def as_dict(self) -> dict[str, Any]:
         return {"records": dict(self.records), "intervals": self.intervals,
-                "seconds": round(self.seconds, 3), "events": self.events,
+                "seconds": round(self.seconds, 3), "events": self.events, "alerts": self.alerts,
                 "catalog_version": self.catalog_version, "catalog_path": self.catalog_path}
 
 
@@ -412,7 +415,7 @@ def _load_catalog(store: Store, fleet: Fleet, catalog_out: str | Path | None) ->
 
 def simulate(store: Store, config: SimConfig, progress: Callable[[int, int, int], None] | None = None,
              *, catalog: bool = True, catalog_out: str | Path | None = None,
-             fleet: Fleet | None = None, stop: threading.Event | None = None) -> Summary:
+             fleet: Fleet | None = None, stop: threading.Event | None = None, alerts: bool = True) -> Summary:
     """Backfill ``config``'s time range into a migrated ``store``.
 
     Parameters
@@ -431,6 +434,10 @@ def simulate(store: Store, config: SimConfig, progress: Callable[[int, int, int]
         Also write the catalog YAML there.
     stop : threading.Event, optional
         Set it to stop after the batch being written (data so far is kept).
+    alerts : bool
+        Also write the incidents and deploys as Alertmanager notifications
+        (``event_alerts``): incidents show red and both are marked on the
+        time line.
 
     Returns
     -------
@@ -493,8 +500,53 @@ def simulate(store: Store, config: SimConfig, progress: Callable[[int, int, int]
             progress.close()
     if failed:
         raise failed[0]
+    if alerts:
+        # Only the events of the range written: a stopped run has not reached the others.
+        reached = stamps[summary.intervals - 1] if summary.intervals else cfg.start
+        summary.alerts = insert_alerts(store, event_alerts([e for e in fleet.events if e["ts"] <= reached]))
     summary.seconds = time.monotonic() - started
     return summary
+
+
+#: ``alertname`` of the notifications that stand for deploys on the time line.
+DEPLOY_ALERTNAME = "Deploy"
+
+
+def event_alerts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of ``alerts`` for the fleet's incidents and deploys, as Alertmanager would have sent them.
+
+    An incident fires at its start and is resolved at its end (two
+    notifications, as Alertmanager sends), so the map shows it red and the
+    time line marks it.  A deploy is one resolved notification named
+    ``Deploy`` (severity ``info``) that ends where it starts: the time line
+    marks it, nothing reads it as firing.  Fingerprints are derived from
+    the event, so a second run over the same range stores nothing new.
+    """
+    rows = []
+
+    def row(kind: str, ev: dict[str, Any], received: int, status: str, ends: int, name: str, severity: str,
+            summary: str) -> dict[str, Any]:
+        labels = {"alertname": name, "service": ev["service"], "severity": severity, "source": "phobos-simulate"}
+        return {"received_at": received, "fingerprint": f"sim-{kind}-{ev['service']}-{ev['ts']}",
+                "status": status, "alertname": name, "service": ev["service"], "severity": severity,
+                "starts_at": ev["ts"], "ends_at": ends, "summary": summary, "labels": labels,
+                "annotations": {"summary": summary}}
+
+    edges = {}
+    for ev in events:
+        if ev["kind"] in ("edge_added", "edge_removed"):
+            verb = "adds" if ev["kind"] == "edge_added" else "removes"
+            edges.setdefault((ev["by_deploy_of"], ev["ts"]), []).append(f"{verb} {ev['client']} -> {ev['server']}")
+    for ev in events:
+        if ev["kind"] == "incident":
+            text = f"{ev['service']} refuses connections: its clients' connects fail"
+            rows.append(row("incident", ev, ev["ts"], "firing", 0, "ServiceDown", "critical", text))
+            rows.append(row("incident", ev, ev["end"], "resolved", ev["end"], "ServiceDown", "critical", text))
+        elif ev["kind"] == "deploy":
+            text = "; ".join([f"{ev['service']} deployed: {len(ev['moved'])} instances moved",
+                              *edges.get((ev["service"], ev["ts"]), [])])
+            rows.append(row("deploy", ev, ev["ts"], "resolved", ev["ts"], DEPLOY_ALERTNAME, "info", text))
+    return rows
 
 
 def write_interval(store: Store, fleet: Fleet, ts: int) -> int:
