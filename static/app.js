@@ -76,7 +76,7 @@ function safeNotices(list) {
 
 // -- URL state ---------------------------------------------------------------
 
-const STATE_KEYS = ['area', 'service', 'at', 'window', 'metric', 'diff', 'sel', 'impact', 'live', 'tz'];
+const STATE_KEYS = ['area', 'service', 'at', 'window', 'metric', 'diff', 'sel', 'impact', 'live', 'tz', 'table'];
 
 function readState() {
   const q = new URLSearchParams(location.search);
@@ -211,6 +211,7 @@ function onHighlighted(obj) {
   }
   const meta = obj.metadata || {};
   if (meta.kind === 'instance' || meta.kind === 'traced') { showInstance(obj.name, meta); return; }
+  if (meta.kind === 'instances') { showInstanceGroup(obj.name, meta); return; }
   if (!state.area) { showArea(obj.name, obj); return; }
   select(obj.name);
 }
@@ -311,7 +312,7 @@ function styleLines() {
     }
     dashLine(view, cls === 'vanished');
     const total = cls === 'vanished' ? max * 0.25 : c.volumeTotal || 0;
-    const size = Math.round((3 + 9 * Math.sqrt(max > 0 ? Math.min(1, total / max) : 0)) * dpr);
+    const size = Math.round((3 + 6 * Math.sqrt(max > 0 ? Math.min(1, total / max) : 0)) * dpr);
     if (view.phobosSize !== size || view.phobosParticles !== view.particles) {
       const attr = view.particles.geometry.getAttribute('size');
       attr.array.fill(size);
@@ -425,7 +426,10 @@ async function load() {
     throw err;
   }) : null);
   requests.push(getJson('/problems', { ...params, limit: 10 }));
-  const [areas, area, service, diff, impact, summary, problems] = await Promise.all(requests);
+  // The open service's instances (hosts, zones) group a large instance view.
+  requests.push(state.service && state.service !== selected
+    ? getJson(`/services/${enc(state.service)}/summary`, params).catch(() => null) : null);
+  const [areas, area, service, diff, impact, summary, problems, ownSummary] = await Promise.all(requests);
   clearError();
 
   if (state.area && !area) { state.area = undefined; state.service = undefined; }
@@ -457,7 +461,11 @@ async function load() {
           const meta = n.metadata || {};
           if (meta.kind === 'instance' || meta.kind === 'traced' || meta.grouped) { delete n.renderer; delete n.maxVolume; }
         }
-        if (svcNode) nest(svcNode, service, 'region');
+        phobos.tableLevel = service;
+        phobos.grouped = null;
+        const grouped = groupInstances(service, state.service === selected ? summary : ownSummary);
+        if (grouped) { phobos.grouped = grouped.groups; }
+        if (svcNode) nest(svcNode, grouped ? grouped.data : service, 'region');
         else state.service = undefined;
       }
     } else {
@@ -465,6 +473,7 @@ async function load() {
     }
   }
   const level = currentLevel(tree);
+  if (!state.service) { phobos.tableLevel = null; phobos.grouped = null; }
   phobos.impact = impact ? markImpact(level, impact) : null;
   phobos.diff = diff ? markDiff(level, diff) : null;
   if (!diff) { diffLines.new.clear(); diffLines.vanished.clear(); }
@@ -483,6 +492,7 @@ async function load() {
   setupSlider(tl);
   showNoData(areas, tl);
   phobos.levelData = level;
+  renderTable();
   phobos.view = path();
   phobos.level = { name: level.name || 'phobos', nodes: level.nodes.map((n) => n.name),
     connections: level.connections.map((c) => [c.source, c.target]) };
@@ -554,6 +564,115 @@ function draw(tree) {
   }
 }
 
+// -- large instance views --------------------------------------------------------------
+
+// Past this many instances a service's view draws them grouped by host (by
+// zone when there are too many hosts): Vizceral lays a hundred nodes out as
+// columns of clipped, overlapping labels.  The table view lists them one by one.
+const GROUP_INSTANCES_AT = 40;
+const GROUP_MAX = 30;
+const SUMMED = ['open', 'conn_rate', 'fail_rate', 'connects', 'failures', 'bytes', 'calls', 'call_rate', 'call_errors', 'call_us'];
+const worstClass = (classes, fallback) => {
+  let worst = -1;
+  for (const c of classes) worst = Math.max(worst, HEALTH.indexOf(c));
+  return worst > 0 ? HEALTH[worst] : fallback;
+};
+
+function groupInstances(data, summary) {
+  const instances = data.nodes.filter((n) => (n.metadata || {}).kind === 'instance');
+  if (instances.length <= GROUP_INSTANCES_AT || !summary || !Array.isArray(summary.instances)) return null;
+  const where = new Map();
+  for (const i of summary.instances) if (i.pod) where.set(i.pod, i);
+  for (const i of summary.instances) if (!where.has(i.host)) where.set(i.host, i);
+  const info = (n) => where.get((n.metadata || {}).instance || n.name);
+  const hosts = new Set(instances.map((n) => (info(n) || {}).host).filter(Boolean));
+  const by = hosts.size <= GROUP_MAX ? 'host' : 'zone';
+  const groupOf = {};
+  const members = {};
+  for (const n of instances) {
+    const i = info(n);
+    if (!i) continue;
+    const key = by === 'host' ? i.host : i.dc || 'no zone';
+    const name = `${by} ${key}`;
+    groupOf[n.name] = name;
+    (members[name] = members[name] || { key, nodes: [] }).nodes.push(n);
+  }
+  const nodes = data.nodes.filter((n) => !groupOf[n.name]);
+  const short = shortNames(Object.values(members).map((g) => g.key));
+  for (const [name, g] of Object.entries(members)) {
+    const first = g.nodes[0];
+    nodes.push({ name, displayName: labelOf(short.get(g.key), ` ×${g.nodes.length}`), class: worstClass(g.nodes.map((n) => n.class), first.class),
+      metadata: { kind: 'instances', by, group: g.key, service: (first.metadata || {}).service,
+        members: g.nodes.map((n) => n.name) } });
+  }
+  const edges = new Map();
+  for (const c of data.connections) {
+    const source = groupOf[c.source] || c.source;
+    const target = groupOf[c.target] || c.target;
+    if (source === target) continue; // between instances of one group: inside the node
+    const key = `${source}--${target}`;
+    let e = edges.get(key);
+    if (!e) {
+      e = { source, target, metrics: {}, metadata: Object.fromEntries(SUMMED.map((k) => [k, 0])), classes: [], members: [], seen: new Set() };
+      edges.set(key, e);
+    }
+    for (const [k, v] of Object.entries(c.metrics || {})) e.metrics[k] = (e.metrics[k] || 0) + (Number(v) || 0);
+    const m = c.metadata || {};
+    for (const k of SUMMED) e.metadata[k] += Number(m[k]) || 0;
+    if (m.provenance) e.seen.add(m.provenance);
+    e.classes.push(c.class || 'normal');
+    e.members.push({ source: c.source, target: c.target, open: m.open || 0, conn_rate: m.conn_rate || 0,
+      connects: m.connects || 0, failures: m.failures || 0, failure_ratio: m.failure_ratio || 0, class: c.class || 'normal' });
+  }
+  const connections = [...edges.values()].map((e) => {
+    const meta = e.metadata;
+    meta.failure_ratio = meta.connects ? meta.failures / meta.connects : 0;
+    meta.provenance = e.seen.size > 1 || e.seen.has('both') ? 'both' : [...e.seen][0] || 'tcp';
+    meta.members = e.members.sort((a, b) => b.open - a.open || b.connects - a.connects);
+    return { source: e.source, target: e.target, class: worstClass(e.classes, 'normal'), metrics: e.metrics, metadata: meta };
+  });
+  return { data: { ...data, nodes, connections }, groups: { by, count: Object.keys(members).length, instances: instances.length } };
+}
+
+// Names without the leading words they all share ("k8s-dc1-node-007" and
+// "k8s-dc2-node-001" read as "dc1-node-007", "dc2-node-001").
+function shortNames(names) {
+  const parts = names.map((n) => String(n).split('-'));
+  let common = 0;
+  while (names.length > 1 && parts.every((p) => p.length > common + 1 && p[common] === parts[0][common])) common += 1;
+  return new Map(names.map((n, i) => [n, parts[i].slice(common).join('-')]));
+}
+
+// Vizceral cuts labels longer than 18 characters in the middle; keep the end,
+// where hosts differ, and the count.
+function labelOf(name, suffix) {
+  const room = 18 - suffix.length;
+  return `${name.length > room ? `…${name.slice(-(room - 1))}` : name}${suffix}`;
+}
+
+// A group of instances: who they are and their traffic, one line each.
+function showInstanceGroup(name, meta) {
+  const panel = $('panel');
+  const body = $('panel-body');
+  body.replaceChildren();
+  panel.dataset.kind = 'instances';
+  panel.hidden = false;
+  body.append(el('h2', { id: 'panel-title', text: `${meta.by} ${meta.group}` }));
+  body.append(el('div', { class: 'meta', text: `${meta.members.length} instances of ${meta.service || ''}` }));
+  const level = phobos.tableLevel || { connections: [] };
+  const rows = meta.members.map((m) => {
+    let open = 0; let connects = 0; let failures = 0;
+    for (const c of level.connections) {
+      if (c.source !== m && c.target !== m) continue;
+      const x = c.metadata || {};
+      open += x.open || 0; connects += x.connects || 0; failures += x.failures || 0;
+    }
+    return [m, open, connects ? `${pct(failures / connects)} of ${connects}` : ''];
+  });
+  body.append(table(['instance', 'open', 'failed'], rows));
+  body.lastChild.id = 'group-instances';
+}
+
 // -- impact and diff -----------------------------------------------------------
 
 function markImpact(level, impact) {
@@ -588,7 +707,8 @@ function markDiff(level, diff) {
   const serviceOf = {};
   for (const n of level.nodes) {
     const meta = n.metadata || {};
-    serviceOf[n.name] = (meta.kind === 'instance' || meta.kind === 'traced') && meta.service ? meta.service : n.name;
+    serviceOf[n.name] = (meta.kind === 'instance' || meta.kind === 'traced' || meta.kind === 'instances') && meta.service
+      ? meta.service : n.name;
   }
   diffLines.new.clear();
   diffLines.vanished.clear();
@@ -765,8 +885,8 @@ function showInstance(name, meta) {
       ['ports', (inst.ports || []).join(' ')], ['pids', (inst.pids || []).join(' ')],
       ['first seen', storeTimeText(inst.first_seen)], ['last seen', storeTimeText(inst.last_seen)]]));
   }
-  // Its edges in the drawn level: what it calls and what calls it, with failures.
-  const level = phobos.levelData || { connections: [] };
+  // Its edges in the level (instance by instance when the map groups them): what it calls and what calls it.
+  const level = phobos.tableLevel || phobos.levelData || { connections: [] };
   const rows = [];
   for (const c of level.connections) {
     if (c.source !== name && c.target !== name) continue;
@@ -851,6 +971,15 @@ async function showEdge(conn) {
   phobos.edge = { ...edge, figures: edgeFigures(edge.meta), pairs: null, view: path() };
   // The pairs behind the edge: services behind an area edge, instances behind a service edge;
   // a service's own view already draws instances.
+  if (edge.meta.members) {
+    body.append(el('h3', { text: `Instance pairs (${edge.meta.members.length})` }));
+    const t = table(['client', 'server', 'open', 'new/s', 'failed'], edge.meta.members.map((pr) => [pr.source, pr.target,
+      pr.open, pr.conn_rate, pr.connects ? `${pct(pr.failure_ratio)} of ${pr.connects}` : '']));
+    for (const [i, pr] of edge.meta.members.entries()) t.rows[i + 1].className = `health-${pr.class}`;
+    t.id = 'edge-pairs';
+    body.append(t);
+    return;
+  }
   const level = !state.area ? 'areas' : (!state.service ? 'area' : null);
   if (!level) return;
   const seq = ++pairsSeq;
@@ -1501,10 +1630,134 @@ setInterval(() => {
   if (state.live || !phobos.timeline || !phobos.timeline.range) { phobos.timeline = null; refresh(); }
 }, REFRESH_MS);
 
+// -- the table view: the open level's nodes and edges, sortable and filterable ---------
+
+const tableSort = { nodes: ['open_in', -1], edges: ['open', -1] };
+
+// Rows of the drawn level: a node with the traffic into and out of it, an edge
+// with its figures (the same metadata the tooltip shows).
+function tableRows(level) {
+  const nodes = new Map(level.nodes.map((n) => {
+    const meta = n.metadata || {};
+    return [n.name, { name: n.name, label: n.displayName || meta.instance || n.name, kind: meta.kind || '',
+      area: meta.area || '', class: n.class || 'normal', open_in: 0, open_out: 0, connects_in: 0, failures_in: 0,
+      node: n }];
+  }));
+  const edges = [];
+  for (const c of level.connections) {
+    const m = c.metadata || {};
+    if (m.vanished) continue;
+    edges.push({ source: c.source, target: c.target, class: c.class || 'normal', open: m.open || 0,
+      conn_rate: m.conn_rate || 0, failure_ratio: m.failure_ratio || 0, connects: m.connects || 0,
+      bytes: m.bytes || 0, provenance: SEEN_BY[m.provenance] || m.provenance || '' });
+    const a = nodes.get(c.source);
+    const b = nodes.get(c.target);
+    if (a) a.open_out += m.open || 0;
+    if (b) { b.open_in += m.open || 0; b.connects_in += m.connects || 0; b.failures_in += m.failures || 0; }
+  }
+  for (const n of nodes.values()) n.failed_in = n.connects_in ? n.failures_in / n.connects_in : 0;
+  return { nodes: [...nodes.values()], edges };
+}
+
+const NODE_COLUMNS = [['label', 'name'], ['kind', 'kind'], ['area', 'area'], ['class', 'health'],
+  ['open_in', 'open in', 'num'], ['open_out', 'open out', 'num'], ['connects_in', 'connects in', 'num'],
+  ['failed_in', 'failed in', 'pct']];
+const EDGE_COLUMNS = [['source', 'client'], ['target', 'server'], ['class', 'health'], ['open', 'open', 'num'],
+  ['conn_rate', 'new/s', 'num'], ['failure_ratio', 'failed', 'pct'], ['connects', 'connects', 'num'],
+  ['bytes', 'bytes', 'bytes'], ['provenance', 'seen by']];
+
+function renderTable() {
+  const box = $('table-view');
+  const on = !!state.table;
+  box.hidden = !on;
+  $('table-toggle').classList.toggle('on', on);
+  $('table-toggle').setAttribute('aria-pressed', String(on));
+  if (!on || !phobos.levelData) return;
+  // A grouped instance view is listed instance by instance.
+  const rows = tableRows(phobos.tableLevel || phobos.levelData);
+  const words = $('table-filter').value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+  const match = (texts) => words.every((w) => texts.some((t) => String(t).toLowerCase().includes(w)));
+  const nodes = rows.nodes.filter((n) => match([n.name, n.label, n.kind, n.area, n.class]));
+  const edges = rows.edges.filter((e) => match([e.source, e.target, e.class, e.provenance]));
+  fillTable($('table-nodes'), 'nodes', NODE_COLUMNS, nodes, (n) => openTableNode(n));
+  fillTable($('table-edges'), 'edges', EDGE_COLUMNS, edges, (e) => openTableEdge(e));
+  $('table-count').textContent = `${nodes.length} of ${rows.nodes.length} nodes · ${edges.length} of ${rows.edges.length} edges`;
+  phobos.table = { nodes: nodes.map((n) => n.name), edges: edges.map((e) => [e.source, e.target]),
+    sort: { ...tableSort } };
+}
+
+function fillTable(table, which, columns, rows, open) {
+  const [key, dir] = tableSort[which];
+  rows.sort((a, b) => {
+    const x = a[key];
+    const y = b[key];
+    const c = typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y));
+    return c * dir || String(a.name || a.source).localeCompare(String(b.name || b.source));
+  });
+  const head = el('tr', {}, ...columns.map(([k, title, type]) => {
+    const th = el('th', { class: type ? 'num' : '' }, el('button', { type: 'button', text: `${title}${k === key ? (dir > 0 ? ' ▲' : ' ▼') : ''}`,
+      title: `sort by ${title}`, onclick: () => {
+        tableSort[which] = [k, k === key ? -dir : (type ? -1 : 1)];
+        renderTable();
+        const again = table.querySelector(`th[data-key="${k}"] button`);
+        if (again) again.focus();
+      } }));
+    th.dataset.key = k;
+    if (k === key) th.setAttribute('aria-sort', dir > 0 ? 'ascending' : 'descending');
+    return th;
+  }));
+  const body = el('tbody');
+  for (const r of rows.slice(0, 2000)) {
+    const cells = columns.map(([k, , type]) => {
+      const v = r[k];
+      const text = type === 'pct' ? pct(v) : type === 'bytes' ? bytesText(v) : type === 'num' ? fmt(v) : String(v ?? '');
+      return el('td', { class: `${type ? 'num' : ''}${k === 'class' ? ` health-${v}` : ''}`, text });
+    });
+    body.append(el('tr', { tabindex: '0', class: `health-${r.class}`, onclick: () => open(r),
+      onkeydown: (e) => {
+        if (e.key === 'Enter') open(r);
+        if (e.key === 'ArrowDown' && e.currentTarget.nextSibling) { e.preventDefault(); e.currentTarget.nextSibling.focus(); }
+        if (e.key === 'ArrowUp' && e.currentTarget.previousSibling) { e.preventDefault(); e.currentTarget.previousSibling.focus(); }
+      } }, ...cells));
+  }
+  table.replaceChildren(el('thead', {}, head), body);
+}
+
+// A row opens what a click on the map would: an area's panel (areas view), a
+// service's panel, an instance's; an edge is selected on the map.
+function openTableNode(n) {
+  navigate({ table: undefined }, { replace: true }).then(() => {
+    const meta = n.node.metadata || {};
+    if (meta.kind === 'instance' || meta.kind === 'traced') showInstance(n.name, meta);
+    else if (!state.area) showArea(n.name, n.node);
+    else if (meta.kind === 'service' || meta.kind === undefined) select(n.name);
+  });
+}
+
+function openTableEdge(e) {
+  navigate({ table: undefined }, { replace: true }).then(() => selectEdge(e.source, e.target));
+}
+
+$('table-toggle').addEventListener('click', () => {
+  state = { ...state, table: state.table ? undefined : '1' };
+  if (!state.table) delete state.table;
+  history.replaceState(null, '', stateUrl(state));
+  renderTable();
+  if (state.table) $('table-filter').focus();
+});
+$('table-filter').addEventListener('input', () => renderTable());
+$('table-filter').addEventListener('keydown', (e) => {
+  if (e.key === 'ArrowDown') { e.preventDefault(); const first = $('table-nodes').querySelector('tbody tr'); if (first) first.focus(); }
+});
+
 // -- keyboard: Esc zooms out ---------------------------------------------------------
 
 document.addEventListener('keydown', (e) => {
+  const typing = e.target && /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName);
+  // (the key is not typed into the filter that gets the focus)
+  if (e.key === 't' && !typing && !e.ctrlKey && !e.metaKey && !e.altKey) { e.preventDefault(); $('table-toggle').click(); return; }
   if (e.key !== 'Escape' || e.target === $('search')) return;
+  if (state.table) { $('table-toggle').click(); $('table-toggle').focus(); return; }
   if (state.impact) { navigate({ impact: undefined }); return; }
   if (state.service) navigate({ service: undefined, sel: undefined });
   else if (state.sel) navigate({ sel: undefined }, { replace: true });
@@ -1519,9 +1772,38 @@ $('search').addEventListener('input', () => {
   clearTimeout(searchTimer);
   searchTimer = setTimeout(runSearch, 200);
 });
+// Arrows move through the results, Enter opens the one marked (the first by default).
+let searchActive = -1;
+function markResult(i) {
+  const items = [...$('search-results').querySelectorAll('li:not(.none)')];
+  if (!items.length) return;
+  searchActive = (i + items.length) % items.length;
+  items.forEach((li, k) => { li.classList.toggle('active', k === searchActive); li.setAttribute('aria-selected', String(k === searchActive)); });
+  items[searchActive].scrollIntoView({ block: 'nearest' });
+}
 $('search').addEventListener('keydown', (e) => {
-  if (e.key === 'Enter') { e.preventDefault(); const first = $('search-results').querySelector('li'); if (first) first.click(); }
-  if (e.key === 'Escape') { $('search-results').hidden = true; $('search').blur(); }
+  const box = $('search-results');
+  if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+    e.preventDefault();
+    if (box.hidden && box.children.length) box.hidden = false;
+    markResult(searchActive + (e.key === 'ArrowDown' ? 1 : -1));
+  }
+  if (e.key === 'Enter') {
+    e.preventDefault();
+    const items = box.querySelectorAll('li:not(.none)');
+    const pick = items[Math.max(0, searchActive)];
+    if (pick) pick.click();
+  }
+  if (e.key === 'Escape') { box.hidden = true; $('search').blur(); }
+});
+// "/" focuses the search from anywhere but a text field.
+document.addEventListener('keydown', (e) => {
+  if (e.key !== '/' || e.ctrlKey || e.metaKey || e.altKey) return;
+  const t = e.target;
+  if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
+  e.preventDefault();
+  $('search').focus();
+  $('search').select();
 });
 
 async function runSearch() {
@@ -1533,7 +1815,7 @@ async function runSearch() {
   try { res = await getJson('/search', { q: text, limit: 10, at: atParam() }); } catch (err) { return; }
   if (seq !== searchSeq) return;
   box.replaceChildren();
-  const item = (kind, label, go) => box.append(el('li', { onclick: () => { box.hidden = true; go(); } },
+  const item = (kind, label, go) => box.append(el('li', { role: 'option', onclick: () => { box.hidden = true; go(); } },
     el('span', { class: 'kind', text: kind }), el('span', { text: label })));
   for (const a of res.areas || []) {
     const name = typeof a === 'string' ? a : a.name;
@@ -1550,6 +1832,7 @@ async function runSearch() {
     item('ip', `${i.ip} · ${i.service} on ${i.host}`, () => jumpToService(i.service, i.area));
   }
   if (!box.children.length) box.append(el('li', { class: 'none', text: 'nothing found' }));
+  searchActive = -1;
   box.hidden = false;
 }
 
