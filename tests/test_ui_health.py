@@ -22,7 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import browser  # noqa: E402
-from test_ui import Page, Server, _store, chrome  # noqa: E402,F401  (chrome: the module's browser)
+from test_ui import Page, Server, _store, chrome, fx  # noqa: E402,F401  (chrome, fx: the module's browser and fixture store)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -68,19 +68,6 @@ def page(chrome):  # noqa: F811
     p = HealthPage(chrome)
     yield p
     p.close()
-
-
-@pytest.fixture(scope="module")
-def fx(chdb_dir):
-    import fixtures
-
-    s = _store(chdb_dir, "ui_health_fixture")
-    fixtures.build(s)
-    server = Server(s)
-    server.fx = fixtures
-    yield server
-    server.close()
-    s.close()
 
 
 @pytest.fixture(scope="module")
