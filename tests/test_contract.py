@@ -88,6 +88,11 @@ def test_the_column_check_and_the_record_check_share_their_limits(kind):
             cases += [({f.name: "x" * MAX_TEXT}, True), ({f.name: "x" * (MAX_TEXT + 1)}, False)]
         elif f.kind == "enum":
             cases += [({f.name: choice}, True) for choice in f.choices] + [({f.name: "elsewhere"}, False)]
+        elif f.kind == "uints":
+            full, short = [f.max] * f.length, [0] * (f.length - 1)
+            cases += [({f.name: full}, True), ({f.name: []}, True), ({f.name: [f.max + 1] + short}, False),
+                      ({f.name: [-1] + short}, False), ({f.name: short}, False), ({f.name: full + [0]}, False),
+                      ({f.name: [None] + short}, False), ({f.name: [1.5] + short}, False), ({f.name: 3}, False)]
         elif f.kind == "ip":
             cases += [({f.name: "10.96.0.10"}, True), ({f.name: "fd00:96::10"}, True), ({f.name: "::"}, True),
                       ({f.name: "svc.local"}, False), ({f.name: None}, False), ({f.name: "fe80::1%eth0"}, False)]
@@ -138,3 +143,45 @@ def test_the_column_check_takes_batches_with_and_without_the_optional_fields(for
     if table is not None:
         assert table.equals(records_to_arrow("connections", good))
     assert [r["nat_port"] for r in good] == [80 if f == "new" else 0 for f in forms]
+
+
+HEALTH = {"handshakes": 3, "handshake_us_sum": 1_000_900, "retransmits": 4, "aborts": 1,
+          "handshake_hist": [1, 1] + [0] * 24 + [1] + [0] * 5}
+
+
+@pytest.mark.parametrize("forms", [("old", "old"), ("health", "health"), ("old", "health"), ("health", "quiet")])
+def test_the_column_check_takes_batches_with_and_without_the_health_fields(forms):
+    """Health fields came after v1 too: batches of tracers older than them, of newer ones, and
+    mixed batches give the exact path's table (or go to it)."""
+    make = {"old": lambda i: connection(pid=i),
+            "health": lambda i: connection(pid=i, **HEALTH),
+            "quiet": lambda i: connection(pid=i, handshakes=0, handshake_us_sum=0, retransmits=0, aborts=0,
+                                          handshake_hist=[])}
+    batch = [make[form](i) for i, form in enumerate(forms)]
+    good, bad = validate_batch("connections", batch)
+    assert not bad
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in batch)
+    table = fast_table("connections", data, len(batch))
+    if len(set(forms)) == 1 or set(forms) == {"health", "quiet"}:
+        assert table is not None
+    if table is not None:
+        assert table.equals(records_to_arrow("connections", good))
+    assert [r["handshake_hist"] for r in good] == [HEALTH["handshake_hist"] if f == "health" else []
+                                                  for f in forms]
+
+
+def test_health_reaches_the_rollups_summed_and_merged_bucket_by_bucket(store):
+    """edges_1m and edges_1h sum the health figures of records with and without them, the
+    histogram bucket by bucket; the counts of the rollup are not doubled by the health view."""
+    from api.ingest.batches import ingest_batch
+
+    batch = [connection(pid=1, **HEALTH), connection(pid=1, **HEALTH), connection(pid=1),
+             connection(pid=1, connects=0, closes=1, handshakes=0, handshake_hist=[], retransmits=2, aborts=0,
+                        handshake_us_sum=0)]
+    ingest_batch(store, "connections", batch, batch_id="health")
+    for table in ("edges_1m", "edges_1h"):
+        rows = store.query(
+            f"SELECT sum(records), sum(connects), sum(closes), sum(handshakes), sum(handshake_us_sum), "
+            f"sum(retransmits), sum(aborts), sumForEachMerge(handshake_hist) FROM {store.db}.{table}")
+        hist = [2 * n for n in HEALTH["handshake_hist"]]
+        assert [tuple(r) for r in rows] == [(4, 3, 4, 6, 2 * 1_000_900, 10, 2, hist)], table

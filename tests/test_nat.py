@@ -200,7 +200,8 @@ def test_records_of_the_whole_pipeline_pass_the_contract():
     for o in out:
         assert set(o) == {f.name for f in records.CONNECTION_FIELDS}
         validate("connections", o)
-    assert nat.NO_NAT_IP == records.CONNECTION_FIELDS[-2].default
+    defaults = {f.name: f.default for f in records.CONNECTION_FIELDS}
+    assert (nat.NO_NAT_IP, nat.NO_NAT_PORT) == (defaults["nat_ip"], defaults["nat_port"])
 
 
 # --- resolution of translated records (chDB) --------------------------------------------

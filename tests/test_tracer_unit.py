@@ -89,8 +89,8 @@ def test_records_pass_the_contract():
                                          host="h1", host_ip="192.0.2.2", attribute=attribute)
     assert len(conns) == 2 and len(lis) == 2
     for rec in conns:
-        # the optional fields (nat_ip, nat_port) are added by tracer/nat.py
-        assert set(rec) == {f.name for f in records.CONNECTION_FIELDS if not f.optional}
+        # the optional nat_ip and nat_port are added by tracer/nat.py
+        assert set(rec) == {f.name for f in records.CONNECTION_FIELDS} - {"nat_ip", "nat_port"}
         records.validate("connections", rec)
     for rec in lis:
         assert set(rec) == {f.name for f in records.LISTENER_FIELDS}
@@ -813,3 +813,29 @@ def test_a_conntrack_reader_that_cannot_open_is_said_once_and_tracing_goes_on(ca
     assert warning.startswith("not following NAT: connection tracking of /nonexistent/netns cannot be read")
     assert "--no-nat" in warning
     assert configure_parser(argparse.ArgumentParser()).parse_args(["--no-nat"]).nat is False
+
+
+def test_health_figures_are_summed_and_the_histogram_bucket_by_bucket():
+    agg = aggregate.Aggregator()
+    hist = [0] * records.HANDSHAKE_BUCKETS
+    hist[3] = 2
+    out = agg.apply([(OUT, vals(connects=2, handshakes=2, handshake_us_sum=700, handshake_hist=hist,
+                                retransmits=1, aborts=1)),
+                     (OUT, vals(connects=1, handshakes=1, handshake_us_sum=1_000_000,
+                                handshake_hist=[0] * 26 + [1] + [0] * 5)),
+                     (IN, vals(accepts=1, handshake_hist=[0] * records.HANDSHAKE_BUCKETS))])
+    c = out[OUT]
+    assert (c.handshakes, c.handshake_us_sum, c.retransmits, c.aborts) == (3, 1_000_700, 1, 1)
+    assert c.handshake_hist[3] == 2 and c.handshake_hist[26] == 1 and sum(c.handshake_hist) == 3
+    assert out[IN].handshake_hist == []
+
+    class Edge:
+        netns, pid, direction, local_ip, local_port, remote_ip, remote_port = 1, 7, "outbound", "10.0.0.1", 0, \
+            "10.0.0.2", 80
+
+    rec = aggregate.connection_record(Edge(), c, ts=1_700_000_000, interval_s=10, dc="", host="h", host_ip="",
+                                      proc={})
+    assert records.validate("connections", rec)["handshake_hist"] == c.handshake_hist
+    quiet = aggregate.connection_record(Edge(), out[IN], ts=1_700_000_000, interval_s=10, dc="", host="h",
+                                        host_ip="", proc={})
+    assert quiet["handshake_hist"] == [] and quiet["handshakes"] == 0

@@ -10,6 +10,10 @@ open in /proc at start-up or by a reconciliation (after the kernel's socket
 map refused sockets, the agent seeds the open connections it does not
 follow, see ``tracer/agent.py``).
 
+Health figures (handshakes, their time and latency histogram, retransmits,
+aborts) are per-interval sums like the event counters; the histogram is
+summed bucket by bucket.
+
 Pure logic, no BPF and no /proc: everything is unit-testable.
 
 Caveats: an edge whose gauge is zero and which saw nothing in an interval is
@@ -25,9 +29,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 from tracer import records
 
-__all__ = ["EdgeCounts", "Aggregator", "connection_record", "listener_record", "COUNTERS"]
+__all__ = ["EdgeCounts", "Aggregator", "connection_record", "listener_record", "COUNTERS", "SUMS"]
 
 COUNTERS = ("connects", "accepts", "closes", "failures")
+#: Summed like the counters, but not what makes an edge active.
+SUMS = ("duration_ns_sum", "bytes_sent", "bytes_received", "handshakes", "handshake_us_sum", "retransmits",
+        "aborts")
 _U32 = records.U32
 _U64 = records.U64
 
@@ -44,6 +51,11 @@ class EdgeCounts:
     duration_ns_sum: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    handshakes: int = 0
+    handshake_us_sum: int = 0
+    handshake_hist: list[int] = field(default_factory=list)   # empty, or records.HANDSHAKE_BUCKETS counts
+    retransmits: int = 0
+    aborts: int = 0
     comm: str = ""
 
     def active(self) -> bool:
@@ -86,8 +98,14 @@ class Aggregator:
             counts = out.get(key)
             if counts is None:
                 counts = out[key] = EdgeCounts()
-            for name in COUNTERS + ("duration_ns_sum", "bytes_sent", "bytes_received"):
+            for name in COUNTERS + SUMS:
                 setattr(counts, name, getattr(counts, name) + int(values.get(name, 0)))
+            hist = values.get("handshake_hist")
+            if hist and any(hist):
+                if not counts.handshake_hist:
+                    counts.handshake_hist = [0] * records.HANDSHAKE_BUCKETS
+                for i, n in enumerate(hist[:records.HANDSHAKE_BUCKETS]):
+                    counts.handshake_hist[i] += int(n)
             gauge = self.gauges.setdefault(key, _Gauge())
             gauge.open = max(0, gauge.open + int(values.get("open_delta", 0)))
             comm = values.get("comm") or ""
@@ -158,6 +176,12 @@ def connection_record(
         "duration_ms_sum": _cap(counts.duration_ns_sum // 1_000_000, _U64),
         "bytes_sent": _cap(counts.bytes_sent, _U64),
         "bytes_received": _cap(counts.bytes_received, _U64),
+        "handshakes": _cap(counts.handshakes, _U32),
+        "handshake_us_sum": _cap(counts.handshake_us_sum, _U64),
+        # Empty when no handshake was timed: most records of a pooled client.
+        "handshake_hist": [_cap(n, _U32) for n in counts.handshake_hist] if any(counts.handshake_hist) else [],
+        "retransmits": _cap(counts.retransmits, _U64),
+        "aborts": _cap(counts.aborts, _U32),
     }
 
 

@@ -118,8 +118,9 @@ def handshake_quantile(hist: "list[int] | tuple[int, ...]", q: float) -> float |
 class Field:
     """One field of a record.
 
-    ``kind`` is the wire type (what JSON carries); ``sql`` the ClickHouse
-    column type that ``sql/`` must declare for it.  A field with a
+    ``kind`` is the wire type (what JSON carries; ``uints`` is a list of
+    whole numbers, each at most ``max``, empty or ``length`` long); ``sql``
+    the ClickHouse column type that ``sql/`` must declare for it.  A field with a
     ``default`` (already in its normalised form) is optional: a record
     without it is read as if it carried the default, so producers older
     than the field keep speaking the same version; a value that is present
@@ -127,9 +128,10 @@ class Field:
     """
 
     name: str
-    kind: str  # "uint" | "str" | "ip" | "ts" | "enum"
+    kind: str  # "uint" | "uints" | "str" | "ip" | "ts" | "enum"
     sql: str
     max: int = 0
+    length: int = 0
     choices: tuple[str, ...] = ()
     doc: str = ""
     default: Any = None
@@ -196,6 +198,17 @@ CONNECTION_FIELDS: tuple[Field, ...] = (
               "(remote_ip is then where the connection went, see tracer/nat.py); :: otherwise"),
     Field("nat_port", "uint", "UInt16", max=U16, default=0,
           doc="the port the socket connected to when nat_ip is set; 0 otherwise"),
+    # Optional: health of the edge (tracer/bpf/phobos.c); 0 and [] from older tracers.
+    Field("handshakes", "uint", "UInt32", max=U32, default=0,
+          doc="connects whose handshake completed in the interval (SYN_SENT to ESTABLISHED)"),
+    Field("handshake_us_sum", "uint", "UInt64", max=U64, default=0,
+          doc="summed time of those handshakes, microseconds (a lost SYN costs its retransmission timeout)"),
+    Field("handshake_hist", "uints", "Array(UInt32)", max=U32, length=HANDSHAKE_BUCKETS, default=(),
+          doc="those handshakes by latency bucket (handshake_bounds); empty when there were none"),
+    Field("retransmits", "uint", "UInt64", max=U64, default=0,
+          doc="segments retransmitted by the connections closed in the interval"),
+    Field("aborts", "uint", "UInt32", max=U32, default=0,
+          doc="established connections closed without the FIN exchange (a reset sent or received, a timeout)"),
 )
 
 LISTENER_FIELDS: tuple[Field, ...] = (
@@ -292,6 +305,16 @@ def _check(field: Field, value: Any) -> Any:
         if value > field.max:
             raise RecordError(f"{value} is larger than {field.max}")
         return value
+    if field.kind == "uints":
+        if not isinstance(value, (list, tuple)):
+            raise RecordError(f"must be a list of whole numbers, got {type(value).__name__}")
+        if len(value) not in (0, field.length):
+            raise RecordError(f"must hold {field.length} numbers or none, got {len(value)}")
+        item = Field(field.name, "uint", "", max=field.max)
+        try:
+            return [_check(item, v) for v in value]
+        except RecordError as err:
+            raise RecordError(f"item {err}") from None
     if field.kind == "str":
         if not isinstance(value, str):
             raise RecordError(f"must be a string, got {type(value).__name__}")
@@ -339,7 +362,7 @@ def validate(kind: str, record: Any) -> dict[str, Any]:
     for field in fields:
         if field.name not in record:
             if field.optional:
-                out[field.name] = field.default
+                out[field.name] = list(field.default) if field.kind == "uints" else field.default
                 continue
             raise RecordError(f"missing field {field.name!r}", field.name)
         try:

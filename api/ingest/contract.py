@@ -9,8 +9,8 @@ accept exactly the same records:
   refused in their place.  Every ingest path uses it.
 * ``fast_table`` - column by column, for a batch of JSON lines in the form
   the tracer writes: Arrow's JSON reader with the contract's schema, then
-  range, enum, length and time checks on whole columns (each distinct IP and
-  time parsed once).  An optional field (``Field.default``) that no record
+  range, enum, length and time checks on whole columns (lists of numbers
+  flattened; each distinct IP and time parsed once).  An optional field (``Field.default``) that no record
   of the batch carries is filled with its default, as ``validate`` does; a
   batch where some records carry it and others do not goes to the exact
   path (Arrow reads an absent field and a null alike).  The Kafka consumer tries it first; any doubt sends the
@@ -35,7 +35,8 @@ from tracer.timestamps import WIRE_FORMAT
 
 __all__ = ["check_records", "fast_table", "records_to_arrow"]
 
-_ARROW_OF_KIND = {"uint": pa.uint64(), "str": pa.string(), "ip": pa.string(), "ts": pa.int64(), "enum": pa.string()}
+_ARROW_OF_KIND = {"uint": pa.uint64(), "uints": pa.list_(pa.uint64()), "str": pa.string(), "ip": pa.string(),
+                  "ts": pa.int64(), "enum": pa.string()}
 
 
 def records_to_arrow(kind: str, records: list[dict[str, Any]]) -> pa.Table:
@@ -59,7 +60,8 @@ def check_records(kind: str, raw: Sequence[Any]) -> tuple[list[dict[str, Any]], 
     return good, bad
 
 
-_ARROW_IN = {"str": pa.string(), "ip": pa.string(), "ts": pa.string(), "enum": pa.string()}
+_ARROW_IN = {"str": pa.string(), "ip": pa.string(), "ts": pa.string(), "enum": pa.string(),
+             "uints": pa.list_(pa.int64())}
 
 
 def _schema_in(kind: str) -> pa.Schema:
@@ -96,7 +98,8 @@ def fast_table(kind: str, data: bytes, lines: int) -> pa.Table | None:
         if col.null_count:
             if f.optional and col.null_count == len(col) and f'"{f.name}"'.encode() not in data:
                 # No record names the field (the producer predates it).
-                out[f.name] = pa.repeat(pa.scalar(f.default, _ARROW_OF_KIND[f.kind]), len(col))
+                default = list(f.default) if f.kind == "uints" else f.default
+                out[f.name] = pa.repeat(pa.scalar(default, _ARROW_OF_KIND[f.kind]), len(col))
                 continue
             return None  # missing field or null
         if f.kind == "uint":
@@ -106,6 +109,15 @@ def fast_table(kind: str, data: bytes, lines: int) -> pa.Table | None:
             if f.name == "v" and not lo_hi["min"] == lo_hi["max"] == VERSION:
                 return None
             out[f.name] = col.cast(pa.uint64())
+        elif f.kind == "uints":
+            flat = pc.list_flatten(col)
+            if flat.null_count or not set(pc.unique(pc.list_value_length(col)).to_pylist()) <= {0, f.length}:
+                return None
+            if len(flat):
+                lo_hi = pc.min_max(flat).as_py()
+                if lo_hi["min"] < 0 or lo_hi["max"] > f.max:
+                    return None
+            out[f.name] = col.cast(pa.list_(pa.uint64()))
         elif f.kind == "str":
             if len(col) and pc.max(pc.utf8_length(col)).as_py() > MAX_TEXT:
                 return None

@@ -201,6 +201,9 @@ def _instance_columns(ea: _EpochArrays, slot: np.ndarray) -> dict[str, pa.Array]
     }
 
 
+_OPTIONAL_TYPES = {"uint": pa.uint64(), "uints": pa.list_(pa.uint32()), "ip": pa.string()}
+
+
 def connection_table(fleet: Fleet, ea: _EpochArrays, parts: list[tuple[int, dict]]) -> pa.Table:
     """The ConnectionRecords of some intervals of one epoch as an Arrow table.
 
@@ -248,8 +251,10 @@ def connection_table(fleet: Fleet, ea: _EpochArrays, parts: list[tuple[int, dict
         "direction": pa.DictionaryArray.from_arrays(pa.array(direction), pa.array(["outbound", "inbound"])),
         "local_ip": pa.array(ep.ip[slot]),
     })
-    # The simulated fleet has no NAT: the optional fields keep their defaults.
-    cols.update({f.name: pa.repeat(pa.scalar(f.default, pa.uint16() if f.kind == "uint" else pa.string()), n)
+    # The simulated fleet has no NAT and reports no health figures: the
+    # optional fields keep their defaults.
+    cols.update({f.name: pa.repeat(pa.scalar(list(f.default) if f.kind == "uints" else f.default,
+                                             _OPTIONAL_TYPES[f.kind]), n)
                  for f in CONNECTION_FIELDS if f.optional})
     return pa.table({f.name: cols[f.name] for f in CONNECTION_FIELDS})
 

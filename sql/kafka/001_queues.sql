@@ -18,9 +18,11 @@
 -- dead_letters instead of a parse error for the whole message; the views
 -- apply the record contract (tracer/records.py) in SQL. Messages that are
 -- not JSON at all arrive with _error set (kafka_handle_error_mode='stream').
--- Optional fields of the contract (nat_ip, nat_port: tracers older than
--- them omit them) are Nullable in the queue (a Kafka engine table takes no
--- DEFAULT clause): absent is NULL, and the views read NULL as the default.
+-- Optional fields of the contract (nat_ip, nat_port and the health
+-- figures: tracers older than them omit them) are Nullable in the queue (a
+-- Kafka engine table takes no DEFAULT clause): absent is NULL, and the
+-- views read NULL as the default. An array cannot be Nullable: an absent
+-- handshake_hist reads as [], its default.
 --
 -- Delivery is at-least-once: the Kafka engine commits after the block is
 -- written; a crash between the two re-reads messages. Server-side
@@ -72,7 +74,12 @@ CREATE TABLE IF NOT EXISTS $db.connections_queue
     bytes_sent      UInt64,
     bytes_received  UInt64,
     nat_ip          Nullable(String),
-    nat_port        Nullable(Int64)
+    nat_port        Nullable(Int64),
+    handshakes      Nullable(Int64),
+    handshake_us_sum Nullable(UInt64),
+    handshake_hist  Array(Int64),
+    retransmits     Nullable(UInt64),
+    aborts          Nullable(Int64)
 )
 ENGINE = Kafka
 SETTINGS
@@ -105,7 +112,12 @@ SELECT
     toUInt32(failures) AS failures, toUInt32(open) AS open,
     duration_ms_sum, bytes_sent, bytes_received,
     toIPv6(ifNull(nat_ip, '::')) AS nat_ip,
-    toUInt16(ifNull(nat_port, 0)) AS nat_port
+    toUInt16(ifNull(nat_port, 0)) AS nat_port,
+    toUInt32(ifNull(handshakes, 0)) AS handshakes,
+    ifNull(handshake_us_sum, 0) AS handshake_us_sum,
+    arrayMap(x -> toUInt32(x), handshake_hist) AS handshake_hist,
+    ifNull(retransmits, 0) AS retransmits,
+    toUInt32(ifNull(aborts, 0)) AS aborts
 FROM $db.connections_queue AS q
 WHERE length(_error) = 0
   AND q.v = 1
@@ -114,9 +126,10 @@ WHERE length(_error) = 0
   AND toIPv6OrNull(q.host_ip) IS NOT NULL AND toIPv6OrNull(q.local_ip) IS NOT NULL
   AND toIPv6OrNull(q.remote_ip) IS NOT NULL AND toIPv6OrNull(ifNull(q.nat_ip, '::')) IS NOT NULL
   AND q.direction IN ('outbound', 'inbound')
-  AND least(q.interval_s, q.netns, q.pid, q.local_port, q.remote_port, ifNull(q.nat_port, 0), q.connects, q.accepts, q.closes, q.failures, q.open) >= 0
-  AND greatest(q.interval_s, q.netns, q.pid, q.connects, q.accepts, q.closes, q.failures, q.open) <= 4294967295
-  AND greatest(q.local_port, q.remote_port, ifNull(q.nat_port, 0)) <= 65535;
+  AND least(q.interval_s, q.netns, q.pid, q.local_port, q.remote_port, ifNull(q.nat_port, 0), q.connects, q.accepts, q.closes, q.failures, q.open, ifNull(q.handshakes, 0), ifNull(q.aborts, 0)) >= 0
+  AND greatest(q.interval_s, q.netns, q.pid, q.connects, q.accepts, q.closes, q.failures, q.open, ifNull(q.handshakes, 0), ifNull(q.aborts, 0)) <= 4294967295
+  AND greatest(q.local_port, q.remote_port, ifNull(q.nat_port, 0)) <= 65535
+  AND length(q.handshake_hist) IN (0, 32) AND arrayAll(x -> x >= 0 AND x <= 4294967295, q.handshake_hist);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS $db.connections_dead_mv TO $db.dead_letters AS
 SELECT
@@ -132,12 +145,14 @@ SELECT
             OR toIPv6OrNull(ifNull(nat_ip, '::')) IS NULL,
             'field host_ip, local_ip, remote_ip or nat_ip is not an IP address',
         direction NOT IN ('outbound', 'inbound'), concat('field \'direction\' must be outbound or inbound, got ', concat('''', direction, '''')),
+        length(handshake_hist) NOT IN (0, 32), 'field \'handshake_hist\' must hold 32 numbers or none',
         'a count or port is negative or too large') AS reason,
     if(length(_error) > 0, _raw_message,
        formatRowNoNewline('JSONEachRow', v, ts, interval_s, dc, host, host_ip, netns, pid, comm, service,
                           container_id, pod, namespace, direction, local_ip, local_port, remote_ip, remote_port,
                           connects, accepts, closes, failures, open, duration_ms_sum, bytes_sent, bytes_received,
-                          nat_ip, nat_port)) AS raw
+                          nat_ip, nat_port, handshakes, handshake_us_sum, handshake_hist, retransmits,
+                          aborts)) AS raw
 FROM $db.connections_queue
 WHERE NOT (
     length(_error) = 0
@@ -147,9 +162,10 @@ WHERE NOT (
     AND toIPv6OrNull(host_ip) IS NOT NULL AND toIPv6OrNull(local_ip) IS NOT NULL
     AND toIPv6OrNull(remote_ip) IS NOT NULL AND toIPv6OrNull(ifNull(nat_ip, '::')) IS NOT NULL
     AND direction IN ('outbound', 'inbound')
-    AND least(interval_s, netns, pid, local_port, remote_port, ifNull(nat_port, 0), connects, accepts, closes, failures, open) >= 0
-    AND greatest(interval_s, netns, pid, connects, accepts, closes, failures, open) <= 4294967295
-    AND greatest(local_port, remote_port, ifNull(nat_port, 0)) <= 65535);
+    AND least(interval_s, netns, pid, local_port, remote_port, ifNull(nat_port, 0), connects, accepts, closes, failures, open, ifNull(handshakes, 0), ifNull(aborts, 0)) >= 0
+    AND greatest(interval_s, netns, pid, connects, accepts, closes, failures, open, ifNull(handshakes, 0), ifNull(aborts, 0)) <= 4294967295
+    AND greatest(local_port, remote_port, ifNull(nat_port, 0)) <= 65535
+    AND length(handshake_hist) IN (0, 32) AND arrayAll(x -> x >= 0 AND x <= 4294967295, handshake_hist));
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS $db.connections_offsets_mv TO $db.kafka_offsets AS
 SELECT
