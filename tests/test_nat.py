@@ -30,8 +30,11 @@ B1, B2, B3 = "10.200.0.2", "10.200.0.3", "10.200.0.4"
 
 def rec(**kw):
     """A normalised outbound record (what build_records emits)."""
+    hist = [0] * records.HANDSHAKE_BUCKETS
+    hist[3], hist[9] = 7, 3
     base = dict(local_ip=POD, remote_ip=VIP, remote_port=80, connects=10, closes=8, failures=0, open=2,
-                duration_ms_sum=1000, bytes_sent=777, bytes_received=12345)
+                duration_ms_sum=1000, bytes_sent=777, bytes_received=12345, handshakes=10,
+                handshake_us_sum=52000, handshake_hist=hist, retransmits=5, aborts=1)
     base.update(kw)
     r = connection(**base)
     for k in ("host_ip", "local_ip", "remote_ip"):
@@ -88,6 +91,9 @@ def test_a_virtual_address_becomes_one_record_per_backend_with_exact_sums():
     assert [o["open"] for o in out] == [1, 1]
     for name in SPLIT_BY:
         assert sum(o[name] for o in out) == r[name], name
+    # the handshake histogram is split bucket by bucket, like the handshakes it counts
+    assert [sum(b) for b in zip(*(o["handshake_hist"] for o in out))] == r["handshake_hist"]
+    assert [o["handshakes"] for o in out] == [sum(o["handshake_hist"]) for o in out] == [6, 4]
     for o in out:
         validate("connections", o)
         # everything that names the client stays as it was
@@ -107,10 +113,11 @@ def test_weights_fall_back_to_all_connections_when_none_is_new_or_open():
 
 
 def test_pieces_with_nothing_to_count_are_left_out_but_one_is_kept():
-    out = apply([rec(connects=1, closes=1, open=0, duration_ms_sum=0, bytes_sent=0, bytes_received=0)],
+    quiet = dict(handshakes=0, handshake_us_sum=0, handshake_hist=[], retransmits=0, aborts=0)
+    out = apply([rec(connects=1, closes=1, open=0, duration_ms_sum=0, bytes_sent=0, bytes_received=0, **quiet)],
                 [tr(B1, 1), tr(B2, 0, new=0), tr(B3, 0, new=0)]).records
     assert [o["remote_ip"] for o in out] == [normalize_ip(B1)]
-    empty = rec(connects=0, closes=0, open=0, duration_ms_sum=0, bytes_sent=0, bytes_received=0)
+    empty = rec(connects=0, closes=0, open=0, duration_ms_sum=0, bytes_sent=0, bytes_received=0, **quiet)
     out = apply([empty], [tr(B1, 1), tr(B2, 1)]).records
     assert len(out) == 1 and out[0]["remote_ip"] == normalize_ip(B1) and out[0]["nat_port"] == 80
 

@@ -81,7 +81,11 @@ SPLIT_BY: dict[str, tuple[str, str]] = {
     "connects": _BY_NEW, "accepts": _BY_NEW, "closes": _BY_NEW, "failures": _BY_NEW,
     "open": _BY_OPEN,
     "duration_ms_sum": _BY_CONNECTIONS, "bytes_sent": _BY_CONNECTIONS, "bytes_received": _BY_CONNECTIONS,
+    # health of the edge (optional fields: split when the record has them)
+    "handshakes": _BY_NEW, "handshake_us_sum": _BY_NEW, "retransmits": _BY_CONNECTIONS, "aborts": _BY_CONNECTIONS,
 }
+#: Histogram fields: each bucket is split like a counter.
+SPLIT_LISTS: dict[str, tuple[str, str]] = {"handshake_hist": _BY_NEW}
 
 
 @dataclass(frozen=True)
@@ -162,18 +166,23 @@ def _weights(backends: list[_Backend], first: str, fallback: str) -> list[int]:
 
 
 def _translate(record: Mapping[str, Any], backends: list[_Backend]) -> list[dict[str, Any]]:
-    shares = {name: split(int(record[name]), _weights(backends, *by)) for name, by in SPLIT_BY.items()}
+    shares = {name: split(int(record[name]), _weights(backends, *by))
+              for name, by in SPLIT_BY.items() if name in record}
+    lists = {name: [split(int(v), _weights(backends, *by)) for v in record[name]]
+             for name, by in SPLIT_LISTS.items() if record.get(name)}
     out = []
     for i, b in enumerate(backends):
         piece = dict(record)
         for name, parts in shares.items():
             piece[name] = parts[i]
+        for name, buckets in lists.items():
+            piece[name] = [parts[i] for parts in buckets]
         piece["local_ip"] = b.local_ip
         piece["remote_ip"] = b.ip
         piece["remote_port"] = b.port
         piece["nat_ip"] = record["remote_ip"]
         piece["nat_port"] = record["remote_port"]
-        if any(piece[name] for name in SPLIT_BY):
+        if any(piece.get(name) for name in SPLIT_BY):
             out.append(piece)
     if not out:
         # Nothing to share (a record reporting its last, empty state): kept whole.
