@@ -19,13 +19,10 @@ import pytest
 from api.simulation import simulate as sim
 from api.simulation.fleet import SimConfig, build_fleet
 from api.storage import open_store
+from factories import BUSY_END
 
 INTERVAL = 60
-# Recent enough for the raw tables' TTL, fixed for the whole module, and at
-# the same time of day whenever the tests run: short-lived traffic follows a
-# diurnal curve (api/simulation/simulate.py), lowest around 03:00 UTC, so
-# the last 18:00 UTC at least an hour ago keeps the busy afternoon in view.
-END = (int(time.time()) - 3600 - 18 * 3600) // 86400 * 86400 + 18 * 3600
+END = BUSY_END  # the same time of day whenever the tests run
 START = END - 2 * 3600
 CFG = SimConfig(areas=4, services=24, instances=80, dcs=2, start=START, end=END, interval=INTERVAL, seed=7)
 

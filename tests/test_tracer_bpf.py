@@ -470,8 +470,12 @@ def _last(agent: AgentRun, direction: str, port: int) -> dict | None:
     return recs[-1] if recs else None
 
 
-def _wait_open(agent: AgentRun, port: int, want: int, timeout: float = 20.0) -> tuple:
-    """Poll the records until both ends of the test's edge show ``want`` open, or time out."""
+def _wait_open(agent: AgentRun, port: int, want: int, timeout: float = 60.0) -> tuple:
+    """Poll the records until both ends of the test's edge show ``want`` open, or time out.
+
+    A socket the full map refused is counted right by the next reconciliation,
+    and the tracer reconciles at most a tenth of the time: after one that took
+    2 s on a busy host the next may be 20 s away, hence the long timeout."""
     deadline = time.monotonic() + timeout
     got: tuple = ()
     while time.monotonic() < deadline:

@@ -22,6 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import browser  # noqa: E402
+from factories import BUSY_END  # noqa: E402
 from test_ui import Page, Server, _store, chrome, fx  # noqa: E402,F401  (chrome, fx: the module's browser and fixture store)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -76,7 +77,7 @@ def incident(chdb_dir):
     from api.simulation import simulate as sim
 
     s = _store(chdb_dir, "ui_health_sim")
-    end = int(time.time()) // 3600 * 3600 - 3600
+    end = BUSY_END  # the same time of day whenever the tests run (tests/factories.py)
     cfg = sim.SimConfig(areas=4, services=24, instances=96, start=end - 3600, end=end, interval=60, seed=3).check()
     summary = sim.simulate(s, cfg)
     server = Server(s)

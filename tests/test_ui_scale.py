@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import browser  # noqa: E402
+from factories import BUSY_END  # noqa: E402
 from test_ui import Server, _store, chrome  # noqa: E402,F401  (chrome: the module's browser)
 from test_ui_health import HealthPage, fx  # noqa: E402,F401  (fx: the fixture's store and API)
 
@@ -34,7 +35,7 @@ def big(chdb_dir):
     from api.simulation import simulate as sim
 
     s = _store(chdb_dir, "ui_scale_sim")
-    end = int(time.time()) // 3600 * 3600 - 3600
+    end = BUSY_END  # the same time of day whenever the tests run (tests/factories.py)
     cfg = sim.SimConfig(areas=2, services=6, instances=500, start=end - 1800, end=end, interval=60, seed=3).check()
     sim.simulate(s, cfg)
     server = Server(s)
