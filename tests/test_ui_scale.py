@@ -18,16 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser  # noqa: E402
 from factories import BUSY_END  # noqa: E402
 from test_ui import Server, _store, chrome  # noqa: E402,F401  (chrome: the module's browser)
-from test_ui_health import HealthPage, fx  # noqa: E402,F401  (fx: the fixture's store and API)
+from test_ui_health import fx, page  # noqa: E402,F401  (the fixture store and API, a page)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture
-def page(chrome):  # noqa: F811
-    p = HealthPage(chrome)
-    yield p
-    p.close()
 
 
 @pytest.fixture(scope="module")

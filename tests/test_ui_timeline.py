@@ -21,18 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import browser  # noqa: E402
 from test_ui import chrome  # noqa: E402,F401  (the module's browser)
-from test_ui_health import HealthPage, incident  # noqa: E402,F401  (incident: the simulated store and API)
+from test_ui_health import incident, page  # noqa: E402,F401  (the simulated store and API, a page)
 
 from tracer.records import format_ts, parse_ts  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture
-def page(chrome):  # noqa: F811
-    p = HealthPage(chrome)
-    yield p
-    p.close()
 
 
 def _marks(page) -> list[dict]:

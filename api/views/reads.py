@@ -278,31 +278,27 @@ def graph_rows(
     state = state or window_state(store, win)
     split, calls_split = (state.split, state.calls_split) if resolved else (win.start, win.start)
     catalog = catalog_index(store, state.catalog_version)
-    parts: list[tuple[str, dict[str, Any]]] = []
+    svc = instances_of if instances_of is not None else touching
     merged: dict[tuple, dict[str, Any]] = {}
     if split > win.start:
         table = ("resolved_1m" if instances_of is not None
                  else "resolved_svc_1h" if win.bucket == 3600 else "resolved_svc_1m")
         secs = float(win.seconds)
-        for key, (os_, cn, fl, bt) in _stored_rows(store, table, win, split, keys, catalog, dc=dc,
-                                                   svc=instances_of if instances_of is not None else touching).items():
+        for key, (os_, cn, fl, bt) in _stored_rows(store, table, win, split, keys, catalog, dc=dc, svc=svc).items():
             row = dict(zip(keys, key))
             row.update(open=os_ / secs, conn_rate=cn / secs, fail_rate=fl / secs, connects=cn, failures=fl,
                        bytes=bt, **_NO_CALLS)
             merged[key] = row
     if split < win.end:
         live = Window(split, win.end)
-        parts.append((
-            f"SELECT {', '.join(keys)}, {_VALUES} FROM ({resolved_sql(store.db, live)}) {filters}"
-            f"GROUP BY {', '.join(keys)}",
-            {**_params(live, slack, **extra), "secs": float(win.seconds)}))
-    for sql, params in parts:
-        for row in store.query_dicts(sql, params):
+        for row in store.query_dicts(
+                f"SELECT {', '.join(keys)}, {_VALUES} FROM ({resolved_sql(store.db, live)}) {filters}"
+                f"GROUP BY {', '.join(keys)}",
+                {**_params(live, slack, **extra), "secs": float(win.seconds)}):
             row.update(_NO_CALLS)
             _merge(merged, tuple(row[k] for k in keys), row)
     if calls and not dc and not datacenters and (state.has_calls or not resolved):
-        for row in _call_rows(store, win, calls_split, catalog, svc=instances_of if instances_of is not None else touching,
-                              instances=instances_of is not None):
+        for row in _call_rows(store, win, calls_split, catalog, svc=svc, instances=instances_of is not None):
             _merge(merged, tuple(row[k] for k in keys), row)
     rows = list(merged.values())
     rows.sort(key=lambda r: tuple(r[k] for k in keys))
