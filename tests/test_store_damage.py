@@ -32,8 +32,9 @@ import json, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 from api.storage import open_store
 from api.ingest.batches import ingest_batch
-from factories import T0, connection
+from factories import connection
 from tracer.records import format_ts
+T0 = {t0}
 store = open_store({url!r}, role="pytest")
 store.migrate()
 for b in range(3):
@@ -48,9 +49,17 @@ print(json.dumps({{"parts": parts, "table_path": path}}))
 
 
 def make_store(directory: Path) -> dict:
-    """A closed store with three batches of 300 connection rows, one part each."""
+    """A closed store with three batches of 300 connection rows, one part each.
+
+    The rows are stamped with this process's ``factories.T0``: a replay of the
+    same batches must land in the same day partition, hence the same block ids,
+    even when the hour turned between this session's start and the child's.
+    """
+    from factories import T0
+
     url = f"chdb://{directory}"
-    out = subprocess.run([sys.executable, "-c", MAKE.format(root=str(ROOT), tests=str(ROOT / "tests"), url=url)],
+    script = MAKE.format(root=str(ROOT), tests=str(ROOT / "tests"), url=url, t0=T0)
+    out = subprocess.run([sys.executable, "-c", script],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     made = json.loads(out.stdout.strip().splitlines()[-1])
