@@ -158,6 +158,31 @@ def openapi_spec(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
                                                                               "items": {"type": "object"}}}}),
                               **_errors(400)},
             }},
+            "/api/v1/edges/series": {"get": {
+                "summary": "One drawn edge per minute over the hour before `at`: connects, failed connects and "
+                           "open connections (the edge panel's sparkline).",
+                "operationId": "edgeSeries",
+                "parameters": [
+                    _q("source", "Client end of the drawn edge (area, service, or instance at level=service).",
+                       {"type": "string", "minLength": 1, "maxLength": 256}, required=True),
+                    _q("target", "Server end of the drawn edge (area, service, or instance at level=service).",
+                       {"type": "string", "minLength": 1, "maxLength": 256}, required=True),
+                    _q("level", "Level of the drawn edge: areas, area (default) or service (an instance of "
+                                "`service` and a peer).",
+                       {"type": "string", "enum": ["areas", "area", "service"]}),
+                    _q("service", "The open service, required with level=service.",
+                       {"type": "string", "minLength": 1, "maxLength": 256}),
+                    _q("minutes", "Minutes before `at` (10-360, default 60).",
+                       {"type": "integer", "minimum": 10, "maximum": 360}),
+                    *_VIEW_PARAMS,
+                ],
+                "responses": {"200": _resp("Per-minute series", {
+                    "type": "object", "required": ["points", "totals"],
+                    "properties": {"points": {"type": "array", "items": {
+                                       "type": "object", "required": ["t", "connects", "failures", "open"]}},
+                                   "totals": {"type": "object"}}}),
+                              **_errors(400)},
+            }},
             "/api/v1/search": {"get": {
                 "summary": "Areas, services, instances and IPs containing a text.",
                 "operationId": "search",

@@ -13,11 +13,11 @@ __all__ = ["register_blueprints"]
 
 
 def _blueprints() -> list:
-    from api.routes import (alerts, areas, datacenters, diff, edges, health, ingest, problems, search,
+    from api.routes import (alerts, areas, datacenters, diff, edges, health, ingest, problems, search, series,
                             services, spans, sql, timeline, ui)
 
-    return [areas.bp, datacenters.bp, services.bp, diff.bp, problems.bp, edges.bp, search.bp, timeline.bp,
-            ingest.bp, alerts.bp, spans.bp, sql.bp, health.bp, ui.bp]
+    return [areas.bp, datacenters.bp, services.bp, diff.bp, problems.bp, edges.bp, series.bp, search.bp,
+            timeline.bp, ingest.bp, alerts.bp, spans.bp, sql.bp, health.bp, ui.bp]
 
 
 def register_blueprints(app: Flask) -> None:
