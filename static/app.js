@@ -968,7 +968,9 @@ async function showEdge(conn) {
     body.append(el('button', { type: 'button', id: 'edge-reverse', text: `${other.source} → ${other.target}`,
       onclick: () => showEdge(back) }));
   }
-  phobos.edge = { ...edge, figures: edgeFigures(edge.meta), pairs: null, view: path() };
+  phobos.edge = { ...edge, figures: edgeFigures(edge.meta), pairs: null, series: null, view: path() };
+  const seq = ++pairsSeq;
+  showSeries(conn, edge, body, seq);
   // The pairs behind the edge: services behind an area edge, instances behind a service edge;
   // a service's own view already draws instances.
   if (edge.meta.members) {
@@ -982,7 +984,6 @@ async function showEdge(conn) {
   }
   const level = !state.area ? 'areas' : (!state.service ? 'area' : null);
   if (!level) return;
-  const seq = ++pairsSeq;
   const heading = el('h3', { text: level === 'areas' ? 'Service pairs' : 'Instance pairs' });
   const box = el('div', { id: 'edge-pairs', class: 'meta', text: 'loading…' });
   body.append(heading, box);
@@ -999,6 +1000,76 @@ async function showEdge(conn) {
   } catch (err) {
     if (seq === pairsSeq) box.textContent = `pairs not available: ${err.message}`;
   }
+}
+
+// The edge's connects and failures per minute over the hour before the time shown,
+// so a failing edge says whether it began failing a minute ago or long before.
+// In a service's view the API names an instance by itself (the node's name may
+// carry the service to tell it from a peer); a group of instances has no series.
+function seriesQuery(conn, edge) {
+  if (!state.area) return { level: 'areas', source: edge.source, target: edge.target };
+  if (!state.service) return { level: 'area', source: edge.source, target: edge.target };
+  const ends = [conn.source, conn.target].map((n) => {
+    const meta = (n && n.metadata) || {};
+    if (meta.kind === 'instances' || meta.kind === 'traced') return null;
+    return meta.kind === 'instance' ? meta.instance || nameOf(n) : nameOf(n);
+  });
+  if (ends.includes(null)) return null;
+  return { level: 'service', service: state.service, source: ends[0], target: ends[1] };
+}
+
+async function showSeries(conn, edge, body, seq) {
+  const q = seriesQuery(conn, edge);
+  if (!q || edge.meta.vanished) return;
+  const heading = el('h3', { text: 'Last hour, per minute' });
+  const box = el('div', { id: 'edge-series', class: 'meta', text: 'loading…' });
+  body.append(heading, box);
+  try {
+    const out = await getJson('/edges/series', { ...q, ...viewParams() });
+    if (seq !== pairsSeq || !phobos.edge) return;
+    phobos.edge.series = out;
+    box.replaceChildren(sparkline(out));
+    box.append(el('div', { class: 'spark-legend', text: `${out.totals.connects} connects, `
+      + `${out.totals.failures} failed (${pct(out.totals.connects ? out.totals.failures / out.totals.connects : 0)}) `
+      + `from ${timeText(toEpoch(out.from), { seconds: false, date: false })} `
+      + `to ${timeText(toEpoch(out.at), { seconds: false })}` }));
+  } catch (err) {
+    if (seq === pairsSeq) box.textContent = `per-minute figures not available: ${err.message}`;
+  }
+}
+
+// Bars of connects per minute, their failed part red on top of them, a line at the time shown.
+function sparkline(out) {
+  const W = 340;
+  const H = 56;
+  const pts = out.points;
+  const max = Math.max(1, ...pts.map((pt) => pt.connects));
+  const bw = W / pts.length;
+  const svg = svgEl('svg', { id: 'spark', viewBox: `0 0 ${W} ${H + 12}`, width: W, height: H + 12, role: 'img',
+    'aria-label': `connects per minute, at most ${max}; failed connects in red` });
+  pts.forEach((pt, i) => {
+    const x = i * bw;
+    const title = `${timeText(toEpoch(pt.t), { seconds: false })}: ${pt.connects} connects, ${pt.failures} failed, ${fmt(pt.open)} open`;
+    const g = svgEl('g', { class: 'minute', 'data-t': pt.t, 'data-connects': String(pt.connects),
+      'data-failures': String(pt.failures) }, svgEl('title', {}, title));
+    const h = (pt.connects / max) * H;
+    if (pt.connects) g.append(svgEl('rect', { class: 'bar', x, y: H - h, width: Math.max(1, bw - 1), height: h }));
+    if (pt.failures) {
+      const fh = Math.max(1.5, (pt.failures / max) * H);
+      g.append(svgEl('rect', { class: 'bar failed', x, y: H - fh, width: Math.max(1, bw - 1), height: fh }));
+    }
+    // The whole column answers the pointer, not only its bar.
+    g.append(svgEl('rect', { class: 'hit', x, y: 0, width: bw, height: H }));
+    svg.append(g);
+  });
+  svg.append(svgEl('line', { class: 'base', x1: 0, x2: W, y1: H + 0.5, y2: H + 0.5 }));
+  const at = toEpoch(out.at);
+  const from = toEpoch(out.from);
+  const ax = Math.min(W - 1, ((at - from) / (toEpoch(out.to) - from)) * W);
+  svg.append(svgEl('line', { class: 'at', x1: ax, x2: ax, y1: 0, y2: H + 4 }));
+  svg.append(svgEl('text', { x: 0, y: H + 11 }, `−${Math.round((at - from) / 60)} min`));
+  svg.append(svgEl('text', { x: W, y: H + 11, 'text-anchor': 'end' }, `max ${max}/min`));
+  return svg;
 }
 
 // Hover: a tooltip with the edge's figures (or a node's health) next to the pointer.

@@ -213,6 +213,44 @@ def test_hover_and_click_an_edge_show_the_api_figures(page, fx):
     page.clean()
 
 
+def _sparkline(page) -> list[dict]:
+    """The minutes the edge panel's sparkline draws, as its SVG says them."""
+    return page.js("[...document.querySelectorAll('#spark .minute')].map((g) => ({ t: g.dataset.t,"
+                   " connects: +g.dataset.connects, failures: +g.dataset.failures,"
+                   " bars: g.querySelectorAll('rect.bar:not(.failed)').length,"
+                   " red: g.querySelectorAll('rect.bar.failed').length }))")
+
+
+def test_edge_panel_sparkline_is_the_last_hour_per_minute(page, fx):
+    at, window = fx.fx.AT, fx.fx.WINDOW
+    page.open(fx.url + f"/?area=shop&at={at}&window={window}")
+    point = page.hover_edge("web", "api")
+    page.page.mouse.click(point["x"], point["y"])
+    browser.wait_for(page.page, "window.phobos.edge && window.phobos.edge.series", 15)
+    api = fx.get(f"/api/v1/edges/series?source=web&target=api&level=area&at={at}&window={window}")
+    drawn = _sparkline(page)
+    assert [(m["t"], m["connects"], m["failures"]) for m in drawn] == \
+        [(p["t"], p["connects"], p["failures"]) for p in api["points"]]
+    # What the fixture ingested: 10 connects a minute from T0+60 to T0+540, one of them failed.
+    minutes = {fx.fx.T0 + 60 * i for i in range(1, 10)}
+    from tracer.records import format_ts
+    assert [m for m in drawn if m["connects"]] == [
+        {"t": format_ts(t), "connects": 10, "failures": 1, "bars": 1, "red": 1} for t in sorted(minutes)]
+    assert len(drawn) == 60 and drawn[-1]["t"] == format_ts(at - 60)
+    assert "90 connects, 9 failed (10.0%)" in page.page.locator("#edge-series").inner_text()
+    page.page.locator("#edge-series").scroll_into_view_if_needed()
+    page.shot("24c-edge-sparkline")
+
+    # A service's view: the instance edge web -> h-api2 carries web's connects after the deploy only.
+    page.open(fx.url + f"/?area=shop&service=api&at={at}&window={window}")
+    point = page.hover_edge("web", "h-api2")
+    page.page.mouse.click(point["x"], point["y"])
+    browser.wait_for(page.page, "window.phobos.edge && window.phobos.edge.series", 15)
+    assert page.js("[window.phobos.edge.series.level, window.phobos.edge.series.service]") == ["service", "api"]
+    assert [m["t"] for m in _sparkline(page) if m["connects"]] == [format_ts(t) for t in sorted(minutes)[5:]]
+    page.clean()
+
+
 def test_area_edge_lists_the_service_pairs_behind_it(page, fx):
     at, window = fx.fx.AT, fx.fx.WINDOW
     page.open(fx.url + f"/?at={at}&window={window}")
