@@ -52,6 +52,16 @@ def test_impact_does_not_chain_through_internet():
     assert g.impact(graph, "shop")["downstream"] == []
 
 
+def test_impact_areas_are_business_areas_only():
+    # INTERNET and an external call into shop's web, which calls api: neither is an area that depends on api
+    rows = [row("INTERNET", "web", 3, s_kind="internet", s_area="INTERNET", d_area="shop"),
+            row("partner", "web", 1, s_kind="external", s_area="partners", d_area="shop"),
+            row("web", "api", 2, s_area="shop", d_area="shop"), row("report", "api", 1, s_area="bi", d_area="shop")]
+    out = g.impact(g.service_graph(rows), "api")
+    assert {e["name"] for e in out["upstream"]} == {"web", "report", "INTERNET", "partner"}  # still upstream ...
+    assert [(a["name"], a["services"]) for a in out["areas"]] == [("shop", 1), ("bi", 1)]  # ... but not areas
+
+
 def test_impact_of_unknown_node_is_empty():
     assert g.impact(g.service_graph([row("a", "b")]), "zzz")["upstream"] == []
 

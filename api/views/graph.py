@@ -210,6 +210,8 @@ def impact(graph: nx.DiGraph, service: str,
 
     areas: dict[str, dict[str, Any]] = {}
     for e in upstream:
+        if e["kind"] != "service":
+            continue  # INTERNET and externals stand outside: their "area" is no business area
         a = areas.setdefault(e["area"], {"name": e["area"], "services": 0, "weight": 0.0})
         a["services"] += 1
         a["weight"] += e["weight"]
