@@ -542,6 +542,30 @@ function afterFrames(n) {
   });
 }
 
+// Vizceral dims every node that is not a neighbour of the selected (or
+// hovered) one; with impact on, the services upstream are what the view is
+// about, most of them two or more hops away: they and the edges between them
+// stay lit.  Dimming is one method of Vizceral's graph class, wrapped once.
+function keepImpactLit(graph) {
+  let proto = graph && Object.getPrototypeOf(graph);
+  while (proto && !Object.prototype.hasOwnProperty.call(proto, '_applyDimming')) proto = Object.getPrototypeOf(proto);
+  if (!proto || proto.phobosApplyDimming) return;
+  const apply = proto._applyDimming;
+  proto.phobosApplyDimming = apply;
+  proto._applyDimming = function applyDimming(dimNodes, dimConnections, applied) {
+    const impact = applied && this === viz.currentGraph ? phobos.impact : null;
+    if (impact) {
+      const lit = new Set([impact.service, ...impact.highlighted]);
+      for (const name of Object.keys(dimNodes)) if (lit.has(name)) dimNodes[name] = false;
+      for (const name of Object.keys(dimConnections)) {
+        const c = this.connections[name];
+        if (c && lit.has(nameOf(c.source)) && lit.has(nameOf(c.target))) dimConnections[name] = false;
+      }
+    }
+    return apply.call(this, dimNodes, dimConnections, applied);
+  };
+}
+
 // Hand Vizceral the whole tree and select the level of the URL.
 function draw(tree) {
   if (!viz) return;
@@ -549,6 +573,7 @@ function draw(tree) {
   applyingView = true;
   try {
     viz.updateData(tree);
+    keepImpactLit(viz.currentGraph || viz.getGraph(viz.rootGraphName));
     viz.setView(want, state.sel && state.sel !== state.service ? state.sel : undefined);
     // Known Vizceral bug (#89): after updateData the view sometimes stays on a
     // level other than the one asked for (typically back to the root after the
@@ -1937,6 +1962,16 @@ phobos.drawnHealth = () => {
     { cls: c.class, keys: Object.keys(c.volume || {}).filter((k) => c.volume[k] > 0),
       line: c.view ? c.view.phobosTint || null : null }]));
   return { nodes, connections };
+};
+// Which nodes and connections of the current level Vizceral dims now (a
+// selected or hovered node dims what is not its neighbour), and what is selected.
+phobos.drawnDimming = () => {
+  const graph = viz && viz.currentGraph;
+  if (!graph) return null;
+  const dimmed = (objects) => Object.fromEntries(Object.values(objects).filter((o) => o.getView && o.getView())
+    .map((o) => [o.getName(), !!o.getView().dimmed]));
+  return { selected: graph.highlightedObject ? graph.highlightedObject.getName() : null,
+    nodes: dimmed(graph.nodes), connections: dimmed(graph.connections) };
 };
 // How the current level's lines are drawn: their tint (normal, warning,
 // danger, new, vanished), whether dashed, and their particles' size.

@@ -365,11 +365,26 @@ def test_impact_highlights_the_upstream_set(page, fx):
     assert set(impact["highlighted"]) == {"api", "web", "ledger", "INTERNET", "batch"}
     assert page.query.get("impact") == "db"
     areas = page.page.locator("#impact-areas li").all_inner_texts()
-    assert [a.split(" ")[0] for a in areas] == ["shop", "INTERNET", "pay"]
+    assert [a.split(" ")[0] for a in areas] == ["shop", "pay"]  # INTERNET is upstream, but no business area
+    # db stays selected, and Vizceral dims what is not its neighbour - but not what impact highlights:
+    # web and batch call db only through api, and stay lit; redis, neither, is dimmed.
+    dim = browser.wait_for(page.page, "(() => { const d = window.phobos.drawnDimming();"
+                                      " return d && d.nodes.redis ? d : null; })()", 10)
+    assert dim["selected"] == "db"
+    assert {n for n, dimmed in dim["nodes"].items() if dimmed} == {"redis"}, dim
+    assert not dim["connections"]["batch--web"] and not dim["connections"]["web--api"]
+    assert dim["connections"]["web--redis"]
     page.shot("09-impact")
     page.page.keyboard.press("Escape")
     browser.wait_for(page.page, "window.phobos.ready && window.phobos.impact === null", 30)
     assert "impact" not in page.query
+    # Impact off: the selection's focus dims the upstream services that are not db's neighbours again.
+    browser.wait_for(page.page, "window.phobos.drawnDimming().nodes.web === true", 10)
+    # A deep link with impact on lights them from the first frame.
+    page.open(fx.url + f"/?area=shop&sel=db&impact=db&at={fx.fx.AT}&window=600")
+    dim = browser.wait_for(page.page, "(() => { const d = window.phobos.drawnDimming();"
+                                      " return d && d.selected && d.nodes.redis ? d : null; })()", 10)
+    assert {n for n, dimmed in dim["nodes"].items() if dimmed} == {"redis"}, dim
     assert page.errors == []
 
 
