@@ -53,6 +53,10 @@ APP_SETTINGS = (
        "share of failed connects from which an edge, and what serves it, is drawn red"),
     _S("HEALTH_MIN_CONNECTS", "PHOBOS_HEALTH_MIN_CONNECTS", int, 3,
        "connects an edge needs in a view's window before its failures colour it or list it as a problem"),
+    _S("WARNING_HANDSHAKE_P95_MS", "PHOBOS_WARNING_HANDSHAKE_P95_MS", float, 500.0,
+       "95th percentile of an edge's handshake time (ms) from which it is drawn yellow; a lost SYN costs 1 s"),
+    _S("WARNING_RETRANSMIT_RATIO", "PHOBOS_WARNING_RETRANSMIT_RATIO", float, 0.02,
+       "retransmitted share of an edge's segments (estimated from its bytes) from which it is drawn yellow"),
 )
 
 #: The flags of the ``phobos`` commands beyond the app's settings and the tracer's.
@@ -128,4 +132,8 @@ def load_config(overrides: Mapping[str, Any] | None = None,
         raise ValueError("PHOBOS_MAX_NODES must be at least 3")
     if not 0 < config["WARNING_RATIO"] <= config["DANGER_RATIO"] <= 1:
         raise ValueError("PHOBOS_WARNING_RATIO and PHOBOS_DANGER_RATIO must satisfy 0 < warning <= danger <= 1")
+    if not config["WARNING_HANDSHAKE_P95_MS"] > 0:
+        raise ValueError("PHOBOS_WARNING_HANDSHAKE_P95_MS must be above 0")
+    if not 0 < config["WARNING_RETRANSMIT_RATIO"] <= 1:
+        raise ValueError("PHOBOS_WARNING_RETRANSMIT_RATIO must satisfy 0 < ratio <= 1")
     return config

@@ -102,7 +102,8 @@ def test_areas_view_red_edge_and_area(client):
     nodes, edges = by_name(view), by_pair(view)
     assert nodes["shop"]["class"] == "danger"  # it holds web -> api
     assert {n for n, d in nodes.items() if d["class"] != "normal"} == {"shop"}
-    assert view["metadata"]["health"] == {"warning_ratio": 0.01, "danger_ratio": 0.05, "min_connects": 3}
+    assert view["metadata"]["health"] == {"warning_ratio": 0.01, "danger_ratio": 0.05, "min_connects": 3,
+                                          "warning_handshake_p95_ms": 500.0, "warning_retransmit_ratio": 0.02}
     assert all(c["class"] == "normal" for c in view["connections"])  # web -> api stays inside shop
 
 

@@ -404,3 +404,53 @@ def test_the_read_index_names_servers_by_virtual_addresses_before_ranges_and_ext
     assert (vip, vip) in index.bounds
     assert index.source_bounds == [(str(IPv6Address("::ffff:10.99.0.0")), str(IPv6Address("::ffff:10.99.0.255")),
                                     "api")]
+
+
+def _hist(*latencies_us: int) -> list[int]:
+    from tracer.records import HANDSHAKE_BUCKETS, handshake_bucket
+
+    hist = [0] * HANDSHAKE_BUCKETS
+    for us in latencies_us:
+        hist[handshake_bucket(us)] += 1
+    return hist
+
+
+def _health(rows: list[dict], pair: tuple[str, str]) -> tuple:
+    (row,) = [r for r in rows if (r["s_name"], r["d_name"]) == pair]
+    return (row["handshakes"], row["handshake_us"], row["handshake_hist"], row["retransmits"], row["aborts"])
+
+
+@pytest.mark.slow
+def test_health_is_resolved_with_its_edge_and_withdrawn_with_it_when_the_minute_is_resolved_again(store):
+    from tracer.records import add_handshake_hists as add_hist
+
+    fx.build(store)
+    web_api = dict(host="h-web", host_ip="10.0.0.1", service="web", local_ip="10.0.0.1",
+                   remote_ip="10.0.0.2", remote_port=8080, connects=2)
+    first = [connection(ts=format_ts(T0 + 120), handshakes=2, handshake_us_sum=1_500, retransmits=3, aborts=1,
+                        handshake_hist=_hist(500, 1_000), **web_api),
+             connection(ts=format_ts(T0 + 130), handshakes=1, handshake_us_sum=1_020_000,
+                        handshake_hist=_hist(1_020_000), **web_api)]
+    ingest_batch(store, "connections", first, batch_id="health-1")
+    resolve_all(store)
+    win = Window.at(T0 + 300, 240)
+    expected = (3, 1_021_500, add_hist(_hist(500, 1_000), _hist(1_020_000)), 3, 1)
+    assert _health(reads.graph_rows(store, win), ("web", "api")) == expected
+    # the instance level and the hourly rollup carry the same sums
+    by_instance = [r for r in reads.graph_rows(store, win, instances_of="api") if r["s_name"] == "web"]
+    assert sum(r["handshakes"] for r in by_instance) == 3 and sum(r["retransmits"] for r in by_instance) == 3
+    day = Window.at(T0 + 24 * 3600, 24 * 3600)
+    assert _health(reads.graph_rows(store, day), ("web", "api")) == expected
+    assert_same_as_fresh(store)
+
+    # late health for the same minute: the stage withdraws its old sums and writes the new ones
+    late = [connection(ts=format_ts(T0 + 150), handshakes=1, handshake_us_sum=700, retransmits=2,
+                       handshake_hist=_hist(700), **web_api)]
+    ingest_batch(store, "connections", late, batch_id="health-2")
+    r = resolver(store)
+    assert r.pending() == [T0 + 120]
+    r.run_once()
+    hist = add_hist(expected[2], _hist(700))
+    assert _health(reads.graph_rows(store, win), ("web", "api")) == (4, 1_022_200, hist, 5, 1)
+    assert _health(reads.graph_rows(store, day), ("web", "api")) == (4, 1_022_200, hist, 5, 1)
+    assert_same_as_fresh(store)

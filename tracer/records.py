@@ -55,6 +55,7 @@ __all__ = [
     "handshake_bucket",
     "handshake_bounds",
     "handshake_quantile",
+    "add_handshake_hists",
 ]
 
 VERSION = 1
@@ -112,6 +113,18 @@ def handshake_quantile(hist: "list[int] | tuple[int, ...]", q: float) -> float |
             return low + (high - low) * (rank - seen) / n
         seen += n
     return handshake_bounds(len(hist) - 1)[0]
+
+
+def add_handshake_hists(a: "list[int]", b: "list[int]") -> "list[int]":
+    """Two histograms added bucket by bucket, as a new list (either may be
+    empty, or shorter where a store trimmed it); neither is changed."""
+    if not b:
+        return list(a)
+    if not a:
+        return list(b)
+    if len(a) < len(b):
+        a, b = b, a
+    return [n + (b[i] if i < len(b) else 0) for i, n in enumerate(a)]
 
 
 @dataclass(frozen=True)

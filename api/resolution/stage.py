@@ -213,29 +213,36 @@ class Resolver:
             params))
         keys = "ts, s_kind, s_name, s_dc, s_inst, d_kind, d_name, d_dc, d_inst, d_port"
         fresh = resolved_sql(db, win, catalog=False)
+        health = "handshakes, handshake_us_sum, handshake_hist, retransmits, aborts"
         self.store.execute(
-            f"""INSERT INTO {db}.resolved_1m ({keys}, n, open_seconds, connects, failures, bytes)
+            f"""INSERT INTO {db}.resolved_1m ({keys}, n, open_seconds, connects, failures, bytes, {health})
                 SETTINGS max_insert_block_size = 100000000, min_insert_block_size_rows = 100000000,
                          min_insert_block_size_bytes = 0
-                SELECT {keys}, n, os, cn, fl, bt FROM (
+                SELECT {keys}, n, os, cn, fl, bt, hs, hu, arrayReduce('sumForEachState', [hh]), rt, ab FROM (
                   SELECT ts,
                          CAST(if(s_kind = 'service', 'service', 'addr') AS Enum8('service' = 1, 'addr' = 2)) AS s_kind,
                          if(s_kind = 'service', s_name, '') AS s_name, s_dc, s_inst,
                          CAST(if(d_kind = 'service', 'service', 'addr') AS Enum8('service' = 1, 'addr' = 2)) AS d_kind,
                          if(d_kind = 'service', d_name, '') AS d_name, d_dc, d_inst, d_port,
                          toInt64(1) AS n, toInt64(sum(os)) AS os, toInt64(sum(cn)) AS cn,
-                         toInt64(sum(fl)) AS fl, toInt64(sum(bt)) AS bt
+                         toInt64(sum(fl)) AS fl, toInt64(sum(bt)) AS bt,
+                         toInt64(sum(hs)) AS hs, toInt64(sum(hu)) AS hu, sumForEach(hh) AS hh,
+                         toInt64(sum(rt)) AS rt, toInt64(sum(ab)) AS ab
                   FROM ({fresh})
                   GROUP BY ts, s_kind, s_name, s_dc, s_inst, d_kind, d_name, d_dc, d_inst, d_port
                   UNION ALL
                   -- withdraw what this stage wrote for these minutes before
                   SELECT {keys}, -sum(n) AS was_n, -sum(open_seconds) AS was_os, -sum(connects) AS was_cn,
-                         -sum(failures) AS was_fl, -sum(bytes) AS was_bt
+                         -sum(failures) AS was_fl, -sum(bytes) AS was_bt,
+                         -sum(handshakes), -sum(handshake_us_sum),
+                         arrayMap(x -> -x, sumForEachMerge(handshake_hist)),
+                         -sum(retransmits), -sum(aborts)
                   FROM {db}.resolved_1m
                   WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC')
                   GROUP BY {keys}
                   HAVING sum(n) != 0 OR sum(open_seconds) != 0 OR sum(connects) != 0
-                         OR sum(failures) != 0 OR sum(bytes) != 0
+                         OR sum(failures) != 0 OR sum(bytes) != 0 OR sum(handshakes) != 0
+                         OR sum(handshake_us_sum) != 0 OR sum(retransmits) != 0 OR sum(aborts) != 0
                 )""",
             params)
         generation = time.time_ns()

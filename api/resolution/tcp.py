@@ -157,7 +157,7 @@ def resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
       d_kind, d_name,
       if(d_kind = 'service', if(area_of[d_name] = '', '{UNASSIGNED}', area_of[d_name]), d_area) AS d_area,
       d_dc, d_inst, d_port, ts,
-      os, cn, fl, bt
+      os, cn, fl, bt, hs, hu, hh, rt, ab
     FROM (
       -- clients that are traced: their outbound records, server by listener as of the bucket
       SELECT
@@ -174,19 +174,23 @@ def resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
         if(hit, l_dc, '') AS d_dc,
         if(hit, if(l_pod != '', l_pod, l_host), {ip_text('remote_ip')}) AS d_inst,
         if(hit, toUInt16(0), remote_port) AS d_port, ts,
-        os, cn, fl, bt
+        os, cn, fl, bt, hs, hu, hh, rt, ab
       FROM (
         SELECT e.ts AS ts, e.dc AS dc, e.host AS host, e.service AS service, e.pod AS pod,
                e.remote_ip AS remote_ip, e.remote_port AS remote_port,
                s.found = 1 AND e.ts <= s.last_seen + {{slack:UInt32}} AS hit,
                if(hit, s.service, '') AS l_service, if(hit, s.host, '') AS l_host,
                if(hit, s.pod, '') AS l_pod, if(hit, s.dc, '') AS l_dc,
-               e.os AS os, e.cn AS cn, e.fl AS fl, e.bt AS bt
+               e.os AS os, e.cn AS cn, e.fl AS fl, e.bt AS bt,
+               e.hs AS hs, e.hu AS hu, e.hh AS hh, e.rt AS rt, e.ab AS ab
         FROM (
           -- rows as stored: the sums below also fold rows the rollup has not merged yet
           SELECT ts, ts + {win.bucket - 1} AS t_end, dc, host, service, pod, remote_ip, remote_port,
                  if({lo_e}, host, '') AS kh,
-                 open_seconds AS os, connects AS cn, failures AS fl, bytes_sent + bytes_received AS bt
+                 open_seconds AS os, connects AS cn, failures AS fl, bytes_sent + bytes_received AS bt,
+                 handshakes AS hs, handshake_us_sum AS hu,
+                 arrayMap(x -> toInt64(x), finalizeAggregation(handshake_hist)) AS hh,
+                 retransmits AS rt, aborts AS ab
           FROM {table}
           WHERE direction = 'outbound' AND {rng}
             AND NOT (has(handovers, (ts, remote_ip, remote_port)) OR has(handovers, (ts, toIPv6('::'), remote_port)))
@@ -195,10 +199,13 @@ def resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
           -- resolved as of its own interval rather than the minute's end
           SELECT toStartOfMinute(at) AS ts, at AS t_end, dc, host, service, pod, remote_ip, remote_port,
                  if({lo_e}, host, '') AS kh,
-                 toUInt64(open) * interval_s AS os, connects AS cn, failures AS fl, bytes_sent + bytes_received AS bt
+                 toUInt64(open) * interval_s AS os, connects AS cn, failures AS fl, bytes_sent + bytes_received AS bt,
+                 handshakes AS hs, handshake_us_sum AS hu, arrayMap(x -> toInt64(x), handshake_hist) AS hh,
+                 retransmits AS rt, aborts AS ab
           FROM (
             SELECT ts AS at, dc, host, service, pod, remote_ip, remote_port, open, interval_s, connects,
-                   failures, bytes_sent, bytes_received
+                   failures, bytes_sent, bytes_received, handshakes, handshake_us_sum, handshake_hist,
+                   retransmits, aborts
             FROM {db}.connections
             WHERE notEmpty(handovers) AND direction = 'outbound' AND {rng}
               AND (has(handovers, (toStartOfMinute(ts), remote_ip, remote_port))
@@ -247,11 +254,14 @@ def resolved_sql(db: str, win: Window, catalog: bool = True) -> str:
         arrayFirst(x -> remote_ip BETWEEN x.1 AND x.2, if(sr.3 != '', [], ext_ranges)) AS xr,
         'service' AS d_kind, service AS d_name, '' AS d_area, dc AS d_dc,
         if(pod != '', pod, host) AS d_inst, toUInt16(0) AS d_port, ts,
-        os, cn, fl, bt
+        os, cn, fl, bt, hs, hu, hh, rt, ab
       FROM (
         SELECT ts, dc, host, service, pod, remote_ip,
                sum(open_seconds) AS os, sum(accepts) AS cn, toUInt64(0) AS fl,
-               sum(bytes_sent + bytes_received) AS bt
+               sum(bytes_sent + bytes_received) AS bt,
+               sum(handshakes) AS hs, sum(handshake_us_sum) AS hu,
+               arrayMap(x -> toInt64(x), sumForEachMerge(handshake_hist)) AS hh,
+               sum(retransmits) AS rt, sum(aborts) AS ab
         FROM {table}
         WHERE direction = 'inbound' AND {rng}
           -- through a virtual address with sources: the traced clients reported these

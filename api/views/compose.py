@@ -89,7 +89,7 @@ def compose(ctx: ViewContext, p: ViewParams, m: Map, rows: list[dict[str, Any]] 
     keep = [k for k in m.keep(nodes) if k == INTERNET] + spared + m.keep(nodes)
     edges, nodes, tail, classes = _fold_tail(edges, nodes, p.metric, ctx.max_nodes, keep, m.what, found.edges)
     return vizceral.view(m.renderer, m.name, vizceral.nodes_of(nodes, m.child_renderer, p.win.end * 1000),
-                         vizceral.connections_of(edges, p.metric, classes, found.worst_rows),
+                         vizceral.connections_of(edges, p.metric, classes, found.worst_rows, found.reasons),
                          metadata=p.meta(**m.meta, grouped=len(tail), health=health.Thresholds.of(ctx).meta()),
                          notices=vizceral.tail_notices(tail, m.what))
 
@@ -212,6 +212,8 @@ def service_view(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, Any
     ctx.require_service(service, rows)
     alerts = ctx.alerting(p.win.end)
     peers = {r[f"{side}_name"] for r in rows for side in ("s", "d") if r[f"{side}_name"] != service}
+    own_area = next((r[f"{side}_area"] for r in rows for side in ("s", "d") if r[f"{side}_name"] == service),
+                    UNASSIGNED)
 
     def group(row: Row, side: str) -> str:
         if row[f"{side}_name"] != service:
@@ -234,7 +236,8 @@ def service_view(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, Any
             if alerts.get(service):
                 data["notices"] = vizceral.alert_notices(alerts[service])
         else:
-            data["cls"] = "alert" if alerts.get(name) else "other"
+            # A peer of the service's own area is drawn as the area's, as the legend says.
+            data["cls"] = "alert" if alerts.get(name) else "area" if _own(data, own_area) else "other"
             if alerts.get(name):
                 data["notices"] = vizceral.alert_notices(alerts[name])
 

@@ -35,7 +35,10 @@ class ViewContext:
     ``danger_ratio``: failed share of connects from which an edge is
     ``warning``/``danger`` (``PHOBOS_WARNING_RATIO``, ``PHOBOS_DANGER_RATIO``),
     ``health_min_connects``: attempts in a window below which an edge is not
-    classed (``PHOBOS_HEALTH_MIN_CONNECTS``; ``api.views.health``).
+    classed (``PHOBOS_HEALTH_MIN_CONNECTS``; ``api.views.health``);
+    ``warning_handshake_p95_ms``, ``warning_retransmit_ratio``: the health
+    figures from which an edge is ``warning`` (``PHOBOS_WARNING_HANDSHAKE_P95_MS``,
+    ``PHOBOS_WARNING_RETRANSMIT_RATIO``).
     """
 
     store: Store
@@ -45,6 +48,8 @@ class ViewContext:
     warning_ratio: float = 0.01
     danger_ratio: float = 0.05
     health_min_connects: int = 3
+    warning_handshake_p95_ms: float = 500.0
+    warning_retransmit_ratio: float = 0.02
     # A context lives for one request: what it read of a window's state is
     # good for the whole request, also with the result cache off.
     _states: dict[Window, reads.WindowState] = field(default_factory=dict, compare=False, repr=False)
@@ -53,7 +58,9 @@ class ViewContext:
     def from_config(cls, store: Store, cache: ResultCache, cfg: Mapping[str, Any]) -> ViewContext:
         return cls(store, cache, listener_slack=cfg["LISTENER_SLACK"], max_nodes=cfg["MAX_NODES"],
                    warning_ratio=cfg["WARNING_RATIO"], danger_ratio=cfg["DANGER_RATIO"],
-                   health_min_connects=cfg["HEALTH_MIN_CONNECTS"])
+                   health_min_connects=cfg["HEALTH_MIN_CONNECTS"],
+                   warning_handshake_p95_ms=cfg["WARNING_HANDSHAKE_P95_MS"],
+                   warning_retransmit_ratio=cfg["WARNING_RETRANSMIT_RATIO"])
 
     def cached(self, key: tuple, compute: Callable[[], Any], end: int | None = None) -> Any:
         """``compute()``, kept in the cache under ``key`` (``end``: the end of its window, if it has one)."""

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import networkx as nx
 
+from tracer.records import add_handshake_hists
+
 __all__ = [
     "METRICS",
     "VALUE_KEYS",
@@ -37,9 +39,16 @@ __all__ = [
 
 #: metric name of the API -> value key of the rows.
 METRICS: dict[str, str] = {"open": "open", "connects": "conn_rate", "failures": "fail_rate"}
-#: Values summed when edges are contracted: what TCP saw, then what traces saw.
+#: Values summed when edges are contracted: what TCP saw, its health, then
+#: what traces saw. Beside them ``handshake_hist``, the handshake latency
+#: histogram (``tracer.records.handshake_bounds``), is added bucket by bucket.
 VALUE_KEYS = ("open", "conn_rate", "fail_rate", "connects", "failures", "bytes",
+              "handshakes", "handshake_us", "retransmits", "aborts",
               "calls", "call_rate", "call_errors", "call_us")
+
+
+def _no_values() -> dict[str, Any]:
+    return {**{k: 0.0 for k in VALUE_KEYS}, "handshake_hist": []}
 
 
 @dataclass
@@ -48,11 +57,14 @@ class Edge:
 
     source: str
     target: str
-    values: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in VALUE_KEYS})
+    values: dict[str, Any] = field(default_factory=_no_values)
 
     def add(self, row: Mapping[str, Any]) -> None:
         for key in VALUE_KEYS:
             self.values[key] += float(row.get(key) or 0)
+        hist = row.get("handshake_hist")
+        if hist:
+            self.values["handshake_hist"] = add_handshake_hists(self.values["handshake_hist"], hist)
 
     def volume(self, metric: str) -> float:
         return self.values[METRICS[metric]]

@@ -1,4 +1,4 @@
-"""Health: an edge's class from its failure ratio, nodes the worst of what they hold, and the problems list.
+"""Health: an edge's class from its failures, handshake time and retransmits; nodes the worst of what they hold; the problems list.
 
 An edge is ``danger`` from ``danger`` failed connects out of every attempt
 (``PHOBOS_DANGER_RATIO``), ``warning`` from ``warning``
@@ -7,6 +7,13 @@ is classed by its failed calls.  Fewer than ``min_connects`` attempts in the
 window say nothing (``PHOBOS_HEALTH_MIN_CONNECTS``): one failed connect of
 two is not an incident, and without that floor some pair of a large fleet
 would always turn its area red.
+
+An edge whose connects work but slowly or lossily is ``warning``: the 95th
+percentile of its handshake time at or above ``PHOBOS_WARNING_HANDSHAKE_P95_MS``
+(a SYN lost once costs the client a 1 s retransmission timeout), or its
+retransmitted segments at or above ``PHOBOS_WARNING_RETRANSMIT_RATIO`` of
+the segments it sent (estimated from its bytes: ``retransmit_ratio``). The
+same floor of samples applies. Failures stay the only way to ``danger``.
 
 A drawn edge or node stands for many resolved rows (service pairs at the
 area levels, instance pairs in a service's view), so its class is the worst
@@ -24,14 +31,16 @@ edge (services behind an area edge, instances behind a service edge).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping
 
 from api.views import graph
 from api.views.context import ViewContext
 from api.views.params import ViewParams
+from tracer.records import handshake_quantile
 
-__all__ = ["CLASSES", "Thresholds", "attempts", "edge_class", "pair_names", "worst", "classify", "problems", "edge_pairs"]
+__all__ = ["CLASSES", "Thresholds", "SEGMENT_BYTES", "attempts", "retransmit_ratio", "figures", "assess",
+           "edge_class", "pair_names", "worst", "classify", "problems", "edge_pairs"]
 
 #: Health classes, mildest first (Vizceral's class names: the page colours them).
 CLASSES = ("normal", "warning", "danger")
@@ -42,18 +51,30 @@ Row = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Failure ratios from which an edge is ``warning`` and ``danger``, and the attempts it takes to tell."""
+    """Failure ratios from which an edge is ``warning`` and ``danger``, the
+    attempts it takes to tell, and the handshake time and retransmit share
+    from which a working edge is ``warning`` all the same."""
 
     warning: float = 0.01
     danger: float = 0.05
     min_connects: int = 3
+    handshake_p95_ms: float = 500.0
+    retransmit_ratio: float = 0.02
 
     @classmethod
     def of(cls, ctx: ViewContext) -> Thresholds:
-        return cls(ctx.warning_ratio, ctx.danger_ratio, ctx.health_min_connects)
+        return cls(ctx.warning_ratio, ctx.danger_ratio, ctx.health_min_connects,
+                   ctx.warning_handshake_p95_ms, ctx.warning_retransmit_ratio)
 
     def meta(self) -> dict[str, Any]:
-        return {"warning_ratio": self.warning, "danger_ratio": self.danger, "min_connects": self.min_connects}
+        return {"warning_ratio": self.warning, "danger_ratio": self.danger, "min_connects": self.min_connects,
+                "warning_handshake_p95_ms": self.handshake_p95_ms,
+                "warning_retransmit_ratio": self.retransmit_ratio}
+
+
+#: Payload bytes per segment the retransmit share assumes (a 1,500-byte
+#: MTU with TCP timestamps): the tracer counts bytes, not segments.
+SEGMENT_BYTES = 1448
 
 
 def attempts(values: Row) -> tuple[float, float]:
@@ -64,17 +85,62 @@ def attempts(values: Row) -> tuple[float, float]:
     return connects, float(values.get("failures") or 0)
 
 
-def edge_class(values: Row, t: Thresholds = Thresholds()) -> str:
-    """``danger`` / ``warning`` / ``normal`` of one edge's (or row's) values."""
+def _ms(us: float | None) -> float | None:
+    return None if us is None else round(us / 1000, 3)
+
+
+def retransmit_ratio(values: Row) -> float:
+    """Retransmitted segments per segment, the segments estimated from the
+    bytes (``SEGMENT_BYTES`` each) plus one per connection (its SYN)."""
+    segments = float(values.get("connects") or 0) + float(values.get("bytes") or 0) / SEGMENT_BYTES
+    retransmits = float(values.get("retransmits") or 0)
+    return min(1.0, retransmits / segments) if segments else (1.0 if retransmits else 0.0)
+
+
+def figures(values: Row) -> dict[str, Any]:
+    """An edge's health beyond failures, as the page shows it: handshake
+    time (p50 and p95 from its histogram, mean from its sum; None without a
+    timed handshake), retransmits with their share, and aborted connections."""
+    hist = values.get("handshake_hist") or []
+    handshakes = int(values.get("handshakes") or 0)
+    return {"handshakes": handshakes,
+            "handshake_p50_ms": _ms(handshake_quantile(hist, 0.5)),
+            "handshake_p95_ms": _ms(handshake_quantile(hist, 0.95)),
+            "handshake_mean_ms": _ms(float(values.get("handshake_us") or 0) / handshakes) if handshakes else None,
+            "retransmits": int(values.get("retransmits") or 0),
+            "retransmit_ratio": round(retransmit_ratio(values), 6),
+            "aborts": int(values.get("aborts") or 0)}
+
+
+def assess(values: Row, t: Thresholds = Thresholds()) -> tuple[str, list[str]]:
+    """The class of one edge's (or row's) values and why: ``failures``,
+    ``handshake`` (p95 at or above the threshold) and ``retransmits``
+    (share at or above it), each only from ``min_connects`` samples on."""
+    floor = max(t.min_connects, 1)
+    reasons = []
+    cls = "normal"
     tried, failed = attempts(values)
-    if tried < max(t.min_connects, 1) or not failed:
-        return "normal"
-    ratio = failed / tried
-    if ratio >= t.danger:
-        return "danger"
-    if ratio >= t.warning:
-        return "warning"
-    return "normal"
+    if tried >= floor and failed:
+        ratio = failed / tried
+        if ratio >= t.warning:
+            cls = "danger" if ratio >= t.danger else "warning"
+            reasons.append("failures")
+    if cls == "danger":
+        return cls, reasons
+    if float(values.get("handshakes") or 0) >= floor:
+        p95 = handshake_quantile(values.get("handshake_hist") or [], 0.95)
+        if p95 is not None and p95 >= t.handshake_p95_ms * 1000:
+            cls = "warning"
+            reasons.append("handshake")
+    if float(values.get("retransmits") or 0) >= floor and retransmit_ratio(values) >= t.retransmit_ratio:
+        cls = "warning"
+        reasons.append("retransmits")
+    return cls, reasons
+
+
+def edge_class(values: Row, t: Thresholds = Thresholds()) -> str:
+    """``danger`` / ``warning`` / ``normal`` of one edge's (or row's) values (``assess``)."""
+    return assess(values, t)[0]
 
 
 def pair_names(row: Row) -> tuple[str, str]:
@@ -89,11 +155,14 @@ def worst(*classes: str) -> str:
 
 @dataclass
 class Health:
-    """What ``classify`` found: the class of each drawn edge and node, and the worst row behind each edge."""
+    """What ``classify`` found: the class of each drawn edge and node, why
+    each unhealthy edge is so (``assess``'s reasons, of its own sum and of
+    its rows), and the worst row behind each edge."""
 
     edges: dict[tuple[str, str], str]
     nodes: dict[str, str]
     worst_rows: dict[tuple[str, str], Row]
+    reasons: dict[tuple[str, str], list[str]]
 
 
 def classify(rows: Iterable[Row], group: Callable[[Row, str], str | None],
@@ -105,25 +174,31 @@ def classify(rows: Iterable[Row], group: Callable[[Row, str], str | None],
     """
     edge_cls: dict[tuple[str, str], str] = {}
     worst_rows: dict[tuple[str, str], Row] = {}
+    reasons: dict[tuple[str, str], set[str]] = defaultdict(set)
     for row in rows:
-        cls = edge_class(row, t)
+        cls, why = assess(row, t)
         if cls == "normal":
             continue
         key = (group(row, "s"), group(row, "d"))
         if key[0] is None or key[1] is None:
             continue
+        reasons[key].update(why)
         if _RANK[cls] > _RANK[edge_cls.get(key, "normal")] or (
                 cls == edge_cls.get(key) and attempts(row)[1] > attempts(worst_rows[key])[1]):
             edge_cls[key] = cls
             worst_rows[key] = row
     for key, edge in edges.items():
-        own = edge_class(edge.values, t)
+        own, why = assess(edge.values, t)
+        if own == "normal":
+            continue
+        reasons[key].update(why)
         if _RANK[own] > _RANK[edge_cls.get(key, "normal")]:
             edge_cls[key] = own
     nodes: dict[str, str] = {}
     for (_, dst), cls in edge_cls.items():
         nodes[dst] = worst(nodes.get(dst, "normal"), cls)
-    return Health({k: c for k, c in edge_cls.items() if c != "normal"}, nodes, worst_rows)
+    unhealthy = {k: c for k, c in edge_cls.items() if c != "normal"}
+    return Health(unhealthy, nodes, worst_rows, {k: sorted(reasons[k]) for k in unhealthy})
 
 
 # -- the problems list ---------------------------------------------------------------------
@@ -147,7 +222,7 @@ def problems(ctx: ViewContext, p: ViewParams, limit: int = 20, min_connects: int
     """
     t = Thresholds.of(ctx)
     if min_connects is not None:
-        t = Thresholds(t.warning, t.danger, min_connects)
+        t = replace(t, min_connects=min_connects)
     rows = ctx.rows(p)
     pairs = graph.contract(rows, lambda r, side: r[f"{side}_name"])
     ends: dict[str, tuple[str, str]] = {}
@@ -164,15 +239,15 @@ def problems(ctx: ViewContext, p: ViewParams, limit: int = 20, min_connects: int
         into = served[dst]
         into["connects"] += tried
         into["failures"] += failed
-        cls = edge_class(edge.values, t)
+        cls, why = assess(edge.values, t)
         if cls == "normal":
             continue
         into["clients"].append(src)
         edges.append({"source": src, "target": dst, "source_kind": ends[src][0], "source_area": ends[src][1],
-                      "target_kind": ends[dst][0], "target_area": ends[dst][1], "class": cls,
+                      "target_kind": ends[dst][0], "target_area": ends[dst][1], "class": cls, "reasons": why,
                       "connects": tried, "failures": failed, "failure_ratio": round(_ratio(tried, failed), 6),
                       "fail_rate": round(edge.values["fail_rate"], 6), "open": round(edge.values["open"], 6),
-                      "provenance": edge.provenance})
+                      "provenance": edge.provenance, **figures(edge.values)})
     edges.sort(key=lambda e: (-_RANK[e["class"]], -e["failures"], -e["failure_ratio"], e["source"], e["target"]))
 
     alerts = ctx.alerting(p.win.end)
@@ -225,10 +300,11 @@ def edge_pairs(ctx: ViewContext, p: ViewParams, source: str, target: str, level:
     for (src, dst), edge in contracted.items():
         tried, failed = attempts(edge.values)
         v = edge.values
-        out.append({"source": src, "target": dst, "class": edge_class(v, t), "open": round(v["open"], 6),
+        cls, why = assess(v, t)
+        out.append({"source": src, "target": dst, "class": cls, "reasons": why, "open": round(v["open"], 6),
                     "conn_rate": round(v["conn_rate"], 6), "connects": tried, "failures": failed,
                     "failure_ratio": round(_ratio(tried, failed), 6), "bytes": v["bytes"],
-                    "calls": v["calls"], "provenance": edge.provenance})
+                    "calls": v["calls"], "provenance": edge.provenance, **figures(v)})
     out.sort(key=lambda e: (-e["open"], -e["conn_rate"], -e["calls"], e["source"], e["target"]))
     return {"source": source, "target": target, "level": level, "pairs": out[:limit], "count": len(out),
             "meta": p.meta(**t.meta())}

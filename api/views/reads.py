@@ -31,6 +31,7 @@ from api.catalog.lookups import INTERNET, CatalogIndex, catalog_index, version_s
 from api.resolution.tcp import Window, ip_text, resolved_sql
 from api.resolution.traces import link_calls, spans_of_traces
 from api.storage import Store
+from tracer.records import add_handshake_hists
 
 __all__ = [
     "graph_rows",
@@ -82,8 +83,8 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
         params["svc"] = svc
     if by_dc:
         # Which datacenter an end is in needs no catalog.
-        return {(sdc, ddc): [os_, cn, fl, bt] for sdc, ddc, os_, cn, fl, bt in store.query(
-            f"SELECT s_dc, d_dc, sum(open_seconds), sum(connects), sum(failures), sum(bytes) FROM {db}.{table} "
+        return {(sdc, ddc): list(sums) for sdc, ddc, *sums in store.query(
+            f"SELECT s_dc, d_dc, {_STORED_SUMS} FROM {db}.{table} "
             f"WHERE {' AND '.join(where)} GROUP BY s_dc, d_dc HAVING sum(n) > 0", params)}
     s_dc, d_dc = ("s_dc", "d_dc") if dcs else ("''", "''")
     # Addresses in no catalog range are all INTERNET: summed in the query
@@ -92,10 +93,10 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
     ranged = "arrayExists(r -> toIPv6OrDefault({a}) BETWEEN r.1 AND r.2, bounds)"
     rows = store.query(
         f"""WITH arrayMap(x -> (toIPv6(x.1), toIPv6(x.2)), {{bounds:Array(Tuple(String, String))}}) AS bounds
-        SELECT toString(s_kind), s_name, {s_dc}, sa, toString(d_kind), d_name, {d_dc}, da, dp,
-               sum(open_seconds), sum(connects), sum(failures), sum(bytes)
+        SELECT toString(s_kind), s_name, {s_dc}, sa, toString(d_kind), d_name, {d_dc}, da, dp, {_STORED_SUMS}
         FROM (
           SELECT s_kind, s_name, s_dc, d_kind, d_name, d_dc, n, open_seconds, connects, failures, bytes,
+                 handshakes, handshake_us_sum, retransmits, aborts, handshake_hist,
                  if(s_kind = 'addr' AND NOT {ranged.format(a=s_addr)}, '', {s_addr}) AS sa,
                  d_kind = 'addr' AND NOT {ranged.format(a=d_addr)} AS d_far,
                  if(d_far, '', {d_addr}) AS da, if(d_far, 0, d_port) AS dp
@@ -108,7 +109,7 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
     out: dict[tuple, list[int]] = {}
     # Where each key sits in (s_kind, s_name, s_area, s_dc, d_kind, d_name, d_area, d_dc, s_inst, d_inst).
     picks = [_ROW_KEYS.index(k) for k in keys]
-    for sk, sn, sdc, sa, dk, dn, ddc, da, port, os_, cn, fl, bt in rows:
+    for sk, sn, sdc, sa, dk, dn, ddc, da, port, *values in rows:
         if sk == "service":
             s_area = areas.get(sn)
             if s_area is None:
@@ -133,13 +134,19 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
         key = tuple(full[i] for i in picks)
         sums = out.get(key)
         if sums is None:
-            out[key] = [os_, cn, fl, bt]
+            out[key] = values
         else:
-            sums[0] += os_
-            sums[1] += cn
-            sums[2] += fl
-            sums[3] += bt
+            for i in range(len(_STORED_NAMES) - 1):
+                sums[i] += values[i]
+            sums[-1] = add_handshake_hists(sums[-1], values[-1])
     return out
+
+
+#: What ``_stored_rows`` sums per key, in order (the histogram last), and the SQL that does it.
+_STORED_NAMES = ("open_seconds", "connects", "failures", "bytes",
+                 "handshakes", "handshake_us", "retransmits", "aborts", "handshake_hist")
+_STORED_SUMS = ("sum(open_seconds), sum(connects), sum(failures), sum(bytes), sum(handshakes), "
+                "sum(handshake_us_sum), sum(retransmits), sum(aborts), sumForEachMerge(handshake_hist)")
 
 
 _ROW_KEYS = ("s_kind", "s_name", "s_area", "s_dc", "d_kind", "d_name", "d_area", "d_dc", "s_inst", "d_inst")
@@ -150,7 +157,9 @@ _VALUES = """
       sum(os) / {secs:Float64} AS open,
       sum(cn) / {secs:Float64} AS conn_rate,
       sum(fl) / {secs:Float64} AS fail_rate,
-      sum(cn) AS connects, sum(fl) AS failures, sum(bt) AS bytes"""
+      sum(cn) AS connects, sum(fl) AS failures, sum(bt) AS bytes,
+      sum(hs) AS handshakes, sum(hu) AS handshake_us, sumForEach(hh) AS handshake_hist,
+      sum(rt) AS retransmits, sum(ab) AS aborts"""
 
 
 def _params(win: Window, slack: int, **extra: Any) -> dict[str, Any]:
@@ -284,10 +293,11 @@ def graph_rows(
         table = ("resolved_1m" if instances_of is not None
                  else "resolved_svc_1h" if win.bucket == 3600 else "resolved_svc_1m")
         secs = float(win.seconds)
-        for key, (os_, cn, fl, bt) in _stored_rows(store, table, win, split, keys, catalog, dc=dc, svc=svc).items():
+        for key, sums in _stored_rows(store, table, win, split, keys, catalog, dc=dc, svc=svc).items():
             row = dict(zip(keys, key))
-            row.update(open=os_ / secs, conn_rate=cn / secs, fail_rate=fl / secs, connects=cn, failures=fl,
-                       bytes=bt, **_NO_CALLS)
+            row.update(zip(_STORED_NAMES, sums))
+            os_, cn, fl = row.pop("open_seconds"), row["connects"], row["failures"]
+            row.update(open=os_ / secs, conn_rate=cn / secs, fail_rate=fl / secs, **_NO_CALLS)
             merged[key] = row
     if split < win.end:
         live = Window(split, win.end)
@@ -305,11 +315,14 @@ def graph_rows(
     return rows
 
 
-#: Values of a graph row: what TCP saw, then what traces saw.
+#: Summed values of a graph row: what TCP saw, its health, then what traces saw
+#: (``handshake_hist``, a list, is added bucket by bucket beside them).
 _VALUE_NAMES = ("open", "conn_rate", "fail_rate", "connects", "failures", "bytes",
+                "handshakes", "handshake_us", "retransmits", "aborts",
                 "calls", "call_rate", "call_errors", "call_us")
 _NO_CALLS = {"calls": 0, "call_rate": 0.0, "call_errors": 0, "call_us": 0}
-_NO_TCP = {"open": 0.0, "conn_rate": 0.0, "fail_rate": 0.0, "connects": 0, "failures": 0, "bytes": 0}
+_NO_TCP = {"open": 0.0, "conn_rate": 0.0, "fail_rate": 0.0, "connects": 0, "failures": 0, "bytes": 0,
+           "handshakes": 0, "handshake_us": 0, "retransmits": 0, "aborts": 0, "handshake_hist": []}
 
 
 def _merge(merged: dict[tuple, dict[str, Any]], key: tuple, row: dict[str, Any]) -> None:
@@ -319,6 +332,7 @@ def _merge(merged: dict[tuple, dict[str, Any]], key: tuple, row: dict[str, Any])
     else:
         for value in _VALUE_NAMES:
             have[value] += row[value]
+        have["handshake_hist"] = add_handshake_hists(have.get("handshake_hist") or [], row.get("handshake_hist") or [])
 
 
 def _call_rows(store: Store, win: Window, split: int, catalog: CatalogIndex, *, svc: str | None,

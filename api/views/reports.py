@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from api.catalog.lookups import UNASSIGNED
 from api.resolution.tcp import Window
-from api.views import graph, reads
+from api.views import graph, health, reads
 from api.views.context import ViewContext
 from api.views.params import ViewParams
 from tracer.records import format_ts
@@ -29,7 +29,7 @@ def _links(text: str | None) -> list[dict[str, Any]]:
     return links if isinstance(links, list) else []
 
 
-def _deps(rows: Iterable[Mapping[str, Any]], service: str, side: str) -> list[dict[str, Any]]:
+def _deps(rows: Iterable[Mapping[str, Any]], service: str, side: str, t: health.Thresholds) -> list[dict[str, Any]]:
     other = "s" if side == "d" else "d"
     mine = [r for r in rows if r[f"{side}_name"] == service and r[f"{other}_name"] != service
             or (r["s_name"] == service and r["d_name"] == service)]
@@ -39,13 +39,24 @@ def _deps(rows: Iterable[Mapping[str, Any]], service: str, side: str) -> list[di
     for (a, b), e in edges.items():
         name = a if other == "s" else b
         v = e.values
-        out.append({"name": name, "kind": kinds[name][0], "area": kinds[name][1],
+        cls, why = health.assess(v, t)
+        out.append({"name": name, "kind": kinds[name][0], "area": kinds[name][1], "class": cls, "reasons": why,
                     "open": v["open"], "conn_rate": v["conn_rate"], "fail_rate": v["fail_rate"],
                     "connects": v["connects"], "failures": v["failures"], "bytes": v["bytes"],
                     "failure_ratio": e.failure_ratio, "provenance": e.provenance, "calls": v["calls"],
                     "call_rate": v["call_rate"], "call_errors": v["call_errors"],
-                    "call_mean_ms": v["call_us"] / v["calls"] / 1000 if v["calls"] else None})
+                    "call_mean_ms": v["call_us"] / v["calls"] / 1000 if v["calls"] else None,
+                    **health.figures(v)})
     return sorted(out, key=lambda d: (-d["open"], -d["conn_rate"], -d["call_rate"], d["name"]))
+
+
+def _total(rows: Iterable[Mapping[str, Any]], side: str, service: str) -> dict[str, Any]:
+    """The values of every row with ``service`` at ``side``, summed into one edge's."""
+    edge = graph.Edge(service, side)
+    for r in rows:
+        if r[f"{side}_name"] == service:
+            edge.add(r)
+    return edge.values
 
 
 def _traced_calls(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -67,6 +78,7 @@ def service_summary(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, 
     """The side panel: instances, dependencies both ways, first/last seen, alerts, links."""
     rows = ctx.rows(p, touching=service)
     ctx.require_service(service, rows)
+    t = health.Thresholds.of(ctx)
     catalog = ctx.catalog(p.win)
     svc = catalog["services"].get(service)
     area = catalog["areas"].get(svc["area"]) if svc else None
@@ -80,8 +92,11 @@ def service_summary(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, 
         "links": links,
         "instances": ctx.cached(("instances", service, p.win),
                                 lambda: reads.service_instances(ctx.store, service, p.win), p.win.end),
-        "inbound": _deps(rows, service, "d"),
-        "outbound": _deps(rows, service, "s"),
+        "inbound": _deps(rows, service, "d", t),
+        "outbound": _deps(rows, service, "s", t),
+        # the connections into it and out of it, all clients or servers together
+        "health": {"inbound": health.figures(_total(rows, "d", service)),
+                   "outbound": health.figures(_total(rows, "s", service))},
         **ctx.cached(("seen", service), lambda: reads.service_seen(ctx.store, service)),
         "alerts": ctx.alerting(p.win.end).get(service, []),
         # what distributed tracing saw (Zipkin spans), beside what TCP saw

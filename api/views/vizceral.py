@@ -183,19 +183,21 @@ def nodes_of(nodes: Mapping[str, Mapping[str, Any]], renderer: str | None, updat
 
 
 def edge_metadata(edge: Edge) -> dict[str, Any]:
-    """What an edge's side panel shows: both sources' volumes and who saw it."""
+    """What an edge's side panel shows: both sources' volumes, its health figures and who saw it."""
     v = edge.values
     tried, failed = health.attempts(v)
     return {"provenance": edge.provenance, "connects": v["connects"], "failures": v["failures"],
             "failure_ratio": round(failed / tried, 6) if tried else 0.0,
             "open": round(v["open"], 6), "conn_rate": round(v["conn_rate"], 6), "bytes": v["bytes"],
+            **health.figures(v),
             "calls": v["calls"], "call_errors": v["call_errors"], "call_rate": round(v["call_rate"], 6),
             "call_mean_ms": round(v["call_us"] / v["calls"] / 1000, 3) if v["calls"] else None}
 
 
 def connections_of(edges: Mapping[tuple[str, str], Edge], metric: str,
                    classes: Mapping[tuple[str, str], str] | None = None,
-                   worst: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+                   worst: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+                   reasons: Mapping[tuple[str, str], list[str]] | None = None) -> list[dict[str, Any]]:
     """Vizceral connections of contracted edges, sorted; an edge inside one node is not drawn.
 
     ``classes``: health class by edge (``api.views.health.classify``; an
@@ -210,6 +212,7 @@ def connections_of(edges: Mapping[tuple[str, str], Edge], metric: str,
         cls = classes.get((s, d), "normal")
         meta = edge_metadata(e)
         meta["class"] = cls
+        meta["reasons"] = list((reasons or {}).get((s, d), ()))
         pair = worst.get((s, d))
         if pair is not None and health.pair_names(pair) == (s, d):
             pair = None  # the edge is its own worst pair: nothing more to say
