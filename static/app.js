@@ -198,7 +198,21 @@ function onViewChanged(ev) {
   if (view.length === want.length && view.every((v, i) => v === want[i])) return;
   // A peer service double-clicked in a service's view: open that service in its own area.
   if (view.length > 2) { jumpToService(view[2]); return; }
-  navigate({ area: view[0], service: view[1], sel: view[1] || undefined, impact: undefined });
+  // So is a service of another area drawn in the open area's view.
+  const areaNode = view.length === 2 && lastTree ? lastTree.nodes.find((n) => n.name === view[0]) : null;
+  const home = areaNode && homeArea({ name: view[0], nodes: areaNode.nodes || [] }, view[1], lastTree);
+  navigate({ area: home || view[0], service: view[1], sel: view[1] || undefined, impact: undefined });
+}
+
+// The area a service drawn in ``area``'s view belongs to when that is another
+// area the areas view can open (null otherwise: INTERNET and externals have
+// none of their own, an area folded into "N more" cannot be opened).
+function homeArea(area, service, areas) {
+  const node = (area.nodes || []).find((n) => n.name === service);
+  const meta = (node && node.metadata) || {};
+  if (meta.kind !== 'service' || !meta.area || meta.area === area.name) return null;
+  const home = (areas.nodes || []).find((n) => n.name === meta.area);
+  return home && !(home.metadata || {}).grouped && (home.metadata || {}).kind !== 'internet' ? meta.area : null;
 }
 
 function onHighlighted(obj) {
@@ -431,6 +445,13 @@ async function load() {
     ? getJson(`/services/${enc(state.service)}/summary`, params).catch(() => null) : null);
   const [areas, area, service, diff, impact, summary, problems, ownSummary] = await Promise.all(requests);
   clearError();
+  // A link naming the wrong area for a service (the breadcrumb would repeat it): go to its own.
+  const home = state.service && area ? homeArea(area, state.service, areas) : null;
+  if (home) {
+    state.area = home;
+    history.replaceState(null, '', stateUrl(state));
+    return load();
+  }
 
   if (state.area && !area) { state.area = undefined; state.service = undefined; }
   if (state.service && !service) state.service = undefined;

@@ -154,6 +154,18 @@ def test_service_detail(client):
     assert ("h-api2", "ledger") in edges_of(view) and ("ledger", "h-api2") in edges_of(view)
 
 
+def test_service_detail_peers_of_its_own_area_are_the_areas(client):
+    # web's view: its instance and batch, a service of shop like web, in the area's class; the rest "other".
+    nodes = nodes_of(get(client, f"/api/v1/services/web?{VIEW}"))
+    assert nodes["h-web"]["class"] == "area" and nodes["batch"]["class"] == "area"
+    assert nodes["redis"]["class"] == "other" and nodes["INTERNET"]["class"] == "other"
+    assert nodes["api"]["class"] == "danger"  # failing wins over the area's colour
+    # ledger's view (area pay): db is pay's too, api is shop's.
+    nodes = nodes_of(get(client, f"/api/v1/services/ledger?{VIEW}"))
+    assert nodes["stripe"]["class"] == "other"  # an external, though of area pay
+    assert nodes["api"]["class"] in ("other", "danger")
+
+
 def test_long_tail_is_grouped_and_said(fixture_store):
     app = create_app({"STORE": fixture_store, "TESTING": True, "MAX_NODES": 5})
     view = get(app.test_client(), f"/api/v1/areas/shop?{VIEW}")
@@ -191,7 +203,7 @@ def test_impact(client):
     assert up["web"]["weight"] == pytest.approx(1.8)
     assert up["batch"]["weight"] == pytest.approx(0.9)
     assert {e["name"] for e in impact["downstream"]} == {"ledger", "db", "stripe"}
-    assert {a["name"] for a in impact["areas"]} == {"shop", "pay", "INTERNET"}
+    assert {a["name"] for a in impact["areas"]} == {"shop", "pay"}  # INTERNET is upstream, but no area
     assert impact["processes"] == [{"name": "checkout-flow", "via": ["ledger", "web"],
                                     "weight": pytest.approx(1.8 + 0.4)}]
     assert impact["cycles"] == [["api", "ledger"]]

@@ -354,6 +354,36 @@ def test_diff_mode_highlights_the_new_edge(page, fx):
     assert page.errors == []
 
 
+def test_another_areas_service_opens_in_its_own_area(page, fx):
+    """db (area pay) is drawn in shop's view as a peer; double-clicking it opens it in pay, and the
+    breadcrumb says so - as a deep link naming the wrong area does."""
+    page.open(fx.url + f"/?area=shop&at={fx.fx.AT}&window=600")
+    x, y = page.node_xy("db")
+    page.page.mouse.dblclick(x, y)
+    browser.wait_for(page.page, "JSON.stringify(window.phobos.view) === '[\"pay\",\"db\"]' && window.phobos.ready", 30)
+    assert page.query.get("area") == "pay" and page.query.get("service") == "db"
+    assert "".join(page.page.locator("#crumbs").inner_text().split()) == "Allareas›pay›db"
+    page.open(fx.url + f"/?area=shop&service=ledger&at={fx.fx.AT}&window=600")
+    browser.wait_for(page.page, "JSON.stringify(window.phobos.view) === '[\"pay\",\"ledger\"]'", 30)
+    assert "".join(page.page.locator("#crumbs").inner_text().split()) == "Allareas›pay›ledger"
+    # INTERNET has no area of its own: it opens where it was double-clicked.
+    page.open(fx.url + f"/?area=shop&service=INTERNET&at={fx.fx.AT}&window=600")
+    assert page.js("window.phobos.view") == ["shop", "INTERNET"]
+    assert page.errors == []
+
+
+def test_service_view_colours_peers_by_area_as_the_legend_says(page, fx):
+    page.open(fx.url + f"/?area=shop&service=web&at={fx.fx.AT}&window=600")
+    drawn = browser.wait_for(page.page, "(() => { const d = window.phobos.drawnHealth();"
+                                        " return d && d.nodes.batch ? d : null; })()", 15)
+    # batch is a service of shop, like web: green ("service of this area"); redis (unassigned) is blue.
+    assert drawn["nodes"]["batch"] == "area" and drawn["nodes"]["redis"] == "other", drawn["nodes"]
+    assert drawn["nodes"]["h-web"] == "area"
+    assert page.page.locator("#legend").inner_text().startswith("service of this area")
+    page.shot("03c-service-web-peers")
+    assert page.errors == []
+
+
 def test_impact_highlights_the_upstream_set(page, fx):
     page.open(fx.url + f"/?area=shop&sel=db&at={fx.fx.AT}&window=600")
     page.page.locator("#impact-button").click()
