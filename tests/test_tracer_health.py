@@ -266,3 +266,100 @@ def test_a_reset_counts_as_an_abort_on_both_ends(hosts, probe):
     out, inb = e["outbound"], e["inbound"]
     assert inb["aborts"] == count and inb["closes"] == count
     assert out["aborts"] == count and out["closes"] == count
+
+
+# One pooled connection in two steps: the client sends and receives, waits
+# for a line on stdin, does it again, waits, then closes.
+POOLED_SERVER = r"""
+import socket, sys
+port, steps = int(sys.argv[1]), [tuple(map(int, s.split(":"))) for s in sys.argv[2:]]
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", port))
+srv.listen(1)
+srv.settimeout(60)
+print("ready", flush=True)
+c, _ = srv.accept()
+c.settimeout(60)
+for n_in, n_out in steps:
+    got = 0
+    while got < n_in:
+        got += len(c.recv(65536))
+    c.sendall(b"s" * n_out)
+c.recv(1)  # the client's FIN
+c.close()
+"""
+
+POOLED_CLIENT = r"""
+import socket, sys
+host, port, steps = sys.argv[1], int(sys.argv[2]), [tuple(map(int, s.split(":"))) for s in sys.argv[3:]]
+c = socket.create_connection((host, port), timeout=30)
+for i, (n_out, n_in) in enumerate(steps):
+    c.sendall(b"c" * n_out)
+    got = 0
+    while got < n_in:
+        got += len(c.recv(65536))
+    print(f"step {i} {got}", flush=True)
+    sys.stdin.readline()
+c.close()
+print("closed", flush=True)
+"""
+
+
+def test_an_open_connection_reports_its_bytes_at_each_drain_and_its_close_counts_only_the_rest(hosts, probe):
+    from tracer.sockdiag import OpenTotals, SockDiag
+
+    client_host, server_host = hosts
+    port = PORT + 4
+    steps = [(100_000, 3_000), (250_000, 40_000)]
+    spec = [f"{a}:{b}" for a, b in steps]
+    reader = SockDiag()
+    totals = OpenTotals(probe.followed_sockets, reader)
+
+    def drain() -> tuple[dict, dict]:
+        """Per side (bytes_sent, bytes_received): what the kernel's closes said, and with the open totals."""
+        time.sleep(0.3)
+        drained = probe.drain()
+        whole = drained + totals.adjust(drained)
+        kernel: dict = {}
+        with_open: dict = {}
+        for into, items in ((kernel, drained), (with_open, whole)):
+            for key, vals in items:
+                if key.direction == "outbound" and key.netns == client_host.netns and key.remote_port == port:
+                    side = "outbound"
+                elif key.direction == "inbound" and key.netns == server_host.netns and key.local_port == port:
+                    side = "inbound"
+                else:
+                    continue
+                have = into.get(side, (0, 0))
+                into[side] = (have[0] + vals.get("bytes_sent", 0), have[1] + vals.get("bytes_received", 0))
+        return kernel, with_open
+
+    server = server_host.python(POOLED_SERVER, str(port), *spec)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        client = client_host.python(POOLED_CLIENT, server_host.ipv4, str(port), *spec)
+        seen = {"outbound": [0, 0], "inbound": [0, 0]}
+        for i, (n_out, n_back) in enumerate(steps):
+            assert client.stdout.readline().split() == ["step", str(i), str(n_back)]
+            kernel, with_open = drain()
+            assert kernel.get("outbound", (0, 0)) == (0, 0), kernel  # nothing closed yet
+            # what this step carried, while the connection stays open, on both ends
+            assert with_open["outbound"] == (n_out, n_back), (i, with_open)
+            assert with_open["inbound"] == (n_back, n_out), (i, with_open)
+            for side in seen:
+                seen[side] = [a + b for a, b in zip(seen[side], with_open[side])]
+            client.stdin.write("go\n")
+            client.stdin.flush()
+        assert client.stdout.readline().strip() == "closed"
+        client.wait(timeout=30)
+        server.wait(timeout=30)
+        kernel, with_open = drain()
+    finally:
+        reader.close()
+    sent, back = sum(a for a, _ in steps), sum(b for _, b in steps)
+    # The close read the connection's whole totals; what the drains before it reported is taken back.
+    assert kernel["outbound"] == (sent, back) and kernel["inbound"] == (back, sent), kernel
+    assert with_open.get("outbound", (0, 0)) == (0, 0) and with_open.get("inbound", (0, 0)) == (0, 0), with_open
+    assert seen == {"outbound": [sent, back], "inbound": [back, sent]}
+    assert totals.stats["namespace_errors"] == 0 and totals.stats["credit_dropped"] == 0

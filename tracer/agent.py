@@ -10,6 +10,9 @@ the host's connection tracking (``tracer/conntrack.py``) and follows
 destination NAT to the backends (``tracer/nat.py``): a client of a
 ClusterIP, a NodePort or a published port is reported as connected to the
 backend it reached, the virtual address kept in ``nat_ip``/``nat_port``.
+Unless ``--no-open-bytes``, it reads what connections still open carried
+since the last drain (``tracer/sockdiag.py``), so a pooled connection's
+bytes show while it lasts, not only at its close.
 
 How often it runs: one wake-up per interval, whatever the connection rate;
 the work per wake-up grows with the number of distinct edges, never with the
@@ -148,6 +151,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     add("--nat-max-entries", type=int, default=_env("NAT_MAX_ENTRIES"),
         help="conntrack entries parsed per drain at most; more are counted as dropped "
              "[PHOBOS_NAT_MAX_ENTRIES, default 100000]")
+    add("--open-bytes", action=argparse.BooleanOptionalAction, default=_env("OPEN_BYTES"),
+        help="report the bytes and retransmits of connections still open at each drain, read through "
+             "socket diagnostics (what ss -ti shows), not only at their close [PHOBOS_OPEN_BYTES, default on]")
     add("--log-level", default=_env("LOG_LEVEL"),
         choices=("debug", "info", "warning", "error"), help="stderr log level [PHOBOS_LOG_LEVEL, default info]")
     return parser
@@ -162,11 +168,13 @@ class Agent:
     """One tracer run: probe, attribution, aggregation, sink, metrics."""
 
     def __init__(self, args: argparse.Namespace, probe: Any, sink: Any, attributor: attribution.Attributor,
-                 metrics: TracerMetrics, conntrack: Any = None) -> None:
+                 metrics: TracerMetrics, conntrack: Any = None, open_totals: Any = None) -> None:
         self.args = args
         self.probe = probe
         self.conntrack = conntrack      # a tracer.conntrack.ConntrackReader, or None: no NAT followed
         metrics.nat["enabled"] = int(conntrack is not None)
+        self.open_totals = open_totals  # a tracer.sockdiag.OpenTotals, or None: bytes only at close
+        metrics.open_bytes["enabled"] = int(open_totals is not None)
         self.sink = sink
         self.attributor = attributor
         self.metrics = metrics
@@ -289,6 +297,8 @@ class Agent:
             self.reconcile()
             losses["seeded"] = self.seed_failures
         drained = self.probe.drain()
+        if self.open_totals is not None:
+            drained += self._open_totals(drained)
         # After the kernel's counters: every connect they hold has its
         # conntrack entry by now (made by the same SYN).
         translations = self._translations()
@@ -331,6 +341,21 @@ class Agent:
         if m.intervals % 60 == 0:
             self.attributor.forget_dead()
         return conns, lis
+
+    def _open_totals(self, drained: list) -> list:
+        """What open connections carried since the last drain (``tracer/sockdiag.py``); none when that fails."""
+        m = self.metrics.open_bytes
+        try:
+            extra = self.open_totals.adjust(drained)
+        except (OSError, ValueError, LookupError) as err:
+            m["errors"] += 1
+            now = time.monotonic()
+            if now - self._warned.get("open_bytes", (0, -WARN_EVERY_S))[1] >= WARN_EVERY_S:
+                log.warning("reading open connections' totals failed (%s); their bytes count at their close", err)
+                self._warned["open_bytes"] = (m["errors"], now)
+            return []
+        m.update({k: v for k, v in self.open_totals.stats.items() if k in m})
+        return extra
 
     def _translations(self) -> tuple:
         """This interval's NAT translations; none when the reader is off or its drain failed."""
@@ -401,7 +426,7 @@ class Agent:
                 "kernel_events": m.kernel_events, "missed_events": m.missed_events,
                 "missed_closes": m.missed_closes, "reconciliations": m.reconciliations,
                 "reconciled_connections": m.reconciled_connections, "open_connections": m.open_connections,
-                "nat": dict(m.nat)}
+                "nat": dict(m.nat), "open_bytes": dict(m.open_bytes)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -464,7 +489,7 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return EXIT_PREREQ
         agent = Agent(args, probe, sink, attribution.Attributor(catalog=catalog, host=args.host), metrics,
-                      conntrack=reader)
+                      conntrack=reader, open_totals=_open_totals(args, probe))
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -489,6 +514,19 @@ def run(args: argparse.Namespace) -> int:
             reader.close()
         sink.close()
         probe.close()
+
+
+def _open_totals(args: argparse.Namespace, probe: Any) -> Any:
+    """The reader of open connections' totals, or None (said once) with --no-open-bytes or when it cannot work."""
+    if not args.open_bytes:
+        return None
+    from tracer.sockdiag import OpenTotals, SockDiag  # noqa: PLC0415 - only when open connections are read
+
+    try:
+        return OpenTotals(probe.followed_sockets, SockDiag())
+    except OSError as err:
+        log.warning("bytes of open connections not read (%s): they count at their close", err)
+        return None
 
 
 def _open_conntrack(args: argparse.Namespace) -> Any:

@@ -78,10 +78,12 @@ import ipaddress
 import os
 import socket
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
+
+from tracer.netlink import (NLM_F_DUMP, NLM_F_DUMP_FILTERED, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG,
+                            NLMSG_DONE, NLMSG_ERROR, in_netns, iter_messages)
 
 __all__ = [
     "Translation", "Drain", "Entry", "ConntrackReader", "ConntrackError",
@@ -93,16 +95,8 @@ SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
-CLONE_NEWNET = 0x40000000
 
-# <linux/netlink.h>
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_DUMP_INTR = 0x10
-NLM_F_DUMP_FILTERED = 0x20
-NLM_F_DUMP = 0x300
+# <linux/netlink.h> (the message framing is tracer.netlink's)
 NLA_TYPE_MASK = 0x3FFF
 NLA_F_NESTED = 0x8000
 
@@ -139,7 +133,7 @@ MSG_CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
 MSG_CT_GET = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
 MSG_CT_DELETE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
 
-_NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_NLMSG = NLMSG
 _NLA = struct.Struct("=HH")       # len, type
 _U16BE = struct.Struct(">H")
 _U32BE = struct.Struct(">I")
@@ -237,22 +231,6 @@ def available(netns: str | None = None) -> tuple[bool, str]:
 
 
 # --- parsing ------------------------------------------------------------------
-
-def iter_messages(buf, length: int | None = None) -> Iterator[tuple[int, int, int, int]]:
-    """(type, flags, start, end) of each netlink message in ``buf[:length]``.
-
-    ``start`` is the message's first byte, ``end`` one past its last; a
-    truncated trailing message ends the iteration.
-    """
-    end_all = len(buf) if length is None else length
-    off = 0
-    while off + _NLMSG.size <= end_all:
-        mlen, mtype, mflags, _seq, _pid = _NLMSG.unpack_from(buf, off)
-        if mlen < _NLMSG.size or off + mlen > end_all:
-            return
-        yield mtype, mflags, off, off + mlen
-        off += (mlen + 3) & ~3
-
 
 def _tuple(buf, off: int, end: int):
     """(src, dst, proto, sport, dport) of a CTA_TUPLE_* payload."""
@@ -464,39 +442,6 @@ def _netns_path(netns: str | None) -> str | None:
     return netns if "/" in netns else f"/run/netns/{netns}"
 
 
-def _in_netns(path: str | None, fn):
-    """Run ``fn`` in the network namespace at ``path`` (None: here) and return its result.
-
-    setns() moves only the calling thread, so a throwaway thread does it and
-    the rest of the process stays where it was; sockets keep the namespace
-    they were created in.
-    """
-    if path is None:
-        return fn()
-    result: dict = {}
-
-    def run() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({path}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result["value"] = fn()
-        except BaseException as e:  # handed to the caller's thread
-            result["error"] = e
-
-    t = threading.Thread(target=run, name="phobos-conntrack-netns", daemon=True)
-    t.start()
-    t.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def _read_sysctl(name: str) -> int | None:
     try:
         with open(f"/proc/sys/net/netfilter/{name}") as f:
@@ -656,7 +601,7 @@ class ConntrackReader:
             return dump, ev, ino, _read_sysctl("nf_conntrack_events")
 
         try:
-            self._dump_sock, self._event_sock, self.netns_inode, self.events_sysctl = _in_netns(self._path, make)
+            self._dump_sock, self._event_sock, self.netns_inode, self.events_sysctl = in_netns(self._path, make)
         except PermissionError as e:
             raise ConntrackError(errno.EPERM, f"reading conntrack needs CAP_NET_ADMIN (run as root): {e}") from e
         # Baseline: ids of what exists now, so the first drain's "new" counts

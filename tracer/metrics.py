@@ -44,6 +44,9 @@ class TracerMetrics:
         self.reconciliations = 0
         self.reconciled_connections = 0
         self.last_reconcile_s = 0.0
+        #: Open connections' totals through socket diagnostics (tracer/sockdiag.py): cumulative counts.
+        self.open_bytes = {"enabled": 0, "sockets": 0, "reported": 0, "bytes": 0, "credit_dropped": 0,
+                           "errors": 0, "namespace_errors": 0, "map_reads": 0, "last_s": 0.0}
         #: NAT followed through conntrack (tracer/agent.py, tracer/nat.py): cumulative counts.
         self.nat = {"enabled": 0, "translations": 0, "records_translated": 0, "dropped": 0, "truncated": 0,
                     "overruns": 0, "malformed": 0, "errors": 0, "last_drain_s": 0.0}
@@ -122,6 +125,22 @@ class TracerMetrics:
                "Conntrack drains that failed (the interval went without NAT).", [(None, nat["errors"])])
         metric("phobos_tracer_conntrack_last_drain_duration_seconds", "gauge",
                "Duration of the last conntrack drain.", [(None, f"{nat['last_drain_s']:.6f}")])
+        ob = self.open_bytes
+        metric("phobos_tracer_open_bytes_enabled", "gauge",
+               "1 when the bytes of open connections are read at each drain (socket diagnostics).",
+               [(None, ob["enabled"])])
+        metric("phobos_tracer_open_bytes_total", "counter",
+               "Bytes of connections still open, reported before their close.", [(None, ob["bytes"])])
+        metric("phobos_tracer_open_bytes_sockets_read_total", "counter",
+               "Sockets read through socket diagnostics, summed over drains.", [(None, ob["sockets"])])
+        metric("phobos_tracer_open_bytes_credit_dropped_total", "counter",
+               "Bytes reported while open whose close never came to take them back (a missed close).",
+               [(None, ob["credit_dropped"])])
+        metric("phobos_tracer_open_bytes_errors_total", "counter",
+               "Drains whose open connections could not be read, and network namespaces that could not be "
+               "entered.", [(None, ob["errors"] + ob["namespace_errors"])])
+        metric("phobos_tracer_open_bytes_last_duration_seconds", "gauge",
+               "Duration of the last read of open connections.", [(None, f"{ob['last_s']:.6f}")])
         return out.text()
 
 

@@ -787,6 +787,24 @@ class Probe:
                 out.add((st.edge.netns, _ip(st.edge.laddr), st.sport, _ip(st.edge.raddr), st.dport))
         return out
 
+    def followed_sockets(self) -> dict[tuple, Any]:
+        """Open connections the kernel follows, by (netns, local ip, local port,
+        remote ip, remote port): their edge, and whether their close adds their
+        totals (``tracer.sockdiag.Followed``; not for seeded ones)."""
+        from tracer.sockdiag import Followed  # noqa: PLC0415 - only when open connections' bytes are read
+
+        out: dict[tuple, Any] = {}
+        for _, st in self._items(self.bpf["socks"]):
+            if st.established:
+                edge = self._edge_key(st.edge)
+                out[(edge.netns, edge.local_ip, st.sport, edge.remote_ip, st.dport)] = \
+                    Followed(edge, edge.direction == "outbound", True)
+        for k, v in self._items(self.bpf["seeded"]):
+            edge = self._edge_key(v.edge)
+            out[(k.netns, _ip(k.laddr), k.lport, _ip(k.raddr), k.rport)] = \
+                Followed(edge, edge.direction == "outbound", False)
+        return out
+
     def seeded_tuples(self) -> set[tuple]:
         """Tuples in the seeded map: connections followed by 4-tuple whose close is still to come."""
         return {(k.netns, _ip(k.laddr), k.lport, _ip(k.raddr), k.rport) for k, _ in self._items(self.bpf["seeded"])}

@@ -138,6 +138,8 @@ TRACER_SETTINGS = Settings([
     Setting("NAT_NETNS", "PHOBOS_NAT_NETNS", str, None, "network namespace whose connection tracking is read "
             "(a name under /run/netns or a path such as /proc/1/ns/net; unset: the tracer's own)"),
     Setting("NAT_MAX_ENTRIES", "PHOBOS_NAT_MAX_ENTRIES", int, 100_000, "conntrack entries parsed per drain at most"),
+    Setting("OPEN_BYTES", "PHOBOS_OPEN_BYTES", bool, True, "report the bytes and retransmits of connections "
+            "still open at each drain (socket diagnostics), not only at their close"),
     Setting("TOKEN", "PHOBOS_TOKEN", str, None,
             "the API's write token: required by its write endpoints, sent by the tracer's http sink "
             "(unset: writes only on loopback)"),
