@@ -16,6 +16,11 @@ What it measures, in one run, and prints as ratios and figures:
   connections, and its RSS (goal <= 150 MB);
 - start-up time to the first record;
 - exactness: records' connects == the workload's own count, kernel map drops;
+- health of those connections: handshakes timed (one per connect), their
+  p50/p95, retransmits (0 on loopback) and aborts (every client resets);
+- bytes of connections that stay open: the held connections of the /proc
+  comparison each send 1000 bytes, which the drains must report exactly
+  while they are open, and the time the drain spends reading them;
 - BCC's tcpconnect/tcpaccept (kprobe-based) on the same kernel, or their error;
 - reading /proc/net/tcp{,6} with 10k open sockets vs one tracer drain.
 
@@ -45,6 +50,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from tracer import records  # noqa: E402
 
 LINGER_RST = struct.pack("ii", 1, 0)
 
@@ -322,13 +329,32 @@ def proc_net_cost(n_conns: int, tracer_port: int) -> dict:
         tracer.wait_first_record()
         time.sleep(1.2)
         drain = tracer.metric("phobos_tracer_last_drain_duration_seconds")
+        open_read = tracer.metric("phobos_tracer_open_bytes_last_duration_seconds")
         open_now = tracer.metric("phobos_tracer_open_connections")
+        # Each held connection now sends a known amount: the drains must
+        # report it while the connections stay open (they predate the
+        # tracer, so their bytes count from the first drain that saw them).
+        n_bytes = 1000
+        payload = b"b" * n_bytes
+        for c in held[0::2]:
+            c.sendall(payload)
+        for a in held[1::2]:
+            got = 0
+            while got < n_bytes:
+                got += len(a.recv(65536))
+        time.sleep(2.5)
+        reported = sum(r.get("bytes_sent", 0) for r in tracer.records
+                       if r.get("direction") == "outbound" and r["remote_port"] == port)
+        received = sum(r.get("bytes_received", 0) for r in tracer.records
+                       if r.get("direction") == "inbound" and r["local_port"] == port)
     finally:
         tracer.stop()
         for s in held:
             s.close()
         srv.close()
-    return {"sockets": count, "proc_read_s": statistics.median(times), "drain_s": drain, "tracer_open": open_now}
+    return {"sockets": count, "proc_read_s": statistics.median(times), "drain_s": drain, "tracer_open": open_now,
+            "open_read_s": open_read, "open_bytes_sent": n_bytes * n_conns, "open_bytes_reported": reported,
+            "open_bytes_received": received}
 
 
 def main() -> int:
@@ -346,7 +372,7 @@ def main() -> int:
     print(f"# phobos tracer benchmark  kernel {os.uname().release}  cpus {os.cpu_count()}  "
           f"loadavg before {' '.join(load)} (other work on the host makes throughput noisy)")
     base_rates, traced_rates = [], []
-    cpu_per_10k, exact = [], []
+    cpu_per_10k, exact, health = [], [], []
     rss = (0, 0)
     startup = None
     summary = {}
@@ -375,6 +401,13 @@ def main() -> int:
         accepted = sum(r["accepts"] for r in tracer.records
                        if r.get("direction") == "inbound" and r["local_port"] == w["server_port"])
         exact.append((w["connects"], w["failed"], seen, accepted, summary.get("map_drops")))
+        mine = [r for r in tracer.records if r.get("direction") == "outbound" and r["pid"] in w["pids"]
+                and r["remote_port"] == w["server_port"]]
+        hist = [0] * records.HANDSHAKE_BUCKETS
+        for r in mine:
+            hist = records.add_handshake_hists(hist, r.get("handshake_hist") or [])
+        health.append((seen, sum(r.get("handshakes", 0) for r in mine), hist,
+                       sum(r.get("retransmits", 0) for r in mine), sum(r.get("aborts", 0) for r in mine)))
         print(f"round {rnd + 1}: without {base_rates[-1]:.0f}/s  with {traced_rates[-1]:.0f}/s  "
               f"tracer cpu {cpu_s:.2f}s for {w['connects']} conns  mode={summary.get('mode')} ({mode})")
 
@@ -391,6 +424,10 @@ def main() -> int:
         verdict = "exact" if made == seen and made == accepted else "MISMATCH"
         print(f"counts: workload connects {made} (+{failed} failed), records connects {seen}, "
               f"accepts {accepted}, map drops {drops} -> {verdict}")
+    for seen, handshakes, hist, retransmits, aborts in health:
+        p50, p95 = records.handshake_quantile(hist, 0.5), records.handshake_quantile(hist, 0.95)
+        print(f"health: {handshakes} handshakes timed of {seen} connects, p50 {p50 or 0:.0f} us, p95 {p95 or 0:.0f} us; "
+              f"retransmits {retransmits}; aborts {aborts} (every client closes with a reset: expected {seen})")
     print(f"kernel events in last round: {summary.get('kernel_events')}, userspace wake-ups: "
           f"{summary.get('wakeups')}, edges read: {summary.get('edges_read')}")
     cost_k = in_kernel_cost(args.seconds)
@@ -410,6 +447,10 @@ def main() -> int:
     print(f"/proc/net/tcp{{,6}} read+parse at {cost['sockets']} sockets: {cost['proc_read_s'] * 1000:.1f} ms; "
           f"one tracer drain: {cost['drain_s'] * 1000:.2f} ms (ratio {cost['proc_read_s'] / max(cost['drain_s'], 1e-9):.0f}x); "
           f"tracer open gauge {cost['tracer_open']:.0f}")
+    print(f"open connections' totals (socket diagnostics, in that drain): {cost['open_read_s'] * 1000:.2f} ms; "
+          f"{cost['open_bytes_sent']} bytes sent on the held connections while open, reported sent "
+          f"{cost['open_bytes_reported']}, received {cost['open_bytes_received']} -> "
+          f"{'exact' if cost['open_bytes_reported'] == cost['open_bytes_received'] == cost['open_bytes_sent'] else 'MISMATCH'}")
     return 0
 
 
