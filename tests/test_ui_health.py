@@ -155,6 +155,31 @@ def test_problems_list_names_the_failing_dependency_and_opens_it(page, incident)
     page.clean()
 
 
+def test_incident_edge_panel_shows_when_the_failures_began(page, incident):
+    """The problems list's worst edge of the incident, clicked: its panel's sparkline is red from the
+    incident's start on, and not before (this view is static/screenshot.png)."""
+    inc = incident.incident
+    page.open(incident.url + f"/?at={incident.at}&window={incident.window}")
+    item = page.page.locator("#problems-edges li").first
+    assert item.get_attribute("data-target") == inc["service"]
+    item.click()
+    browser.wait_for(page.page, "window.phobos.ready && window.phobos.edge && window.phobos.edge.series"
+                                " && window.phobos.edge.pairs", 30)
+    minutes = _sparkline(page)
+    start = inc["ts"] // 60 * 60
+    from tracer.records import format_ts
+    before = [m for m in minutes if m["t"] < format_ts(start)]
+    during = [m for m in minutes if m["t"] >= format_ts(start)]
+    assert len(minutes) == 60 and len(during) == 5
+    assert sum(m["failures"] for m in before) <= 0.01 * sum(m["connects"] for m in before), before
+    assert all(m["red"] and m["failures"] >= 0.3 * m["connects"] for m in during), during
+    page.page.mouse.move(5, 300)  # no tooltip over the picture
+    browser.wait_for(page.page, "window.phobos.tooltip === null", 5)
+    time.sleep(1.0)  # particles in flight
+    page.shot("29-incident-edge")
+    page.clean()
+
+
 def test_problem_edge_click_selects_the_edge(page, fx):
     at, window = fx.fx.AT, fx.fx.WINDOW
     page.open(fx.url + f"/?at={at}&window={window}")
