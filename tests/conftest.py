@@ -3,12 +3,13 @@
 Lanes (marks declared in setup.cfg)::
 
     .venv/bin/python -m pytest                                    # everything (CI)
-    .venv/bin/python -m pytest -m "not bpf and not kafka and not browser and not slow"
+    .venv/bin/python -m pytest -m "not bpf and not kafka and not browser and not slow and not netns"
 
-The second is the fast lane: no root, no Kafka broker, no browser, nothing
-that takes more than a few seconds.  ``bpf`` tests need root and a kernel that
-loads BPF programs, ``kafka`` ones the broker of tests/kafka.py, ``browser``
-ones Debian's Chromium.
+The second is the fast lane: no root, no Kafka broker, no browser, no network
+namespaces, nothing that takes more than a few seconds.  ``bpf`` tests need
+root and a kernel that loads BPF programs, ``kafka`` ones the broker of
+tests/kafka.py, ``browser`` ones Debian's Chromium, ``netns`` ones root,
+iproute2 and nftables.
 
 A missing component goes through :func:`require`: the test is skipped with the
 reason locally and fails when ``CI=true``, where a skip would hide a gap.  A
@@ -18,7 +19,9 @@ mark, so the fast lane cannot pick it up by accident.
 
 chDB runs one data directory per process, so every test module shares one
 directory (opened for the module's lifetime) and each test gets a database
-of its own in it: tests stay isolated without reopening the engine.
+of its own in it: tests stay isolated without reopening the engine.  That
+database is a copy of one the module migrated once (tests/schema_copy.py):
+migrating each test's database anew took most of the fast lane's set-up time.
 """
 
 from __future__ import annotations
@@ -101,13 +104,26 @@ def chdb_dir(tmp_path_factory):
     anchor.close()
 
 
+@pytest.fixture(scope="module")
+def store_template(chdb_dir):
+    """The module's migrated database that each test's ``store`` copies; tests leave it alone."""
+    from api.storage import open_store
+    from schema_copy import TEMPLATE
+
+    s = open_store(f"chdb://{chdb_dir}?database={TEMPLATE}", role="pytest")
+    s.migrate()
+    yield s
+    s.close()
+
+
 @pytest.fixture
-def store(chdb_dir, request):
+def store(chdb_dir, store_template, request):
     """A migrated store in a fresh database of the module's chDB directory."""
     from api.storage import open_store
+    from schema_copy import copy_database
 
     name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
     s = open_store(f"chdb://{chdb_dir}?database={name}", role="pytest")
-    s.migrate()
+    copy_database(s, store_template.db, name)
     yield s
     s.close()
