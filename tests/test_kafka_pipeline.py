@@ -101,6 +101,8 @@ def test_end_to_end_counts_are_exact(kafka_broker, store, tmp_path):
     prefix = fresh_prefix()
     init_topics(kafka_broker.bootstrap, prefix, partitions=3)
     records = stream(20_000)
+    for r in records[::7]:  # health fields on some, as a newer tracer beside older ones
+        r.update(handshakes=2, handshake_us_sum=900, handshake_hist=[2] + [0] * 31, retransmits=1, aborts=1)
     lis = [listener(host=f"host-{i}", port=8000 + i) for i in range(4)]
     sinks = [make_sink(kafka_broker, prefix, tmp_path, host=f"host-{h}", records_per_message=250) for h in range(4)]
     for start in range(0, len(records), 1000):  # ten-second intervals of four hosts
@@ -117,6 +119,10 @@ def test_end_to_end_counts_are_exact(kafka_broker, store, tmp_path):
     ingest = consume(store, kafka_broker, prefix, expect=len(records) + 4)
     assert ingest.counts["rejected"] == 0
     assert totals(store) == expected(records, listeners=4)
+    n = len(records[::7])
+    assert store.query(f"SELECT sum(handshakes), sum(handshake_us_sum), sum(retransmits), sum(aborts) "
+                       f"FROM {store.db}.connections")[0] == (2 * n, 900 * n, n, n)
+    assert store.query(f"SELECT sumForEachMerge(handshake_hist) FROM {store.db}.edges_1h")[0][0] == [2 * n] + [0] * 31
     stats = ingest.stats()
     assert stats["accepted"] == len(records) + 4
 
@@ -311,6 +317,11 @@ def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
     # a third of the records in the form with the optional NAT fields, the rest without (older tracers)
     for r in good[::3]:
         r.update(nat_ip="10.96.0.10", nat_port=80)
+    # a fourth with health fields (the tracer's optional ones since sql/008_health.sql)
+    hist = [0] * 32
+    hist[3], hist[20] = 2, 1
+    for r in good[1::4]:
+        r.update(handshakes=3, handshake_us_sum=1_500_000, handshake_hist=hist, retransmits=4, aborts=1)
     for start in range(0, len(good), 100):
         producer.produce(topics["connections"], b"\n".join(json.dumps(r).encode() for r in good[start:start + 100]))
     bad = [b"garbage{", json.dumps(connection(pid="abc")).encode(), json.dumps(connection(v=2)).encode(),
@@ -321,7 +332,9 @@ def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
            json.dumps(connection(pid=9)).replace('"comm": "curl"', '"comm": "\\ud800"').encode(),
            json.dumps(connection(pid=10)).replace('"comm": "curl"', '"comm": "\xff"').encode("latin-1"),
            json.dumps(connection(local_ip="fe80::1%eth0")).encode(),
-           json.dumps(connection(nat_ip="nope", nat_port=80)).encode(), json.dumps(connection(nat_port=70000)).encode()]
+           json.dumps(connection(nat_ip="nope", nat_port=80)).encode(), json.dumps(connection(nat_port=70000)).encode(),
+           json.dumps(connection(handshakes=1, handshake_hist=[1] * 33)).encode(),
+           json.dumps(connection(handshakes=1, handshake_hist=[-1] + [0] * 31)).encode()]
     for value in bad:
         producer.produce(topics["connections"], value)
     producer.produce(topics["listeners"], json.dumps(listener()).encode())
@@ -345,12 +358,24 @@ def test_kafka_engine_server_mode_end_to_end_on_chdb(kafka_broker, store):
         assert reasons[6].startswith("unreadable message") and reasons[7].startswith("unreadable message")
         assert "not valid UTF-8" in reasons[8] and "not an IP address" in reasons[9]
         assert "nat_ip is not an IP address" in reasons[10] and "too large" in reasons[11]
+        assert "'handshake_hist' must hold 32 numbers or none" in reasons[12] and "negative" in reasons[13]
+        # health reaches the raw table and the rollups, the histogram bucket by bucket
+        with_health = good[1::4]
+        want = (3 * len(with_health), 4 * len(with_health), len(with_health))
+        assert store.query(f"SELECT sum(handshakes), sum(retransmits), sum(aborts) FROM {store.db}.connections")[0] \
+            == want
+        (m_hs, m_rt, m_ab, m_hist), = store.query(
+            f"SELECT sum(handshakes), sum(retransmits), sum(aborts), sumForEachMerge(handshake_hist) "
+            f"FROM {store.db}.edges_1m")
+        assert (m_hs, m_rt, m_ab) == want and m_hist == [2 * len(with_health) * (i == 3) + len(with_health) * (i == 20)
+                                                          for i in range(32)]
         nat = store.query(f"SELECT toString(nat_ip), nat_port, count() FROM {store.db}.connections "
                           f"GROUP BY nat_ip, nat_port ORDER BY nat_port")
         assert nat == [("::", 0, 200), ("::ffff:10.96.0.10", 80, 100)]
         kept = [json.loads(r[0]) for r in store.query(f"SELECT raw FROM {store.db}.dead_letters "
                                                       f"WHERE reason LIKE '%too large%'")]
-        assert sorted(str(r["nat_port"]) for r in kept) == ["70000", "None"]  # absent: null
+        # the port out of range, and the negative count and histogram bucket without NAT fields (absent: null)
+        assert sorted(str(r["nat_port"]) for r in kept) == ["70000", "None", "None"]
         offsets = store.query(f"SELECT count(), max(offset) FROM {store.db}.kafka_offsets FINAL "
                               "WHERE topic = {t:String}", {"t": topics["connections"]})[0]
         assert offsets == (3 + len(bad), 2 + len(bad))
