@@ -134,6 +134,10 @@ class Page:
         self.dialogs: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        # Vizceral warns through console.warn; SwiftShader's own GPU notes are the browser's, not the page's.
+        self.warnings: list[str] = []
+        self.page.on("console", lambda m: m.type == "warning" and not m.text.startswith("[.WebGL")
+                     and self.warnings.append(m.text))
 
         def on_dialog(dialog):
             self.dialogs.append(dialog.message)
@@ -369,7 +373,7 @@ def test_another_areas_service_opens_in_its_own_area(page, fx):
     # INTERNET has no area of its own: it opens where it was double-clicked.
     page.open(fx.url + f"/?area=shop&service=INTERNET&at={fx.fx.AT}&window=600")
     assert page.js("window.phobos.view") == ["shop", "INTERNET"]
-    assert page.errors == []
+    assert page.errors == [] and page.warnings == []
 
 
 def test_service_view_colours_peers_by_area_as_the_legend_says(page, fx):
@@ -381,7 +385,7 @@ def test_service_view_colours_peers_by_area_as_the_legend_says(page, fx):
     assert drawn["nodes"]["h-web"] == "area"
     assert page.page.locator("#legend").inner_text().startswith("service of this area")
     page.shot("03c-service-web-peers")
-    assert page.errors == []
+    assert page.errors == [] and page.warnings == []
 
 
 def test_impact_highlights_the_upstream_set(page, fx):
@@ -415,7 +419,7 @@ def test_impact_highlights_the_upstream_set(page, fx):
     dim = browser.wait_for(page.page, "(() => { const d = window.phobos.drawnDimming();"
                                       " return d && d.selected && d.nodes.redis ? d : null; })()", 10)
     assert {n for n, dimmed in dim["nodes"].items() if dimmed} == {"redis"}, dim
-    assert page.errors == []
+    assert page.errors == [] and page.warnings == []
 
 
 def test_search_jumps_to_the_node(page, fx):

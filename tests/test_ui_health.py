@@ -32,14 +32,7 @@ RED = (214, 69, 69)
 
 
 class HealthPage(Page):
-    """A page that also records the console's warnings (Vizceral warns through console.warn)."""
-
-    def __init__(self, context):
-        super().__init__(context)
-        self.warnings: list[str] = []
-        # SwiftShader's own GPU notes are the browser's, not the page's.
-        self.page.on("console", lambda m: m.type == "warning" and not m.text.startswith("[.WebGL")
-                     and self.warnings.append(m.text))
+    """A page that also checks the console's warnings (``Page`` records them)."""
 
     def clean(self) -> None:
         assert self.errors == [], self.errors
