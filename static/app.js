@@ -1051,8 +1051,10 @@ async function showEdge(conn) {
 // The edge's connects and failures per minute over the hour before the time shown,
 // so a failing edge says whether it began failing a minute ago or long before.
 // In a service's view the API names an instance by itself (the node's name may
-// carry the service to tell it from a peer); a group of instances has no series.
+// carry the service to tell it from a peer); a group of nodes has no series.
 function seriesQuery(conn, edge) {
+  // "N more" stands for many nodes, each with its own series.
+  if ([conn.source, conn.target].some((n) => ((n && n.metadata) || {}).grouped)) return null;
   if (!state.area) return { level: 'areas', source: edge.source, target: edge.target };
   if (!state.service) return { level: 'area', source: edge.source, target: edge.target };
   const ends = [conn.source, conn.target].map((n) => {
