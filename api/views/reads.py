@@ -35,6 +35,8 @@ from tracer.records import add_handshake_hists
 
 __all__ = [
     "graph_rows",
+    "stored_minutes",
+    "live_minutes",
     "resolved_until",
     "window_state",
     "WindowState",
@@ -49,7 +51,8 @@ __all__ = [
 ]
 
 def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str], catalog: CatalogIndex, *,
-                 dc: str | None, svc: str | None) -> dict[tuple, list[int]]:
+                 dc: str | None, svc: str | None, where_more: tuple[str, ...] = (),
+                 params_more: dict[str, Any] | None = None, by_minute: bool = False) -> dict[tuple, list[int]]:
     """Sums of a resolved table over ``[win.start, end)`` by the view's ``keys``,
     with the catalog applied here to the rows kept as addresses (one lookup
     per distinct address, in Python: cheaper than per row in SQL).
@@ -57,14 +60,18 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
     ClickHouse groups by no more than the keys need (datacenters only when
     ``keys`` hold them) and sums the addresses no catalog range holds into
     one, so a 500-service fleet's five minutes come back as some six
-    hundred rows, not the two thousand of every client address apart."""
+    hundred rows, not the two thousand of every client address apart.
+
+    ``where_more`` (with ``params_more``) narrows the rows read; with
+    ``by_minute`` each key starts with its minute (epoch seconds)."""
     db = store.db
     inst = table == "resolved_1m"
     s_addr, d_addr = ("s_inst", "d_inst") if inst else ("s_addr", "d_addr")
     dcs = "s_dc" in keys
-    by_dc = keys == ["s_dc", "d_dc"] and svc is None
+    by_dc = keys == ["s_dc", "d_dc"] and svc is None and not by_minute
     where = ["ts >= toDateTime({t0:UInt32}, 'UTC')", "ts < toDateTime({t1:UInt32}, 'UTC')"]
-    params: dict[str, Any] = {"t0": win.start, "t1": end}
+    params: dict[str, Any] = {"t0": win.start, "t1": end, **(params_more or {})}
+    where += where_more
     if dc:
         where.append("(s_dc = {dc:String} OR d_dc = {dc:String})")
         params["dc"] = dc
@@ -91,17 +98,18 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
     # (as the empty address) rather than returned one row per address.
     params["bounds"] = catalog.bounds
     ranged = "arrayExists(r -> toIPv6OrDefault({a}) BETWEEN r.1 AND r.2, bounds)"
+    minute = "toUInt32(ts), " if by_minute else ""
     rows = store.query(
         f"""WITH arrayMap(x -> (toIPv6(x.1), toIPv6(x.2)), {{bounds:Array(Tuple(String, String))}}) AS bounds
-        SELECT toString(s_kind), s_name, {s_dc}, sa, toString(d_kind), d_name, {d_dc}, da, dp, {_STORED_SUMS}
+        SELECT {minute}toString(s_kind), s_name, {s_dc}, sa, toString(d_kind), d_name, {d_dc}, da, dp, {_STORED_SUMS}
         FROM (
-          SELECT s_kind, s_name, s_dc, d_kind, d_name, d_dc, n, open_seconds, connects, failures, bytes,
+          SELECT ts, s_kind, s_name, s_dc, d_kind, d_name, d_dc, n, open_seconds, connects, failures, bytes,
                  handshakes, handshake_us_sum, retransmits, aborts, handshake_hist,
                  if(s_kind = 'addr' AND NOT {ranged.format(a=s_addr)}, '', {s_addr}) AS sa,
                  d_kind = 'addr' AND NOT {ranged.format(a=d_addr)} AS d_far,
                  if(d_far, '', {d_addr}) AS da, if(d_far, 0, d_port) AS dp
           FROM {db}.{table} WHERE {' AND '.join(where)})
-        GROUP BY s_kind, s_name, {s_dc}, sa, d_kind, d_name, {d_dc}, da, dp HAVING sum(n) > 0""",
+        GROUP BY {minute}s_kind, s_name, {s_dc}, sa, d_kind, d_name, {d_dc}, da, dp HAVING sum(n) > 0""",
         params)
     sources: dict[str, tuple[str, str, str]] = {}
     servers: dict[tuple[str, int], tuple[str, str, str]] = {}
@@ -109,7 +117,8 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
     out: dict[tuple, list[int]] = {}
     # Where each key sits in (s_kind, s_name, s_area, s_dc, d_kind, d_name, d_area, d_dc, s_inst, d_inst).
     picks = [_ROW_KEYS.index(k) for k in keys]
-    for sk, sn, sdc, sa, dk, dn, ddc, da, port, *values in rows:
+    for row in rows:
+        sk, sn, sdc, sa, dk, dn, ddc, da, port, *values = row[1:] if by_minute else row
         if sk == "service":
             s_area = areas.get(sn)
             if s_area is None:
@@ -132,6 +141,8 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
             continue
         full = (*s, sdc, *d, ddc, sa, da)
         key = tuple(full[i] for i in picks)
+        if by_minute:
+            key = (int(row[0]), *key)
         sums = out.get(key)
         if sums is None:
             out[key] = values
@@ -164,6 +175,29 @@ _VALUES = """
 
 def _params(win: Window, slack: int, **extra: Any) -> dict[str, Any]:
     return {"t0": win.start, "t1": win.end, "secs": float(win.seconds), "slack": int(slack), **extra}
+
+
+def stored_minutes(store: Store, win: Window, end: int, keys: list[str], catalog: CatalogIndex, *,
+                   instances: bool, dc: str | None, svc: str | None, where: tuple[str, ...] = (),
+                   params: dict[str, Any] | None = None) -> dict[tuple, dict[str, Any]]:
+    """The stage's rows of ``[win.start, end)`` by minute and ``keys``, the
+    catalog applied as ``graph_rows`` applies it (``instances``: from the
+    instance-level table): ``(minute, *key) -> {open_seconds, connects, ...}``."""
+    table = "resolved_1m" if instances else "resolved_svc_1m"
+    return {key: dict(zip(_STORED_NAMES, sums)) for key, sums in _stored_rows(
+        store, table, win, end, keys, catalog, dc=dc, svc=svc, where_more=where, params_more=params,
+        by_minute=True).items()}
+
+
+def live_minutes(store: Store, win: Window, keys: dict[str, str], *, slack: int,
+                 where: str, params: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+    """``(minute, open_seconds, connects, failures)`` of the rows of ``win``
+    resolved now (catalog included) that meet ``where``: an SQL condition on
+    the resolved columns and on ``keys`` (name -> SQL expression over them)."""
+    named = ", ".join(f"{sql} AS {name}" for name, sql in keys.items())
+    return [(int(ts), int(os_), int(cn), int(fl)) for ts, os_, cn, fl in store.query(
+        f"SELECT toUInt32(ts), sum(os), sum(cn), sum(fl) FROM (SELECT *, {named} FROM ({resolved_sql(store.db, win)})) "
+        f"WHERE {where} GROUP BY ts", {**_params(win, slack), **params})]
 
 
 def resolved_until(store: Store, win: Window) -> int:

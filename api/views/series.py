@@ -14,6 +14,7 @@ an address is); the minutes the stage has not reached are resolved on the
 spot (``api.resolution.tcp.resolved_sql``, catalog included) and summed by
 minute the same way.
 
+The SQL is ``api.views.reads``' (``stored_minutes``, ``live_minutes``).
 Cost: one or two queries.  Only rows that can belong to the edge are read
 (rows of its two ends, and the addresses, which may turn out to be either),
 so an area edge of a 500-service fleet is a few thousand rows for the hour.
@@ -23,10 +24,11 @@ Calls that only traces saw have no connects and are not part of a series.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from api.catalog.lookups import UNASSIGNED, CatalogIndex, catalog_index
-from api.resolution.tcp import Window, resolved_sql
+from api.resolution.tcp import Window
+from api.views import reads
 from api.views.context import ViewContext
 from api.views.params import ViewParams
 from tracer.records import format_ts
@@ -39,10 +41,6 @@ LEVELS = ("areas", "area", "service")
 
 STEP = 60
 
-#: A resolved row with the catalog applied: (s_kind, s_name, s_area, s_inst, d_kind, d_name, d_area, d_inst).
-Ends = tuple[str, str, str, str, str, str, str, str]
-
-
 @dataclass(frozen=True)
 class Edge:
     """A drawn edge: ``source -> target`` at ``level`` (``service``: the open service of a service's view)."""
@@ -52,15 +50,15 @@ class Edge:
     level: str
     service: str | None = None
 
-    def key(self, ends: Ends) -> tuple[str, str]:
-        """The drawn edge a row belongs to, named as the view names its ends."""
-        sk, sn, sa, si, dk, dn, da, di = ends
+    def key(self, row: Mapping[str, str]) -> tuple[str, str]:
+        """The drawn edge a row (its ``_KEYS``) belongs to, named as the view names its ends."""
         if self.level == "areas":
-            return sa, da
+            return row["s_area"], row["d_area"]
         if self.level == "area":
-            return sn, dn
+            return row["s_name"], row["d_name"]
         # The open service's side is its instance, the other side the peer.
-        return (si if sn == self.service else sn), (di if dn == self.service else dn)
+        return (row["s_inst"] if row["s_name"] == self.service else row["s_name"],
+                row["d_inst"] if row["d_name"] == self.service else row["d_name"])
 
 
 def edge_series(ctx: ViewContext, p: ViewParams, edge: Edge, minutes: int = 60) -> dict[str, Any]:
@@ -126,65 +124,30 @@ def _side_filter(edge: Edge, side: str, name: str, catalog: CatalogIndex, params
     return f"({cond})"
 
 
+#: The keys of the rows a level's drawn edges are named by.
+_KEYS = {"areas": ["s_area", "d_area"], "area": ["s_name", "d_name"],
+         "service": ["s_name", "s_inst", "d_name", "d_inst"]}
+
+
 def _stored(ctx: ViewContext, win: Window, split: int, edge: Edge, catalog: CatalogIndex, dc: str | None,
             sums: dict[int, list[int]]) -> None:
     """Add the minutes ``[win.start, split)`` from the stage's tables to ``sums``."""
-    db = ctx.store.db
-    inst = edge.level == "service"
-    table = "resolved_1m" if inst else "resolved_svc_1m"
-    s_addr, d_addr = ("s_inst", "d_inst") if inst else ("s_addr", "d_addr")
-    params: dict[str, Any] = {"t0": win.start, "t1": split, "bounds": catalog.bounds}
-    where = ["ts >= toDateTime({t0:UInt32}, 'UTC')", "ts < toDateTime({t1:UInt32}, 'UTC')"]
-    if inst:
-        params["svc"] = edge.service
-        where.append("(s_name = {svc:String} OR d_name = {svc:String} OR s_kind = 'addr' OR d_kind = 'addr')")
-        s_side, d_side = (f"({c}_kind = 'addr' OR {c}_name = {{svc:String}} OR {c}_name = {{{c}_n:String}})"
-                          for c in ("s", "d"))
+    params: dict[str, Any] = {}
+    if edge.level == "service":
+        # The open service's rows (graph_rows' filter), and of those the ones with the edge's other end.
         params.update(s_n=edge.source, d_n=edge.target)
+        where = tuple(f"({c}_kind = 'addr' OR {c}_name = {{svc:String}} OR {c}_name = {{{c}_n:String}})"
+                      for c in ("s", "d"))
     else:
-        s_side = _side_filter(edge, "s", edge.source, catalog, params)
-        d_side = _side_filter(edge, "d", edge.target, catalog, params)
-    where += [s_side, d_side]
-    if dc:
-        where.append("(s_dc = {dc:String} OR d_dc = {dc:String})")
-        params["dc"] = dc
-    if catalog.sources:
-        # The traced clients' connections seen again at the server through its
-        # virtual address: left out as graph_rows leaves them out.
-        where.append(f"NOT (s_kind = 'addr' AND d_kind = 'service' AND arrayExists("
-                     f"r -> toIPv6OrDefault({s_addr}) BETWEEN r.1 AND r.2 AND r.3 = d_name, "
-                     "arrayMap(x -> (toIPv6(x.1), toIPv6(x.2), x.3), {vsources:Array(Tuple(String, String, String))})))")
-        params["vsources"] = catalog.source_bounds
-    ranged = "arrayExists(r -> toIPv6OrDefault({a}) BETWEEN r.1 AND r.2, bounds)"
-    # Addresses in no catalog range are all INTERNET: summed as the empty address.
-    rows = ctx.store.query(
-        f"""WITH arrayMap(x -> (toIPv6(x.1), toIPv6(x.2)), {{bounds:Array(Tuple(String, String))}}) AS bounds
-        SELECT toUInt32(ts), toString(s_kind), s_name, sa, toString(d_kind), d_name, da, dp,
-               sum(open_seconds), sum(connects), sum(failures)
-        FROM (
-          SELECT ts, s_kind, s_name, d_kind, d_name, n, open_seconds, connects, failures,
-                 if(s_kind = 'addr' AND NOT {ranged.format(a=s_addr)}, '', {s_addr}) AS sa,
-                 d_kind = 'addr' AND NOT {ranged.format(a=d_addr)} AS d_far,
-                 if(d_far, '', {d_addr}) AS da, if(d_far, 0, d_port) AS dp
-          FROM {db}.{table} WHERE {' AND '.join(where)})
-        GROUP BY ts, s_kind, s_name, sa, d_kind, d_name, da, dp HAVING sum(n) > 0""",
-        params)
-    named: dict[tuple[str, str, int | None], tuple[str, str, str]] = {}
-
-    def end(kind: str, name: str, addr: str, port: int | None) -> tuple[str, str, str]:
-        if kind == "service":
-            return "service", name, catalog.area(name)
-        got = named.get((kind, addr, port))
-        if got is None:
-            got = named[(kind, addr, port)] = catalog.address(addr, port)
-        return got
-
+        where = (_side_filter(edge, "s", edge.source, catalog, params),
+                 _side_filter(edge, "d", edge.target, catalog, params))
+    keys = _KEYS[edge.level]
     want = (edge.source, edge.target)
-    for ts, sk, sn, sa, dk, dn, da, dp, os_, cn, fl in rows:
-        s = end(sk, sn, sa, None)
-        d = end(dk, dn, da, dp)
-        if edge.key((*s, sa, *d, da)) == want:
-            _add(sums, int(ts), os_, cn, fl)
+    for (ts, *key), values in reads.stored_minutes(
+            ctx.store, win, split, keys, catalog, instances=edge.level == "service", dc=dc,
+            svc=edge.service if edge.level == "service" else None, where=where, params=params).items():
+        if edge.key(dict(zip(keys, key))) == want:
+            _add(sums, ts, values["open_seconds"], values["connects"], values["failures"])
 
 
 # -- minutes the stage has not reached ----------------------------------------------------
@@ -199,19 +162,17 @@ _LIVE_KEYS: dict[str, Callable[[str], str]] = {
 def _live(ctx: ViewContext, win: Window, edge: Edge, dc: str | None, sums: dict[int, list[int]]) -> None:
     """Add the minutes of ``win`` resolved now, the catalog applied in the query, to ``sums``."""
     key = _LIVE_KEYS[edge.level]
-    params: dict[str, Any] = {"t0": win.start, "t1": win.end, "slack": ctx.listener_slack,
-                              "src": edge.source, "dst": edge.target}
-    where = f"{key('s')} = {{src:String}} AND {key('d')} = {{dst:String}}"
+    params: dict[str, Any] = {"src": edge.source, "dst": edge.target}
+    where = "drawn_s = {src:String} AND drawn_d = {dst:String}"
     if edge.level == "service":
         params["svc"] = edge.service
         where += " AND (s_name = {svc:String} OR d_name = {svc:String})"
     if dc:
         params["dc"] = dc
         where += " AND (s_dc = {dc:String} OR d_dc = {dc:String})"
-    for ts, os_, cn, fl in ctx.store.query(
-            f"SELECT toUInt32(ts), sum(os), sum(cn), sum(fl) FROM ({resolved_sql(ctx.store.db, win)}) "
-            f"WHERE {where} GROUP BY ts", params):
-        _add(sums, int(ts), os_, cn, fl)
+    for ts, os_, cn, fl in reads.live_minutes(ctx.store, win, {"drawn_s": key("s"), "drawn_d": key("d")},
+                                              slack=ctx.listener_slack, where=where, params=params):
+        _add(sums, ts, os_, cn, fl)
 
 
 def _add(sums: dict[int, list[int]], ts: int, os_: int, cn: int, fl: int) -> None:
