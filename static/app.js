@@ -964,6 +964,10 @@ const bytesText = (v) => {
   return `${i ? x.toFixed(1) : x.toFixed(0)} ${units[i]}`;
 };
 
+const msText = (v) => (v === null || v === undefined ? '–' : v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${v.toFixed(v < 10 ? 2 : 0)} ms`);
+// What made an edge unhealthy (api/views/health.py assess).
+const REASONS = { failures: 'failed connects', handshake: 'slow handshakes', retransmits: 'retransmits' };
+
 // The figures of an edge, from what the API sent in its metadata: one list for
 // the tooltip and the panel, so both say the same.
 function edgeFigures(meta) {
@@ -974,6 +978,16 @@ function edgeFigures(meta) {
     ['bytes', bytesText(meta.bytes)],
     ['seen by', SEEN_BY[meta.provenance] || meta.provenance || ''],
   ];
+  // Health beyond failures, where the tracer measured it (older tracers send none).
+  if (meta.handshakes) {
+    out.push(['handshake', `p50 ${msText(meta.handshake_p50_ms)}, p95 ${msText(meta.handshake_p95_ms)} `
+      + `(${meta.handshakes} timed)`]);
+  }
+  if (meta.retransmits) {
+    out.push(['retransmits', `${meta.retransmits} (${pct(meta.retransmit_ratio)} of segments)`]);
+  }
+  if (meta.aborts) out.push(['aborted', `${meta.aborts} (reset or timed out)`]);
+  if ((meta.reasons || []).length) out.push(['why', meta.reasons.map((r) => REASONS[r] || r).join(', ')]);
   if (meta.calls) {
     out.push(['calls/s', fmt(meta.call_rate || 0, 3)]);
     out.push(['call errors', `${pct(meta.call_errors / meta.calls)} (${meta.call_errors} of ${meta.calls})`]);
@@ -1291,7 +1305,8 @@ function renderLegend(meta) {
   const h = meta.health;
   if (!h) return;
   $('legend-danger').textContent = `failing (≥ ${pct(h.danger_ratio)} of connects)`;
-  $('legend-warning').textContent = `degraded (≥ ${pct(h.warning_ratio)})`;
+  $('legend-warning').textContent = `degraded (≥ ${pct(h.warning_ratio)}, handshake p95 ≥ `
+    + `${msText(h.warning_handshake_p95_ms)} or ≥ ${pct(h.warning_retransmit_ratio)} retransmitted)`;
 }
 
 function closePanel() {

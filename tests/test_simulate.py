@@ -361,3 +361,29 @@ def test_live_mode_stops_cleanly_on_sigterm(store_path, stores):
     store = stores("sim_live")
     seconds = store.query(f"SELECT uniqExact(ts), count() FROM {store.db}.listeners")[0]
     assert seconds[0] >= 1 and seconds[1] == 3 * seconds[0]
+
+
+def test_handshakes_are_timed_and_slow_only_into_a_failing_service(run_a):
+    from tracer.records import handshake_quantile
+
+    store, summary = run_a
+    db = store.db
+    # every connect that got through was timed, at the client only
+    timed, established, inbound = store.query(
+        f"SELECT sumIf(handshakes, direction = 'outbound'), sumIf(connects - failures, direction = 'outbound'), "
+        f"sumIf(handshakes, direction = 'inbound') FROM {db}.connections")[0]
+    assert timed == established > 0 and inbound == 0
+    incidents = [e for e in summary.events if e["kind"] == "incident"]
+    inside = " OR ".join(f"(toUnixTimestamp(ts) >= {e['ts']} AND toUnixTimestamp(ts) < {e['end']})" for e in incidents)
+    quiet = store.query(f"SELECT sumForEachMerge(handshake_hist), sum(retransmits) FROM {db}.edges_1m "
+                        f"WHERE NOT ({inside})")[0]
+    assert handshake_quantile(quiet[0], 0.95) < 10_000 and quiet[1] == 0
+    # into the failing service a share of the connects lost their first SYN: a second, and a retransmit
+    for e in incidents:
+        hist, retransmits = store.query(
+            f"SELECT sumForEachMerge(c.handshake_hist), sum(c.retransmits) FROM {db}.edges_1m AS c "
+            f"INNER JOIN (SELECT DISTINCT ip, port FROM {db}.listeners WHERE service = {{s:String}}) AS l "
+            f"ON c.remote_ip = l.ip AND c.remote_port = l.port "
+            f"WHERE c.direction = 'outbound' AND toUnixTimestamp(c.ts) >= {e['ts']} "
+            f"AND toUnixTimestamp(c.ts) < {e['end']}", {"s": e["service"]})[0]
+        assert handshake_quantile(hist, 0.95) >= 1_000_000 and retransmits > 0

@@ -166,6 +166,13 @@ def test_incident_edge_panel_shows_when_the_failures_began(page, incident):
     assert len(minutes) == 60 and len(during) == 5
     assert sum(m["failures"] for m in before) <= 0.01 * sum(m["connects"] for m in before), before
     assert all(m["red"] and m["failures"] >= 0.3 * m["connects"] for m in during), during
+    # the connects that got through lost SYNs: the panel says what they cost, as the API does
+    figures = dict(row.split("\t", 1) for row in page.page.locator("#edge-figures tr").all_inner_texts()
+                   if "\t" in row)
+    meta = page.page.evaluate("window.phobos.edge.meta")
+    assert meta["handshake_p95_ms"] >= 1000 and meta["retransmits"] > 0
+    assert figures["handshake"].startswith(f"p50 ") and "p95 1." in figures["handshake"], figures
+    assert figures["retransmits"].startswith(f"{meta['retransmits']} ("), figures
     page.page.mouse.move(5, 300)  # no tooltip over the picture
     browser.wait_for(page.page, "window.phobos.tooltip === null", 5)
     time.sleep(1.0)  # particles in flight

@@ -23,7 +23,9 @@ Load model: pooled connections (databases, caches, queues, gRPC) keep a pool
 open and reconnect rarely; HTTP-style callers open short connections at a
 rate that follows a diurnal sinusoid over the UTC day (low at 03:00, high at
 15:00) with per-pair noise.  Incidents make one service's clients fail
-connects and lose open connections; deploys move a service's pods to new
+connects and lose open connections (and many of the connects that get
+through lose their first SYN: a 1 s handshake and a retransmit; otherwise a
+pair's handshakes take its usual few hundred microseconds); deploys move a service's pods to new
 addresses and may add or remove an edge.  ``simulate`` returns (and ``run``
 prints) the list of these events.
 
@@ -61,7 +63,7 @@ from api.simulation.fleet import (
 from api.storage import DEFAULT_STORE_URL, Store
 from tracer import timestamps
 from tracer.catalog import parse_catalog
-from tracer.records import CONNECTION_FIELDS, LISTENER_FIELDS, VERSION, format_ts
+from tracer.records import CONNECTION_FIELDS, HANDSHAKE_BUCKETS, HANDSHAKE_MIN_LOG2, LISTENER_FIELDS, VERSION, format_ts
 
 __all__ = [
     "SimConfig",
@@ -122,6 +124,10 @@ class _EpochArrays:
         self.dur_ms = f.p_dur_ms[act]
         self.req = f.p_req_bytes[act]
         self.ratio = f.p_resp_ratio[act]
+        # Each pair's usual handshake time (a round trip and the server's
+        # accept), fixed per pair: a few hundred microseconds, a few ms for some.
+        base = np.random.default_rng([f.config.seed, 0x4853]).lognormal(np.log(400.0), 0.7, len(f.p_client))
+        self.hs_us = base[act]
         self.port = f.p_port[act]
         self.out = self.client >= 0
         self.inb = self.server >= 0
@@ -163,6 +169,12 @@ def _interval(fleet: Fleet, ea: _EpochArrays, ts: int) -> dict[str, np.ndarray]:
         attempts[fi] += rng.poisson(np.where(ea.pooled[fi], ea.pool[fi] * 2.0, lam[fi] * 0.5))
         failures[fi] = rng.binomial(attempts[fi], 0.6)
     established = attempts - failures
+    # A connect that got through an overloaded server often lost its first
+    # SYN: it took the client's 1 s retransmission timeout, and the SYN
+    # counts as a retransmitted segment.
+    slow = np.zeros(n, dtype=np.int64)
+    if len(fi):
+        slow[fi] = rng.binomial(established[fi], 0.4)
     short = ~ea.pooled
     open_ = np.where(short, rng.poisson(established * (ea.dur_ms / 1000.0) / cfg.interval), open_)
     if len(fi):
@@ -179,7 +191,7 @@ def _interval(fleet: Fleet, ea: _EpochArrays, ts: int) -> dict[str, np.ndarray]:
         "idx": keep, "connects": attempts[keep], "failures": failures[keep],
         "accepts": established[keep], "closes": closes[keep], "open": open_[keep],
         "duration": duration[keep], "sent": sent[keep], "received": received[keep],
-        "in_rip": in_rip[keep],
+        "in_rip": in_rip[keep], "slow": slow[keep], "hs_us": ea.hs_us[keep],
     }
 
 
@@ -251,12 +263,43 @@ def connection_table(fleet: Fleet, ea: _EpochArrays, parts: list[tuple[int, dict
         "direction": pa.DictionaryArray.from_arrays(pa.array(direction), pa.array(["outbound", "inbound"])),
         "local_ip": pa.array(ep.ip[slot]),
     })
-    # The simulated fleet has no NAT and reports no health figures: the
-    # optional fields keep their defaults.
+    # The simulated fleet has no NAT: those optional fields keep their defaults.
     cols.update({f.name: pa.repeat(pa.scalar(list(f.default) if f.kind == "uints" else f.default,
                                              _OPTIONAL_TYPES[f.kind]), n)
                  for f in CONNECTION_FIELDS if f.optional})
+    cols.update(_health_columns(c["accepts"][o], c["slow"][o], c["hs_us"][o], n))
     return pa.table({f.name: cols[f.name] for f in CONNECTION_FIELDS})
+
+
+def _hs_bucket(us: np.ndarray) -> np.ndarray:
+    """tracer.records.handshake_bucket over an array."""
+    us = np.maximum(us.astype(np.int64), 1)
+    n = np.floor(np.log2(us)).astype(np.int64)
+    b = 2 * (n - HANDSHAKE_MIN_LOG2) + ((us >> np.maximum(n - 1, 0)) & 1) + 1
+    return np.where(us < (1 << HANDSHAKE_MIN_LOG2), 0, np.minimum(b, HANDSHAKE_BUCKETS - 1))
+
+
+def _health_columns(handshakes: np.ndarray, slow: np.ndarray, base_us: np.ndarray, n: int) -> dict[str, pa.Array]:
+    """The clients' handshakes (the first ``len(handshakes)`` rows, outbound) and the
+    SYNs they retransmitted; the servers' rows after them report none."""
+    n_o = len(handshakes)
+    fast = handshakes - slow
+    slow_us = base_us + 1_000_000
+    timed = np.flatnonzero(handshakes > 0)
+    values = np.zeros(len(timed) * HANDSHAKE_BUCKETS, dtype=np.uint32)
+    row = np.arange(len(timed)) * HANDSHAKE_BUCKETS
+    np.add.at(values, row + _hs_bucket(base_us[timed]), fast[timed].astype(np.uint32))
+    np.add.at(values, row + _hs_bucket(slow_us[timed]), slow[timed].astype(np.uint32))
+    lengths = np.zeros(n, dtype=np.int32)
+    lengths[timed] = HANDSHAKE_BUCKETS
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    pad = np.zeros(n - n_o, dtype=np.int64)
+    return {
+        "handshakes": pa.array(np.concatenate([handshakes, pad]).astype(np.uint64)),
+        "handshake_us_sum": pa.array(np.concatenate([np.rint(fast * base_us + slow * slow_us), pad]).astype(np.uint64)),
+        "handshake_hist": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+        "retransmits": pa.array(np.concatenate([slow, pad]).astype(np.uint64)),
+    }
 
 
 def listener_table(fleet: Fleet, ea: _EpochArrays, stamps: list[int]) -> pa.Table:
