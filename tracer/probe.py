@@ -112,6 +112,10 @@ CLOCK_MONOTONIC_COARSE = 6  # Linux; the time module does not name it
 DROP_NAMES = _slot_names(BPF_CONSTANTS, "DROP_")
 STAT_NAMES = _slot_names(BPF_CONSTANTS, "STAT_")
 CONFIG_NAMES = _slot_names(BPF_CONSTANTS, "CFG_")
+HS_BUCKETS = BPF_CONSTANTS["HS_BUCKETS"]
+#: The counters of struct edge_val summed over the CPUs' copies at a drain.
+_EDGE_SUMS = ("connects", "accepts", "closes", "failures", "open_delta", "duration_jiffies_sum", "bytes_sent",
+              "bytes_received", "retransmits", "aborts", "handshakes", "handshake_ns_sum")
 
 
 def tick_ns() -> int:
@@ -772,13 +776,22 @@ class Probe:
         return EdgeKey(netns=k.netns, pid=k.pid, direction=DIRECTIONS.get(k.direction, "outbound"),
                        local_ip=_ip(k.laddr), local_port=k.lport, remote_ip=_ip(k.raddr), remote_port=k.rport)
 
-    def _edge_val(self, v) -> dict[str, Any]:
-        return {"connects": v.connects, "accepts": v.accepts, "closes": v.closes, "failures": v.failures,
-                "open_delta": v.open_delta, "duration_ns_sum": v.duration_jiffies_sum * self.tick_ns,
-                "bytes_sent": v.bytes_sent, "bytes_received": v.bytes_received,
-                "retransmits": v.retransmits, "aborts": v.aborts, "handshakes": v.handshakes,
-                "handshake_us_sum": v.handshake_ns_sum // 1000, "handshake_hist": list(v.handshake_hist),
-                "comm": v.comm.decode(errors="replace")}
+    def _edge_val(self, per_cpu) -> dict[str, Any]:
+        """One edge's values summed over the CPUs' copies (the task name: the copy that has one)."""
+        out: dict[str, Any] = dict.fromkeys(_EDGE_SUMS, 0)
+        hist = [0] * HS_BUCKETS
+        comm = b""
+        for v in per_cpu:
+            for name in _EDGE_SUMS:
+                out[name] += getattr(v, name)
+            for i, n in enumerate(v.handshake_hist):
+                hist[i] += n
+            comm = comm or v.comm
+        out["duration_ns_sum"] = out.pop("duration_jiffies_sum") * self.tick_ns
+        out["handshake_us_sum"] = out.pop("handshake_ns_sum") // 1000
+        out["handshake_hist"] = hist
+        out["comm"] = comm.decode(errors="replace")
+        return out
 
     # -- listeners -----------------------------------------------------------
     def listeners(self) -> list[dict[str, Any]]:
