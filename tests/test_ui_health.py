@@ -122,7 +122,8 @@ def test_incident_minute_draws_red_edges_and_a_red_area(page, incident):
     red = _red_pixels(canvas)
     assert red > 300, red
     legend = page.page.locator("#legend").inner_text()
-    assert "failing (≥ 5.0% of connects)" in legend and "degraded (≥ 1.0%)" in legend
+    assert "failing (≥ 5.0% of connects)" in legend
+    assert "degraded (≥ 1.0%, handshake p95 ≥ 500 ms or ≥ 2.0% retransmitted)" in legend
     page.clean()
 
 
@@ -204,6 +205,9 @@ def test_hover_and_click_an_edge_show_the_api_figures(page, fx):
     want = {"open": f"{meta['open']:.2f}", "new/s": f"{meta['conn_rate']:.3f}",
             "failed": f"{_pct(meta['failure_ratio'])} ({meta['failures']:g} of {meta['connects']:g})",
             "bytes": f"{meta['bytes']:g} B", "seen by": "TCP"}
+    # why it is unhealthy, as the API says it (the fixture's tracers measured no handshakes)
+    assert meta["reasons"] == ["failures"] and not meta["handshakes"]
+    want["why"] = "failed connects"
 
     latencies = []
     for _ in range(3):
