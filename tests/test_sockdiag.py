@@ -176,3 +176,32 @@ def test_a_namespace_that_cannot_be_read_is_counted_and_skipped(failing):
             raise failing
     ot = OpenTotals(lambda: {TUPLE: Followed(OUT, True, True)}, Broken())
     assert ot.adjust([]) == [] and ot.stats["namespace_errors"] >= 1
+
+
+def test_a_namespace_first_seen_in_the_kernels_counters_is_read_at_once():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Key:
+        netns: int
+        pid: int
+
+    other = NS + 1
+    edge = Key(other, 42)
+    known: dict = {TUPLE: Followed(Key(NS, 7), True, True)}
+    reads: list = []
+
+    def followed():
+        reads.append(1)
+        return dict(known)
+    reader = Reader()
+    reader.sockets[NS] = [sock(1 + 100, 0)]
+    ot = OpenTotals(followed, reader)
+    ot.adjust([])
+    ot.adjust([])
+    assert len(reads) == 1  # every socket it sees is known: no reason to read the map again
+    # a pod starts: its connect is in the kernel's counters, its socket in the map
+    known[(other, "10.0.0.1", 40000, "10.0.0.2", 80)] = Followed(edge, True, True)
+    reader.sockets[other] = [sock(1 + 500, 0)]
+    extra = ot.adjust([(edge, {"connects": 1})])
+    assert len(reads) == 2 and extra == [(edge, {"bytes_sent": 500, "bytes_received": 0, "retransmits": 0})]

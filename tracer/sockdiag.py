@@ -272,8 +272,11 @@ class OpenTotals:
         bytes and retransmits since the last drain, and the credit taken
         back from the closes in ``drained`` (negative, never below them)."""
         started = time.monotonic()
-        namespaces = {key[0] for key, r in self._reported.items()} | set(self._pids)
-        if not namespaces or not self._known:
+        namespaces = {key[0] for key in self._reported} | set(self._pids)
+        # A namespace the last map read did not know (a new pod) shows first
+        # in the kernel's counters: read the map again to learn how to enter it.
+        active = {getattr(edge, "netns", None) for edge, _ in drained} - {None}
+        if not namespaces or not self._known or active - set(self._pids):
             self._refresh()
             namespaces |= set(self._pids)
         dumps: dict[int, list[SocketTotals]] = {}
