@@ -205,3 +205,22 @@ def test_a_namespace_first_seen_in_the_kernels_counters_is_read_at_once():
     reader.sockets[other] = [sock(1 + 500, 0)]
     extra = ot.adjust([(edge, {"connects": 1})])
     assert len(reads) == 2 and extra == [(edge, {"bytes_sent": 500, "bytes_received": 0, "retransmits": 0})]
+
+
+def test_a_namespace_of_short_lived_connections_does_not_cost_a_map_read_each_drain():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Key:
+        netns: int
+        pid: int
+
+    busy = Key(NS + 2, 9)   # its connections open and close within each interval: never in the map
+    reads: list = []
+    reader = Reader()
+    reader.sockets[NS] = [sock(1 + 100, 0)]
+    ot = OpenTotals(lambda: reads.append(1) or {TUPLE: Followed(Key(NS, 7), True, True)}, reader)
+    ot.adjust([])
+    for _ in range(2 * CREDIT_DRAINS):
+        ot.adjust([(busy, {"connects": 5, "closes": 5})])
+    assert len(reads) == 1 + 2  # the first read, then one per CREDIT_DRAINS drains for the busy namespace

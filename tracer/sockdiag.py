@@ -266,6 +266,8 @@ class OpenTotals:
     _known: Mapping[tuple, Followed] = field(default_factory=dict)
     # sockets a map read did not know: not worth another read each drain
     _unfollowed: set[tuple[int, int]] = field(default_factory=set)
+    _drains: int = 0
+    _tried: dict[int, int] = field(default_factory=dict)   # netns -> drain of the last read for it
 
     def adjust(self, drained: list[tuple[Any, Mapping[str, Any]]]) -> list[tuple[Any, dict[str, int]]]:
         """Entries to add to one drain's ``[(edge, values)]``: open connections'
@@ -275,9 +277,15 @@ class OpenTotals:
         namespaces = {key[0] for key in self._reported} | set(self._pids)
         # A namespace the last map read did not know (a new pod) shows first
         # in the kernel's counters: read the map again to learn how to enter it.
+        # One whose connections are all short-lived may hold none at a read:
+        # it is looked for again only every CREDIT_DRAINS drains.
+        self._drains += 1
         active = {getattr(edge, "netns", None) for edge, _ in drained} - {None}
-        if not namespaces or not self._known or active - set(self._pids):
+        new = {ns for ns in active - set(self._pids)
+               if self._drains - self._tried.get(ns, -CREDIT_DRAINS) >= CREDIT_DRAINS}
+        if not namespaces or not self._known or new:
             self._refresh()
+            self._tried.update(dict.fromkeys(new, self._drains))
             namespaces |= set(self._pids)
         dumps: dict[int, list[SocketTotals]] = {}
         for netns in sorted(namespaces):

@@ -1,4 +1,4 @@
-"""Health: an edge's class from its failures, handshake time and retransmits; nodes the worst of what they hold; the problems list.
+"""Health: an edge's class from its failures, handshake time and retransmits; nodes the worst; the problems list.
 
 An edge is ``danger`` from ``danger`` failed connects out of every attempt
 (``PHOBOS_DANGER_RATIO``), ``warning`` from ``warning``
