@@ -37,17 +37,22 @@ pytestmark = [pytest.mark.bpf, pytest.mark.slow]
 
 PORT = 7400
 
-# argv: port, then per connection: read N bytes, send M bytes, close
-# (with "rst": SO_LINGER 0, a reset instead of a FIN).
-SERVER = r"""
+# The listening half of every server script: port from argv[1], "ready" once listening.
+LISTEN = r"""
 import socket, struct, sys
-port, n_in, n_out, count, how = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+port = int(sys.argv[1])
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("0.0.0.0", port))
 srv.listen(128)
 srv.settimeout(60)
 print("ready", flush=True)
+"""
+
+# argv: port, then per connection: read N bytes, send M bytes, close
+# (with "rst": SO_LINGER 0, a reset instead of a FIN).
+SERVER = LISTEN + r"""
+n_in, n_out, count, how = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 for _ in range(count):
     c, _ = srv.accept()
     c.settimeout(60)
@@ -270,15 +275,8 @@ def test_a_reset_counts_as_an_abort_on_both_ends(hosts, probe):
 
 # One pooled connection in two steps: the client sends and receives, waits
 # for a line on stdin, does it again, waits, then closes.
-POOLED_SERVER = r"""
-import socket, sys
-port, steps = int(sys.argv[1]), [tuple(map(int, s.split(":"))) for s in sys.argv[2:]]
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", port))
-srv.listen(1)
-srv.settimeout(60)
-print("ready", flush=True)
+POOLED_SERVER = LISTEN + r"""
+steps = [tuple(map(int, s.split(":"))) for s in sys.argv[2:]]
 c, _ = srv.accept()
 c.settimeout(60)
 for n_in, n_out in steps:
