@@ -16,6 +16,7 @@ ClickHouse server too::
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Mapping
@@ -81,6 +82,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
+    if not app.config.get("TESTING"):
+        # A serving process is long-lived: what it holds once built (modules,
+        # the app, the store's bindings: some 60,000 objects) is moved out of
+        # the collector's way, so a full collection in the middle of a request
+        # takes ~0.5 ms instead of ~21 ms (500-service fleet, bench_api.py).
+        gc.freeze()
     return app
 
 
