@@ -146,17 +146,23 @@ def transfer(hosts, port: int, n_out: int, n_back: int, count: int, how: str = "
     return done
 
 
+def side_of(key, hosts, port: int) -> str | None:
+    """``outbound`` for the client's edge of ``port``, ``inbound`` for the server's, else None."""
+    client_host, server_host = hosts
+    if key.direction == "outbound" and key.netns == client_host.netns and key.remote_port == port:
+        return "outbound"
+    if key.direction == "inbound" and key.netns == server_host.netns and key.local_port == port:
+        return "inbound"
+    return None
+
+
 def edge_totals(probe, hosts, port: int) -> dict[str, dict]:
     """The drained counters of the client's outbound and the server's inbound edge of ``port``."""
-    client_host, server_host = hosts
     time.sleep(0.3)  # the last closes run in softirq after the processes exit
     out: dict[str, dict] = {}
     for key, vals in probe.drain():
-        if key.direction == "outbound" and key.netns == client_host.netns and key.remote_port == port:
-            side = "outbound"
-        elif key.direction == "inbound" and key.netns == server_host.netns and key.local_port == port:
-            side = "inbound"
-        else:
+        side = side_of(key, hosts, port)
+        if side is None:
             continue
         acc = out.setdefault(side, {"handshake_hist": [0] * records.HANDSHAKE_BUCKETS})
         for name, value in vals.items():
@@ -323,11 +329,8 @@ def test_an_open_connection_reports_its_bytes_at_each_drain_and_its_close_counts
         with_open: dict = {}
         for into, items in ((kernel, drained), (with_open, whole)):
             for key, vals in items:
-                if key.direction == "outbound" and key.netns == client_host.netns and key.remote_port == port:
-                    side = "outbound"
-                elif key.direction == "inbound" and key.netns == server_host.netns and key.local_port == port:
-                    side = "inbound"
-                else:
+                side = side_of(key, hosts, port)
+                if side is None:
                     continue
                 have = into.get(side, (0, 0))
                 into[side] = (have[0] + vals.get("bytes_sent", 0), have[1] + vals.get("bytes_received", 0))

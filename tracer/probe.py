@@ -827,35 +827,37 @@ class Probe:
             pass
         yield from table.items()
 
+    def _followed(self, seeded: bool) -> Iterable[tuple[tuple, Any]]:
+        """(netns, local ip, local port, remote ip, remote port) and edge entry of
+        the open connections in the socket map (established) or the seeded map."""
+        if seeded:
+            for k, v in self._items(self.bpf["seeded"]):
+                yield (k.netns, _ip(k.laddr), k.lport, _ip(k.raddr), k.rport), v.edge
+        else:
+            for _, st in self._items(self.bpf["socks"]):
+                if st.established:
+                    yield (st.edge.netns, _ip(st.edge.laddr), st.sport, _ip(st.edge.raddr), st.dport), st.edge
+
     def tracked_tuples(self) -> set[tuple]:
         """(netns, local ip, local port, remote ip, remote port) the kernel already follows."""
-        out = set()
-        for _, st in self._items(self.bpf["socks"]):
-            if st.established:
-                out.add((st.edge.netns, _ip(st.edge.laddr), st.sport, _ip(st.edge.raddr), st.dport))
-        return out
+        return {t for t, _ in self._followed(seeded=False)}
+
+    def seeded_tuples(self) -> set[tuple]:
+        """Tuples in the seeded map: connections followed by 4-tuple whose close is still to come."""
+        return {t for t, _ in self._followed(seeded=True)}
 
     def followed_sockets(self) -> dict[tuple, Any]:
-        """Open connections the kernel follows, by (netns, local ip, local port,
-        remote ip, remote port): their edge, and whether their close adds their
+        """Open connections the kernel follows, by their tuple (``tracked_tuples``,
+        ``seeded_tuples``): their edge, and whether their close adds their
         totals (``tracer.sockdiag.Followed``; not for seeded ones)."""
         from tracer.sockdiag import Followed  # noqa: PLC0415 - only when open connections' bytes are read
 
         out: dict[tuple, Any] = {}
-        for _, st in self._items(self.bpf["socks"]):
-            if st.established:
-                edge = self._edge_key(st.edge)
-                out[(edge.netns, edge.local_ip, st.sport, edge.remote_ip, st.dport)] = \
-                    Followed(edge, edge.direction == "outbound", True)
-        for k, v in self._items(self.bpf["seeded"]):
-            edge = self._edge_key(v.edge)
-            out[(k.netns, _ip(k.laddr), k.lport, _ip(k.raddr), k.rport)] = \
-                Followed(edge, edge.direction == "outbound", False)
+        for seeded in (False, True):
+            for tup, raw in self._followed(seeded):
+                edge = self._edge_key(raw)
+                out[tup] = Followed(edge, edge.direction == "outbound", not seeded)
         return out
-
-    def seeded_tuples(self) -> set[tuple]:
-        """Tuples in the seeded map: connections followed by 4-tuple whose close is still to come."""
-        return {(k.netns, _ip(k.laddr), k.lport, _ip(k.raddr), k.rport) for k, _ in self._items(self.bpf["seeded"])}
 
     def seed_connection(self, tuple_: tuple, edge: EdgeKey, comm: str) -> bool:
         netns, lip, lport, rip, rport = tuple_

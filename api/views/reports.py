@@ -52,11 +52,8 @@ def _deps(rows: Iterable[Mapping[str, Any]], service: str, side: str, t: health.
 
 def _total(rows: Iterable[Mapping[str, Any]], side: str, service: str) -> dict[str, Any]:
     """The values of every row with ``service`` at ``side``, summed into one edge's."""
-    edge = graph.Edge(service, side)
-    for r in rows:
-        if r[f"{side}_name"] == service:
-            edge.add(r)
-    return edge.values
+    edges = graph.contract([r for r in rows if r[f"{side}_name"] == service], lambda r, s: service)
+    return edges.get((service, service), graph.Edge(service, service)).values
 
 
 def _traced_calls(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
