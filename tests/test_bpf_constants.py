@@ -74,9 +74,34 @@ def test_directions():
 
 
 def test_config_slots_used_by_the_probe_exist():
-    assert {"CFG_GEN", "CFG_SEEDING"} <= set(C)
-    assert max(C["CFG_GEN"], C["CFG_SEEDING"]) < C["CFG_SLOTS"]
+    assert "CFG_SEEDING" in C and C["CFG_SEEDING"] < C["CFG_SLOTS"]
     assert "BPF_ARRAY(config, u32, CFG_SLOTS);" in SOURCE.read_text()
+    assert "edges_created" in probe.STAT_NAMES  # read by Probe._refresh_ids
+
+
+def test_socket_table_has_room_for_max_socks_in_whole_buckets():
+    ways = C["SOCK_WAYS"]
+    assert ways * 8 == 64, "a bucket's owner words fill one cache line"
+    for max_socks in (1, 4, 512, 4096, 65536, 100_000, 1 << 20):
+        bits = probe.sock_bucket_bits(max_socks)
+        assert bits >= 1
+        assert (1 << bits) * ways >= max_socks > (1 << (bits - 1)) * ways or bits == 1
+    assert probe.sock_bucket_bits(C["MAX_SOCKS"]) == C["SOCK_BUCKET_BITS"]  # the C default fits the default
+
+
+def test_struct_mirror_of_ctypes_layouts():
+    import ctypes as ct
+
+    class Val(ct.Structure):
+        _fields_ = [("a", ct.c_ulonglong), ("b", ct.c_longlong), ("c", ct.c_uint * 3), ("d", ct.c_int)]
+
+    assert probe._ctype_format(Val) == "<Qq3Ii"
+
+    class Padded(ct.Structure):
+        _fields_ = [("a", ct.c_ubyte), ("b", ct.c_ulonglong)]
+
+    with pytest.raises(probe.ProbeError):
+        probe._ctype_format(Padded)
 
 
 def test_map_sizes_are_the_defaults_of_the_probe_and_of_the_agent_flags(monkeypatch):

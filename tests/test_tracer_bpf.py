@@ -535,7 +535,7 @@ def test_full_socket_map_counts_drops_and_reconciles_the_open_gauge(bpf_ready):
     assert summary["map_drops"]["socks"] >= 5000 - 512 - 50, summary
     assert summary["reconciliations"] >= 2 and summary["reconciled_connections"] >= 5000 - 512 - 50, summary
     assert summary["map_drops"]["seeded"] == 0 and summary["missed_events"] == 0, summary
-    warnings = [line for line in agent.stderr if "socks full" in line]
+    warnings = [line for line in agent.stderr if "socket table full" in line]
     assert warnings and "--max-socks" in warnings[0]
     assert len(warnings) == 1  # rate-limited: one a minute
     # Nothing lost on the test's own edge: every socket the map refused was seeded while open.
@@ -546,10 +546,12 @@ def test_full_socket_map_counts_drops_and_reconciles_the_open_gauge(bpf_ready):
 
 
 def test_entry_whose_close_was_missed_is_taken_back_when_its_address_is_reused(bpf_ready):
-    """A socket-map entry left behind by a close the program never saw (the kernel skips a
+    """A socket-table entry left behind by a close the program never saw (the kernel skips a
     tracing program that would recurse) is found when the kernel reuses the socket's address
-    for a new connection, and its open count is taken back."""
-    from tracer.probe import Probe
+    for a new connection: its open count is taken back and its edge id let go."""
+    import ctypes as ct
+
+    from tracer.probe import EdgeKey, Probe
 
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(affinity)})  # the freed socket is reused from this CPU's slab
@@ -562,19 +564,37 @@ def test_entry_whose_close_was_missed_is_taken_back_when_its_address_is_reused(b
         port = srv.getsockname()[1]
         c = socket.create_connection(("127.0.0.1", port))
         a, _ = srv.accept()
-        socks = probe.bpf["socks"]
-        mine = [(k, v) for k, v in socks.items() if v.edge.direction == 1 and v.sport == c.getsockname()[1]]
+        mine = [(b, w) for b, w, st in probe.socket_entries()
+                if st["outbound"] and st["sport"] == c.getsockname()[1]]
         assert len(mine) == 1, mine
-        key, leaf = mine[0]
+        bucket, way = mine[0]
+        socks = probe.bpf["socks"]
+        leaf = socks[ct.c_int(bucket)]
+        owner = leaf.sk[way]
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST: freed at once
         c.close()
         a.close()
         deadline = time.monotonic() + 5
-        while key in socks and time.monotonic() < deadline:
+        while socks[ct.c_int(bucket)].sk[way] == owner and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert key not in socks
-        leaf.edge.rport = 1  # put the entry back as if its close had been missed, on an edge of its own
-        socks[key] = leaf
+        assert socks[ct.c_int(bucket)].sk[way] != owner
+        # Put the entry back as if its close had been missed, on an edge of its own that it holds.
+        stale = EdgeKey(netns=0, pid=os.getpid(), direction="outbound", local_ip="127.0.0.1", local_port=0,
+                        remote_ip="127.0.0.1", remote_port=1)
+        eid = probe.bpf["edge_free"].pop().value
+        probe.bpf["edge_ids"][probe._id_key(stale)] = ct.c_uint32(eid)
+        counters = probe.bpf["edges"]
+        held = counters.Leaf()
+        held[0].held = 1
+        held[0].open_delta = 1
+        counters[ct.c_int(eid)] = held
+        now = socks[ct.c_int(bucket)]
+        assert now.sk[way] == 0
+        now.sk[way] = owner
+        now.st[way] = leaf.st[way]
+        now.st[way].edge = eid
+        socks[ct.c_int(bucket)] = now
+        probe._refresh_ids(force=True)
         probe.drain()
         for _ in range(500):  # bounded: the kernel normally reuses the address at the first try
             c = socket.create_connection(("127.0.0.1", port))
@@ -583,14 +603,69 @@ def test_entry_whose_close_was_missed_is_taken_back_when_its_address_is_reused(b
             if probe.stats()["missed_closes"]:
                 break
         assert probe.stats()["missed_closes"] == 1
-        stale = [v for k, v in probe.drain() if k.remote_port == 1 and k.pid == os.getpid()]
-        assert [v["open_delta"] for v in stale] == [-1]
+        assert [v["open_delta"] for k, v in probe.drain() if k == stale] == [-1]
+        assert sum(cpu.held for cpu in counters[ct.c_int(eid)]) == 0  # nothing holds its id now
     finally:
         for s in kept:
             s.close()
         srv.close()
         probe.close()
         os.sched_setaffinity(0, affinity)
+
+
+def test_edge_ids_are_retired_and_handed_out_again_without_losing_a_count(bpf_ready):
+    """240 edges through a program with 63 edge ids: an edge idle for a few drains gives its id
+    back, a retired edge seen again gets a new id, and every connect, accept and close of each
+    edge is counted once."""
+    from collections import Counter
+
+    from tracer.probe import Probe
+
+    probe = Probe(mode="tracepoint", max_edges=64)
+    listeners = []
+    seen: Counter = Counter()
+    made: Counter = Counter()
+    mine = os.getpid()
+    try:
+        def drain() -> None:
+            for key, v in probe.drain():
+                if key.pid != mine:
+                    continue
+                port = key.remote_port if key.direction == "outbound" else key.local_port
+                for name in ("connects", "accepts", "closes", "open_delta"):
+                    seen[(key.direction, port, name)] += v[name]
+
+        for rnd in range(12):
+            fresh = []
+            for _ in range(10):  # ten new servers a round: twenty new edges (each end)
+                srv = socket.socket()
+                srv.bind(("127.0.0.1", 0))
+                srv.listen(16)
+                listeners.append(srv)
+                fresh.append(srv)
+            # the first round's first server every round: its edges are retired and come back
+            for srv in fresh + ([listeners[0]] if rnd else []):
+                port = srv.getsockname()[1]
+                c = socket.create_connection(("127.0.0.1", port))
+                a, _ = srv.accept()
+                c.close()
+                a.close()
+                made[port] += 1
+            time.sleep(0.05)
+            for _ in range(5):
+                drain()
+        assert probe.drops()["edges"] == 0
+        for port, n in made.items():
+            assert seen[("outbound", port, "connects")] == n, port
+            assert seen[("inbound", port, "accepts")] == n, port
+            assert seen[("outbound", port, "closes")] == seen[("inbound", port, "closes")] == n, port
+            assert seen[("outbound", port, "open_delta")] == seen[("inbound", port, "open_delta")] == 0
+        assert probe.stats()["edges_created"] >= 2 * len(made) + 2 * 11  # the first server's edges, again
+        assert len(probe._edges) < 63
+    finally:
+        for srv in listeners:
+            srv.close()
+        probe.close()
 
 
 def test_followed_sockets_match_the_proc_snapshot_so_reconciliation_never_counts_them_twice(bpf_ready):

@@ -341,6 +341,17 @@ def test_preflight_passes_on_a_complete_host(tmp_path):
     assert preflight.run_checks(**_good_dirs(tmp_path)) == []
 
 
+def test_preflight_kernel_version(tmp_path):
+    assert preflight.check_kernel("6.18.44-fc-v1300") is None
+    assert preflight.check_kernel("5.12.0") is None
+    old = preflight.check_kernel("5.10.0-28-amd64")
+    assert old is not None and "5.12" in old.what and "5.10.0-28-amd64" in old.what
+    assert preflight.check_kernel("4.19.0") is not None
+    assert preflight.check_kernel("weird") is None  # not a version: the load itself will say
+    problems = preflight.run_checks(**{**_good_dirs(tmp_path), "release": "5.4.0-150-generic"})
+    assert any("5.12" in p.what for p in problems)
+
+
 def test_preflight_privileges():
     assert preflight.check_privileges(1000, {preflight.CAP_BPF, preflight.CAP_PERFMON}) is None
     problem = preflight.check_privileges(1000, {preflight.CAP_BPF})
@@ -697,7 +708,7 @@ def test_socket_map_drops_trigger_one_reconciliation_that_seeds_only_unfollowed(
     assert out and out[0]["open"] == 1 and out[0]["connects"] == 0
     assert m.map_drops["socks"] == 5 and 'phobos_tracer_map_full_drops_total{map="socks"} 5' in m.render()
     assert "phobos_tracer_reconciliations_total 1" in m.render()
-    socks_warnings = [r for r in caplog.records if "socks full" in r.getMessage()]
+    socks_warnings = [r for r in caplog.records if "socket table full" in r.getMessage()]
     assert len(socks_warnings) == 1 and "--max-socks" in socks_warnings[0].getMessage()
 
     agent.drain(10)  # no new drops: no new reconciliation
@@ -708,7 +719,7 @@ def test_socket_map_drops_trigger_one_reconciliation_that_seeds_only_unfollowed(
     with caplog.at_level("WARNING", logger="phobos.tracer"):
         agent.drain(10)
     assert (m.reconciliations, m.reconciled_connections, m.open_connections) == (2, 1, 4)
-    assert not [r for r in caplog.records if "socks full" in r.getMessage()]
+    assert not [r for r in caplog.records if "socket table full" in r.getMessage()]
     assert agent.summary()["map_drops"]["socks"] == 9 and agent.summary()["reconciliations"] == 2
 
 

@@ -18,7 +18,7 @@ How often it runs: one wake-up per interval, whatever the connection rate;
 the work per wake-up grows with the number of distinct edges, never with the
 number of connections (the kernel aggregates).
 
-Losses are counted, reported and repaired: a full kernel socket map
+Losses are counted, reported and repaired: a full kernel socket table
 (``--max-socks``) refuses new sockets, each refusal is counted
 (``map_drops.socks``), and the next drain reconciles with the kernel's
 socket list - the same /proc read as the start-up snapshot - so that every
@@ -29,7 +29,7 @@ a minute per kind), ``/metrics`` and the summary line at exit.
 
 Cost of a reconciliation: one /proc read (every process's fd directory and
 tcp/tcp6 of each network namespace, about 1.5 s for 72,000 sockets here)
-plus a batched read of the socket map (0.1 s for 65,536 entries); it runs
+plus a batched read of the socket table (0.1 s for 65,536 entries); it runs
 only after new drops and at most a tenth of the time (the next one waits
 ten times the last one's duration).  Size ``--max-socks`` so that it never
 runs: above the host's peak of TCP sockets, all namespaces.
@@ -37,7 +37,7 @@ runs: above the host's peak of TCP sockets, all namespaces.
 Caveats: start-up compiles the BPF program (about two seconds of clang);
 ``--mode auto`` may try fentry and kprobes first and log why they failed.
 On SIGINT/SIGTERM the agent drains once more so the last partial interval
-is not lost.  A socket the full map refused and that closed before the next
+is not lost.  A socket the full table refused and that closed before the next
 reconciliation has its connect or accept counted but not its close (the
 open gauge is right either way).  Open connections beyond ``--max-socks``
 plus the seeded map's 65,536 are not counted (``map_drops.seeded``).
@@ -90,7 +90,7 @@ WARN_EVERY_S = 60.0   # at most one warning per kind of loss per minute
 SIZING = ("size --max-socks above the peak number of TCP sockets on the host, all network namespaces "
           "(\"alloc\" in /proc/net/sockstat is a safe upper bound)")
 LOSS_TEXT = {
-    "socks": "kernel map socks full ({max_socks} entries): {value} sockets not followed so far (+{new}); "
+    "socks": "kernel socket table full ({max_socks} entries): {value} sockets not followed so far (+{new}); "
              "their connects/accepts are counted, their closes only if a reconciliation finds them open; "
              + SIZING,
     "seeded": "kernel map seeded full: {value} open connections not counted so far (+{new}); " + SIZING,
@@ -133,9 +133,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="records a network sink keeps while its target is down; oldest dropped beyond "
              "[PHOBOS_MAX_QUEUE, default 100000]")
     add("--max-edges", type=int, default=_env("MAX_EDGES"),
-        help="kernel edge map size per generation [PHOBOS_MAX_EDGES, default 16384]")
+        help="edges the kernel counts at once (distinct process, direction, addresses and server port; an edge idle for three drains gives its slot back) [PHOBOS_MAX_EDGES, default 16384]")
     add("--max-socks", type=int, default=_env("MAX_SOCKS"),
-        help="kernel per-socket map size: one entry per TCP socket from connect or completed handshake "
+        help="kernel socket table size (rounded up to a power of two): one entry per TCP socket from connect "
+             "or completed handshake "
              "to close (not listeners, not TIME_WAIT; both ends of a local connection count); size it "
              "above the host's peak of TCP sockets in all network namespaces (\"alloc\" in "
              "/proc/net/sockstat is a safe upper bound). Sockets beyond it are counted as "
@@ -200,8 +201,8 @@ class Agent:
         """Repair the open gauges after the kernel could not follow some sockets.
 
         The same /proc read as at start-up: every open connection the kernel
-        follows neither in its socket map nor in the seeded map (refused by a
-        full socket map, or its accept missed) is seeded, so it counts as open
+        follows neither in its socket table nor in the seeded map (refused by a
+        full socket table, or its accept missed) is seeded, so it counts as open
         now and its close is counted when it comes.
         """
         started = time.monotonic()
@@ -213,7 +214,7 @@ class Agent:
         m.last_reconcile_s = took
         # Bounded cost: at most a tenth of the time goes to reconciling.
         self._next_reconcile = time.monotonic() + 10 * took
-        log.info("reconciled with the kernel's socket list in %.3f s: %d open connections the socket map "
+        log.info("reconciled with the kernel's socket list in %.3f s: %d open connections the socket table "
                  "could not follow are now counted", took, result["connections"])
         return result
 
@@ -290,7 +291,7 @@ class Agent:
         started = time.monotonic()
         losses = self._losses()
         # Sockets the kernel could not follow since the last reconciliation:
-        # refused by the full socket map, or state changes it never saw.
+        # refused by the full socket table, or state changes it never saw.
         unfollowed = losses["socks"] + losses["missed_events"]
         if unfollowed > self._reconciled_at and started >= self._next_reconcile:
             self._reconciled_at = unfollowed

@@ -80,7 +80,7 @@ class TracerMetrics:
                "Times the open gauges were reconciled with the kernel's socket list after drops.",
                [(None, self.reconciliations)])
         metric("phobos_tracer_reconciled_connections_total", "counter",
-               "Open connections the socket map could not follow, counted by reconciliation.",
+               "Open connections the socket table could not follow, counted by reconciliation.",
                [(None, self.reconciled_connections)])
         metric("phobos_tracer_last_reconcile_duration_seconds", "gauge", "Duration of the last reconciliation.",
                [(None, f"{self.last_reconcile_s:.6f}")])

@@ -1,8 +1,10 @@
 """Prerequisite checks for the tracer, each with a message that says the fix.
 
 What it checks, in order: privileges (root, or CAP_BPF + CAP_PERFMON, or
-CAP_SYS_ADMIN), BCC's Python module, kernel headers for the running kernel
-(BCC compiles against ``/lib/modules/$(uname -r)/build``), tracefs mounted,
+CAP_SYS_ADMIN), BCC's Python module, the kernel's version (5.12 or later:
+the program claims socket-table entries with BPF compare-and-swap), kernel
+headers for the running kernel (BCC compiles against
+``/lib/modules/$(uname -r)/build``), tracefs mounted,
 the ``sock:inet_sock_set_state`` tracepoint, and kernel BTF (for the struct
 offsets).  Each check is a function of paths and values so tests can point
 it at fake directories; ``run_checks`` collects every problem at once so an
@@ -22,7 +24,7 @@ from typing import Callable, Iterable
 
 from tracer.settings import TRACER_SETTINGS
 
-__all__ = ["Problem", "check_privileges", "check_bcc", "check_headers", "check_tracefs",
+__all__ = ["Problem", "check_privileges", "check_bcc", "check_kernel", "check_headers", "check_tracefs",
            "check_tracepoint", "check_btf", "run_checks", "effective_caps", "format_problems"]
 
 CAP_SYS_ADMIN = 21
@@ -30,6 +32,8 @@ CAP_PERFMON = 38
 CAP_BPF = 39
 CAP_SYS_RESOURCE = 24
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+#: BPF atomics (compare-and-swap, exchange) on map values: Linux 5.12.
+MIN_KERNEL = (5, 12)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,19 @@ def check_bcc(importer: Callable[[], object] | None = None) -> Problem | None:
     except Exception:  # ProbeError or ImportError
         return Problem("BCC is not installed (Python module 'bcc' not found)",
                        "apt-get install python3-bpfcc bpfcc-tools (never 'pip install bcc', an unrelated package)")
+
+
+def check_kernel(release: str) -> Problem | None:
+    """Linux 5.12 or later; a release that does not start with a version is let through."""
+    parts = release.split("-", 1)[0].split(".")
+    try:
+        version = (int(parts[0]), int(parts[1]))
+    except (IndexError, ValueError):
+        return None
+    if version >= MIN_KERNEL:
+        return None
+    return Problem(f"kernel {release} is too old: the tracer's BPF program uses atomic compare-and-swap "
+                   "on map values (Linux 5.12 or later)", "run a kernel of version 5.12 or later")
 
 
 def check_headers(release: str, modules_dir: str = "/lib/modules") -> Problem | None:
@@ -145,6 +162,7 @@ def run_checks(
     problems = [
         check_privileges(euid, caps),
         check_bcc(bcc_importer),
+        check_kernel(release),
         check_headers(release, modules_dir),
         check_tracefs(tracefs_candidates),
     ]

@@ -19,12 +19,14 @@ directions, map sizes) are read from its ``#define`` lines at import, so the
 C file is their one source.
 
 Cost: compiling takes a second or two of CPU at start-up (clang); after that
-the only work is one drain per interval: flip the generation index, wait a
-few milliseconds for programs still running on the old generation, then
-look up and delete each edge of the old generation (one syscall per edge,
-independent of how many connections the edge saw).  Reconciliation (only
-after the socket map refused sockets) reads the socket and seeded maps in
-batches of 4096 entries per syscall.
+the only work is one drain per interval: a walk of the edge-id map when the
+kernel handed out ids since the last drain, one batched read of the edges'
+counters per 512 ids (their range stays low: freed ids are handed out
+first), and per edge a hash of its bytes, summed over the CPUs only when it
+moved - independent of how many connections the edge saw.  Retiring an
+idle edge is two syscalls, giving its id back two more.  Reading the socket
+table (reconciliation, and the open connections' totals) reads its buckets
+in batches of 1024 per syscall.
 
 Caveats: modes other than ``tracepoint`` need kprobes or BPF trampolines;
 kernels built without kprobes or locked down refuse them, and the error says
@@ -70,9 +72,10 @@ log = logging.getLogger("phobos.tracer.probe")
 MODES = ("auto", "tracepoint", "kprobe", "fentry")
 BPF_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "phobos.c")
 STATE_TRACEPOINT = "inet_sock_set_state"
-# Time for programs that read the old generation index to finish.  A BPF
-# program runs for microseconds with migration disabled; 5 ms is ample.
-GENERATION_GRACE_S = 0.005
+# An edge id whose counters stood still for this many drains, with no
+# socket entry holding it, is retired (its key unmapped, then its id given
+# back a drain later); 1 once fewer than an eighth of the ids are left.
+RETIRE_IDLE_DRAINS = 3
 
 
 class ProbeError(RuntimeError):
@@ -113,9 +116,43 @@ DROP_NAMES = _slot_names(BPF_CONSTANTS, "DROP_")
 STAT_NAMES = _slot_names(BPF_CONSTANTS, "STAT_")
 CONFIG_NAMES = _slot_names(BPF_CONSTANTS, "CFG_")
 HS_BUCKETS = BPF_CONSTANTS["HS_BUCKETS"]
-#: The counters of struct edge_val summed over the CPUs' copies at a drain.
-_EDGE_SUMS = ("connects", "accepts", "closes", "failures", "open_delta", "duration_jiffies_sum", "bytes_sent",
-              "bytes_received", "retransmits", "aborts", "handshakes", "handshake_ns_sum")
+#: struct sock_state of phobos.c: edge id, established, start (jiffies), SYN time, ports, outbound.
+_SOCK_STATE = struct.Struct("<IIQQHHB3x")
+_SOCK_OWNER = struct.Struct("<Q")
+
+
+def sock_bucket_bits(max_socks: int) -> int:
+    """log2 of the socket table's buckets: room for ``max_socks`` entries (a power of two), at least 2 buckets."""
+    ways = BPF_CONSTANTS["SOCK_WAYS"]
+    buckets = max(2, -(-int(max_socks) // ways))
+    return (buckets - 1).bit_length()
+
+
+def _ctype_format(ctype) -> str:
+    """The struct module's format of a ctypes structure of integers and integer arrays (no padding)."""
+    out = "<"
+    for _, kind in ctype._fields_:
+        count = getattr(kind, "_length_", 0)
+        elem = kind._type_ if count else kind
+        code = "BHIQ"[(ct.sizeof(elem)).bit_length() - 1]
+        if elem._type_ in "bhilq":  # a signed ctypes type
+            code = code.lower()
+        out += f"{count}{code}" if count else code
+    if struct.calcsize(out) != ct.sizeof(ctype):
+        raise ProbeError(f"struct {ctype.__name__}: cannot mirror its layout ({out})")
+    return out
+
+
+@dataclass
+class _Edge:
+    """What userspace keeps of one edge id between drains."""
+
+    key: "EdgeKey"
+    comm: str
+    sums: tuple = ()        # the counters summed over CPUs at the last drain (cumulative)
+    digest: int = 0         # hash of their raw per-CPU bytes, to pass over an idle edge cheaply
+    idle: int = 0           # drains without a change
+    retired_at: int = -1    # the drain that unmapped its key (-1: mapped)
 
 
 def tick_ns() -> int:
@@ -438,7 +475,7 @@ def _ip(raw: Iterable[int]) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _ip_text(raw: bytes) -> str:
-    # Cached: reading a full socket map converts the same few addresses tens of thousands of times.
+    # Cached: reading a full socket table converts the same few addresses tens of thousands of times.
     addr = ipaddress.IPv6Address(raw)
     return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
 
@@ -580,8 +617,12 @@ class Probe:
         if self.offsets.sock is None:
             raise ProbeError(f"cannot read sockets from the raw tracepoint: {self.offsets.sock_missing}")
         self.max_socks = int(max_socks)
+        self.max_edges = int(max_edges)
+        if self.max_edges < 2:
+            raise ProbeError(f"max_edges must be at least 2, not {self.max_edges}")
         self._base_cflags = self.offsets.cflags() + [
-            f"-DMAX_EDGES={int(max_edges)}", f"-DMAX_SOCKS={int(max_socks)}", "-w"]
+            f"-DMAX_EDGES={self.max_edges}", f"-DMAX_SOCKS={self.max_socks}",
+            f"-DSOCK_BUCKET_BITS={sock_bucket_bits(self.max_socks)}", "-w"]
         self.bpf = None
         self.mode = ""
         if mode == "auto":
@@ -605,10 +646,23 @@ class Probe:
         released = _release_heap()
         log.debug("released %d kB of the compiler's memory after loading", released)
         self.tick_ns = tick_ns()
-        self.gen = 0
-        self._edges = [self.bpf["edges0"], self.bpf["edges1"]]
         self._config = self.bpf["config"]
-        self._lookup_and_delete = True
+        self._counters = self.bpf["edges"]
+        self._id_map = self.bpf["edge_ids"]
+        self._ncpu = self._counters.total_cpu
+        self._val_format = struct.Struct(_ctype_format(self._counters.sLeaf))
+        self._val_names = [name for name, _ in self._counters.sLeaf._fields_]
+        self._held_at = self._val_names.index("held")
+        self._edges: dict[int, _Edge] = {}
+        self._created_seen = -1
+        self._drains = 0
+        self._batch_ok = True
+        # Ids 1..max_edges-1, 1 on top: the ids in use stay low and few
+        # counters are read per drain.
+        free = self.bpf["edge_free"]
+        for i in range(self.max_edges - 1, 0, -1):
+            free.push(ct.c_uint32(i))
+        self._free = free
 
     # -- loading ---------------------------------------------------------
     def _try_in_child(self, mode: str) -> str | None:
@@ -744,54 +798,138 @@ class Probe:
 
     # -- edges ---------------------------------------------------------------
     def drain(self) -> list[tuple[EdgeKey, dict[str, Any]]]:
-        """Flip the generation and return (and remove) the old generation's counters."""
-        old = self.gen
-        self.gen = 1 - old
-        self._set_config(BPF_CONSTANTS["CFG_GEN"], self.gen)
-        time.sleep(GENERATION_GRACE_S)
-        table = self._edges[old]
+        """What each edge counted since the last drain: (key, values) of the edges that moved.
+
+        The kernel's counters only grow while an edge's id lives; the
+        difference between two reads is exact whatever the kernel does
+        meanwhile (an event half-counted at the read completes in the next
+        one).  Edges idle for RETIRE_IDLE_DRAINS drains are retired.
+        """
+        self._drains += 1
+        self._refresh_ids()
         out = []
-        for key in list(table.keys()):
-            leaf = table.Leaf()
-            got = False
-            if self._lookup_and_delete:
-                res = self._bcc.libbcc.lib.bpf_lookup_and_delete(table.map_fd, ct.byref(key), ct.byref(leaf))
-                if res == 0:
-                    got = True
-                elif ct.get_errno() not in (2,):  # ENOENT: gone already
-                    self._lookup_and_delete = False  # kernel < 5.14 for hashes
-            if not got and not self._lookup_and_delete:
+        for eid, raw in self._read_counters():
+            edge = self._edges[eid]
+            digest = hash(raw)
+            if digest == edge.digest and edge.sums:
+                edge.idle += 1
+                continue
+            sums = self._sum_cpus(raw)
+            before = edge.sums or (0,) * len(sums)
+            edge.sums, edge.digest, edge.idle = sums, digest, 0
+            delta = [now - was for now, was in zip(sums, before)]
+            if any(delta[i] for i in range(len(delta)) if i != self._held_at):
+                out.append((edge.key, self._edge_val(delta, edge.comm)))
+        self._retire()
+        return out
+
+    def _refresh_ids(self, force: bool = False) -> None:
+        """Learn the edge ids the kernel handed out since the last look (a walk of edge_ids when it has)."""
+        created = int(sum(self.bpf["stats"][ct.c_int(BPF_CONSTANTS["STAT_EDGES_CREATED"])]))
+        if created == self._created_seen and not force:
+            return
+        self._created_seen = created
+        comms = self.bpf["edge_comms"]
+        for k, v in self._items(self._id_map):
+            eid = int(getattr(v, "value", v))
+            edge = self._edges.get(eid)
+            if edge is not None and edge.retired_at < 0:
+                continue
+            if edge is None:
+                comm = comms[ct.c_int(eid)].comm.decode(errors="replace")
+                self._edges[eid] = _Edge(self._edge_key(k), comm)
+
+    def _read_counters(self) -> Iterable[tuple[int, bytes]]:
+        """(id, raw per-CPU bytes) of every known id, read in batches over the ids' range."""
+        if not self._edges:
+            return
+        table = self._counters
+        size = ct.sizeof(table.Leaf)
+        top = max(self._edges) + 1
+        chunk = 512
+        buf = (table.Leaf * chunk)()
+        keys = (ct.c_uint32 * chunk)()
+        start = 0
+        while start < top:
+            n = min(chunk, top - start)
+            if not self._read_batch(table, start, n, keys, buf):
+                for i in range(n):  # one lookup per id (kernels before 5.6)
+                    if start + i in self._edges:
+                        buf[i] = table[ct.c_int(start + i)]
+            view = memoryview(buf).cast("B")
+            for i in range(n):
+                if start + i in self._edges:
+                    yield start + i, bytes(view[i * size:(i + 1) * size])
+            start += n
+
+    def _read_batch(self, table, start: int, n: int, keys, buf) -> bool:
+        """Ids start..start+n-1 of an array map into ``buf`` with BPF_MAP_LOOKUP_BATCH (Linux 5.6+)."""
+        if not self._batch_ok:
+            return False
+        lib = self._bcc.libbcc.lib
+        count = ct.c_uint32(n)
+        out_batch = ct.c_uint32(0)
+        in_batch = ct.c_uint32(start - 1)   # the batch starts after in_batch
+        res = lib.bpf_lookup_batch(table.map_fd, ct.byref(in_batch) if start else None, ct.byref(out_batch),
+                                   ct.byref(keys), ct.byref(buf), ct.byref(count))
+        if (res != 0 and ct.get_errno() != 2) or count.value != n:  # ENOENT: the map's end
+            if res != 0 and ct.get_errno() != 2:
+                self._batch_ok = False
+                return False
+        return True
+
+    def _sum_cpus(self, raw: bytes) -> tuple:
+        rows = list(self._val_format.iter_unpack(raw))
+        return tuple(sum(col) for col in zip(*rows)) if len(rows) > 1 else rows[0]
+
+    def _edge_val(self, delta: list[int], comm: str) -> dict[str, Any]:
+        """One edge's movement, named as the aggregator reads it."""
+        names = iter(self._val_names)
+        out: dict[str, Any] = {}
+        values = iter(delta)
+        for name in names:
+            if name == "handshake_hist":
+                out[name] = [next(values) for _ in range(HS_BUCKETS)]
+            else:
+                out[name] = next(values)
+        out.pop("held")
+        out["duration_ns_sum"] = out.pop("duration_jiffies_sum") * self.tick_ns
+        out["handshake_us_sum"] = out.pop("handshake_ns_sum") // 1000
+        out["comm"] = comm
+        return out
+
+    def _retire(self) -> None:
+        """Unmap idle edges' keys; give back the ids of those unmapped a drain ago that no socket holds."""
+        spare = self.max_edges - 1 - len(self._edges)
+        idle_needed = 1 if spare < self.max_edges // 8 else RETIRE_IDLE_DRAINS
+        zero = self._counters.Leaf()
+        for eid, edge in list(self._edges.items()):
+            held = edge.sums[self._held_at] if edge.sums else 0
+            if edge.retired_at >= 0:
+                # A drain later every program that found the id through the
+                # key has finished; unheld, nothing can write to it now.
+                if self._drains > edge.retired_at and held == 0:
+                    self._counters[ct.c_int(eid)] = zero
+                    del self._edges[eid]
+                    self._free.push(ct.c_uint32(eid))
+            elif edge.idle >= idle_needed and held == 0 and edge.sums:
                 try:
-                    leaf = table[key]
-                    del table[key]
-                    got = True
+                    del self._id_map[self._id_key(edge.key)]
                 except KeyError:
                     pass
-            if got:
-                out.append((self._edge_key(key), self._edge_val(leaf)))
-        return out
+                edge.retired_at = self._drains
+
+    def _id_key(self, key: EdgeKey):
+        k = self._id_map.Key(netns=key.netns, pid=key.pid, lport=key.local_port, rport=key.remote_port,
+                             direction=DIRECTION_IDS[key.direction])
+        k.laddr[:] = list(_ip_bytes(key.local_ip))
+        k.raddr[:] = list(_ip_bytes(key.remote_ip))
+        return k
 
     @staticmethod
     def _edge_key(k) -> EdgeKey:
         return EdgeKey(netns=k.netns, pid=k.pid, direction=DIRECTIONS.get(k.direction, "outbound"),
                        local_ip=_ip(k.laddr), local_port=k.lport, remote_ip=_ip(k.raddr), remote_port=k.rport)
-
-    def _edge_val(self, per_cpu) -> dict[str, Any]:
-        """One edge's values summed over the CPUs' copies (the task name: the copy that has one)."""
-        out: dict[str, Any] = dict.fromkeys(_EDGE_SUMS, 0)
-        hist = [0] * HS_BUCKETS
-        comm = b""
-        for v in per_cpu:
-            for name in _EDGE_SUMS:
-                out[name] += getattr(v, name)
-            for i, n in enumerate(v.handshake_hist):
-                hist[i] += n
-            comm = comm or v.comm
-        out["duration_ns_sum"] = out.pop("duration_jiffies_sum") * self.tick_ns
-        out["handshake_us_sum"] = out.pop("handshake_ns_sum") // 1000
-        out["handshake_hist"] = hist
-        out["comm"] = comm.decode(errors="replace")
-        return out
 
     # -- listeners -----------------------------------------------------------
     def listeners(self) -> list[dict[str, Any]]:
@@ -827,16 +965,50 @@ class Probe:
             pass
         yield from table.items()
 
-    def _followed(self, seeded: bool) -> Iterable[tuple[tuple, Any]]:
-        """(netns, local ip, local port, remote ip, remote port) and edge entry of
-        the open connections in the socket map (established) or the seeded map."""
+    def socket_entries(self) -> Iterable[tuple[int, int, dict[str, Any]]]:
+        """(bucket, way, entry) of every socket the kernel follows, from one read of the socket table."""
+        table = self.bpf["socks"]
+        size = ct.sizeof(table.Leaf)
+        ways = BPF_CONSTANTS["SOCK_WAYS"]
+        owners_len = ways * _SOCK_OWNER.size
+        chunk = 1024
+        buf = (table.Leaf * chunk)()
+        keys = (ct.c_uint32 * chunk)()
+        empty = bytes(owners_len)
+        total = len(table)
+        start = 0
+        while start < total:
+            n = min(chunk, total - start)
+            if not self._read_batch(table, start, n, keys, buf):
+                for i in range(n):
+                    buf[i] = table[ct.c_int(start + i)]
+            raw = bytes(memoryview(buf).cast("B")[:n * size])
+            for i in range(n):
+                base = i * size
+                if raw[base:base + owners_len] == empty:
+                    continue
+                for w in range(ways):
+                    if not _SOCK_OWNER.unpack_from(raw, base + w * _SOCK_OWNER.size)[0]:
+                        continue
+                    eid, established, start_j, syn_ns, sport, dport, outbound = _SOCK_STATE.unpack_from(
+                        raw, base + owners_len + w * _SOCK_STATE.size)
+                    yield start + i, w, {"edge": eid, "established": established, "sport": sport,
+                                         "dport": dport, "outbound": outbound}
+            start += n
+
+    def _followed(self, seeded: bool) -> Iterable[tuple[tuple, EdgeKey]]:
+        """(netns, local ip, local port, remote ip, remote port) and edge of the open
+        connections in the socket table (established) or the seeded map."""
         if seeded:
             for k, v in self._items(self.bpf["seeded"]):
-                yield (k.netns, _ip(k.laddr), k.lport, _ip(k.raddr), k.rport), v.edge
-        else:
-            for _, st in self._items(self.bpf["socks"]):
-                if st.established:
-                    yield (st.edge.netns, _ip(st.edge.laddr), st.sport, _ip(st.edge.raddr), st.dport), st.edge
+                yield (k.netns, _ip(k.laddr), k.lport, _ip(k.raddr), k.rport), self._edge_key(v.edge)
+            return
+        self._refresh_ids(force=True)
+        for _, _, st in self.socket_entries():
+            edge = self._edges.get(st["edge"])
+            if st["established"] and edge is not None:
+                key = edge.key
+                yield (key.netns, key.local_ip, st["sport"], key.remote_ip, st["dport"]), key
 
     def tracked_tuples(self) -> set[tuple]:
         """(netns, local ip, local port, remote ip, remote port) the kernel already follows."""
@@ -854,8 +1026,7 @@ class Probe:
 
         out: dict[tuple, Any] = {}
         for seeded in (False, True):
-            for tup, raw in self._followed(seeded):
-                edge = self._edge_key(raw)
+            for tup, edge in self._followed(seeded):
                 out[tup] = Followed(edge, edge.direction == "outbound", not seeded)
         return out
 

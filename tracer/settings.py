@@ -129,8 +129,8 @@ TRACER_SETTINGS = Settings([
     Setting("METRICS_ADDR", "PHOBOS_METRICS_ADDR", str, "127.0.0.1", "address of the tracer's /metrics"),
     Setting("MAX_QUEUE", "PHOBOS_MAX_QUEUE", int, 100_000,
             "records a network sink keeps while its target is down"),
-    Setting("MAX_EDGES", "PHOBOS_MAX_EDGES", int, 16384, "kernel edge map size per generation"),
-    Setting("MAX_SOCKS", "PHOBOS_MAX_SOCKS", int, 65536, "kernel per-socket map size"),
+    Setting("MAX_EDGES", "PHOBOS_MAX_EDGES", int, 16384, "edges the kernel counts at once"),
+    Setting("MAX_SOCKS", "PHOBOS_MAX_SOCKS", int, 65536, "kernel socket table size"),
     Setting("DURATION", "PHOBOS_DURATION", float, 0.0, "stop tracing after this many seconds, 0 = run on"),
     Setting("LOG_LEVEL", "PHOBOS_LOG_LEVEL", str, "info", "stderr log level of the tracer"),
     Setting("NAT", "PHOBOS_NAT", bool, True, "follow destination NAT (ClusterIP, NodePort, published ports) "

@@ -29,7 +29,7 @@ states the sequence space holds a FIN whose accounting belongs to the close.
 Cost: one dump per address family and namespace per drain - about 3 us
 per socket with the parse in Python, 32 ms for 10,000 sockets on a 2-core
 VM (tests/bench/bench_tracer.py prints the figure of its drain) - plus one
-read of the kernel's socket map in a drain that meets a socket it does not
+read of the kernel's socket table in a drain that meets a socket it does not
 know yet (``Probe.followed_sockets``; ~0.1 s for 65,536 entries).
 
 Caveats: a namespace is entered through /proc/PID/ns/net of a process the

@@ -16,15 +16,22 @@
  * is read at all; the 4-tuple, family and network namespace are read from
  * struct sock_common with byte offsets that userspace takes from the
  * running kernel's BTF and passes as -D flags (kernel headers may not
- * match the kernel), in one read of the leading bytes of the socket.  A
- * per-socket hash keyed by the socket pointer remembers which edge a
- * socket belongs to, so that transitions running in softirq (where
- * "current" is whatever task happened to be interrupted) are charged to
- * the process that connected or listened, and so that a followed socket's
- * ESTABLISHED and CLOSE need no read of the socket.  Per-edge counters live
- * in two hash generations; userspace flips config[CFG_GEN] and drains the
- * idle generation, so no increment races with the read.  Nothing is sent
- * to userspace per event: no perf buffer, no ring buffer.
+ * match the kernel), in one read of the leading bytes of the socket.  An
+ * edge (netns, pid, direction, addresses, server port) gets a small id the
+ * first time it is seen (edge_ids, ids from the edge_free stack), and its
+ * counters are that id's slot in a per-CPU array.  A socket table (socks,
+ * open addressing over an array, see sock_find) remembers the edge id of
+ * each socket, so that transitions running in softirq (where "current" is
+ * whatever task happened to be interrupted) are charged to the process
+ * that connected or listened, and so that a followed socket's ESTABLISHED
+ * and CLOSE need neither a read of the socket nor a hash lookup: two array
+ * slots, which the verifier inlines.  The counters only grow while an id
+ * lives; userspace reports the difference between two drains (exact
+ * whatever runs meanwhile), retires an id whose counters stood still for a
+ * few drains and that no socket entry holds (counters.held), and pushes it
+ * back onto edge_free a drain after unmapping its key, when no program can
+ * still be using it.  Nothing is sent to userspace per event: no perf
+ * buffer, no ring buffer.
  *
  * Which sockets hold a socks entry: a connecting socket from CLOSE->SYN_SENT
  * and an accepted one from SYN_RECV->ESTABLISHED (the handshake completed,
@@ -35,10 +42,12 @@
  * socket to CLOSE, which the tracepoint sees.  Both ends of a loopback
  * connection hold one entry each.
  *
- * Why a plain hash and not an LRU: an LRU evicts the oldest socket silently
- * when it is full, and that socket's close is then lost (its edge's open
- * gauge stays one too high, with no trace of why).  A plain, preallocated
- * hash refuses the new socket instead; the refusal is counted exactly in
+ * Why a table that refuses rather than an LRU: an LRU evicts the oldest
+ * socket silently when it is full, and that socket's close is then lost
+ * (its edge's open gauge stays one too high, with no trace of why).  The
+ * socket table refuses a new socket whose two buckets are full instead
+ * (with two choices that happens only when nearly every entry of the table
+ * is taken); the refusal is counted exactly in
  * drops[DROP_SOCKS], the refused socket adds nothing to the open gauge, and
  * userspace reconciles: after an interval with drops it reads the kernel's
  * socket list and enters the open connections the map refused into the
@@ -53,11 +62,12 @@
  * is only skipped for recursion of this program itself, where a classic
  * tracepoint program is skipped whenever any kprobe or tracepoint program
  * runs on the CPU.  An entry whose close was missed is found when the
- * kernel reuses the socket's address for a new connection (the insert
- * refuses the existing key); the stale entry's open count is then taken
- * back (stats[STAT_MISSED_CLOSES]).  Until then (the slab normally hands a
+ * kernel reuses the socket's address for a new connection (follow() looks
+ * for the address before it claims a way); the stale entry's open count
+ * and its hold on its edge id are then taken back
+ * (stats[STAT_MISSED_CLOSES]).  Until then (the slab normally hands a
  * freed socket's memory to the next socket allocated on that CPU) it holds
- * a slot and one open connection too many.
+ * an entry, its edge id and one open connection too many.
  *
  * Health of an edge, from the same state changes: at SYN_SENT the socket's
  * entry takes a ktime stamp, at ESTABLISHED the handshake's latency goes
@@ -69,30 +79,34 @@
  *
  * Cost: per connection (both ends on the host, six state changes of which
  * five are acted on) two socket reads at each of connect and accept, one at
- * ESTABLISHED, four to six fields of the socket at each close; five edge
- * lookups, one listener lookup, two inserts and two deletes of socks
- * entries, one socks lookup per later state change, two bpf_ktime_get_ns
- * per connect; nothing per packet, and nothing but two comparisons for the
- * state changes not listed above.  The task name is read only when an edge
- * is created.  Connection durations are taken in jiffies (a load, where
- * bpf_ktime_get_ns costs about as much as a map lookup here); userspace
- * converts them with the tick length; handshakes need the finer clock.  A
- * full socks map costs one failed insert per refused socket and one
- * seeded-map lookup at its close; the edges' counters are per-CPU copies
- * written without atomics.  Measured here with kernel.bpf_stats_enabled on
- * the loopback connect/accept/close loop of tests/bench/bench_tracer.py, in
- * which an empty program already shows 35-60 ns per state change: see the
- * benchmark's output for the figures of this program.  The thirteen hash
- * map operations per connection are most of what is left.  Socket-local
+ * ESTABLISHED, four to six fields of the socket at each close; two hash
+ * lookups of the edge's id (connect, accept) and one of the listener;
+ * otherwise array slots: the socket table's two buckets (one cache line of
+ * owner words each) at every state change, a compare-and-swap to claim an
+ * entry and an exchange to give it back, and the edge's per-CPU counters,
+ * written with plain adds; two bpf_ktime_get_ns per connect; nothing per
+ * packet, and nothing but two comparisons for the state changes not listed
+ * above.  An edge seen for the first time also pops an id and writes its
+ * task name (read only then).  Connection durations are taken in jiffies (a
+ * load, where bpf_ktime_get_ns costs about as much as a map lookup here);
+ * userspace converts them with the tick length; handshakes need the finer
+ * clock.  Measured here with kernel.bpf_stats_enabled on the loopback
+ * connect/accept/close loop of tests/bench/bench_tracer.py, alternating
+ * with the previous design of this program (a hash of sockets keyed by
+ * address with two inserts, two deletes and three lookups per connection,
+ * and per-CPU hashes of edges in two generations, five lookups of a 48-byte
+ * key per connection): about half the time per state change, and net of
+ * what an empty program costs on the same hook, about a third.  Socket-local
  * storage (BPF_MAP_TYPE_SK_STORAGE) for the socket's entry was measured
- * slower here: ~250 ns per state change against ~150, its per-socket
- * allocation costing more than the hash's preallocated entries.
+ * slower than that hash: its per-socket allocation costs more than
+ * preallocated entries.  Needs BPF atomics (compare-and-swap, exchange):
+ * Linux 5.12 or later.
  *
  * Caveats: accepted connections are charged to the process that called
  * listen() on (netns, port); a listener shared by forked workers is charged
  * to the one that listened (kprobe/fentry mode refreshes the listener from
  * inet_csk_accept, see PHOBOS_CALL_PROBES).  A socket refused by a full
- * socks map has its connect or accept counted but not its failure, close or
+ * socket table has its connect or accept counted but not its failure, close or
  * duration unless a reconciliation seeded it while it was open.
  * Connections that were open before the tracer started (or that the socks
  * map refused) are matched by 4-tuple against the "seeded" map that
@@ -101,11 +115,11 @@
  * (their sum is unbiased).  Bytes and retransmits are counted when a
  * connection closes, in the interval of its close: a connection open for
  * hours reports nothing of its traffic until then, and one that predates
- * the tracer (seeded) or that the socks map refused reports none of it.
+ * the tracer (seeded) or that the socket table refused reports none of it.
  * stats[STAT_EVENTS] counts the state changes acted on, not every TCP state
  * change.
  *
- * The #defines below (DIR_*, CFG_*, DROP_*, STAT_*, MAX_*, P_TCP_*) are read
+ * The #defines below (DIR_*, CFG_*, DROP_*, STAT_*, MAX_*, SOCK_*, P_TCP_*) are read
  * by tracer/probe.py from this file, so each value has one source.
  */
 
@@ -123,6 +137,13 @@
 #ifndef MAX_SOCKS
 #define MAX_SOCKS 65536
 #endif
+/* The socket table: SOCK_BUCKETS (2^SOCK_BUCKET_BITS) buckets of SOCK_WAYS
+ * entries; userspace sizes it to MAX_SOCKS rounded up to a power of two. */
+#define SOCK_WAYS 8
+#ifndef SOCK_BUCKET_BITS
+#define SOCK_BUCKET_BITS 13
+#endif
+#define SOCK_BUCKETS (1 << SOCK_BUCKET_BITS)
 #ifndef MAX_LISTENERS
 #define MAX_LISTENERS 4096
 #endif
@@ -153,9 +174,8 @@
 #define DIR_INBOUND 2
 
 /* config[] slots, written by userspace */
-#define CFG_GEN 0      /* which edges map the kernel writes: 0 or 1 */
-#define CFG_SEEDING 1  /* 1 while userspace reads /proc (start-up, reconciliation) */
-#define CFG_SLOTS 2
+#define CFG_SEEDING 0  /* 1 while userspace reads /proc (start-up, reconciliation) */
+#define CFG_SLOTS 1
 
 /* drops[] slots: failed map updates, per CPU */
 #define DROP_EDGES 0
@@ -167,8 +187,9 @@
 /* stats[] slots, per CPU */
 #define STAT_EVENTS 0
 #define STAT_ACCEPT_NO_LISTENER 1
-#define STAT_MISSED_CLOSES 2   /* stale socks entries found at address reuse */
-#define STAT_SLOTS 3
+#define STAT_MISSED_CLOSES 2   /* stale socket entries found at address reuse */
+#define STAT_EDGES_CREATED 3   /* edge ids handed out: userspace reads edge_ids when it moves */
+#define STAT_SLOTS 4
 
 /*
  * Handshake latency histogram of an edge (tracer/records.py reads the same
@@ -192,12 +213,14 @@ struct edge_key {
     u8 pad[3];
 };
 
+/* An edge's counters: cumulative for as long as its id lives, one copy per
+ * CPU; userspace reports the differences between two drains. */
 struct edge_val {
     u64 connects;
     u64 accepts;
     u64 closes;
     u64 failures;
-    s64 open_delta;     /* +1 established, -1 closed; userspace sums it */
+    s64 open_delta;     /* +1 established, -1 closed: the sum is the open gauge */
     u64 duration_jiffies_sum;   /* ticks: userspace knows their length */
     u64 bytes_sent;     /* payload sent, each byte once, at close */
     u64 bytes_received; /* payload received in order, at close */
@@ -205,17 +228,32 @@ struct edge_val {
     u64 aborts;         /* established connections closed without the FIN exchange */
     u64 handshakes;     /* connects that reached ESTABLISHED ... */
     u64 handshake_ns_sum;   /* ... and the time they took from SYN_SENT */
+    s64 held;           /* +1 a socket entry took the id, -1 it let go */
     u32 handshake_hist[HS_BUCKETS];
-    char comm[16];      /* at creation: short-lived clients are gone by drain */
+};
+
+/* The task name of an edge, taken when its id is handed out: short-lived
+ * clients are gone by the time userspace first reads the edge. */
+struct edge_comm {
+    char comm[16];
 };
 
 struct sock_state {
-    struct edge_key edge;
+    u32 edge;           /* edge id: index of edges[] and edge_comms[] */
+    u32 established;
     u64 start_ns;       /* jiffies (the name is the map's ABI with userspace) */
     u64 syn_ns;         /* ktime at SYN_SENT, for the handshake's latency */
     u16 sport;          /* actual ports, to match the /proc snapshot */
     u16 dport;
-    u32 established;
+    u8 outbound;        /* a connect's entry (else an accepted connection's) */
+    u8 pad[3];
+};
+
+/* One bucket of the socket table: the owners' socket pointers (0: free) in
+ * one cache line, their entries after it. */
+struct sock_bucket {
+    u64 sk[SOCK_WAYS];
+    struct sock_state st[SOCK_WAYS];
 };
 
 struct listen_key {
@@ -262,14 +300,21 @@ struct seed_val {
     char comm[16];
 };
 
+/* An edge key's id, handed out from edge_free (ids 1..MAX_EDGES-1 pushed by
+ * userspace, which pushes an id back once it has retired the edge). */
+BPF_HASH(edge_ids, struct edge_key, u32, MAX_EDGES);
+BPF_STACK(edge_free, u32, MAX_EDGES);
 /* Per CPU: a connection's state changes run on whichever CPU the process
  * or the softirq is on, and shared counters made their cache lines bounce
  * between CPUs under atomic adds (about 9 % of the program's time per state
- * change here); userspace sums the copies at each drain. */
-BPF_PERCPU_HASH(edges0, struct edge_key, struct edge_val, MAX_EDGES);
-BPF_PERCPU_HASH(edges1, struct edge_key, struct edge_val, MAX_EDGES);
-/* Plain, preallocated: a full map refuses (counted) instead of evicting. */
-BPF_HASH(socks, u64, struct sock_state, MAX_SOCKS);
+ * change here); userspace sums the copies at each drain.  Id 0 collects
+ * what no id could be handed out for (drops[DROP_EDGES]); nobody reads it. */
+BPF_PERCPU_ARRAY(edges, struct edge_val, MAX_EDGES);
+BPF_ARRAY(edge_comms, struct edge_comm, MAX_EDGES);
+/* Open addressing over an array, whose lookups the verifier inlines: a
+ * socket lives in one of two buckets (see sock_find); a full pair refuses
+ * (counted) instead of evicting. */
+BPF_ARRAY(socks, struct sock_bucket, SOCK_BUCKETS);
 BPF_HASH(listeners, struct listen_key, struct listen_val, MAX_LISTENERS);
 BPF_HASH(seeded, struct tuple_key, struct seed_val, MAX_SEEDED);
 /* 4-tuples closed while userspace reads /proc; it clears the map after. */
@@ -277,9 +322,6 @@ BPF_HASH(orphans, struct tuple_key, u32, MAX_ORPHANS);
 BPF_ARRAY(config, u32, CFG_SLOTS);
 BPF_PERCPU_ARRAY(drops, u64, DROP_SLOTS);
 BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
-/* A new edge's initial value, too large for the stack beside the rest: its
- * counters are never written (zero), only the task name before an insert. */
-BPF_PERCPU_ARRAY(edge_init, struct edge_val, 1);
 
 #ifdef PHOBOS_CALL_PROBES
 /* A tcp_v4_connect/tcp_v6_connect call in progress, by thread (see below). */
@@ -359,37 +401,52 @@ static __always_inline void tp_addrs(const struct tp_state *args,
 }
 
 /*
- * The counters of an edge in the generation the kernel currently writes,
- * created if missing.  The task name is only wanted when the edge is
- * created (userspace keeps it per edge across generations), so it is read
- * only then: in process context from the current task (COMM_CURRENT), else
- * copied from a listener or seeded entry, else left empty.
+ * The id of an edge, handed out when the edge is first seen.  The task name
+ * is only wanted then (userspace keeps it per edge), so it is read only
+ * then: in process context from the current task (COMM_CURRENT), else
+ * copied from a listener or seeded entry, else left empty.  Two CPUs may
+ * create the same edge at once: the insert refuses the second, which gives
+ * its id back and takes the first's.  Id 0 when none is left (counted).
  */
 #define COMM_NONE 0
 #define COMM_CURRENT 1
 #define COMM_COPY 2
-static __always_inline struct edge_val *edge_get(struct edge_key *k, int how, const char *comm)
+static __always_inline u32 edge_id(struct edge_key *k, int how, const char *comm)
 {
-    u32 gen = cfg(CFG_GEN);
-    struct edge_val *v = gen ? edges1.lookup(k) : edges0.lookup(k);
-    if (v)
-        return v;
-    u32 zero = 0;
-    struct edge_val *init = edge_init.lookup(&zero);
-    if (!init)
-        return 0;
-    if (how == COMM_CURRENT)
-        bpf_get_current_comm(init->comm, sizeof(init->comm));
-    else if (how == COMM_COPY)
-        __builtin_memcpy(init->comm, comm, sizeof(init->comm));
-    else
-        __builtin_memset(init->comm, 0, sizeof(init->comm));
-    /* NOEXIST: another CPU may have created it meanwhile; then use that. */
-    int err = gen ? edges1.insert(k, init) : edges0.insert(k, init);
-    v = gen ? edges1.lookup(k) : edges0.lookup(k);
-    if (!v && err)
+    u32 *known = edge_ids.lookup(k);
+    if (known)
+        return *known;
+    u32 id = 0;
+    if (edge_free.pop(&id) != 0 || id == 0 || id >= MAX_EDGES) {
         count(1, DROP_EDGES);
-    return v;
+        return 0;
+    }
+    struct edge_comm *c = edge_comms.lookup(&id);
+    if (c) {
+        if (how == COMM_CURRENT)
+            bpf_get_current_comm(c->comm, sizeof(c->comm));
+        else if (how == COMM_COPY)
+            __builtin_memcpy(c->comm, comm, sizeof(c->comm));
+        else
+            __builtin_memset(c->comm, 0, sizeof(c->comm));
+    }
+    if (edge_ids.insert(k, &id) == 0) {
+        count(0, STAT_EDGES_CREATED);
+        return id;
+    }
+    edge_free.push(&id, 0);
+    known = edge_ids.lookup(k);
+    if (known)
+        return *known;
+    count(1, DROP_EDGES);
+    return 0;
+}
+
+/* This CPU's counters of an edge id (an array slot: never missing for an
+ * id below MAX_EDGES, the verifier just wants the check). */
+static __always_inline struct edge_val *edge_vals(u32 id)
+{
+    return edges.lookup(&id);
 }
 
 static __always_inline void on_listen(const struct tp_state *args, u32 netns)
@@ -425,42 +482,120 @@ static __always_inline void on_unlisten(const struct tp_state *args, u32 netns)
 }
 
 /*
- * Follow a socket that is only now connecting or being accepted.  The
- * insert refuses an existing key: an entry already there belongs to an
- * earlier socket at the same address whose close this program never saw
- * (every seen close deletes the entry).  Only then is the old entry read,
- * to take back what that socket added to its edge's open gauge, and
- * overwritten.  Returns 0 when the socket is followed.
+ * The socket table.  A socket's entry lives in one of two buckets picked by
+ * two multiplicative hashes of its address (two choices keep the fullest
+ * bucket of a table loaded to half near the average, where one choice
+ * would overflow a few buckets early); within a bucket, in the way whose
+ * owner word holds the socket's address.  A way is claimed with a
+ * compare-and-swap on its owner word (two sockets may hash to the same
+ * bucket on two CPUs at once) and given back with an exchange, after the
+ * entry has been read.  All other access to an entry is by the socket's own
+ * state changes, which the kernel runs under the socket's lock, so they
+ * need no atomics.
  */
-static __always_inline int follow(u64 skp, struct sock_state *st)
+#define SOCK_HASH1 0x9E3779B97F4A7C15ULL
+#define SOCK_HASH2 0xC2B2AE3D27D4EB4FULL
+struct sock_ref {
+    u64 *owner;
+    struct sock_state *st;
+};
+
+static __always_inline u32 sock_bucket_of(u64 skp, u64 mult)
 {
-    int err = socks.insert(&skp, st);
-    if (err != -P_EEXIST)
-        return err;
-    struct sock_state *old = socks.lookup(&skp);
-    if (old) {
-        count(0, STAT_MISSED_CLOSES);
-        if (old->established) {
-            struct edge_val *ev = edge_get(&old->edge, COMM_NONE, 0);
-            if (ev)
-                EV_ADD(&ev->open_delta, -1);
+    return (u32)((skp * mult) >> (64 - SOCK_BUCKET_BITS));
+}
+
+static __always_inline int sock_find(u64 skp, struct sock_ref *ref)
+{
+    u32 idx[2] = {sock_bucket_of(skp, SOCK_HASH1), sock_bucket_of(skp, SOCK_HASH2)};
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        struct sock_bucket *b = socks.lookup(&idx[j]);
+        if (!b)
+            continue;
+#pragma unroll
+        for (int i = 0; i < SOCK_WAYS; i++) {
+            if (b->sk[i] == skp) {
+                ref->owner = &b->sk[i];
+                ref->st = &b->st[i];
+                return 1;
+            }
         }
     }
-    return socks.update(&skp, st);
+    return 0;
+}
+
+static __always_inline int sock_claim(u64 skp, struct sock_ref *ref)
+{
+    u32 idx[2] = {sock_bucket_of(skp, SOCK_HASH1), sock_bucket_of(skp, SOCK_HASH2)};
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        struct sock_bucket *b = socks.lookup(&idx[j]);
+        if (!b)
+            continue;
+#pragma unroll
+        for (int i = 0; i < SOCK_WAYS; i++) {
+            if (b->sk[i] == 0 && __sync_val_compare_and_swap(&b->sk[i], 0, skp) == 0) {
+                ref->owner = &b->sk[i];
+                ref->st = &b->st[i];
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Give a way back, after everything wanted of its entry has been read: the
+ * exchange orders those reads before the next owner's writes. */
+static __always_inline void sock_release(struct sock_ref *ref)
+{
+    __sync_lock_test_and_set(ref->owner, 0);
+}
+
+/*
+ * Follow a socket that is only now connecting or being accepted.  An entry
+ * already there belongs to an earlier socket at the same address whose
+ * close this program never saw (every seen close frees the entry): what
+ * that socket added to its edge's open gauge is taken back, its id let go,
+ * and the entry reused.  Returns 1 when the socket is followed.
+ */
+static __always_inline int follow(u64 skp, const struct sock_state *st)
+{
+    struct sock_ref ref;
+    if (sock_find(skp, &ref)) {
+        count(0, STAT_MISSED_CLOSES);
+        struct edge_val *old = edge_vals(ref.st->edge);
+        if (old) {
+            if (ref.st->established)
+                EV_ADD(&old->open_delta, -1);
+            EV_ADD(&old->held, -1);
+        }
+    } else if (!sock_claim(skp, &ref)) {
+        count(1, DROP_SOCKS);
+        return 0;
+    }
+    *ref.st = *st;
+    struct edge_val *ev = edge_vals(st->edge);
+    if (ev)
+        EV_ADD(&ev->held, 1);
+    return 1;
 }
 
 static __always_inline void on_connect(const struct tp_state *args,
                                        u64 skp, u32 netns)
 {
+    struct edge_key k = {};
+    k.netns = netns;
+    k.pid = bpf_get_current_pid_tgid() >> 32;
+    k.direction = DIR_OUTBOUND;
+    k.rport = args->dport;
+    tp_addrs(args, k.laddr, k.raddr);
     struct sock_state st = {};
-    st.edge.netns = netns;
-    st.edge.pid = bpf_get_current_pid_tgid() >> 32;
-    st.edge.direction = DIR_OUTBOUND;
-    st.edge.rport = args->dport;
-    tp_addrs(args, st.edge.laddr, st.edge.raddr);
+    st.edge = edge_id(&k, COMM_CURRENT, 0);
     st.dport = args->dport;
+    st.outbound = 1;
     st.syn_ns = bpf_ktime_get_ns();
-    struct edge_val *ev = edge_get(&st.edge, COMM_CURRENT, 0);
+    struct edge_val *ev = edge_vals(st.edge);
     if (ev)
         EV_ADD(&ev->connects, 1);
 #ifdef PHOBOS_CALL_PROBES
@@ -472,10 +607,9 @@ static __always_inline void on_connect(const struct tp_state *args,
     if (call)
         call->syn_sent = 1;
 #endif
-    /* Full map: the connect is counted, the socket is not followed.  Its
+    /* Full table: the connect is counted, the socket is not followed.  Its
      * ESTABLISHED then finds no entry and adds nothing to the open gauge. */
-    if (follow(skp, &st) != 0)
-        count(1, DROP_SOCKS);
+    follow(skp, &st);
 }
 
 /* floor(log2(v)) for v > 0, without a loop (the verifier needs none). */
@@ -510,14 +644,15 @@ static __always_inline u32 hs_bucket(u64 ns)
 
 static __always_inline void on_connected(const void *sk, u64 skp, int direct)
 {
-    struct sock_state *st = socks.lookup(&skp);
-    if (!st)
+    struct sock_ref ref;
+    if (!sock_find(skp, &ref))
         return;
+    struct sock_state *st = ref.st;
     u16 sport = SK_FIELD(u16, sk, SKC_NUM_OFF, direct);
     st->established = 1;
     st->start_ns = bpf_jiffies64();
     st->sport = sport;   /* the ephemeral port is bound by now */
-    struct edge_val *ev = edge_get(&st->edge, COMM_NONE, 0);
+    struct edge_val *ev = edge_vals(st->edge);
     if (!ev)
         return;
     EV_ADD(&ev->open_delta, 1);
@@ -537,30 +672,31 @@ static __always_inline void on_connected(const void *sk, u64 skp, int direct)
 static __always_inline void on_accept(const struct tp_state *args,
                                       u64 skp, u32 netns)
 {
-    struct sock_state st = {};
+    struct edge_key k = {};
     char comm[16] = {};
     struct listen_key lk = {.netns = netns, .port = args->sport};
     struct listen_val *lv = listeners.lookup(&lk);
     if (lv) {
-        st.edge.pid = lv->pid;
+        k.pid = lv->pid;
         __builtin_memcpy(comm, lv->comm, sizeof(comm));
     } else {
         count(0, STAT_ACCEPT_NO_LISTENER);
     }
-    st.edge.netns = netns;
-    st.edge.direction = DIR_INBOUND;
-    st.edge.lport = args->sport;
-    tp_addrs(args, st.edge.laddr, st.edge.raddr);
+    k.netns = netns;
+    k.direction = DIR_INBOUND;
+    k.lport = args->sport;
+    tp_addrs(args, k.laddr, k.raddr);
+    struct sock_state st = {};
+    st.edge = edge_id(&k, COMM_COPY, comm);
     st.start_ns = bpf_jiffies64();
     st.sport = args->sport;
     st.dport = args->dport;
     st.established = 1;
     /* The socket is locked while its state changes, so its close cannot
-     * run between the insert and the open count below. */
-    int followed = follow(skp, &st) == 0;
-    if (!followed)
-        count(1, DROP_SOCKS);   /* counted as accepted, never as open */
-    struct edge_val *ev = edge_get(&st.edge, COMM_COPY, comm);
+     * run between the table's entry and the open count below.  A refused
+     * socket is counted as accepted, never as open. */
+    int followed = follow(skp, &st);
+    struct edge_val *ev = edge_vals(st.edge);
     if (ev) {
         EV_ADD(&ev->accepts, 1);
         if (followed)
@@ -619,11 +755,13 @@ static __always_inline void add_totals(const void *sk, struct edge_val *ev, int 
  */
 static __always_inline int close_followed(const void *sk, u64 skp, int oldstate, int direct)
 {
-    struct sock_state *st = socks.lookup(&skp);
-    if (!st)
+    struct sock_ref ref;
+    if (!sock_find(skp, &ref))
         return 0;
-    struct edge_val *ev = edge_get(&st->edge, COMM_NONE, 0);
+    struct sock_state *st = ref.st;
+    struct edge_val *ev = edge_vals(st->edge);
     if (ev) {
+        EV_ADD(&ev->held, -1);
         if (st->established) {
             EV_ADD(&ev->closes, 1);
             EV_ADD(&ev->open_delta, -1);
@@ -636,12 +774,12 @@ static __always_inline int close_followed(const void *sk, u64 skp, int oldstate,
              * gave up on the peer (tcp_write_err). */
             if (oldstate == P_TCP_ESTABLISHED || oldstate == P_TCP_CLOSE_WAIT)
                 EV_ADD(&ev->aborts, 1);
-            add_totals(sk, ev, oldstate, st->edge.direction == DIR_OUTBOUND, direct);
+            add_totals(sk, ev, oldstate, st->outbound, direct);
         } else if (oldstate == P_TCP_SYN_SENT) {
             EV_ADD(&ev->failures, 1);
         }
     }
-    socks.delete(&skp);
+    sock_release(&ref);
     return 1;
 }
 
@@ -654,7 +792,7 @@ static __always_inline void close_seeded(struct tuple_key *tk)
     struct seed_val *sv = seeded.lookup(tk);
     if (!sv)
         return;
-    struct edge_val *ev = edge_get(&sv->edge, COMM_COPY, sv->comm);
+    struct edge_val *ev = edge_vals(edge_id(&sv->edge, COMM_COPY, sv->comm));
     if (ev) {
         EV_ADD(&ev->closes, 1);
         EV_ADD(&ev->open_delta, -1);
@@ -715,6 +853,25 @@ static __always_inline long sk_read(const void *sk, int os, int ns, struct tp_st
     return net ? SK_FIELD(u32, net, NET_NS_INUM_OFF, direct) : 0;
 }
 
+/*
+ * A number that names the socket, to hash and to keep in the socket table.
+ * The BTF-typed program's argument is a typed pointer, on which the
+ * verifier refuses arithmetic and partial reads, but it allows (to a loader
+ * with CAP_PERFMON) the difference of two pointers as a number: the socket's
+ * distance from the config map's value, which stays where it is while the
+ * program is loaded.  The plain raw tracepoint's argument is a number.
+ */
+static __always_inline u64 sk_address(const void *sk, int direct)
+{
+    if (!direct)
+        return (u64)sk;
+    u32 slot = 0;
+    u32 *base = config.lookup(&slot);
+    if (!base)
+        return 0;
+    return (u64)sk - (u64)base;
+}
+
 enum transition { T_LISTEN = 1, T_UNLISTEN, T_CONNECT, T_CONNECTED, T_ACCEPT, T_CLOSE };
 
 static __always_inline int on_state(const void *sk, int os, int ns, int direct)
@@ -737,7 +894,9 @@ static __always_inline int on_state(const void *sk, int os, int ns, int direct)
     else
         return 0;
     count(0, STAT_EVENTS);
-    u64 skp = (u64)sk;
+    u64 skp = sk_address(sk, direct);
+    if (!skp)
+        return 0;
     /* Only sockets that hold an entry (TCP, connecting) matter here. */
     if (t == T_CONNECTED) {
         on_connected(sk, skp, direct);
@@ -879,7 +1038,7 @@ static __always_inline void connect_return(int ret)
         k.pid = tid >> 32;
         k.direction = DIR_OUTBOUND;
         k.rport = (port >> 8) | ((port & 0xff) << 8);
-        struct edge_val *ev = edge_get(&k, COMM_CURRENT, 0);
+        struct edge_val *ev = edge_vals(edge_id(&k, COMM_CURRENT, 0));
         if (ev) {
             EV_ADD(&ev->connects, 1);
             EV_ADD(&ev->failures, 1);
