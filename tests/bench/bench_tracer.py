@@ -243,27 +243,38 @@ def in_kernel_cost(seconds: float) -> dict:
     return out
 
 
-def empty_program_cost(seconds: float) -> dict:
-    """The same round with an empty program on the tracer's hook: the floor of the accounting itself.
+def _hook_cost(seconds: float, text: bytes | None = None, src_file: str | None = None,
+               fn: str = "phobos_state_btf", raw_fn: str = "phobos_state_raw") -> dict:
+    """One workload round with a program compiled from ``text`` or ``src_file`` alone on the tracer's hook.
 
-    bpf_stats reads the clock twice around each run; on a virtual machine
-    that alone can be tens of ns, which every program's figure includes.
+    The program is attached BTF-typed (or plain, where refused) without the
+    agent: no drains, no attribution, just its run time per state change.
+    A stack named edge_free is filled with ids, as the agent does.
     """
+    import ctypes as ct
+
     from tracer import probe
 
     bcc = probe.import_bcc()
     offsets = probe.kernel_offsets(probe.read_btf())
-    bpf = bcc.BPF(text=b"int phobos_empty(u64 *ctx) { return 0; }\n"
-                       b"int phobos_empty_raw(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n")
+    if text is not None:
+        bpf = bcc.BPF(text=text)
+    else:
+        bpf = bcc.BPF(src_file=src_file.encode(), cflags=offsets.cflags() + ["-w"])
     fds: tuple[int, ...] = ()
     try:
         try:
-            fds = probe.attach_btf_raw_tracepoint(bpf.dump_func(b"phobos_empty"), offsets.state_tp_btf_id,
-                                                  "phobos_empty")
+            free = bpf["edge_free"]
+        except KeyError:  # a version of the program without edge ids
+            free = None
+        for i in range(free.max_entries - 1 if free is not None else 0, 0, -1):
+            free.push(ct.c_uint32(i))
+        try:
+            fds = probe.attach_btf_raw_tracepoint(bpf.dump_func(fn.encode()), offsets.state_tp_btf_id, fn[:15])
             prog_fd = fds[0]
         except probe.ProbeError:
-            bpf.attach_raw_tracepoint(tp=probe.STATE_TRACEPOINT.encode(), fn_name=b"phobos_empty_raw")
-            prog_fd = bpf.funcs[b"phobos_empty_raw"].fd
+            bpf.attach_raw_tracepoint(tp=probe.STATE_TRACEPOINT.encode(), fn_name=raw_fn.encode())
+            prog_fd = bpf.funcs[raw_fn.encode()].fd
 
         def stats() -> tuple[int, int]:
             with open(f"/proc/self/fdinfo/{prog_fd}") as fh:
@@ -279,6 +290,31 @@ def empty_program_cost(seconds: float) -> dict:
             os.close(fd)
         bpf.cleanup()
     return _cost(ns1 - ns0, cnt1 - cnt0, w)
+
+
+def empty_program_cost(seconds: float) -> dict:
+    """The same round with an empty program on the tracer's hook: the floor of the accounting itself.
+
+    bpf_stats reads the clock twice around each run; on a virtual machine
+    that alone can be tens of ns, which every program's figure includes.
+    """
+    return _hook_cost(seconds, text=b"int phobos_empty(u64 *ctx) { return 0; }\n"
+                                    b"int phobos_empty_raw(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n",
+                      fn="phobos_empty", raw_fn="phobos_empty_raw")
+
+
+def compare_programs(seconds: float, rounds: int, other: str) -> dict:
+    """Run time of this tracer's program against another version of it (``other``: a .c file),
+    each alone on the hook, in alternating rounds; and of an empty program beside them."""
+    from tracer import probe
+
+    out: dict[str, list] = {"this": [], "other": [], "empty": []}
+    for rnd in range(rounds):
+        order = [("this", probe.BPF_SOURCE), ("other", other)]
+        for name, src in (order if rnd % 2 == 0 else order[::-1]):
+            out[name].append(_hook_cost(seconds, src_file=src))
+        out["empty"].append(empty_program_cost(seconds))
+    return out
 
 
 def free_port() -> int:
@@ -367,6 +403,9 @@ def main() -> int:
                     help="the tracer's drain interval in the throughput rounds (its default: %(default)s s)")
     ap.add_argument("--rounds", type=int, default=6, help="rounds with and without the tracer (alternating order)")
     ap.add_argument("--open-sockets", type=int, default=5000, help="connections held for the /proc comparison")
+    ap.add_argument("--compare", metavar="FILE.c",
+                    help="also time another version of tracer/bpf/phobos.c (e.g. from git show REV:tracer/bpf/phobos.c) "
+                         "against this one, each alone on the hook, in alternating rounds")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_tracer: needs root (BPF)", file=sys.stderr)
@@ -456,6 +495,20 @@ def main() -> int:
           f"{floor['ns_per_conn']:.0f} ns per connection (the accounting's own cost here, included above; "
           f"net of it the tracer costs {cost_k['ns_per_event'] - floor['ns_per_event']:.0f} ns per state change, "
           f"{cost_k['ns_per_conn'] - floor['ns_per_event'] * cost_k['events_per_conn']:.0f} ns per connection)")
+    if args.compare:
+        runs = compare_programs(args.seconds, 4, args.compare)
+
+        def per(name: str, key: str) -> str:
+            return "/".join(f"{r[key]:.0f}" for r in runs[name])
+
+        med = {name: (statistics.median(r["ns_per_event"] for r in runs[name]),
+                      statistics.median(r["ns_per_conn"] for r in runs[name])) for name in runs}
+        net = {name: med[name][0] - med["empty"][0] for name in ("this", "other")}
+        print(f"this program against {args.compare}, alternating, 4 rounds each: ns per state change "
+              f"{per('this', 'ns_per_event')} against {per('other', 'ns_per_event')} (empty program "
+              f"{per('empty', 'ns_per_event')}); ns per connection {per('this', 'ns_per_conn')} against "
+              f"{per('other', 'ns_per_conn')}; medians' ratio {med['this'][0] / med['other'][0]:.2f}, "
+              f"net of the empty program {net['this'] / max(net['other'], 1e-9):.2f}")
     print("BCC tcpconnect-bpfcc:", bcc_tool("/usr/sbin/tcpconnect-bpfcc"))
     print("BCC tcpaccept-bpfcc: ", bcc_tool("/usr/sbin/tcpaccept-bpfcc"))
     cost = proc_net_cost(args.open_sockets, free_port())
