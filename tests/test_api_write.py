@@ -139,6 +139,47 @@ def test_alerts_fire_and_resolve(client, store):
     assert reads.firing_alerts(store, T0 + 400) == []
 
 
+def test_firing_alerts_follow_each_alerts_latest_notification(store):
+    """Random notification histories (repeats, resolutions, late re-fires, separate inserts that
+    the table has not merged yet): the alerts firing at any time are those whose latest
+    notification by receipt says so, as a plain Python reading of the rule finds them."""
+    import random
+
+    from api.views import reads
+
+    rng = random.Random(7)
+    rows, latest = [], {}
+    store.execute(f"SYSTEM STOP MERGES {store.db}.alerts")  # the parts stay apart, as on a busy server
+    for batch in range(6):
+        chunk = []
+        for _ in range(40):
+            fp, start = f"fp{rng.randrange(12)}", T0 + 60 * rng.randrange(10)
+            status = rng.choice(["firing", "firing", "resolved"])
+            ends = rng.choice([0, start + 60 * rng.randrange(1, 20)]) if status == "firing" else \
+                start + 60 * rng.randrange(0, 20)
+            received = T0 + len(rows) + len(chunk)  # later notifications are received later
+            chunk.append({"received_at": received, "fingerprint": fp, "status": status, "alertname": "A" + fp,
+                          "service": "svc" + fp[-1], "severity": "critical", "starts_at": start, "ends_at": ends,
+                          "summary": "", "labels": {}, "annotations": {}})
+            latest[(fp, start)] = chunk[-1]
+        store.insert_rows("alerts", chunk)  # one part each: FINAL must merge them at read time
+        rows += chunk
+    for at in range(T0 - 60, T0 + 60 * 30, 45):
+        want = sorted((r["fingerprint"], r["starts_at"]) for r in latest.values()
+                      if r["starts_at"] <= at and (
+                          (r["status"] == "firing" and (r["ends_at"] <= r["starts_at"] or r["ends_at"] > at))
+                          or (r["status"] == "resolved" and r["ends_at"] > at)))
+        got = reads.firing_alerts(store, at)
+        assert sorted((a["fingerprint"], _epoch(a["starts_at"])) for a in got) == want, at
+        assert all(a["status"] == latest[(a["fingerprint"], _epoch(a["starts_at"]))]["status"] for a in got)
+
+
+def _epoch(text: str) -> int:
+    from datetime import datetime, timezone
+
+    return int(datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp())
+
+
 @pytest.mark.parametrize("body", [
     {}, {"alerts": "x"}, {"alerts": [1]}, {"alerts": [{"status": "weird"}]},
     {"alerts": [{"labels": {"a": 1}}]}, {"alerts": [{"startsAt": "yesterday"}]},

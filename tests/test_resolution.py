@@ -247,6 +247,64 @@ def test_the_minute_being_written_shows_in_live_views(store):
     assert {"fresh-app", "fresh-db"} <= {n["name"] for n in view["nodes"]}
 
 
+def test_window_state_reads_the_minute_book_as_the_four_tables_say(store, tmp_path):
+    """minute_book, which the views read for where the stage's rows end, says what the stage's
+    four bookkeeping tables say: back-filled for a store from before it, then kept by its views
+    through marks, resolution, late rows and spans."""
+    import shutil
+
+    from api.storage import open_store
+    from api.storage.migrations import SQL_DIR
+    from api.ingest.spans import insert_spans, span_rows
+    from test_zipkin import zipkin
+
+    older = tmp_path / "sql"
+    older.mkdir()
+    for path in sorted(SQL_DIR.glob("00*.sql")):  # every file before 010
+        shutil.copy(path, older)
+    s = open_store(f"chdb://{store.url.path}?database={store.db}_book", role="pytest")
+    try:
+        s.migrate(directory=older)
+        fx.build(s)
+        r = resolver(s)
+        r.resolve(r.pending()[:4])  # some minutes resolved, the rest pending
+        s.migrate()  # adds minute_book and back-fills it from the four tables
+
+        def from_the_four(win: Window) -> tuple[int, int]:
+            db = s.db
+            rng = f"ts >= toDateTime({win.start}, 'UTC') AND ts < toDateTime({win.end}, 'UTC')"
+            marked = {t for (t,) in s.query(f"SELECT toUInt32(ts) FROM {db}.minute_marks WHERE {rng} AND records > 0")}
+            done = {t for (t,) in s.query(f"SELECT toUInt32(ts) FROM {db}.resolved_minutes WHERE {rng}")}
+            spans = {t for (t,) in s.query(f"SELECT toUInt32(ts) FROM {db}.span_marks WHERE {rng} AND spans > 0")}
+            linked = {t for (t,) in s.query(f"SELECT toUInt32(ts) FROM {db}.resolved_call_minutes WHERE {rng}")}
+
+            def split(pending: set[int]) -> int:
+                return win.end if not pending else max(win.start, min(pending) // win.bucket * win.bucket)
+            return split(marked - done), split(spans - linked)
+
+        def check() -> None:
+            for at in range(T0, fx.AT + 600, 120):
+                for length in (120, 600, 3600):
+                    win = Window.at(at, length)
+                    state = reads.window_state(s, win)
+                    assert (state.split, state.calls_split) == from_the_four(win), (at, length)
+
+        check()
+        assert s.query(f"SELECT count() FROM {s.db}.minute_book")[0][0] > 0
+        r.run_once()  # the rest resolved: the views' marks follow
+        check()
+        ingest_batch(s, "connections", [connection(ts=format_ts(fx.AT + 420), service="late")])  # a new minute
+        check()
+        s.migrate(span_ttl_hours=48)  # the spans are T0's, about six hours old
+        insert_spans(s, span_rows([zipkin("a1", "web", "CLIENT", at=fx.AT - 200),
+                                   zipkin("b1", "api", "SERVER", parent="a1", at=fx.AT - 199)]), "book")
+        check()  # spans: minutes to link
+        r.run_once()
+        check()
+    finally:
+        s.close()
+
+
 def test_a_store_from_before_the_resolved_tables_is_marked_and_back_filled(store):
     """Records stored without minute marks (an older schema) are found, marked once and resolved."""
     fx.build(store)

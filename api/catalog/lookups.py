@@ -29,7 +29,8 @@ from typing import Any
 
 from api.storage import Store
 
-__all__ = ["INTERNET", "UNASSIGNED", "CatalogIndex", "catalog_index", "catalog_maps", "lookups_sql", "version_sql"]
+__all__ = ["INTERNET", "UNASSIGNED", "CatalogIndex", "catalog_index", "catalog_maps", "lookups_sql", "version_sql",
+           "last_version"]
 
 #: The node standing for every address nothing else explains.
 INTERNET = "INTERNET"
@@ -132,7 +133,14 @@ class CatalogIndex:
 # Built once per (store, catalog version); a few versions are kept.
 _CATALOG_INDEX: dict[tuple[str, int], CatalogIndex] = {}
 _CATALOG_MAPS: dict[tuple[str, int], dict[str, Any]] = {}
+_LAST_VERSION: dict[str, int] = {}
 _LOCK = threading.Lock()
+
+
+def last_version(store: Store) -> int | None:
+    """The newest catalog version this process has indexed for ``store`` (None: none yet), a guess
+    of the current one for reads that start before the current one is known."""
+    return _LAST_VERSION.get(f"{id(store)}:{store.db}")
 
 
 def catalog_index(store: Store, version: int) -> CatalogIndex:
@@ -161,6 +169,7 @@ def catalog_index(store: Store, version: int) -> CatalogIndex:
         if len(_CATALOG_INDEX) > 16:
             _CATALOG_INDEX.clear()
         _CATALOG_INDEX[key] = index
+        _LAST_VERSION[key[0]] = max(version, _LAST_VERSION.get(key[0], version))
     return index
 
 

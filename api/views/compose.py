@@ -145,6 +145,7 @@ def _side(key: str) -> Callable[[Row, str], str]:
 
 def areas_view(ctx: ViewContext, p: ViewParams) -> dict[str, Any]:
     """Business areas and INTERNET with the traffic between them (Vizceral ``global``)."""
+    ctx.prefetch(p)
     catalog = ctx.catalog(p.win)
     by_area: dict[str, list] = defaultdict(list)
     for service, items in ctx.alerting(p.win.end).items():
@@ -166,6 +167,7 @@ def areas_view(ctx: ViewContext, p: ViewParams) -> dict[str, Any]:
 
 def area_view(ctx: ViewContext, p: ViewParams, area: str) -> dict[str, Any]:
     """The area's services (class ``area``), their neighbours (``other``), alerting ones (``alert``)."""
+    ctx.prefetch(p)
     catalog = ctx.catalog(p.win)
     if area not in catalog["areas"] and area not in (INTERNET, UNASSIGNED):
         raise ApiError(404, f"no business area named {area!r}")
@@ -208,7 +210,7 @@ def datacenters_view(ctx: ViewContext, p: ViewParams) -> dict[str, Any]:
 
 def service_view(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, Any]:
     """The service's instances (class ``area``) and the services they talk to (``other``)."""
-    rows = ctx.rows(p, instances_of=service)
+    rows, _ = ctx.gather(lambda: ctx.rows(p, instances_of=service), lambda: ctx.alerting(p.win.end))
     ctx.require_service(service, rows)
     alerts = ctx.alerting(p.win.end)
     peers = {r[f"{side}_name"] for r in rows for side in ("s", "d") if r[f"{side}_name"] != service}

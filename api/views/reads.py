@@ -216,26 +216,32 @@ class WindowState:
     has_calls: bool     # the stage linked spans in the window, or spans wait in it
     catalog_version: int
 
+    @classmethod
+    def resolved(cls, win: Window, catalog_version: int) -> "WindowState":
+        """The state of a window the stage has resolved and linked to its end, in this catalog version."""
+        return cls(win.end, win.end, True, catalog_version)
+
+    def reads_as(self, other: "WindowState") -> bool:
+        """Whether rows read with ``other`` are the rows of this state: the same splits and catalog
+        (``has_calls`` aside: with no calls in the window, looking for them finds none)."""
+        return (self.split, self.calls_split, self.catalog_version) == \
+            (other.split, other.calls_split, other.catalog_version)
+
 
 def window_state(store: Store, win: Window) -> WindowState:
     """What the stage has resolved and linked of ``win``, and the catalog version, in one query.
 
-    Each of the four small tables is read once, in one group by minute:
-    a minute with records (``minute_marks``) or spans (``span_marks``)
-    that the stage has not recorded as resolved (``resolved_minutes``) or
-    linked (``resolved_call_minutes``) is where the stage's rows end."""
+    ``minute_book`` says per minute whether it holds records (or spans)
+    and whether the stage has resolved (or linked) it: a minute marked and
+    not done is where the stage's rows end (``sql/010_minute_book.sql``)."""
     db = store.db
-    rng = "ts >= toDateTime({t0:UInt32}, 'UTC') AND ts < toDateTime({t1:UInt32}, 'UTC')"
     tcp, calls, linked, version = store.query(
-        f"""SELECT toUInt32(minIf(ts, tcp AND marked AND NOT done)), toUInt32(minIf(ts, NOT tcp AND marked AND NOT done)),
-                   countIf(NOT tcp AND done), (SELECT toUInt64(max(version)) FROM {db}.catalog_loads)
-            FROM (
-              SELECT tcp, ts, max(mark) AS marked, max(resolved) AS done FROM (
-                SELECT 1 AS tcp, ts, records > 0 AS mark, 0 AS resolved FROM {db}.minute_marks WHERE {rng}
-                UNION ALL SELECT 1, ts, 0, 1 FROM {db}.resolved_minutes WHERE {rng}
-                UNION ALL SELECT 0, ts, 1, 0 FROM {db}.span_marks WHERE {rng}
-                UNION ALL SELECT 0, ts, 0, 1 FROM {db}.resolved_call_minutes WHERE {rng})
-              GROUP BY tcp, ts)""",
+        f"""SELECT toUInt32(minIf(ts, kind = 'tcp' AND marked AND NOT done)),
+                   toUInt32(minIf(ts, kind = 'calls' AND marked AND NOT done)),
+                   countIf(kind = 'calls' AND done), (SELECT toUInt64(max(version)) FROM {db}.catalog_loads)
+            FROM (SELECT kind, ts, max(marked) AS marked, max(done) AS done FROM {db}.minute_book
+                  WHERE ts >= toDateTime({{t0:UInt32}}, 'UTC') AND ts < toDateTime({{t1:UInt32}}, 'UTC')
+                  GROUP BY kind, ts)""",
         {"t0": win.start, "t1": win.end})[0]
 
     def split(first: int) -> int:
@@ -436,27 +442,26 @@ def firing_alerts(store: Store, at: int, service: str | None = None) -> list[dic
     (none - stored as the epoch - while Alertmanager considers it ongoing,
     otherwise the time it expires).  The latest notification is used rather
     than the one received by T, so alerts replayed later still show at the
-    time they happened.
+    time they happened: ``FINAL`` keeps the latest of each (fingerprint,
+    start) - the table replaces by ``received_at`` - before the conditions,
+    which are on columns outside its key, are applied (a third of the time
+    of grouping with ``argMax``).
     """
     db = store.db
-    cond = "AND l_service = {svc:String}" if service is not None else ""
+    cond = "AND service = {svc:String}" if service is not None else ""
     return store.query_dicts(
         f"""
-        SELECT fingerprint, l_alertname AS alertname, l_service AS service, l_severity AS severity,
-               l_summary AS summary, toString(l_starts) AS starts_at, toString(l_ends_at) AS ends_at,
-               toString(l_status) AS status
+        SELECT fingerprint, alertname, service, severity, summary,
+               toString(l_starts) AS starts_at, toString(l_ends) AS ends_at, toString(l_status) AS status
         FROM (
-          SELECT fingerprint, starts_at AS l_starts,
-                 argMax(status, received_at) AS l_status, argMax(alertname, received_at) AS l_alertname,
-                 argMax(service, received_at) AS l_service, argMax(severity, received_at) AS l_severity,
-                 argMax(summary, received_at) AS l_summary, argMax(ends_at, received_at) AS l_ends_at
-          FROM {db}.alerts
+          SELECT fingerprint, alertname, service, severity, summary, starts_at AS l_starts, ends_at AS l_ends,
+                 status AS l_status
+          FROM {db}.alerts FINAL
           WHERE starts_at <= toDateTime({{at:UInt32}}, 'UTC')
-          GROUP BY fingerprint, starts_at
-          HAVING ((l_status = 'firing' AND (l_ends_at <= l_starts OR l_ends_at > toDateTime({{at:UInt32}}, 'UTC')))
-              OR (l_status = 'resolved' AND l_ends_at > toDateTime({{at:UInt32}}, 'UTC')))
-             {cond}
         )
+        WHERE ((l_status = 'firing' AND (l_ends <= l_starts OR l_ends > toDateTime({{at:UInt32}}, 'UTC')))
+               OR (l_status = 'resolved' AND l_ends > toDateTime({{at:UInt32}}, 'UTC')))
+              {cond}
         ORDER BY service, alertname, fingerprint
         """,
         {"at": at, **({"svc": service} if service is not None else {})},

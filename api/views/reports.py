@@ -73,7 +73,12 @@ def _traced_calls(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def service_summary(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, Any]:
     """The side panel: instances, dependencies both ways, first/last seen, alerts, links."""
-    rows = ctx.rows(p, touching=service)
+    rows, instances, seen, _ = ctx.gather(
+        lambda: ctx.rows(p, touching=service),
+        lambda: ctx.cached(("instances", service, p.win),
+                           lambda: reads.service_instances(ctx.store, service, p.win), p.win.end),
+        lambda: ctx.cached(("seen", service), lambda: reads.service_seen(ctx.store, service)),
+        lambda: ctx.alerting(p.win.end))
     ctx.require_service(service, rows)
     t = health.Thresholds.of(ctx)
     catalog = ctx.catalog(p.win)
@@ -87,14 +92,13 @@ def service_summary(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, 
         "area": svc["area"] if svc else UNASSIGNED,
         "catalog": ({k: svc[k] for k in ("title", "owner", "tier", "description")} if svc else None),
         "links": links,
-        "instances": ctx.cached(("instances", service, p.win),
-                                lambda: reads.service_instances(ctx.store, service, p.win), p.win.end),
+        "instances": instances,
         "inbound": _deps(rows, service, "d", t),
         "outbound": _deps(rows, service, "s", t),
         # the connections into it and out of it, all clients or servers together
         "health": {"inbound": health.figures(_total(rows, "d", service)),
                    "outbound": health.figures(_total(rows, "s", service))},
-        **ctx.cached(("seen", service), lambda: reads.service_seen(ctx.store, service)),
+        **seen,
         "alerts": ctx.alerting(p.win.end).get(service, []),
         # what distributed tracing saw (Zipkin spans), beside what TCP saw
         "traced_calls": _traced_calls(rows),
@@ -143,8 +147,8 @@ def graph_diff(ctx: ViewContext, p: ViewParams, before_at: int, min_change: floa
     if service:
         ctx.require_service(service)
     before_win = Window.at(before_at, p.window)
-    before = _diff_scope(ctx.rows(p, win=before_win), area, service)
-    after = _diff_scope(ctx.rows(p), area, service)
+    before, after = (_diff_scope(rows, area, service)
+                     for rows in ctx.gather(lambda: ctx.rows(p, win=before_win), lambda: ctx.rows(p)))
     areas = {r[f"{s}_name"]: r[f"{s}_area"] for r in (*before, *after) for s in ("s", "d")}
     if by == "area":
         before, after = _by_area(before), _by_area(after)
