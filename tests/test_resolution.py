@@ -8,6 +8,8 @@ and with resolving the raw rows afresh (``graph_rows(resolved=False)``).
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import fixtures as fx
@@ -165,6 +167,42 @@ def test_a_catalog_change_shows_without_resolving_again(store):
     assert after == {(e["s_name"], e["d_name"]): e for e in reads.graph_rows(store, win, resolved=False)}
 
 
+def test_views_read_beside_the_window_state_what_they_would_read_after_it(store):
+    """A view reads its rows beside the window's state, guessing that the stage has resolved the
+    window in the catalog it last saw: where the guess is wrong - minutes not resolved yet, a new
+    catalog version, calls where the last window had none - it reads them again, so every view
+    is what a fresh resolution of the window gives."""
+    from api.app import create_app
+    from api.views import context
+    from api.views.params import ViewParams
+
+    fx.build(store)
+    client = create_app({"STORE": store, "TESTING": True, "CACHE_SECONDS": 0}).test_client()
+    win = Window.at(fx.AT, fx.WINDOW)
+    assert win.end < time.time() - context.LIVE_EDGE_S  # a window the guess is made for
+
+    def fresh() -> dict:
+        return {(r["s_name"], r["d_name"]): r["open"] for r in reads.graph_rows(store, win, resolved=False)}
+
+    def view_rows() -> list[dict]:
+        ctx = context.ViewContext(store, client.application.extensions["phobos_cache"])  # one per request
+        return ctx.rows(ViewParams.of(fx.AT, fx.WINDOW, "open", None))
+
+    def viewed() -> dict:
+        return {(r["s_name"], r["d_name"]): r["open"] for r in view_rows()}
+
+    client.get(f"/api/v1/areas?at={fx.AT}&window={fx.WINDOW}")  # the catalog is seen: guesses start
+    Resolver(store, now=lambda: T0 + 5 * 60 + 90).run_once()  # only the window's first minutes resolved
+    assert reads.resolved_until(store, win) < win.end
+    assert viewed() == pytest.approx(fresh())
+    resolve_all(store)
+    assert viewed() == pytest.approx(fresh())  # the guess holds now
+    load_into_store(store, parse_catalog(fx.CATALOG.replace("{name: api, area: shop", "{name: api, area: pay")),
+                    source="new version")
+    areas = {(r["s_name"], r["s_area"]) for r in view_rows()}
+    assert ("api", "pay") in areas and ("api", "shop") not in areas  # not the version guessed
+
+
 def test_minutes_the_stage_has_not_reached_are_resolved_when_read(store):
     """The live edge of a view: a minute not yet settled is shown, resolved on the spot."""
     fx.build(store)
@@ -300,6 +338,50 @@ def test_window_state_reads_the_minute_book_as_the_four_tables_say(store, tmp_pa
                                    zipkin("b1", "api", "SERVER", parent="a1", at=fx.AT - 199)]), "book")
         check()  # spans: minutes to link
         r.run_once()
+        check()
+    finally:
+        s.close()
+
+
+def test_service_pairs_are_the_service_rollups_without_datacenters(store, tmp_path):
+    """resolved_pairs_1m/_1h, which the views without a dc read, sum to resolved_svc_1m/_1h with the
+    datacenters summed away: back-filled for a store resolved before them, then fed by their
+    views through resolution, late rows and a minute resolved again."""
+    import shutil
+
+    from api.storage import open_store
+    from api.storage.migrations import SQL_DIR
+
+    older = tmp_path / "sql"
+    older.mkdir()
+    for path in sorted(SQL_DIR.glob("0*.sql")):
+        if path.name < "011":
+            shutil.copy(path, older)
+    s = open_store(f"chdb://{store.url.path}?database={store.db}_pairs", role="pytest")
+    keys = "toUInt32(ts), toString(s_kind), s_name, s_addr, toString(d_kind), d_name, d_addr, d_port"
+    sums = ("sum(n), sum(open_seconds), sum(connects), sum(failures), sum(bytes), sum(handshakes), "
+            "sum(handshake_us_sum), sumForEachMerge(handshake_hist), sum(retransmits), sum(aborts)")
+
+    def table(name: str) -> dict:
+        rows = s.query(f"SELECT {keys}, {sums} FROM {s.db}.{name} GROUP BY {keys} HAVING sum(n) != 0 "
+                       f"OR sum(open_seconds) != 0 OR sum(connects) != 0 OR sum(handshakes) != 0")
+        return {tuple(r[:8]): tuple(x or 0 for x in r[8:15]) + (tuple(r[15] or []),) + tuple(r[16:]) for r in rows}
+
+    def check() -> None:
+        for grain in ("1m", "1h"):
+            pairs, svc = table(f"resolved_pairs_{grain}"), table(f"resolved_svc_{grain}")
+            assert pairs == svc and pairs, grain
+
+    try:
+        s.migrate(directory=older)
+        fx.build(s)
+        resolve_all(s)
+        s.migrate()  # adds the pairs tables and back-fills them
+        check()
+        ingest_batch(s, "connections", [connection(ts=format_ts(fx.AT - 100), host="h-late", service="web",
+                                                   remote_ip="10.0.0.20", remote_port=8080, connects=7, open=1)],
+                     batch_id="late")
+        resolve_all(s)  # that minute again: withdrawn and written anew, in both
         check()
     finally:
         s.close()

@@ -30,7 +30,7 @@ def test_migrate_twice_changes_nothing(store):
     before = snapshot(store)
     assert store.migrate() == []
     assert snapshot(store) == before
-    assert store.schema_version() == 10
+    assert store.schema_version() == 11
     names = {name for name, _ in before[0]}
     assert {"connections", "listeners", "edges_1m", "edges_1h", "catalog_areas", "catalog_services",
             "alerts", "trace_edges", "dead_letters", "listener_spans", "spans", "resolved_calls_1m"} <= names
@@ -326,8 +326,9 @@ def test_nat_columns_are_added_to_a_store_made_before_them(chdb_dir, tmp_path):
         # the next version of the writer starts: it migrates, then writes
         old = open_store(f"chdb://{chdb_dir}?database=t_before_nat", role="pytest")
         assert migrate(old) == ["applied 006_nat.sql", "applied 007_virtual.sql", "applied 008_health.sql",
-                                "applied 009_resolved_health.sql", "applied 010_minute_book.sql"]
-        assert old.schema_version() == 10
+                                "applied 009_resolved_health.sql", "applied 010_minute_book.sql",
+                                "applied 011_resolved_pairs.sql"]
+        assert old.schema_version() == 11
         ingest_batch(old, "connections", [connection(pid=2, nat_ip="10.96.0.10", nat_port=80)], batch_id="after")
         rows = old.query(f"SELECT pid, toString(nat_ip), nat_port FROM {old.db}.connections ORDER BY pid")
         assert rows == [(2, "::ffff:10.96.0.10", 80), (100, "::", 0)]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -93,6 +94,9 @@ def handshake_bounds(bucket: int) -> tuple[float, float]:
     return low, high
 
 
+_BOUNDS = tuple(handshake_bounds(b) for b in range(HANDSHAKE_BUCKETS))
+
+
 def handshake_quantile(hist: "list[int] | tuple[int, ...]", q: float) -> float | None:
     """The q-quantile (0 < q <= 1) of a histogram, in microseconds; None when it is empty.
 
@@ -107,7 +111,7 @@ def handshake_quantile(hist: "list[int] | tuple[int, ...]", q: float) -> float |
     seen = 0
     for bucket, n in enumerate(hist):
         if n and seen + n >= rank:
-            low, high = handshake_bounds(bucket)
+            low, high = _BOUNDS[bucket] if bucket < HANDSHAKE_BUCKETS else handshake_bounds(bucket)
             if high == float("inf"):
                 return low
             return low + (high - low) * (rank - seen) / n
@@ -122,6 +126,8 @@ def add_handshake_hists(a: "list[int]", b: "list[int]") -> "list[int]":
         return list(a)
     if not a:
         return list(b)
+    if len(a) == len(b):
+        return list(map(operator.add, a, b))
     if len(a) < len(b):
         a, b = b, a
     return [n + (b[i] if i < len(b) else 0) for i, n in enumerate(a)]

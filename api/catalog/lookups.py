@@ -102,6 +102,13 @@ class CatalogIndex:
                 for lo, hi, *_ in (*self.virtuals, *self.services, *self.externals)]
 
     @functools.cached_property
+    def ranged(self) -> frozenset[str]:
+        """Names an address may turn out to be: services with address ranges or virtual
+        addresses, externals, and INTERNET (every address no range holds)."""
+        return frozenset({INTERNET, *(name for _lo, _hi, name, *_ in
+                                      (*self.services, *self.virtuals, *self.externals))})
+
+    @functools.cached_property
     def source_bounds(self) -> list[tuple[str, str, str]]:
         """(first, last, service) of every virtual address's source range,
         as IPv6 text, for the query that leaves out the rows they explain."""

@@ -18,7 +18,7 @@ import pyarrow as pa
 from api.storage import migrations
 from api.storage.interface import Store, StoreError, StoreURL
 
-__all__ = ["StoreBase", "INSERT_SETTINGS", "base_type", "clean_error"]
+__all__ = ["StoreBase", "INSERT_SETTINGS", "QUERY_SETTINGS", "base_type", "clean_error"]
 
 #: Settings of every insert. optimize_on_insert=0: the Summing/Aggregating
 #: rollups would otherwise collapse each inserted block while writing it,
@@ -26,6 +26,13 @@ __all__ = ["StoreBase", "INSERT_SETTINGS", "base_type", "clean_error"]
 #: time give the same numbers. parallel_view_processing: the rollup views of
 #: one insert run side by side instead of one after the other.
 INSERT_SETTINGS = {"optimize_on_insert": 0, "parallel_view_processing": 1}
+
+#: Settings of Phobos' own sessions (not the analysts' read-only ones).
+#: ClickHouse compiles an expression or aggregation to machine code with
+#: LLVM once it has seen it three times: the view queries are small, so the
+#: fourth call of each paid 20-70 ms for that and the calls after it ran no
+#: faster, nor did the resolution stage's (measured with bench_api.py).
+QUERY_SETTINGS = {"compile_expressions": 0, "compile_aggregate_expressions": 0}
 
 
 class StoreBase:

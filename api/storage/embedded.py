@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from api.storage.base import INSERT_SETTINGS, StoreBase, base_type, clean_error
+from api.storage.base import INSERT_SETTINGS, QUERY_SETTINGS, StoreBase, base_type, clean_error
 from api.storage.interface import ReadLimits, Store, StoreBusyError, StoreError, StoreURL, sql_literal, sql_quote
 
 __all__ = ["ChdbStore", "SESSIONS"]
@@ -98,6 +98,8 @@ class _ChdbEngine:
         session = self._new_session(self.path)
         # Numbers as JSON numbers: Python reads them exactly at any size.
         session.query("SET output_format_json_quote_64bit_integers = 0", "CSV")
+        for name, value in QUERY_SETTINGS.items():
+            session.query(f"SET {name} = {sql_literal(value)}", "CSV")
         return session
 
     @contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from api.storage.base import INSERT_SETTINGS, StoreBase, base_type, clean_error
+from api.storage.base import INSERT_SETTINGS, QUERY_SETTINGS, StoreBase, base_type, clean_error
 from api.storage.interface import ReadLimits, Store, StoreError, StoreURL, parse_store_url
 
 __all__ = ["ClickHouseStore", "driver_params", "render_rows"]
@@ -42,6 +42,8 @@ class ClickHouseStore(StoreBase):
         )
         self._client_cls = Client
         self.read_only = bool(settings and settings.get("readonly"))
+        if not self.read_only:
+            self._client_args["settings"].update(QUERY_SETTINGS)
         if self.read_only:
             # Unqualified table names in analysts' queries mean Phobos' tables.
             self._client_args["database"] = url.database

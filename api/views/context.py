@@ -43,6 +43,11 @@ _READS = ThreadPoolExecutor(max_workers=3, thread_name_prefix=_READS_NAME)
 #: rows are not read on the guess that the stage has resolved them all.
 LIVE_EDGE_S = 180
 
+#: Whether the last window state read of a store had calls: most stores
+#: either never get spans or get them all the time, so the next guess at a
+#: window's state follows the last one read (per store: id and database).
+_HAD_CALLS: dict[tuple[int, str], bool] = {}
+
 
 @dataclass(frozen=True)
 class ViewContext:
@@ -118,6 +123,7 @@ class ViewContext:
         if state is None:
             state = self._states[win] = self.cached(("state", win), lambda: reads.window_state(self.store, win),
                                                     win.end)
+            _HAD_CALLS[(id(self.store), self.store.db)] = state.has_calls
         return state
 
     def rows(self, p: ViewParams, *, win: Window | None = None, **options: Any) -> list[dict[str, Any]]:
@@ -139,7 +145,7 @@ class ViewContext:
         version = last_version(self.store)
         if win in self._states or version is None or win.end > time.time() - LIVE_EDGE_S:
             return read(self.state(win))
-        guess = reads.WindowState.resolved(win, version)
+        guess = reads.WindowState.resolved(win, version, _HAD_CALLS.get((id(self.store), self.store.db), True))
         state, rows = self.gather(lambda: self.state(win), lambda: read(guess))
         return rows if state.reads_as(guess) else read(state)
 

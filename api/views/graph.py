@@ -60,8 +60,11 @@ class Edge:
     values: dict[str, Any] = field(default_factory=_no_values)
 
     def add(self, row: Mapping[str, Any]) -> None:
+        values = self.values
         for key in VALUE_KEYS:
-            self.values[key] += float(row.get(key) or 0)
+            value = row.get(key)
+            if value:
+                values[key] += float(value)
         hist = row.get("handshake_hist")
         if hist:
             self.values["handshake_hist"] = add_handshake_hists(self.values["handshake_hist"], hist)

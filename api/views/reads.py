@@ -68,6 +68,7 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
     inst = table == "resolved_1m"
     s_addr, d_addr = ("s_inst", "d_inst") if inst else ("s_addr", "d_addr")
     dcs = "s_dc" in keys
+    has_dc = "_pairs_" not in table
     by_dc = keys == ["s_dc", "d_dc"] and svc is None and not by_minute
     where = ["ts >= toDateTime({t0:UInt32}, 'UTC')", "ts < toDateTime({t1:UInt32}, 'UTC')"]
     params: dict[str, Any] = {"t0": win.start, "t1": end, **(params_more or {})}
@@ -85,8 +86,10 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
                      "arrayMap(x -> (toIPv6(x.1), toIPv6(x.2), x.3), {vsources:Array(Tuple(String, String, String))})))")
         params["vsources"] = catalog.source_bounds
     if svc is not None:
-        # Address rows may turn out to be the service, by its catalog ranges.
-        where.append("(s_name = {svc:String} OR d_name = {svc:String} OR s_kind = 'addr' OR d_kind = 'addr')")
+        # Address rows may turn out to be the service, by its catalog ranges
+        # (most services have none: then only rows that name it are read).
+        may_be_address = " OR s_kind = 'addr' OR d_kind = 'addr'" if svc in catalog.ranged else ""
+        where.append(f"(s_name = {{svc:String}} OR d_name = {{svc:String}}{may_be_address})")
         params["svc"] = svc
     if by_dc:
         # Which datacenter an end is in needs no catalog.
@@ -103,7 +106,8 @@ def _stored_rows(store: Store, table: str, win: Window, end: int, keys: list[str
         f"""WITH arrayMap(x -> (toIPv6(x.1), toIPv6(x.2)), {{bounds:Array(Tuple(String, String))}}) AS bounds
         SELECT {minute}toString(s_kind), s_name, {s_dc}, sa, toString(d_kind), d_name, {d_dc}, da, dp, {_STORED_SUMS}
         FROM (
-          SELECT ts, s_kind, s_name, s_dc, d_kind, d_name, d_dc, n, open_seconds, connects, failures, bytes,
+          SELECT ts, s_kind, s_name, {"s_dc, d_dc, " if has_dc else ""}d_kind, d_name, n, open_seconds,
+                 connects, failures, bytes,
                  handshakes, handshake_us_sum, retransmits, aborts, handshake_hist,
                  if(s_kind = 'addr' AND NOT {ranged.format(a=s_addr)}, '', {s_addr}) AS sa,
                  d_kind = 'addr' AND NOT {ranged.format(a=d_addr)} AS d_far,
@@ -173,6 +177,13 @@ _VALUES = """
       sum(rt) AS retransmits, sum(ab) AS aborts"""
 
 
+def _service_table(bucket: int, datacenters: bool) -> str:
+    """The stage's service-level table for a window of ``bucket`` seconds: with each end's
+    datacenter (``datacenters``: the datacenter view, a ``dc`` filter) or without, which holds
+    a pair of services once rather than once per pair of their datacenters."""
+    return f"resolved_{'svc' if datacenters else 'pairs'}_{'1h' if bucket == 3600 else '1m'}"
+
+
 def _params(win: Window, slack: int, **extra: Any) -> dict[str, Any]:
     return {"t0": win.start, "t1": win.end, "secs": float(win.seconds), "slack": int(slack), **extra}
 
@@ -183,7 +194,7 @@ def stored_minutes(store: Store, win: Window, end: int, keys: list[str], catalog
     """The stage's rows of ``[win.start, end)`` by minute and ``keys``, the
     catalog applied as ``graph_rows`` applies it (``instances``: from the
     instance-level table): ``(minute, *key) -> {open_seconds, connects, ...}``."""
-    table = "resolved_1m" if instances else "resolved_svc_1m"
+    table = "resolved_1m" if instances else _service_table(60, bool(dc) or "s_dc" in keys)
     return {key: dict(zip(_STORED_NAMES, sums)) for key, sums in _stored_rows(
         store, table, win, end, keys, catalog, dc=dc, svc=svc, where_more=where, params_more=params,
         by_minute=True).items()}
@@ -217,15 +228,15 @@ class WindowState:
     catalog_version: int
 
     @classmethod
-    def resolved(cls, win: Window, catalog_version: int) -> "WindowState":
+    def resolved(cls, win: Window, catalog_version: int, has_calls: bool = True) -> "WindowState":
         """The state of a window the stage has resolved and linked to its end, in this catalog version."""
-        return cls(win.end, win.end, True, catalog_version)
+        return cls(win.end, win.end, has_calls, catalog_version)
 
     def reads_as(self, other: "WindowState") -> bool:
-        """Whether rows read with ``other`` are the rows of this state: the same splits and catalog
-        (``has_calls`` aside: with no calls in the window, looking for them finds none)."""
+        """Whether rows read with ``other`` are the rows of this state: the same splits and catalog,
+        and calls looked for if this state has any (looking for none finds none)."""
         return (self.split, self.calls_split, self.catalog_version) == \
-            (other.split, other.calls_split, other.catalog_version)
+            (other.split, other.calls_split, other.catalog_version) and (other.has_calls or not self.has_calls)
 
 
 def window_state(store: Store, win: Window) -> WindowState:
@@ -331,7 +342,7 @@ def graph_rows(
     merged: dict[tuple, dict[str, Any]] = {}
     if split > win.start:
         table = ("resolved_1m" if instances_of is not None
-                 else "resolved_svc_1h" if win.bucket == 3600 else "resolved_svc_1m")
+                 else _service_table(win.bucket, bool(dc) or datacenters))
         secs = float(win.seconds)
         for key, sums in _stored_rows(store, table, win, split, keys, catalog, dc=dc, svc=svc).items():
             row = dict(zip(keys, key))

@@ -52,6 +52,12 @@ def backfill(directory: str, args: argparse.Namespace) -> None:
     print(f"backfill of {args.hours} h: {time.time() - started:.0f} s (separate process)")
 
 
+def _timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return (time.perf_counter() - started) * 1000
+
+
 def measure(client, url: str, repeat: int) -> list[float]:
     response = client.get(url)  # warm-up
     assert response.status_code == 200, (url, response.get_data(as_text=True)[:300])
@@ -105,15 +111,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     probe.resolve([latest])
     print(f"resolving one minute of this fleet again: {(time.perf_counter() - started) * 1000:.0f} ms")
+    # The latencies below are those of a store at rest: the parts that
+    # resolution wrote are merged in the background for a few seconds,
+    # which on 2 cores slows whatever runs beside it.
+    started = time.perf_counter()
+    while time.perf_counter() - started < 60 and store.query(
+            "SELECT count() FROM system.merges WHERE database = {db:String}", {"db": store.db})[0][0]:
+        time.sleep(0.2)
+    print(f"background merges after it: {time.perf_counter() - started:.1f} s")
     sizes = dict(store.query(
         "SELECT table, sum(bytes_on_disk) FROM system.parts WHERE active AND database = {db:String} "
         "GROUP BY table", {"db": store.db}))
     raw = sum(sizes.get(t, 0) for t in ("connections", "edges_1m", "edges_1h", "listeners", "listener_spans"))
-    resolved = sum(sizes.get(t, 0) for t in ("resolved_1m", "resolved_svc_1m", "resolved_svc_1h"))
+    resolved_tables = ("resolved_1m", "resolved_svc_1m", "resolved_svc_1h", "resolved_pairs_1m", "resolved_pairs_1h")
+    resolved = sum(sizes.get(t, 0) for t in resolved_tables)
     print(f"on disk: raw tables {raw / 2**20:.0f} MiB (connections {sizes.get('connections', 0) / 2**20:.0f}, "
-          f"edges_1m {sizes.get('edges_1m', 0) / 2**20:.0f}); resolved tables {resolved / 2**20:.0f} MiB "
-          f"(resolved_1m {sizes.get('resolved_1m', 0) / 2**20:.0f}, svc_1m {sizes.get('resolved_svc_1m', 0) / 2**20:.0f}, "
-          f"svc_1h {sizes.get('resolved_svc_1h', 0) / 2**20:.1f}) = {resolved / max(raw, 1):.2f} of raw")
+          f"edges_1m {sizes.get('edges_1m', 0) / 2**20:.0f}); resolved tables {resolved / 2**20:.0f} MiB ("
+          + ", ".join(f"{t.replace('resolved_', '')} {sizes.get(t, 0) / 2**20:.1f}" for t in resolved_tables)
+          + f") = {resolved / max(raw, 1):.2f} of raw")
     first, last = reads.data_range(store)
     at = last - 60  # the last complete minute
     counts = store.query(
@@ -140,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         ("search", f"/api/v1/search?q={busiest[:5]}&at={at}"),
         ("timeline", "/api/v1/timeline"),
     ]
+    # How fast this machine is right now, for comparing runs: on a shared
+    # virtual machine the same code measures up to twice as slow from one
+    # hour to the next.
+    probe_sql = "SELECT sum(cityHash64(number)) FROM numbers(2000000)"
+    reference = sorted(_timed(lambda: store.query(probe_sql)) for _ in range(9))
+    round_trip = sorted(_timed(lambda: store.query("SELECT 1")) for _ in range(9))
+    print(f"machine reference: {reference[4]:.1f} ms for {probe_sql!r}, {round_trip[4]:.2f} ms per "
+          f"SELECT 1 (medians of 9)")
     for title, cache in (("result cache off: every request queries the store", 0),
                          ("result cache on (default): views of one window share one resolution", 300)):
         client = create_app({"STORE": store, "CACHE_SECONDS": cache}).test_client()
