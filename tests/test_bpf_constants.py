@@ -74,7 +74,7 @@ def test_directions():
 
 
 def test_config_slots_used_by_the_probe_exist():
-    assert "CFG_SEEDING" in C and C["CFG_SEEDING"] < C["CFG_SLOTS"]
+    assert {"CFG_SEEDING", "CFG_EPOCH"} <= set(C) and max(C["CFG_SEEDING"], C["CFG_EPOCH"]) < C["CFG_SLOTS"]
     assert "BPF_ARRAY(config, u32, CFG_SLOTS);" in SOURCE.read_text()
     assert "edges_created" in probe.STAT_NAMES  # read by Probe._refresh_ids
 

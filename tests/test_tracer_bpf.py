@@ -668,6 +668,64 @@ def test_edge_ids_are_retired_and_handed_out_again_without_losing_a_count(bpf_re
         probe.close()
 
 
+def test_an_edge_id_a_cpu_remembers_is_void_once_the_edge_is_retired(bpf_ready):
+    """Each CPU remembers the edge of its last connect and accept. Once that edge is retired and
+    its id handed to another edge (made on another CPU), the next connect of the first edge on
+    the first CPU must not count to the id it remembers: the epoch bumped at retirement voids it."""
+    import multiprocessing as mp
+
+    from tracer.probe import Probe
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs: the other edge is made on the second")
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    probe = Probe(mode="tracepoint", max_edges=64)
+    servers = []
+    seen: dict = {}
+    try:
+        for _ in range(2):
+            srv = socket.socket()
+            srv.bind(("127.0.0.1", 0))
+            srv.listen(16)
+            servers.append(srv)
+        first, other = (srv.getsockname()[1] for srv in servers)
+
+        def connect_once(srv) -> None:
+            c = socket.create_connection(srv.getsockname())
+            a, _ = srv.accept()
+            c.close()
+            a.close()
+
+        def drain() -> None:
+            for key, v in probe.drain():
+                port = key.remote_port if key.direction == "outbound" else key.local_port
+                seen[(key.direction, port)] = seen.get((key.direction, port), 0) + v["connects"] + v["accepts"]
+
+        connect_once(servers[0])  # this CPU remembers the first server's edges
+        time.sleep(0.05)
+        for _ in range(6):  # idle: unmapped, then their ids given back
+            drain()
+        assert not [e for e in probe._edges.values() if first in (e.key.remote_port, e.key.local_port)]
+        on_other_cpu = mp.get_context("fork").Process(
+            target=lambda: (os.sched_setaffinity(0, {cpus[1]}), connect_once(servers[1])))
+        on_other_cpu.start()
+        on_other_cpu.join(10)
+        assert on_other_cpu.exitcode == 0
+        connect_once(servers[0])  # the first server again, on the first CPU
+        time.sleep(0.05)
+        drain()
+        assert seen.get(("outbound", first)) == 2 and seen.get(("inbound", first)) == 2, seen
+        assert seen.get(("outbound", other)) == 1 and seen.get(("inbound", other)) == 1, seen
+        assert probe.drops()["edges"] == 0
+    finally:
+        for srv in servers:
+            srv.close()
+        probe.close()
+        os.sched_setaffinity(0, affinity)
+
+
 def test_followed_sockets_match_the_proc_snapshot_so_reconciliation_never_counts_them_twice(bpf_ready):
     """Reconciliation seeds what /proc shows open and the kernel does not follow: the kernel's
     socket map must spell every tuple as /proc does (IPv4, IPv6, v4-mapped on a dual-stack socket)."""

@@ -41,6 +41,7 @@ is never silenced: if it fails, BCC's messages and the error are shown.
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import functools
 import ipaddress
 import logging
@@ -533,16 +534,30 @@ def attach_btf_raw_tracepoint(insns: bytes, btf_id: int, name: str) -> tuple[int
     """
     code = ct.create_string_buffer(insns, len(insns))
     license_ = ct.create_string_buffer(b"GPL")
-    log = ct.create_string_buffer(1 << 16)
-    attr = ct.create_string_buffer(128)
-    # union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level,
-    # log_size, log_buf, kern_version, prog_flags, prog_name, prog_ifindex,
-    # expected_attach_type, prog_btf_fd, func_info_rec_size, func_info, func_info_cnt,
-    # line_info_rec_size, line_info, line_info_cnt, attach_btf_id
-    struct.pack_into("<IIQQIIQII16sIIIIQIIQII", attr, 0, _BPF_PROG_TYPE_TRACING, len(insns) // 8,
-                     ct.addressof(code), ct.addressof(license_), 1, len(log), ct.addressof(log), 0, 0,
-                     name.encode()[:15], 0, _BPF_TRACE_RAW_TP, 0, 0, 0, 0, 0, 0, 0, btf_id)
-    prog_fd, err = _sys_bpf(_BPF_PROG_LOAD, attr)
+    log = ct.create_string_buffer(1 << 20)
+
+    def load(log_level: int) -> tuple[int, int]:
+        attr = ct.create_string_buffer(128)
+        # union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level,
+        # log_size, log_buf, kern_version, prog_flags, prog_name, prog_ifindex,
+        # expected_attach_type, prog_btf_fd, func_info_rec_size, func_info, func_info_cnt,
+        # line_info_rec_size, line_info, line_info_cnt, attach_btf_id
+        struct.pack_into("<IIQQIIQII16sIIIIQIIQII", attr, 0, _BPF_PROG_TYPE_TRACING, len(insns) // 8,
+                         ct.addressof(code), ct.addressof(license_), log_level,
+                         len(log) if log_level else 0, ct.addressof(log) if log_level else 0, 0, 0,
+                         name.encode()[:15], 0, _BPF_TRACE_RAW_TP, 0, 0, 0, 0, 0, 0, 0, btf_id)
+        return _sys_bpf(_BPF_PROG_LOAD, attr)
+
+    # Without a log first: a verifier log that outgrows its buffer fails
+    # the load (ENOSPC) however good the program; the log is only wanted
+    # to say why a program was refused.
+    prog_fd, err = load(0)
+    if prog_fd < 0:
+        retry_fd, retry_err = load(1)
+        if retry_fd >= 0:
+            prog_fd = retry_fd
+        elif retry_err != errno.ENOSPC:
+            err = retry_err
     if prog_fd < 0:
         tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-3:])
         raise ProbeError(f"the kernel refused a BTF-typed raw tracepoint ({os.strerror(err)})"
@@ -656,6 +671,7 @@ class Probe:
         self._edges: dict[int, _Edge] = {}
         self._created_seen = -1
         self._drains = 0
+        self._epoch = 0
         self._batch_ok = True
         # Ids 1..max_edges-1, 1 on top: the ids in use stay low and few
         # counters are read per drain.
@@ -863,20 +879,21 @@ class Probe:
             start += n
 
     def _read_batch(self, table, start: int, n: int, keys, buf) -> bool:
-        """Ids start..start+n-1 of an array map into ``buf`` with BPF_MAP_LOOKUP_BATCH (Linux 5.6+)."""
+        """Slots start..start+n-1 of an array map into ``buf`` with one BPF_MAP_LOOKUP_BATCH
+        (Linux 5.6+); False when the kernel did not give all of them (the caller reads them
+        one by one; a kernel that refuses batches is not asked again)."""
         if not self._batch_ok:
             return False
         lib = self._bcc.libbcc.lib
         count = ct.c_uint32(n)
         out_batch = ct.c_uint32(0)
-        in_batch = ct.c_uint32(start - 1)   # the batch starts after in_batch
+        in_batch = ct.c_uint32(start - 1)   # a batch starts after the slot in_batch names
         res = lib.bpf_lookup_batch(table.map_fd, ct.byref(in_batch) if start else None, ct.byref(out_batch),
                                    ct.byref(keys), ct.byref(buf), ct.byref(count))
-        if (res != 0 and ct.get_errno() != 2) or count.value != n:  # ENOENT: the map's end
-            if res != 0 and ct.get_errno() != 2:
-                self._batch_ok = False
-                return False
-        return True
+        if res != 0 and ct.get_errno() != 2:  # ENOENT: the batch reached the map's end
+            self._batch_ok = False
+            return False
+        return count.value == n
 
     def _sum_cpus(self, raw: bytes) -> tuple:
         rows = list(self._val_format.iter_unpack(raw))
@@ -903,21 +920,30 @@ class Probe:
         spare = self.max_edges - 1 - len(self._edges)
         idle_needed = 1 if spare < self.max_edges // 8 else RETIRE_IDLE_DRAINS
         zero = self._counters.Leaf()
+        retiring = []
         for eid, edge in list(self._edges.items()):
             held = edge.sums[self._held_at] if edge.sums else 0
             if edge.retired_at >= 0:
                 # A drain later every program that found the id through the
-                # key has finished; unheld, nothing can write to it now.
+                # key (or remembered it in an epoch before the unmapping) has
+                # finished; unheld, nothing can write to it now.
                 if self._drains > edge.retired_at and held == 0:
                     self._counters[ct.c_int(eid)] = zero
                     del self._edges[eid]
                     self._free.push(ct.c_uint32(eid))
             elif edge.idle >= idle_needed and held == 0 and edge.sums:
-                try:
-                    del self._id_map[self._id_key(edge.key)]
-                except KeyError:
-                    pass
-                edge.retired_at = self._drains
+                retiring.append(edge)
+        if not retiring:
+            return
+        # Before any key goes: the ids the CPUs remember are void from now on.
+        self._epoch = (self._epoch + 1) & 0xFFFFFFFF
+        self._set_config(BPF_CONSTANTS["CFG_EPOCH"], self._epoch)
+        for edge in retiring:
+            try:
+                del self._id_map[self._id_key(edge.key)]
+            except KeyError:
+                pass
+            edge.retired_at = self._drains
 
     def _id_key(self, key: EdgeKey):
         k = self._id_map.Key(netns=key.netns, pid=key.pid, lport=key.local_port, rport=key.remote_port,

@@ -79,8 +79,10 @@
  *
  * Cost: per connection (both ends on the host, six state changes of which
  * five are acted on) two socket reads at each of connect and accept, one at
- * ESTABLISHED, four to six fields of the socket at each close; two hash
- * lookups of the edge's id (connect, accept) and one of the listener;
+ * ESTABLISHED, four to six fields of the socket at each close; a lookup of
+ * the edge's id at connect and at accept (a comparison with the edge this
+ * CPU counted last, a hash lookup when it is another) and one of the
+ * listener;
  * otherwise array slots: the socket table's two buckets (one cache line of
  * owner words each) at every state change, a compare-and-swap to claim an
  * entry and an exchange to give it back, and the edge's per-CPU counters,
@@ -175,7 +177,8 @@
 
 /* config[] slots, written by userspace */
 #define CFG_SEEDING 0  /* 1 while userspace reads /proc (start-up, reconciliation) */
-#define CFG_SLOTS 1
+#define CFG_EPOCH 1    /* bumped by userspace before it retires edge ids: edge_cache entries of an older epoch are void */
+#define CFG_SLOTS 2
 
 /* drops[] slots: failed map updates, per CPU */
 #define DROP_EDGES 0
@@ -212,6 +215,8 @@ struct edge_key {
     u8 direction;
     u8 pad[3];
 };
+/* edge_id_cached compares keys as six words. */
+_Static_assert(sizeof(struct edge_key) == 48, "struct edge_key is 48 bytes");
 
 /* An edge's counters: cumulative for as long as its id lives, one copy per
  * CPU; userspace reports the differences between two drains. */
@@ -311,6 +316,16 @@ BPF_STACK(edge_free, u32, MAX_EDGES);
  * what no id could be handed out for (drops[DROP_EDGES]); nobody reads it. */
 BPF_PERCPU_ARRAY(edges, struct edge_val, MAX_EDGES);
 BPF_ARRAY(edge_comms, struct edge_comm, MAX_EDGES);
+/* Per CPU, the last edge a connect (slot 0) and an accept (slot 1) counted
+ * to: a process that connects again and again to the same server, or a
+ * server accepting again and again from the same client, needs no lookup
+ * of edge_ids (see edge_id_cached). */
+struct edge_cache_entry {
+    struct edge_key key;
+    u32 id;
+    u32 epoch;
+};
+BPF_PERCPU_ARRAY(edge_cache, struct edge_cache_entry, 2);
 /* Open addressing over an array, whose lookups the verifier inlines: a
  * socket lives in one of two buckets (see sock_find); a full pair refuses
  * (counted) instead of evicting. */
@@ -442,6 +457,34 @@ static __always_inline u32 edge_id(struct edge_key *k, int how, const char *comm
     return 0;
 }
 
+/*
+ * edge_id, remembered per CPU for the next connect or accept of the same
+ * edge (the key compared word by word: its padding is always zero).  An
+ * entry is only good in the epoch it was made in: userspace bumps
+ * config[CFG_EPOCH] before it unmaps the keys of edges it retires, and
+ * gives their ids back a drain later, so a remembered id is never one that
+ * has gone to another edge.  A program that read the old epoch just before
+ * the bump uses the id as one that looked it up in edge_ids just before the
+ * unmapping would: the drain after that still reads it.
+ */
+static __always_inline u32 edge_id_cached(struct edge_key *k, int how, const char *comm)
+{
+    u32 slot = k->direction == DIR_INBOUND;
+    struct edge_cache_entry *e = edge_cache.lookup(&slot);
+    if (!e)
+        return edge_id(k, how, comm);
+    u32 epoch = cfg(CFG_EPOCH);
+    const u64 *a = (const u64 *)&e->key, *b = (const u64 *)k;
+    if (e->id && e->epoch == epoch && a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] &&
+        a[4] == b[4] && a[5] == b[5])
+        return e->id;
+    u32 id = edge_id(k, how, comm);
+    __builtin_memcpy(&e->key, k, sizeof(*k));
+    e->id = id;
+    e->epoch = epoch;
+    return id;
+}
+
 /* This CPU's counters of an edge id (an array slot: never missing for an
  * id below MAX_EDGES, the verifier just wants the check). */
 static __always_inline struct edge_val *edge_vals(u32 id)
@@ -559,7 +602,7 @@ static __always_inline void sock_release(struct sock_ref *ref)
  * that socket added to its edge's open gauge is taken back, its id let go,
  * and the entry reused.  Returns 1 when the socket is followed.
  */
-static __always_inline int follow(u64 skp, const struct sock_state *st)
+static __always_inline int follow(u64 skp, const struct sock_state *st, struct edge_val *ev)
 {
     struct sock_ref ref;
     if (sock_find(skp, &ref)) {
@@ -575,7 +618,6 @@ static __always_inline int follow(u64 skp, const struct sock_state *st)
         return 0;
     }
     *ref.st = *st;
-    struct edge_val *ev = edge_vals(st->edge);
     if (ev)
         EV_ADD(&ev->held, 1);
     return 1;
@@ -591,7 +633,7 @@ static __always_inline void on_connect(const struct tp_state *args,
     k.rport = args->dport;
     tp_addrs(args, k.laddr, k.raddr);
     struct sock_state st = {};
-    st.edge = edge_id(&k, COMM_CURRENT, 0);
+    st.edge = edge_id_cached(&k, COMM_CURRENT, 0);
     st.dport = args->dport;
     st.outbound = 1;
     st.syn_ns = bpf_ktime_get_ns();
@@ -609,7 +651,7 @@ static __always_inline void on_connect(const struct tp_state *args,
 #endif
     /* Full table: the connect is counted, the socket is not followed.  Its
      * ESTABLISHED then finds no entry and adds nothing to the open gauge. */
-    follow(skp, &st);
+    follow(skp, &st, ev);
 }
 
 /* floor(log2(v)) for v > 0, without a loop (the verifier needs none). */
@@ -687,7 +729,7 @@ static __always_inline void on_accept(const struct tp_state *args,
     k.lport = args->sport;
     tp_addrs(args, k.laddr, k.raddr);
     struct sock_state st = {};
-    st.edge = edge_id(&k, COMM_COPY, comm);
+    st.edge = edge_id_cached(&k, COMM_COPY, comm);
     st.start_ns = bpf_jiffies64();
     st.sport = args->sport;
     st.dport = args->dport;
@@ -695,8 +737,8 @@ static __always_inline void on_accept(const struct tp_state *args,
     /* The socket is locked while its state changes, so its close cannot
      * run between the table's entry and the open count below.  A refused
      * socket is counted as accepted, never as open. */
-    int followed = follow(skp, &st);
     struct edge_val *ev = edge_vals(st.edge);
+    int followed = follow(skp, &st, ev);
     if (ev) {
         EV_ADD(&ev->accepts, 1);
         if (followed)
