@@ -165,8 +165,12 @@ def test_incident_edge_panel_shows_when_the_failures_began(page, incident):
     before = [m for m in minutes if m["t"] < format_ts(start)]
     during = [m for m in minutes if m["t"] >= format_ts(start)]
     assert len(minutes) == 60 and len(during) == 5
+    assert all(bool(m["red"]) == (m["failures"] > 0) for m in minutes), minutes  # a bar is red when it failed
     assert sum(m["failures"] for m in before) <= 0.01 * sum(m["connects"] for m in before), before
-    assert all(m["red"] and m["failures"] >= 0.3 * m["connects"] for m in during), during
+    # Each minute's connects fail at random (60 % on average), a few a minute on this edge:
+    # most minutes are red, and the failures a large share of the connects in all.
+    assert sum(m["red"] for m in during) >= 4, during
+    assert sum(m["failures"] for m in during) >= 0.3 * sum(m["connects"] for m in during), during
     # the connects that got through lost SYNs: the panel says what they cost, as the API does
     figures = dict(row.split("\t", 1) for row in page.page.locator("#edge-figures tr").all_inner_texts()
                    if "\t" in row)

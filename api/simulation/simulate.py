@@ -165,8 +165,11 @@ def _interval(fleet: Fleet, ea: _EpochArrays, ts: int) -> dict[str, np.ndarray]:
     fi = ea.failing
     if len(fi):
         # The failing service refuses or times out: retries pile up at its
-        # clients, most fail, pools lose most of their connections.
-        attempts[fi] += rng.poisson(np.where(ea.pooled[fi], ea.pool[fi] * 2.0, lam[fi] * 0.5))
+        # clients, most fail, pools lose most of their connections.  A
+        # client retries each failed connect about twice within the minute,
+        # and one that seldom connects still tries a few times: an incident
+        # in a quiet service stands out in the fleet's failures too.
+        attempts[fi] += rng.poisson(np.where(ea.pooled[fi], ea.pool[fi] * 2.0, lam[fi] * 2.0 + 3.0))
         failures[fi] = rng.binomial(attempts[fi], 0.6)
     established = attempts - failures
     # A connect that got through an overloaded server often lost its first

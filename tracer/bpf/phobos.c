@@ -548,7 +548,9 @@ static __always_inline u32 sock_bucket_of(u64 skp, u64 mult)
     return (u32)((skp * mult) >> (64 - SOCK_BUCKET_BITS));
 }
 
-static __always_inline int sock_find(u64 skp, struct sock_ref *ref)
+/* The way of the socket's two buckets whose owner word is ``owner``: the
+ * socket's own (owner = skp), or a free one (owner = 0), claimed for it. */
+static __always_inline int sock_way(u64 skp, u64 owner, struct sock_ref *ref)
 {
     u32 idx[2] = {sock_bucket_of(skp, SOCK_HASH1), sock_bucket_of(skp, SOCK_HASH2)};
 #pragma unroll
@@ -558,7 +560,7 @@ static __always_inline int sock_find(u64 skp, struct sock_ref *ref)
             continue;
 #pragma unroll
         for (int i = 0; i < SOCK_WAYS; i++) {
-            if (b->sk[i] == skp) {
+            if (b->sk[i] == owner && (owner || __sync_val_compare_and_swap(&b->sk[i], 0, skp) == 0)) {
                 ref->owner = &b->sk[i];
                 ref->st = &b->st[i];
                 return 1;
@@ -568,24 +570,14 @@ static __always_inline int sock_find(u64 skp, struct sock_ref *ref)
     return 0;
 }
 
+static __always_inline int sock_find(u64 skp, struct sock_ref *ref)
+{
+    return sock_way(skp, skp, ref);
+}
+
 static __always_inline int sock_claim(u64 skp, struct sock_ref *ref)
 {
-    u32 idx[2] = {sock_bucket_of(skp, SOCK_HASH1), sock_bucket_of(skp, SOCK_HASH2)};
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        struct sock_bucket *b = socks.lookup(&idx[j]);
-        if (!b)
-            continue;
-#pragma unroll
-        for (int i = 0; i < SOCK_WAYS; i++) {
-            if (b->sk[i] == 0 && __sync_val_compare_and_swap(&b->sk[i], 0, skp) == 0) {
-                ref->owner = &b->sk[i];
-                ref->st = &b->st[i];
-                return 1;
-            }
-        }
-    }
-    return 0;
+    return sock_way(skp, 0, ref);
 }
 
 /* Give a way back, after everything wanted of its entry has been read: the
