@@ -439,6 +439,24 @@ def test_unavailable_modes_fail_clearly_and_auto_falls_back(bpf_ready, mode):
         probe.close()
 
 
+def test_an_empty_fentry_program_answers_as_the_tracer_would_be_answered(bpf_ready):
+    """auto mode asks the kernel with an empty fentry program (a millisecond) before it tries
+    its own (a compile of about a second): the answers agree."""
+    from tracer import probe
+
+    offsets = probe.kernel_offsets(probe.read_btf())
+    assert offsets.connect_btf_id > 0
+    assert "no tcp_v4_connect" in probe.fentry_refusal(0)
+    refusal = probe.fentry_refusal(offsets.connect_btf_id)
+    try:
+        loaded = probe.Probe(mode="fentry", offsets=offsets)
+    except probe.ProbeError:
+        assert refusal is not None and "tcp_v4_connect" in refusal
+    else:
+        loaded.close()
+        assert refusal is None
+
+
 def test_auto_mode_says_in_one_line_which_mode_and_why_not_the_others(bpf_ready):
     """Trying the optional modes leaves none of BCC's raw output on the terminal (libbcc
     writes every refused load to stderr); one line names the mode and why each mode tried

@@ -30,8 +30,10 @@ in batches of 1024 per syscall.
 
 Caveats: modes other than ``tracepoint`` need kprobes or BPF trampolines;
 kernels built without kprobes or locked down refuse them, and the error says
-so.  ``auto`` tries them in a forked child whose stderr goes to a scratch
-file: libbcc writes every refused load ("bpf: Failed to load program: ...")
+so.  ``auto`` first asks the kernel with an empty fentry program, loaded
+with bpf(2) directly (a millisecond: where the kernel refuses fentry, as
+under lockdown, that saves a compile of about a second), then tries each
+mode in a forked child whose stderr goes to a scratch file: libbcc writes every refused load ("bpf: Failed to load program: ...")
 straight to file descriptor 2, which would read like a failure of Phobos.
 The outcome is one log line in Phobos' words (the mode, and why each other
 mode was not used); BCC's raw text is logged at debug level.  The real load
@@ -220,6 +222,8 @@ class KernelOffsets:
     # BTF id of the tracepoint's typedef btf_trace_inet_sock_set_state: what a
     # BTF-typed raw tracepoint program attaches to (0: none in this BTF)
     state_tp_btf_id: int = 0
+    # BTF id of the function tcp_v4_connect: what fentry mode attaches to
+    connect_btf_id: int = 0
 
     def cflags(self) -> list[str]:
         flags = [
@@ -384,6 +388,10 @@ class Btf:
         """Type id of a typedef, 0 if there is none."""
         return self._find(_KIND_TYPEDEF, name)
 
+    def func_id(self, name: str) -> int:
+        """Type id of a kernel function, 0 if there is none."""
+        return self._find(_KIND_FUNC, name)
+
     def func_nargs(self, name: str) -> int | None:
         tid = self._find(_KIND_FUNC, name)
         proto = self.types.get(self.types[tid][2]) if tid else None
@@ -429,6 +437,7 @@ def kernel_offsets(btf: bytes) -> KernelOffsets:
         skc_num=sock_common + b.offset("sock_common", "skc_num"),
         accept_nargs=b.func_nargs("inet_csk_accept") or 2,
         state_tp_btf_id=b.typedef_id("btf_trace_" + STATE_TRACEPOINT),
+        connect_btf_id=b.func_id("tcp_v4_connect"),
     )
     try:
         return KernelOffsets(**core, sock=_sock_offsets(b, sock_common))
@@ -512,7 +521,9 @@ def verify_call_probes(offsets: KernelOffsets | None = None) -> list[str]:
 # tracepoint needs, which BCC 0.26 does not load by itself.
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
 _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
-_BPF_PROG_TYPE_TRACING, _BPF_TRACE_RAW_TP = 26, 23
+_BPF_PROG_TYPE_TRACING, _BPF_TRACE_RAW_TP, _BPF_TRACE_FENTRY = 26, 23, 24
+#: r0 = 0; exit: a program that does nothing, to ask the kernel what it allows.
+_RETURN_0 = bytes.fromhex("b700000000000000" "9500000000000000")
 
 
 def _sys_bpf(cmd: int, attr: ct.Array) -> tuple[int, int]:
@@ -526,10 +537,9 @@ def _sys_bpf(cmd: int, attr: ct.Array) -> tuple[int, int]:
     return int(ret), ct.get_errno()
 
 
-def attach_btf_raw_tracepoint(insns: bytes, btf_id: int, name: str) -> tuple[int, int]:
-    """Load BCC-compiled instructions as a BTF-typed raw tracepoint and attach them.
+def _load_tracing(insns: bytes, btf_id: int, name: str, attach_type: int) -> int:
+    """Load instructions as a BPF_PROG_TYPE_TRACING program for the BTF id; its fd.
 
-    Returns (program fd, attachment fd); closing the attachment fd detaches.
     Raises ProbeError with the verifier's last lines when the kernel refuses.
     """
     code = ct.create_string_buffer(insns, len(insns))
@@ -545,7 +555,7 @@ def attach_btf_raw_tracepoint(insns: bytes, btf_id: int, name: str) -> tuple[int
         struct.pack_into("<IIQQIIQII16sIIIIQIIQII", attr, 0, _BPF_PROG_TYPE_TRACING, len(insns) // 8,
                          ct.addressof(code), ct.addressof(license_), log_level,
                          len(log) if log_level else 0, ct.addressof(log) if log_level else 0, 0, 0,
-                         name.encode()[:15], 0, _BPF_TRACE_RAW_TP, 0, 0, 0, 0, 0, 0, 0, btf_id)
+                         name.encode()[:15], 0, attach_type, 0, 0, 0, 0, 0, 0, 0, btf_id)
         return _sys_bpf(_BPF_PROG_LOAD, attr)
 
     # Without a log first: a verifier log that outgrows its buffer fails
@@ -560,15 +570,50 @@ def attach_btf_raw_tracepoint(insns: bytes, btf_id: int, name: str) -> tuple[int
             err = retry_err
     if prog_fd < 0:
         tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-3:])
-        raise ProbeError(f"the kernel refused a BTF-typed raw tracepoint ({os.strerror(err)})"
-                         + (f": {tail}" if tail else ""))
+        why = os.strerror(err) + (f": {tail}" if tail else "")
+        raise ProbeError(f"the kernel refused the program ({why})", reason=why)
+    return prog_fd
+
+
+def _attach_tracing(prog_fd: int) -> int:
+    """Attach a loaded tracing program to the BTF id it was loaded for; the link's fd."""
     open_attr = ct.create_string_buffer(16)
     struct.pack_into("<QI", open_attr, 0, 0, prog_fd)   # name 0: the target is the BTF id
     link_fd, err = _sys_bpf(_BPF_RAW_TRACEPOINT_OPEN, open_attr)
     if link_fd < 0:
         os.close(prog_fd)
-        raise ProbeError(f"could not attach a BTF-typed raw tracepoint: {os.strerror(err)}")
-    return prog_fd, link_fd
+        raise ProbeError(f"could not attach it: {os.strerror(err)}", reason=os.strerror(err))
+    return link_fd
+
+
+def attach_btf_raw_tracepoint(insns: bytes, btf_id: int, name: str) -> tuple[int, int]:
+    """Load BCC-compiled instructions as a BTF-typed raw tracepoint and attach them.
+
+    Returns (program fd, attachment fd); closing the attachment fd detaches.
+    Raises ProbeError with the verifier's last lines when the kernel refuses.
+    """
+    try:
+        prog_fd = _load_tracing(insns, btf_id, name, _BPF_TRACE_RAW_TP)
+        return prog_fd, _attach_tracing(prog_fd)
+    except ProbeError as err:
+        raise ProbeError(f"BTF-typed raw tracepoint: {err}") from None
+
+
+def fentry_refusal(connect_btf_id: int) -> str | None:
+    """Why this kernel refuses fentry programs on tcp_v4_connect, found with an empty program
+    (no compile); None when it takes one.  An empty program costs milliseconds where trying
+    the real one costs a compile of about a second."""
+    if not connect_btf_id:
+        return "this kernel's BTF has no tcp_v4_connect"
+    try:
+        prog_fd = _load_tracing(_RETURN_0, connect_btf_id, "phobos_probe", _BPF_TRACE_FENTRY)
+        link_fd = _attach_tracing(prog_fd)
+    except ProbeError as err:
+        return (f"the kernel refused an empty fentry program on tcp_v4_connect: {err.reason} "
+                "(kernel lockdown, or no BPF trampolines)")
+    os.close(link_fd)
+    os.close(prog_fd)
+    return None
 
 
 #: The compiler's libraries: BCC links LLVM and clang in, and a compile
@@ -643,7 +688,8 @@ class Probe:
         if mode == "auto":
             unused = []
             for candidate in ("fentry", "kprobe"):
-                why = self._try_in_child(candidate)
+                why = fentry_refusal(self.offsets.connect_btf_id) if candidate == "fentry" else None
+                why = why or self._try_in_child(candidate)
                 if why is None:
                     try:
                         self._load(candidate)
