@@ -710,7 +710,6 @@ class Probe:
         self._config = self.bpf["config"]
         self._counters = self.bpf["edges"]
         self._id_map = self.bpf["edge_ids"]
-        self._ncpu = self._counters.total_cpu
         self._val_format = struct.Struct(_ctype_format(self._counters.sLeaf))
         self._val_names = [name for name, _ in self._counters.sLeaf._fields_]
         self._held_at = self._val_names.index("held")
