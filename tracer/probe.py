@@ -902,26 +902,26 @@ class Probe:
 
     def _read_counters(self) -> Iterable[tuple[int, bytes]]:
         """(id, raw per-CPU bytes) of every known id, read in batches over the ids' range."""
-        if not self._edges:
-            return
-        table = self._counters
+        if self._edges:
+            yield from self._array_slots(self._counters, max(self._edges) + 1, 512, self._edges.__contains__)
+
+    def _array_slots(self, table, top: int, chunk: int,
+                     wanted: Any = lambda slot: True) -> Iterable[tuple[int, bytes]]:
+        """(slot, raw bytes) of the ``wanted`` slots 0..top-1 of an array map, ``chunk`` slots per
+        batch read (one lookup per wanted slot where the kernel refuses batches: before 5.6)."""
         size = ct.sizeof(table.Leaf)
-        top = max(self._edges) + 1
-        chunk = 512
         buf = (table.Leaf * chunk)()
         keys = (ct.c_uint32 * chunk)()
-        start = 0
-        while start < top:
+        view = memoryview(buf).cast("B")
+        for start in range(0, top, chunk):
             n = min(chunk, top - start)
             if not self._read_batch(table, start, n, keys, buf):
-                for i in range(n):  # one lookup per id (kernels before 5.6)
-                    if start + i in self._edges:
+                for i in range(n):
+                    if wanted(start + i):
                         buf[i] = table[ct.c_int(start + i)]
-            view = memoryview(buf).cast("B")
             for i in range(n):
-                if start + i in self._edges:
+                if wanted(start + i):
                     yield start + i, bytes(view[i * size:(i + 1) * size])
-            start += n
 
     def _read_batch(self, table, start: int, n: int, keys, buf) -> bool:
         """Slots start..start+n-1 of an array map into ``buf`` with one BPF_MAP_LOOKUP_BATCH
@@ -1039,33 +1039,19 @@ class Probe:
     def socket_entries(self) -> Iterable[tuple[int, int, dict[str, Any]]]:
         """(bucket, way, entry) of every socket the kernel follows, from one read of the socket table."""
         table = self.bpf["socks"]
-        size = ct.sizeof(table.Leaf)
         ways = BPF_CONSTANTS["SOCK_WAYS"]
         owners_len = ways * _SOCK_OWNER.size
-        chunk = 1024
-        buf = (table.Leaf * chunk)()
-        keys = (ct.c_uint32 * chunk)()
         empty = bytes(owners_len)
-        total = len(table)
-        start = 0
-        while start < total:
-            n = min(chunk, total - start)
-            if not self._read_batch(table, start, n, keys, buf):
-                for i in range(n):
-                    buf[i] = table[ct.c_int(start + i)]
-            raw = bytes(memoryview(buf).cast("B")[:n * size])
-            for i in range(n):
-                base = i * size
-                if raw[base:base + owners_len] == empty:
+        for bucket, raw in self._array_slots(table, len(table), 1024):
+            if raw[:owners_len] == empty:
+                continue
+            for w in range(ways):
+                if not _SOCK_OWNER.unpack_from(raw, w * _SOCK_OWNER.size)[0]:
                     continue
-                for w in range(ways):
-                    if not _SOCK_OWNER.unpack_from(raw, base + w * _SOCK_OWNER.size)[0]:
-                        continue
-                    eid, established, start_j, syn_ns, sport, dport, outbound = _SOCK_STATE.unpack_from(
-                        raw, base + owners_len + w * _SOCK_STATE.size)
-                    yield start + i, w, {"edge": eid, "established": established, "sport": sport,
-                                         "dport": dport, "outbound": outbound}
-            start += n
+                eid, established, _start, _syn, sport, dport, outbound = _SOCK_STATE.unpack_from(
+                    raw, owners_len + w * _SOCK_STATE.size)
+                yield bucket, w, {"edge": eid, "established": established, "sport": sport,
+                                  "dport": dport, "outbound": outbound}
 
     def _followed(self, seeded: bool) -> Iterable[tuple[tuple, EdgeKey]]:
         """(netns, local ip, local port, remote ip, remote port) and edge of the open

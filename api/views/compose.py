@@ -210,9 +210,8 @@ def datacenters_view(ctx: ViewContext, p: ViewParams) -> dict[str, Any]:
 
 def service_view(ctx: ViewContext, p: ViewParams, service: str) -> dict[str, Any]:
     """The service's instances (class ``area``) and the services they talk to (``other``)."""
-    rows, _ = ctx.gather(lambda: ctx.rows(p, instances_of=service), lambda: ctx.alerting(p.win.end))
+    rows, alerts = ctx.gather(lambda: ctx.rows(p, instances_of=service), lambda: ctx.alerting(p.win.end))
     ctx.require_service(service, rows)
-    alerts = ctx.alerting(p.win.end)
     peers = {r[f"{side}_name"] for r in rows for side in ("s", "d") if r[f"{side}_name"] != service}
     own_area = next((r[f"{side}_area"] for r in rows for side in ("s", "d") if r[f"{side}_name"] == service),
                     UNASSIGNED)

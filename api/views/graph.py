@@ -67,7 +67,7 @@ class Edge:
                 values[key] += float(value)
         hist = row.get("handshake_hist")
         if hist:
-            self.values["handshake_hist"] = add_handshake_hists(self.values["handshake_hist"], hist)
+            values["handshake_hist"] = add_handshake_hists(values["handshake_hist"], hist)
 
     def volume(self, metric: str) -> float:
         return self.values[METRICS[metric]]
