@@ -147,3 +147,53 @@ def test_handshake_histogram_layout_is_the_kernels():
         assert low <= us < high, (us, b, low, high)
     bounds = [records.handshake_bounds(b) for b in range(C["HS_BUCKETS"])]
     assert all(bounds[i][1] == bounds[i + 1][0] for i in range(len(bounds) - 1))
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    import struct
+
+    return struct.pack("<BBhi", code, dst | src << 4, off, imm)
+
+
+def _calls(insns: bytes) -> list[tuple[int, int, int]]:
+    """(src_reg, off, imm) of each call instruction."""
+    import struct
+
+    out = []
+    for pos in range(0, len(insns), 8):
+        code, regs, off, imm = struct.unpack_from("<BBhi", insns, pos)
+        if code == 0x85:
+            out.append((regs >> 4, off, imm))
+    return out
+
+
+def test_tcp_sock_casts_are_linked_to_the_kfunc_or_else_to_the_helper():
+    mark = C["TCP_SOCK_CAST_CALL"]
+    insns = b"".join([
+        _insn(0xBF, dst=1, src=6),              # r1 = r6
+        _insn(0xB7, dst=2, imm=mark),           # r2 = the mark as a value: not a call
+        _insn(0x85, imm=mark),                  # the cast
+        _insn(0x85, imm=1),                     # bpf_map_lookup_elem
+        _insn(0x85, src=1, imm=mark),           # a call of the program's own function at that distance
+        _insn(0x85, imm=mark),                  # a second cast
+        _insn(0x95),                            # exit
+    ])
+    kfunc = probe.link_tcp_sock_casts(insns, 64927)
+    helper = probe.link_tcp_sock_casts(insns)
+    assert len(kfunc) == len(helper) == len(insns)
+    assert _calls(kfunc) == [(2, 0, 64927), (0, 0, 1), (1, 0, mark), (2, 0, 64927)]
+    assert _calls(helper) == [(0, 0, 137), (0, 0, 1), (1, 0, mark), (0, 0, 137)]
+    # Everything but the casts' call instructions is left as it was.
+    for linked in (kfunc, helper):
+        assert [linked[i:i + 8] for i in (0, 8, 24, 32, 48)] == [insns[i:i + 8] for i in (0, 8, 24, 32, 48)]
+
+
+def test_the_cast_call_is_no_helper_and_its_fallback_is_skc_to_tcp_sock():
+    header = Path("/usr/include/linux/bpf.h")
+    if not header.exists():
+        pytest.skip("no /usr/include/linux/bpf.h (linux-libc-dev) to read the helper numbers from")
+    text = header.read_text()
+    mapper = text[text.index("#define __BPF_FUNC_MAPPER"):]
+    names = re.findall(r"FN\((\w+)", mapper[:mapper.index("\n\n")])
+    assert names.index("skc_to_tcp_sock") == probe._BPF_FUNC_SKC_TO_TCP_SOCK
+    assert C["TCP_SOCK_CAST_CALL"] > len(names) * 8  # far beyond any helper a kernel will have

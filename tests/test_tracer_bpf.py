@@ -744,6 +744,77 @@ def test_an_edge_id_a_cpu_remembers_is_void_once_the_edge_is_retired(bpf_ready):
         os.sched_setaffinity(0, affinity)
 
 
+def test_accepts_follow_the_listener_whatever_the_cpu_remembers(bpf_ready):
+    """A CPU remembers the edge of its last accept without looking the listener up again.  It
+    must still charge each accept to the listener of the moment: one it had not seen (counted
+    as without a listener, also when remembered), then one userspace adds from /proc, then
+    another process listening on the same port after the first let go."""
+    from tracer.probe import Probe
+
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(affinity)})  # loopback accepts run on the connecting CPU
+    early = socket.socket()  # listens before the probe: the kernel has no entry for it
+    early.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    early.bind(("127.0.0.1", 0))
+    early.listen(16)
+    port = early.getsockname()[1]
+    probe = Probe(mode="tracepoint")
+    child = None
+    inbound: dict[int, int] = {}
+
+    def connect_once(srv=None) -> None:
+        c = socket.create_connection(("127.0.0.1", port))
+        if srv is not None:
+            srv.accept()[0].close()
+        else:  # the child accepts
+            assert c.recv(1) == b"", "the child closes what it accepts"
+        c.close()
+
+    def drain() -> None:
+        time.sleep(0.05)
+        for key, v in probe.drain():
+            if key.direction == "inbound" and key.local_port == port:
+                inbound[key.pid] = inbound.get(key.pid, 0) + v["accepts"]
+
+    try:
+        before = probe.stats()["accept_no_listener"]
+        for _ in range(2):
+            connect_once(early)
+        drain()
+        assert inbound == {0: 2}, inbound
+        assert probe.stats()["accept_no_listener"] - before == 2
+        assert probe.seed_listener(netns=os.stat("/proc/self/ns/net").st_ino, port=port, ip="127.0.0.1",
+                                   pid=os.getpid(), comm="early", count=1)
+        for _ in range(2):
+            connect_once(early)
+        drain()
+        assert inbound == {0: 2, os.getpid(): 2}, inbound
+        early.close()
+        child = subprocess.Popen(
+            [sys.executable, "-c", f"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {port}))
+s.listen(16)
+print("ready", flush=True)
+for _ in range(2):
+    s.accept()[0].close()
+"""], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        for _ in range(2):
+            connect_once()
+        assert child.wait(timeout=10) == 0
+        drain()
+        assert inbound == {0: 2, os.getpid(): 2, child.pid: 2}, inbound
+    finally:
+        early.close()
+        if child is not None and child.poll() is None:
+            child.kill()
+        probe.close()
+        os.sched_setaffinity(0, affinity)
+
+
 def test_followed_sockets_match_the_proc_snapshot_so_reconciliation_never_counts_them_twice(bpf_ready):
     """Reconciliation seeds what /proc shows open and the kernel does not follow: the kernel's
     socket map must spell every tuple as /proc does (IPv4, IPv6, v4-mapped on a dual-stack socket)."""
@@ -782,10 +853,11 @@ def _hook_variants():
     from tracer.probe import kernel_offsets, read_btf
 
     offsets = kernel_offsets(read_btf())
-    return {"btf": offsets, "plain": dataclasses.replace(offsets, state_tp_btf_id=0)}
+    return {"btf": offsets, "btf_helper": dataclasses.replace(offsets, rdonly_cast_btf_id=0),
+            "plain": dataclasses.replace(offsets, state_tp_btf_id=0)}
 
 
-@pytest.mark.parametrize("hook", ["btf", "plain"])
+@pytest.mark.parametrize("hook", ["btf", "btf_helper", "plain"])
 def test_both_hooks_count_exactly_and_time_durations_in_ns(bpf_ready, hook):
     """Each way of attaching the state-change program counts the same loopback connections
     exactly, IPv4 and IPv6, and the durations (kept in ticks by the kernel) come back in ns."""
@@ -794,7 +866,10 @@ def test_both_hooks_count_exactly_and_time_durations_in_ns(bpf_ready, hook):
     probe = Probe(mode="tracepoint", offsets=_hook_variants()[hook])
     servers, held = [], []
     try:
-        assert probe.hook.startswith("tp_btf/" if hook == "btf" else "raw_tp/"), probe.hook
+        assert probe.hook.startswith("raw_tp/" if hook == "plain" else "tp_btf/"), probe.hook
+        # tcp_sock's fields through the kfunc cast where the kernel has it, else the helper
+        assert ("through a helper" in probe.hook) == (hook == "btf_helper" or not
+                                                       _hook_variants()["btf"].rdonly_cast_btf_id), probe.hook
         for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
             srv = socket.socket(family)
             srv.bind((addr, 0))

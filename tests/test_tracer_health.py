@@ -110,7 +110,9 @@ def hosts(bpf_host):
 
 
 def load(hook: str = "btf"):
-    """The probe on the BTF-typed raw tracepoint (direct loads) or the plain one (probe reads)."""
+    """The probe on the BTF-typed raw tracepoint (direct loads; tcp_sock's fields through the
+    kfunc cast, or through the helper where the kernel has no such kfunc) or the plain one
+    (probe reads)."""
     import dataclasses
 
     from tracer.probe import Probe, kernel_offsets, read_btf
@@ -118,11 +120,17 @@ def load(hook: str = "btf"):
     offsets = kernel_offsets(read_btf())
     if hook == "plain":
         offsets = dataclasses.replace(offsets, state_tp_btf_id=0)
+    elif hook == "btf_helper":
+        offsets = dataclasses.replace(offsets, rdonly_cast_btf_id=0)
     try:
         p = Probe(mode="tracepoint", offsets=offsets)
     except Exception as err:  # ProbeError, or BCC's bare Exception
         _need(False, f"BPF program cannot be loaded: {err}")
-    assert p.hook.startswith("tp_btf/" if hook == "btf" else "raw_tp/"), p.hook
+    assert p.hook.startswith("raw_tp/" if hook == "plain" else "tp_btf/"), p.hook
+    if hook == "btf_helper" or not offsets.rdonly_cast_btf_id:
+        assert "through a helper" in p.hook, p.hook
+    elif hook == "btf":
+        assert "helper" not in p.hook, p.hook
     return p
 
 
@@ -175,10 +183,10 @@ def edge_totals(probe, hosts, port: int) -> dict[str, dict]:
     return out
 
 
-@pytest.mark.parametrize("hook", ["btf", "plain"])
+@pytest.mark.parametrize("hook", ["btf", "btf_helper", "plain"])
 def test_bytes_are_exact_and_a_clean_network_shows_no_retransmits(hosts, bpf_host, hook):
     n_out, n_back, count = 100_000, 7_777, 4
-    port = PORT + (10 if hook == "plain" else 0)
+    port = PORT + {"btf": 0, "plain": 10, "btf_helper": 20}[hook]
     probe = load(hook)
     try:
         done = transfer(hosts, port, n_out, n_back, count)
@@ -199,9 +207,12 @@ def test_bytes_are_exact_and_a_clean_network_shows_no_retransmits(hosts, bpf_hos
     assert inb["handshakes"] == 0  # only connects time their handshake
 
 
-def test_handshake_latency_follows_a_dropped_first_syn(hosts, probe):
+@pytest.mark.parametrize("hook", ["btf", "btf_helper", "plain"])
+def test_handshake_latency_follows_a_dropped_first_syn(hosts, bpf_host, hook):
+    """The handshake's end is the clock the kernel read on taking in the SYN-ACK
+    (tcp_clock_cache), read each of the ways the program can read a socket."""
     client_host, server_host = hosts
-    port, count = PORT + 1, 6
+    port, count = PORT + 1 + {"btf": 0, "plain": 10, "btf_helper": 20}[hook], 6
     netns.nft(client_host, f"""
 table inet phobos_health_syn {{
     set passed {{ type ipv4_addr . inet_service; flags dynamic, timeout; timeout 2m; }}
@@ -212,13 +223,15 @@ table inet phobos_health_syn {{
     }}
 }}
 """)
+    probe = load(hook)
     try:
         done = transfer(hosts, port, 1000, 1000, count)
+        e = edge_totals(probe, hosts, port)
     finally:
+        probe.close()
         client_host.run("nft", "delete", "table", "inet", "phobos_health_syn")
     # What the clients themselves saw: the SYN retransmission timeout.
     assert all(0.8 <= t <= 1.5 for _, t in done), done
-    e = edge_totals(probe, hosts, port)
     out = e["outbound"]
     assert out["handshakes"] == count and sum(out["handshake_hist"]) == count
     mean_s = out["handshake_us_sum"] / count / 1e6

@@ -201,6 +201,9 @@ class SockOffsets:
     write_seq: int
     bytes_received: int
     total_retrans: int
+    # tcp_sock.tcp_clock_cache: the clock (ns) the kernel read on taking in
+    # the SYN-ACK, just before the socket became ESTABLISHED
+    clock_cache: int
     flags: int          # sock_common.skc_flags (sk_flags)
     done_bit: int       # enum sock_flags: SOCK_DONE
 
@@ -224,6 +227,11 @@ class KernelOffsets:
     state_tp_btf_id: int = 0
     # BTF id of the function tcp_v4_connect: what fentry mode attaches to
     connect_btf_id: int = 0
+    # BTF ids of struct tcp_sock and of the kfunc bpf_rdonly_cast (Linux
+    # 6.2+), through which the BTF-typed program reads tcp_sock's fields
+    # without a helper call (0: not in this BTF; see link_tcp_sock_casts)
+    tcp_sock_btf_id: int = 0
+    rdonly_cast_btf_id: int = 0
 
     def cflags(self) -> list[str]:
         flags = [
@@ -231,6 +239,7 @@ class KernelOffsets:
             f"-DNET_NS_INUM_OFF={self.net_ns_inum}",
             f"-DSKC_NUM_OFF={self.skc_num}",
             f"-DACCEPT_NARGS={self.accept_nargs}",
+            f"-DTCP_SOCK_BTF_ID={self.tcp_sock_btf_id}",
         ]
         if self.sock is not None:
             s = self.sock
@@ -242,6 +251,7 @@ class KernelOffsets:
                       f"-DTCP_WRITE_SEQ_OFF={s.write_seq}",
                       f"-DTCP_BYTES_RECEIVED_OFF={s.bytes_received}",
                       f"-DTCP_TOTAL_RETRANS_OFF={s.total_retrans}", f"-DSK_FLAGS_OFF={s.flags}",
+                      f"-DTCP_CLOCK_CACHE_OFF={s.clock_cache}",
                       f"-DSOCK_DONE_BIT={s.done_bit}"]
         return flags
 
@@ -388,6 +398,10 @@ class Btf:
         """Type id of a typedef, 0 if there is none."""
         return self._find(_KIND_TYPEDEF, name)
 
+    def struct_id(self, name: str) -> int:
+        """Type id of a struct, 0 if there is none."""
+        return self._find(_KIND_STRUCT, name)
+
     def func_id(self, name: str) -> int:
         """Type id of a kernel function, 0 if there is none."""
         return self._find(_KIND_FUNC, name)
@@ -405,7 +419,7 @@ def _sock_offsets(b: Btf, sock_common: int) -> SockOffsets:
     if b.is_bitfield("sock", "sk_protocol"):
         raise ProbeError("this kernel's struct sock has sk_protocol in a bitfield (Linux < 5.6); "
                          "Phobos needs Linux 5.6 or later")
-    for member in ("bytes_acked", "snd_una", "write_seq", "bytes_received", "total_retrans"):
+    for member in ("bytes_acked", "snd_una", "write_seq", "bytes_received", "total_retrans", "tcp_clock_cache"):
         if b.is_bitfield("tcp_sock", member):
             raise ProbeError(f"this kernel's struct tcp_sock has {member} in a bitfield")
     addrs = common("skc_daddr")
@@ -419,6 +433,7 @@ def _sock_offsets(b: Btf, sock_common: int) -> SockOffsets:
                        snd_una=b.offset("tcp_sock", "snd_una"), write_seq=b.offset("tcp_sock", "write_seq"),
                        bytes_received=b.offset("tcp_sock", "bytes_received"),
                        total_retrans=b.offset("tcp_sock", "total_retrans"),
+                       clock_cache=b.offset("tcp_sock", "tcp_clock_cache"),
                        flags=common("skc_flags"), done_bit=b.enum_value("sock_flags", "SOCK_DONE"))
 
 
@@ -438,6 +453,8 @@ def kernel_offsets(btf: bytes) -> KernelOffsets:
         accept_nargs=b.func_nargs("inet_csk_accept") or 2,
         state_tp_btf_id=b.typedef_id("btf_trace_" + STATE_TRACEPOINT),
         connect_btf_id=b.func_id("tcp_v4_connect"),
+        tcp_sock_btf_id=b.struct_id("tcp_sock"),
+        rdonly_cast_btf_id=b.func_id("bpf_rdonly_cast"),
     )
     try:
         return KernelOffsets(**core, sock=_sock_offsets(b, sock_common))
@@ -584,6 +601,33 @@ def _attach_tracing(prog_fd: int) -> int:
         os.close(prog_fd)
         raise ProbeError(f"could not attach it: {os.strerror(err)}", reason=os.strerror(err))
     return link_fd
+
+
+_BPF_CALL = 0x85                # BPF_JMP | BPF_CALL
+_BPF_PSEUDO_KFUNC_CALL = 2
+_BPF_FUNC_SKC_TO_TCP_SOCK = 137
+
+
+def link_tcp_sock_casts(insns: bytes, rdonly_cast_btf_id: int = 0) -> bytes:
+    """The program with its calls to TCP_SOCK_CAST_CALL (phobos.c) linked: to the kfunc
+    bpf_rdonly_cast when its BTF id is given, else to the helper bpf_skc_to_tcp_sock.
+
+    BCC cannot compile a kfunc call, so phobos.c calls a helper number no
+    kernel has; both targets take the socket in r1 (the kfunc the type's BTF
+    id in r2, which the helper ignores) and give a struct tcp_sock pointer.
+    """
+    mark = BPF_CONSTANTS["TCP_SOCK_CAST_CALL"]
+    out = bytearray(insns)
+    for pos in range(0, len(out) - 7, 8):
+        code, regs, _off, imm = struct.unpack_from("<BBhi", out, pos)
+        if code != _BPF_CALL or regs >> 4 or imm != mark:
+            continue
+        if rdonly_cast_btf_id:
+            struct.pack_into("<BBhi", out, pos, code, (regs & 0xF) | _BPF_PSEUDO_KFUNC_CALL << 4, 0,
+                             rdonly_cast_btf_id)
+        else:
+            struct.pack_into("<BBhi", out, pos, code, regs & 0xF, 0, _BPF_FUNC_SKC_TO_TCP_SOCK)
+    return bytes(out)
 
 
 def attach_btf_raw_tracepoint(insns: bytes, btf_id: int, name: str) -> tuple[int, int]:
@@ -829,10 +873,21 @@ class Probe:
         self._state_fds: tuple[int, ...] = ()
         why = "this kernel's BTF has no btf_trace_" + STATE_TRACEPOINT
         if self.offsets.state_tp_btf_id:
+            insns = bpf.dump_func(b"phobos_state_btf")
+            cast_why = "this kernel's BTF has no bpf_rdonly_cast (Linux < 6.2)"
+            if self.offsets.rdonly_cast_btf_id and self.offsets.tcp_sock_btf_id:
+                try:
+                    self._state_fds = attach_btf_raw_tracepoint(
+                        link_tcp_sock_casts(insns, self.offsets.rdonly_cast_btf_id),
+                        self.offsets.state_tp_btf_id, "phobos_state")
+                    self.hook = f"tp_btf/{STATE_TRACEPOINT}"
+                    return
+                except ProbeError as err:
+                    cast_why = f"bpf_rdonly_cast refused: {err.reason}"
             try:
                 self._state_fds = attach_btf_raw_tracepoint(
-                    bpf.dump_func(b"phobos_state_btf"), self.offsets.state_tp_btf_id, "phobos_state")
-                self.hook = f"tp_btf/{STATE_TRACEPOINT}"
+                    link_tcp_sock_casts(insns), self.offsets.state_tp_btf_id, "phobos_state")
+                self.hook = f"tp_btf/{STATE_TRACEPOINT} (tcp_sock read through a helper: {cast_why})"
                 return
             except ProbeError as err:
                 why = str(err)
@@ -853,6 +908,11 @@ class Probe:
     # -- config ------------------------------------------------------------
     def _set_config(self, slot: int, value: int) -> None:
         self._config[ct.c_int(slot)] = ct.c_uint32(value)
+
+    def _forget_remembered_edges(self) -> None:
+        """Void the edge each CPU remembers of its last connect and accept (edge_cache)."""
+        self._epoch = (self._epoch + 1) & 0xFFFFFFFF
+        self._set_config(BPF_CONSTANTS["CFG_EPOCH"], self._epoch)
 
     def set_seeding(self, on: bool) -> None:
         self._set_config(BPF_CONSTANTS["CFG_SEEDING"], 1 if on else 0)
@@ -981,8 +1041,7 @@ class Probe:
         if not retiring:
             return
         # Before any key goes: the ids the CPUs remember are void from now on.
-        self._epoch = (self._epoch + 1) & 0xFFFFFFFF
-        self._set_config(BPF_CONSTANTS["CFG_EPOCH"], self._epoch)
+        self._forget_remembered_edges()
         for edge in retiring:
             try:
                 del self._id_map[self._id_key(edge.key)]
@@ -1023,6 +1082,9 @@ class Probe:
             table[key] = leaf
         except Exception:  # BCC raises bare Exception when the map is full
             return False
+        # An accept the kernel charged to no listener may be remembered
+        # (edge_id_accepted): from now on it is charged to this one.
+        self._forget_remembered_edges()
         return True
 
     # -- connections that predate the tracer --------------------------------

@@ -7,7 +7,11 @@ Run as root from the repository root:
 What it measures, in one run, and prints as ratios and figures:
 - connection throughput with and without the tracer, which drains at its
   default interval (rounds alternate their order so drift and the faster
-  second run of a pair hit both sides; goal: ratio >= 0.97);
+  second run of a pair hit both sides; goal: ratio >= 0.97), and with the
+  program alone on the hook, attached in alternating half-second slices of
+  one running workload beside an empty program and none (what separate
+  rounds differ by, the host's other work from one 10 s to the next, cancels
+  out there);
 - in-kernel cost with kernel.bpf_stats_enabled: mean run time of the
   tracer's programs per state change and per connection (goals: <= 100 ns
   and <= 600 ns), beside the same figures for an empty program on the same
@@ -34,6 +38,7 @@ Not collected by pytest (no test_ functions).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -73,7 +78,9 @@ def _server(port_q: mp.Queue, stop: mp.Event) -> None:
         conn.close()
 
 
-def _client(port: int, seconds: float, out: mp.Queue) -> None:
+def _client(port: int, seconds: float, out: mp.Queue | None, shared_count=None) -> None:
+    """Connect and reset for ``seconds``; the counts go to ``out`` at the end, and each
+    connect to ``shared_count`` (a shared value) as it happens when one is given."""
     done = 0
     failed = 0
     end = time.monotonic() + seconds
@@ -84,10 +91,13 @@ def _client(port: int, seconds: float, out: mp.Queue) -> None:
         try:
             s.connect(addr)
             done += 1
+            if shared_count is not None:
+                shared_count.value += 1
         except OSError:
             failed += 1
         s.close()
-    out.put((os.getpid(), done, failed))
+    if out is not None:
+        out.put((os.getpid(), done, failed))
 
 
 def workload(seconds: float, clients: int = 1) -> dict:
@@ -243,25 +253,32 @@ def in_kernel_cost(seconds: float) -> dict:
     return out
 
 
-def _hook_cost(seconds: float, text: bytes | None = None, src_file: str | None = None,
-               fn: str = "phobos_state_btf", raw_fn: str = "phobos_state_raw") -> dict:
-    """One workload round with a program compiled from ``text`` or ``src_file`` alone on the tracer's hook.
+EMPTY_PROGRAM = (b"int phobos_empty(u64 *ctx) { return 0; }\n"
+                 b"int phobos_empty_raw(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n")
 
-    The program is attached BTF-typed (or plain, where refused) without the
-    agent: no drains, no attribution, just its run time per state change.
-    A stack named edge_free is filled with ids, as the agent does.
+
+@contextlib.contextmanager
+def _program_on_hook(text: bytes | None = None, src_file: str | None = None):
+    """A program compiled from ``text`` or ``src_file``, loaded for the tracer's hook without the agent.
+
+    Yields ``attach()``, which attaches it (BTF-typed, or plain where
+    refused) and returns a function that detaches it, and ``stats()``,
+    its (run_time_ns, run_cnt).  A stack named edge_free is filled with
+    ids, as the agent does.
     """
     import ctypes as ct
 
     from tracer import probe
 
+    fn, raw_fn = (b"phobos_empty", b"phobos_empty_raw") if text is not None else \
+        (b"phobos_state_btf", b"phobos_state_raw")
     bcc = probe.import_bcc()
     offsets = probe.kernel_offsets(probe.read_btf())
     if text is not None:
         bpf = bcc.BPF(text=text)
     else:
         bpf = bcc.BPF(src_file=src_file.encode(), cflags=offsets.cflags() + ["-w"])
-    fds: tuple[int, ...] = ()
+    prog_fd = None
     try:
         try:
             free = bpf["edge_free"]
@@ -270,26 +287,86 @@ def _hook_cost(seconds: float, text: bytes | None = None, src_file: str | None =
         for i in range(free.max_entries - 1 if free is not None else 0, 0, -1):
             free.push(ct.c_uint32(i))
         try:
-            fds = probe.attach_btf_raw_tracepoint(bpf.dump_func(fn.encode()), offsets.state_tp_btf_id, fn[:15])
-            prog_fd = fds[0]
+            prog_fd = probe._load_tracing(probe.link_tcp_sock_casts(bpf.dump_func(fn), offsets.rdonly_cast_btf_id),
+                                          offsets.state_tp_btf_id, fn.decode()[:15], probe._BPF_TRACE_RAW_TP)
+
+            def attach():
+                link = probe._attach_tracing(prog_fd)
+                return lambda: os.close(link)
+            stats_fd = prog_fd
         except probe.ProbeError:
-            bpf.attach_raw_tracepoint(tp=probe.STATE_TRACEPOINT.encode(), fn_name=raw_fn.encode())
-            prog_fd = bpf.funcs[raw_fn.encode()].fd
+            stats_fd = bpf.load_func(raw_fn, bcc.BPF.RAW_TRACEPOINT).fd
+
+            def attach():
+                bpf.attach_raw_tracepoint(tp=probe.STATE_TRACEPOINT.encode(), fn_name=raw_fn)
+                return lambda: bpf.detach_raw_tracepoint(tp=probe.STATE_TRACEPOINT.encode())
 
         def stats() -> tuple[int, int]:
-            with open(f"/proc/self/fdinfo/{prog_fd}") as fh:
+            with open(f"/proc/self/fdinfo/{stats_fd}") as fh:
                 info = dict(line.split(":", 1) for line in fh if ":" in line)
             return int(info["run_time_ns"]), int(info["run_cnt"])
 
-        with _BpfStats():
-            ns0, cnt0 = stats()
-            w = workload(seconds)
-            ns1, cnt1 = stats()
+        yield attach, stats
     finally:
-        for fd in fds:
-            os.close(fd)
+        if prog_fd is not None:
+            os.close(prog_fd)
         bpf.cleanup()
+
+
+def _hook_cost(seconds: float, text: bytes | None = None, src_file: str | None = None) -> dict:
+    """One workload round with a program alone on the tracer's hook: no drains, no attribution,
+    just its run time per state change."""
+    with _program_on_hook(text, src_file) as (attach, stats):
+        detach = attach()
+        try:
+            with _BpfStats():
+                ns0, cnt0 = stats()
+                w = workload(seconds)
+                ns1, cnt1 = stats()
+        finally:
+            detach()
     return _cost(ns1 - ns0, cnt1 - cnt0, w)
+
+
+def sliced_throughput(seconds: float, slice_s: float = 0.5) -> dict[str, float]:
+    """Throughput with this program, an empty one, or none on the hook, in turns of ``slice_s``
+    under one running workload: the programs' own effect on throughput, without what separate
+    rounds differ by (forks, start-ups, the host's other work from one 10 s to the next).
+
+    Returns each one's connections per second over its slices, relative to none."""
+    from tracer import probe
+
+    done = mp.RawValue("q", 0)
+    port_q, stop = mp.Queue(), mp.Event()
+    server = mp.Process(target=_server, args=(port_q, stop))
+    server.start()
+    rates: dict[str, list[float]] = {"this": [], "empty": [], "none": []}
+    try:
+        port = port_q.get(timeout=10)
+        with _program_on_hook(src_file=probe.BPF_SOURCE) as (this, _), \
+                _program_on_hook(text=EMPTY_PROGRAM) as (empty, _):
+            client = mp.Process(target=_client, args=(port, seconds + 5, None, done))
+            client.start()
+            time.sleep(1)
+            attach = {"this": this, "empty": empty, "none": lambda: (lambda: None)}
+            end, turn = time.monotonic() + seconds, 0
+            while time.monotonic() < end:
+                names = list(attach) if turn % 2 == 0 else list(attach)[::-1]
+                turn += 1
+                for name in names:
+                    detach = attach[name]()
+                    c0, t0 = done.value, time.monotonic()
+                    time.sleep(slice_s)
+                    c1, t1 = done.value, time.monotonic()
+                    detach()
+                    rates[name].append((c1 - c0) / (t1 - t0))
+            client.join()
+    finally:
+        stop.set()
+        server.join()
+    base = statistics.mean(rates["none"])
+    return {name: statistics.mean(r) / base for name, r in rates.items()} | {"slices": len(rates["none"]),
+                                                                              "rate": base}
 
 
 def empty_program_cost(seconds: float) -> dict:
@@ -298,9 +375,7 @@ def empty_program_cost(seconds: float) -> dict:
     bpf_stats reads the clock twice around each run; on a virtual machine
     that alone can be tens of ns, which every program's figure includes.
     """
-    return _hook_cost(seconds, text=b"int phobos_empty(u64 *ctx) { return 0; }\n"
-                                    b"int phobos_empty_raw(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n",
-                      fn="phobos_empty", raw_fn="phobos_empty_raw")
+    return _hook_cost(seconds, text=EMPTY_PROGRAM)
 
 
 def compare_programs(seconds: float, rounds: int, other: str) -> dict:
@@ -402,6 +477,10 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=TRACER_SETTINGS["INTERVAL"].default,
                     help="the tracer's drain interval in the throughput rounds (its default: %(default)s s)")
     ap.add_argument("--rounds", type=int, default=6, help="rounds with and without the tracer (alternating order)")
+    ap.add_argument("--sliced", type=float, default=60.0,
+                    help="seconds of the workload whose slices alternate this program, an empty one and none")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="seconds between the tracer's start-up and a traced round (start-up is timed on its own)")
     ap.add_argument("--open-sockets", type=int, default=5000, help="connections held for the /proc comparison")
     ap.add_argument("--compare", metavar="FILE.c",
                     help="also time another version of tracer/bpf/phobos.c (e.g. from git show REV:tracer/bpf/phobos.c) "
@@ -435,6 +514,10 @@ def main() -> int:
 
         port = free_port()
         tracer = Tracer(port, mode="auto", interval=args.interval)
+        # What is left of the start-up once the agent says it traces (its
+        # threads starting, the compiler's pages going) is not what it costs
+        # a host in steady state.
+        time.sleep(args.settle)
         ticks0 = cpu_ticks(tracer.proc.pid)
         w = workload(args.seconds)
         ticks = cpu_ticks(tracer.proc.pid) - ticks0
@@ -495,6 +578,10 @@ def main() -> int:
           f"{floor['ns_per_conn']:.0f} ns per connection (the accounting's own cost here, included above; "
           f"net of it the tracer costs {cost_k['ns_per_event'] - floor['ns_per_event']:.0f} ns per state change, "
           f"{cost_k['ns_per_conn'] - floor['ns_per_event'] * cost_k['events_per_conn']:.0f} ns per connection)")
+    sliced = sliced_throughput(args.sliced)
+    print(f"throughput with the program alone on the hook, in alternating {0.5:g} s slices of one "
+          f"{args.sliced:g} s workload ({sliced['slices']} each, {sliced['rate']:.0f} connections/s without): "
+          f"ratio {sliced['this']:.3f}, an empty program {sliced['empty']:.3f}")
     if args.compare:
         runs = compare_programs(args.seconds, 4, args.compare)
 

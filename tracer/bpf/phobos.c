@@ -80,27 +80,32 @@
  * Cost: per connection (both ends on the host, six state changes of which
  * five are acted on) two socket reads at each of connect and accept, one at
  * ESTABLISHED, four to six fields of the socket at each close; a lookup of
- * the edge's id at connect and at accept (a comparison with the edge this
- * CPU counted last, a hash lookup when it is another) and one of the
- * listener;
- * otherwise array slots: the socket table's two buckets (one cache line of
- * owner words each) at every state change, a compare-and-swap to claim an
- * entry and an exchange to give it back, and the edge's per-CPU counters,
- * written with plain adds; two bpf_ktime_get_ns per connect; nothing per
- * packet, and nothing but two comparisons for the state changes not listed
- * above.  An edge seen for the first time also pops an id and writes its
- * task name (read only then).  Connection durations are taken in jiffies (a
- * load, where bpf_ktime_get_ns costs about as much as a map lookup here);
- * userspace converts them with the tick length; handshakes need the finer
- * clock.  Measured here with kernel.bpf_stats_enabled on the loopback
- * connect/accept/close loop of tests/bench/bench_tracer.py, alternating
- * with the previous design of this program (a hash of sockets keyed by
- * address with two inserts, two deletes and three lookups per connection,
- * and per-CPU hashes of edges in two generations, five lookups of a 48-byte
- * key per connection): about half the time per state change, and net of
- * what an empty program costs on the same hook, about a third.  Socket-local
- * storage (BPF_MAP_TYPE_SK_STORAGE) for the socket's entry was measured
- * slower than that hash: its per-socket allocation costs more than
+ * the edge's id at connect and at accept, which is a comparison with the
+ * edge this CPU counted last (a hash lookup of the id, and at accept one of
+ * the listener, when it is another); otherwise array slots: the socket
+ * table's two buckets (one cache line of owner words each) at every state
+ * change, a compare-and-swap to claim an entry and an exchange to give it
+ * back, and the edge's per-CPU counters, written with plain adds; nothing
+ * per packet, and nothing but two comparisons for the state changes not
+ * listed above.  An edge seen for the first time also pops an id and writes
+ * its task name (read only then).  Helper calls are what costs most where
+ * the kernel guards each return (here about 35 ns a call, against a few ns
+ * for an inlined array lookup): a connection makes two, the current pid
+ * and the clock at connect.  Everything else is loaded directly - tcp_sock's
+ * fields through a cast the verifier inlines (TCP_SOCK), the handshake's
+ * end from the clock the kernel read for the SYN-ACK, connection durations
+ * in jiffies (a load; userspace converts them with the tick length) - and
+ * the listener's entry is only read when the accept's edge is not the one
+ * this CPU remembers.  Measured here with kernel.bpf_stats_enabled on the
+ * loopback connect/accept/close loop of tests/bench/bench_tracer.py,
+ * alternating with the first design of this program (a hash of sockets
+ * keyed by address with two inserts, two deletes and three lookups per
+ * connection, per-CPU hashes of edges in two generations, five lookups of a
+ * 48-byte key and about eight helper calls per connection): a third of its
+ * time per state change, and net of what an empty program costs on the same
+ * hook (the accounting's own clock reads, 70-90 ns here), a fifth.
+ * Socket-local storage (BPF_MAP_TYPE_SK_STORAGE) for the socket's entry was
+ * measured slower than that hash: its per-socket allocation costs more than
  * preallocated entries.  Needs BPF atomics (compare-and-swap, exchange):
  * Linux 5.12 or later.
  *
@@ -130,7 +135,8 @@
     !defined(SKC_DPORT_OFF) || !defined(SKC_NUM_OFF) || !defined(SKC_FAMILY_OFF) || \
     !defined(INET_SPORT_OFF) || !defined(SKC_HEAD_LEN) || !defined(TCP_BYTES_ACKED_OFF) || \
     !defined(TCP_SND_UNA_OFF) || !defined(TCP_WRITE_SEQ_OFF) || !defined(TCP_BYTES_RECEIVED_OFF) || \
-    !defined(TCP_TOTAL_RETRANS_OFF) || !defined(SK_FLAGS_OFF) || !defined(SOCK_DONE_BIT)
+    !defined(TCP_TOTAL_RETRANS_OFF) || !defined(SK_FLAGS_OFF) || !defined(SOCK_DONE_BIT) || \
+    !defined(TCP_CLOCK_CACHE_OFF)
 #error "struct offsets (SKC_*_OFF, SK_*_OFF, INET_SPORT_OFF, NET_NS_INUM_OFF, SKC_HEAD_LEN, TCP_*_OFF, SOCK_DONE_BIT) must be passed from BTF"
 #endif
 #ifndef MAX_EDGES
@@ -178,7 +184,8 @@
 /* config[] slots, written by userspace */
 #define CFG_SEEDING 0  /* 1 while userspace reads /proc (start-up, reconciliation) */
 #define CFG_EPOCH 1    /* bumped by userspace before it retires edge ids: edge_cache entries of an older epoch are void */
-#define CFG_SLOTS 2
+#define CFG_LISTEN_EPOCH 2  /* bumped by this program when a listener changes (see edge_id_accepted) */
+#define CFG_SLOTS 3
 
 /* drops[] slots: failed map updates, per CPU */
 #define DROP_EDGES 0
@@ -204,6 +211,10 @@
  */
 #define HS_BUCKETS 32
 #define HS_MIN_LOG2 7
+/* Longer than any handshake (Linux gives up on a connect after about 130 s
+ * of SYN retries by default): a clock reading this far after the SYN's
+ * stamp is not the handshake's end (see on_connected). */
+#define HS_MAX_NS (1ULL << 39)
 
 struct edge_key {
     u32 netns;
@@ -215,7 +226,7 @@ struct edge_key {
     u8 direction;
     u8 pad[3];
 };
-/* edge_id_cached compares keys as six words. */
+/* edge_cache_holds compares keys as six words. */
 _Static_assert(sizeof(struct edge_key) == 48, "struct edge_key is 48 bytes");
 
 /* An edge's counters: cumulative for as long as its id lives, one copy per
@@ -319,11 +330,14 @@ BPF_ARRAY(edge_comms, struct edge_comm, MAX_EDGES);
 /* Per CPU, the last edge a connect (slot 0) and an accept (slot 1) counted
  * to: a process that connects again and again to the same server, or a
  * server accepting again and again from the same client, needs no lookup
- * of edge_ids (see edge_id_cached). */
+ * of edge_ids, nor an accept one of listeners (see edge_id_connected and
+ * edge_id_accepted). */
 struct edge_cache_entry {
     struct edge_key key;
     u32 id;
     u32 epoch;
+    u32 listen_epoch;   /* accepts: config[CFG_LISTEN_EPOCH] when the listener was read */
+    u32 no_listener;    /* accepts: there was none (counted again at each hit) */
 };
 BPF_PERCPU_ARRAY(edge_cache, struct edge_cache_entry, 2);
 /* Open addressing over an array, whose lookups the verifier inlines: a
@@ -348,6 +362,25 @@ struct connect_call {
 };
 BPF_HASH(connect_calls, u64, struct connect_call, 1024);
 #endif
+
+/*
+ * A struct tcp_sock pointer to the BTF-typed program's socket: the verifier
+ * lets it load tcp_sock's fields, which lie beyond struct sock (the
+ * tracepoint's argument type).  BCC cannot call a kfunc, so this is
+ * compiled as a call to a helper that does not exist, TCP_SOCK_CAST_CALL,
+ * which userspace links before loading (probe.link_tcp_sock_casts): to the
+ * kfunc bpf_rdonly_cast (Linux 6.2+), which the verifier turns into a
+ * register move, or else to the helper bpf_skc_to_tcp_sock, a call (about
+ * 35 ns here, a third of what this program costs per state change).  The
+ * helper ignores the second argument and returns NULL for what is not a
+ * TCP socket; the cast returns its argument.
+ */
+#define TCP_SOCK_CAST_CALL 0x7ffe
+#ifndef TCP_SOCK_BTF_ID
+#define TCP_SOCK_BTF_ID 0
+#endif
+static void *(*tcp_sock_cast)(const void *sk, u32 btf_id) = (void *)TCP_SOCK_CAST_CALL;
+#define TCP_SOCK(sk) tcp_sock_cast((sk), TCP_SOCK_BTF_ID)
 
 /* An edge's values are this CPU's copy (per-CPU maps): a plain add, no
  * atomic, and no cache line shared with the other CPUs' updates. */
@@ -467,22 +500,93 @@ static __always_inline u32 edge_id(struct edge_key *k, int how, const char *comm
  * the bump uses the id as one that looked it up in edge_ids just before the
  * unmapping would: the drain after that still reads it.
  */
-static __always_inline u32 edge_id_cached(struct edge_key *k, int how, const char *comm)
+static __always_inline struct edge_cache_entry *edge_cache_entry(u32 slot)
 {
-    u32 slot = k->direction == DIR_INBOUND;
-    struct edge_cache_entry *e = edge_cache.lookup(&slot);
-    if (!e)
-        return edge_id(k, how, comm);
-    u32 epoch = cfg(CFG_EPOCH);
+    return edge_cache.lookup(&slot);
+}
+
+/* Whether e holds k in this epoch; of the key's first word (netns and pid)
+ * only the bits of word0_mask are compared. */
+static __always_inline int edge_cache_holds(const struct edge_cache_entry *e, const struct edge_key *k,
+                                            u64 word0_mask, u32 epoch)
+{
     const u64 *a = (const u64 *)&e->key, *b = (const u64 *)k;
-    if (e->id && e->epoch == epoch && a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] &&
-        a[4] == b[4] && a[5] == b[5])
-        return e->id;
-    u32 id = edge_id(k, how, comm);
+    return e->id && e->epoch == epoch && ((a[0] ^ b[0]) & word0_mask) == 0 && a[1] == b[1] &&
+           a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
+static __always_inline void edge_cache_keep(struct edge_cache_entry *e, const struct edge_key *k, u32 id,
+                                            u32 epoch)
+{
     __builtin_memcpy(&e->key, k, sizeof(*k));
     e->id = id;
     e->epoch = epoch;
+}
+
+/* The edge of a connect by the current process. */
+static __always_inline u32 edge_id_connected(struct edge_key *k)
+{
+    struct edge_cache_entry *e = edge_cache_entry(0);
+    u32 epoch = cfg(CFG_EPOCH);
+    if (e && edge_cache_holds(e, k, ~0ULL, epoch))
+        return e->id;
+    u32 id = edge_id(k, COMM_CURRENT, 0);
+    if (e)
+        edge_cache_keep(e, k, id, epoch);
     return id;
+}
+
+/*
+ * The edge of an accepted connection, charged to the process that listens
+ * on (netns, port) - k->pid is filled here.  The listener is only looked
+ * up (a hash lookup) when the CPU's last accept was of another edge, or
+ * when a listener changed since: on_listen, on_unlisten and
+ * refresh_listener bump config[CFG_LISTEN_EPOCH] after their change, and
+ * the epoch is read here before the listener, so an entry made from a
+ * listener read before a change has an older epoch (on x86, which keeps
+ * loads and stores in order; where the CPU may reorder them, an accept
+ * racing another process's listen() on the same port may keep the old
+ * listener until this CPU's next accept of another edge or the next
+ * change).  Userspace, which adds listeners found in /proc, bumps
+ * config[CFG_EPOCH] after.
+ */
+static __always_inline u32 edge_id_accepted(struct edge_key *k)
+{
+    const struct edge_key netns_bits = {.netns = 0xFFFFFFFF};
+    struct edge_cache_entry *e = edge_cache_entry(1);
+    u32 epoch = cfg(CFG_EPOCH);
+    u32 listen_epoch = cfg(CFG_LISTEN_EPOCH);
+    if (e && e->listen_epoch == listen_epoch && edge_cache_holds(e, k, *(const u64 *)&netns_bits, epoch)) {
+        if (e->no_listener)
+            count(0, STAT_ACCEPT_NO_LISTENER);
+        return e->id;
+    }
+    char comm[16] = {};
+    struct listen_key lk = {.netns = k->netns, .port = k->lport};
+    struct listen_val *lv = listeners.lookup(&lk);
+    if (lv) {
+        k->pid = lv->pid;
+        __builtin_memcpy(comm, lv->comm, sizeof(comm));
+    } else {
+        k->pid = 0;
+        count(0, STAT_ACCEPT_NO_LISTENER);
+    }
+    u32 id = edge_id(k, COMM_COPY, comm);
+    if (e) {
+        edge_cache_keep(e, k, id, epoch);
+        e->listen_epoch = listen_epoch;
+        e->no_listener = !lv;
+    }
+    return id;
+}
+
+/* After a listener's entry changed: accepts look it up again. */
+static __always_inline void listeners_changed(void)
+{
+    u32 slot = CFG_LISTEN_EPOCH;
+    u32 *v = config.lookup(&slot);
+    if (v)
+        __sync_fetch_and_add(v, 1);
 }
 
 /* This CPU's counters of an edge id (an array slot: never missing for an
@@ -501,6 +605,7 @@ static __always_inline void on_listen(const struct tp_state *args, u32 netns)
         __sync_fetch_and_add(&lv->count, 1);
         lv->pid = pid;
         bpf_get_current_comm(lv->comm, sizeof(lv->comm));
+        listeners_changed();
         return;
     }
     struct listen_val nv = {.pid = pid, .count = 1};
@@ -509,6 +614,7 @@ static __always_inline void on_listen(const struct tp_state *args, u32 netns)
     bpf_get_current_comm(nv.comm, sizeof(nv.comm));
     if (listeners.insert(&lk, &nv) != 0 && !listeners.lookup(&lk))
         count(1, DROP_LISTENERS);
+    listeners_changed();
 }
 
 static __always_inline void on_unlisten(const struct tp_state *args, u32 netns)
@@ -518,10 +624,12 @@ static __always_inline void on_unlisten(const struct tp_state *args, u32 netns)
     if (!lv)
         return;
     /* The LLVM BPF target here cannot use the value XADD returns. */
-    if (lv->count <= 1)
+    if (lv->count <= 1) {
         listeners.delete(&lk);
-    else
+        listeners_changed();
+    } else {
         __sync_fetch_and_add(&lv->count, -1);
+    }
 }
 
 /*
@@ -625,7 +733,7 @@ static __always_inline void on_connect(const struct tp_state *args,
     k.rport = args->dport;
     tp_addrs(args, k.laddr, k.raddr);
     struct sock_state st = {};
-    st.edge = edge_id_cached(&k, COMM_CURRENT, 0);
+    st.edge = edge_id_connected(&k);
     st.dport = args->dport;
     st.outbound = 1;
     st.syn_ns = bpf_ktime_get_ns();
@@ -691,8 +799,22 @@ static __always_inline void on_connected(const void *sk, u64 skp, int direct)
         return;
     EV_ADD(&ev->open_delta, 1);
     /* From the first SYN to the SYN-ACK's processing: a lost SYN shows as
-     * the retransmission timeout (1 s, then 3 s) it cost the client. */
-    u64 took = bpf_ktime_get_ns() - st->syn_ns;
+     * the retransmission timeout (1 s, then 3 s) it cost the client.  The
+     * kernel read the same monotonic clock on taking in the SYN-ACK, just
+     * before this state change (tcp_rcv_state_process refreshes
+     * tcp_clock_cache for a SYN_SENT socket), which saves reading it again
+     * here; a reading from before the SYN's stamp, or far after it, is not
+     * that one (a kernel that refreshes it elsewhere, or on another clock)
+     * and the clock is read after all. */
+    u64 end = 0;
+    const void *tcp = sk;
+    if (direct)
+        tcp = TCP_SOCK(sk);
+    if (tcp)
+        end = SK_FIELD(u64, tcp, TCP_CLOCK_CACHE_OFF, direct);
+    if (end < st->syn_ns || end - st->syn_ns > HS_MAX_NS)
+        end = bpf_ktime_get_ns();
+    u64 took = end - st->syn_ns;
     EV_ADD(&ev->handshakes, 1);
     EV_ADD(&ev->handshake_ns_sum, took);
     u32 b = hs_bucket(took);
@@ -707,21 +829,12 @@ static __always_inline void on_accept(const struct tp_state *args,
                                       u64 skp, u32 netns)
 {
     struct edge_key k = {};
-    char comm[16] = {};
-    struct listen_key lk = {.netns = netns, .port = args->sport};
-    struct listen_val *lv = listeners.lookup(&lk);
-    if (lv) {
-        k.pid = lv->pid;
-        __builtin_memcpy(comm, lv->comm, sizeof(comm));
-    } else {
-        count(0, STAT_ACCEPT_NO_LISTENER);
-    }
     k.netns = netns;
     k.direction = DIR_INBOUND;
     k.lport = args->sport;
     tp_addrs(args, k.laddr, k.raddr);
     struct sock_state st = {};
-    st.edge = edge_id_cached(&k, COMM_COPY, comm);
+    st.edge = edge_id_accepted(&k);
     st.start_ns = bpf_jiffies64();
     st.sport = args->sport;
     st.dport = args->dport;
@@ -758,7 +871,7 @@ static __always_inline void add_totals(const void *sk, struct edge_val *ev, int 
 {
     const void *tcp = sk;
     if (direct)
-        tcp = bpf_skc_to_tcp_sock((void *)sk);
+        tcp = TCP_SOCK(sk);
     if (!tcp)
         return;
     u64 sent = SK_FIELD(u64, tcp, TCP_BYTES_ACKED_OFF, direct);
@@ -846,15 +959,9 @@ static __always_inline void close_seeded(struct tuple_key *tk)
  */
 static __always_inline long sk_read(const void *sk, int os, int ns, struct tp_state *e, int direct)
 {
-    /* BTF-typed: the helper both checks the protocol (NULL for what is not
-     * a full TCP socket) and gives a struct tcp_sock pointer, through which
-     * the verifier lets inet_sport be read (it lies beyond struct sock). */
-    const void *tcp = sk;
-    if (direct)
-        tcp = bpf_skc_to_tcp_sock((void *)sk);
-    else if (SK_FIELD(u16, sk, SK_PROTOCOL_OFF, 0) != P_IPPROTO_TCP)
-        tcp = 0;
-    if (!tcp)
+    /* The tracepoint only fires for full sockets: their protocol is a
+     * field of struct sock. */
+    if (SK_FIELD(u16, sk, SK_PROTOCOL_OFF, direct) != P_IPPROTO_TCP)
         return -1;
     u64 head[(SKC_HEAD_LEN + 7) / 8];
     const void *h = sk;
@@ -876,6 +983,13 @@ static __always_inline long sk_read(const void *sk, int os, int ns, struct tp_st
     __builtin_memcpy(e->saddr_v6, b + SKC_V6_RCV_SADDR_OFF, 16);
     const void *net = *(const void * const *)(b + SKC_NET_OFF);
     if (ns == P_TCP_CLOSE) {
+        /* BTF-typed, inet_sport (beyond struct sock) can only be read
+         * through a struct tcp_sock pointer. */
+        const void *tcp = sk;
+        if (direct)
+            tcp = TCP_SOCK(sk);
+        if (!tcp)
+            return -1;
         u16 sport_be = SK_FIELD(u16, tcp, INET_SPORT_OFF, direct);
         num = (sport_be >> 8) | ((sport_be & 0xff) << 8);
     }
@@ -1040,8 +1154,12 @@ static __always_inline void refresh_listener(const void *newsk)
     struct listen_val *lv = listeners.lookup(&lk);
     if (!lv)
         return;
-    lv->pid = bpf_get_current_pid_tgid() >> 32;
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    int changed = lv->pid != pid;
+    lv->pid = pid;
     bpf_get_current_comm(lv->comm, sizeof(lv->comm));
+    if (changed)
+        listeners_changed();
 }
 
 static __always_inline void connect_enter(const void *sk, const void *uaddr)
