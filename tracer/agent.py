@@ -337,6 +337,7 @@ class Agent:
         stats = self._stats
         m.kernel_events = stats.get("events", 0)
         m.accepts_without_listener = stats.get("accept_no_listener", 0)
+        m.handshake_clock_reads = stats.get("handshake_clock_reads", 0)
         m.last_drain_s = time.monotonic() - started
         m.last_drain_at = time.time()
         if m.intervals % 60 == 0:

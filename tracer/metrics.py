@@ -39,6 +39,7 @@ class TracerMetrics:
         self.open_connections = 0
         self.kernel_events = 0
         self.accepts_without_listener = 0
+        self.handshake_clock_reads = 0
         self.missed_events = 0
         self.missed_closes = 0
         self.reconciliations = 0
@@ -102,6 +103,10 @@ class TracerMetrics:
         metric("phobos_tracer_accepts_without_listener_total", "counter",
                "Accepted connections whose listener was unknown (charged to pid 0).",
                [(None, self.accepts_without_listener)])
+        metric("phobos_tracer_handshake_clock_reads_total", "counter",
+               "Handshakes whose end the BPF program read from the clock because the kernel's own "
+               "reading at the SYN-ACK was not usable (0 on kernels that refresh it there).",
+               [(None, self.handshake_clock_reads)])
         nat = self.nat
         metric("phobos_tracer_nat_enabled", "gauge",
                "1 when destination NAT is followed through connection tracking.", [(None, nat["enabled"])])

@@ -617,16 +617,21 @@ def link_tcp_sock_casts(insns: bytes, rdonly_cast_btf_id: int = 0) -> bytes:
     id in r2, which the helper ignores) and give a struct tcp_sock pointer.
     """
     mark = BPF_CONSTANTS["TCP_SOCK_CAST_CALL"]
+    # struct bpf_insn {u8 code; u8 dst_reg:4, src_reg:4; s16 off; s32 imm;}
+    # in the host's byte order, whose bitfields fill the byte from the low
+    # bits on little-endian hosts and from the high bits on big-endian ones.
+    little = sys.byteorder == "little"
+    insn = struct.Struct("<BBhi" if little else ">BBhi")
+    src_shift = 4 if little else 0
     out = bytearray(insns)
     for pos in range(0, len(out) - 7, 8):
-        code, regs, _off, imm = struct.unpack_from("<BBhi", out, pos)
-        if code != _BPF_CALL or regs >> 4 or imm != mark:
+        code, regs, _off, imm = insn.unpack_from(out, pos)
+        if code != _BPF_CALL or (regs >> src_shift) & 0xF or imm != mark:
             continue
         if rdonly_cast_btf_id:
-            struct.pack_into("<BBhi", out, pos, code, (regs & 0xF) | _BPF_PSEUDO_KFUNC_CALL << 4, 0,
-                             rdonly_cast_btf_id)
+            insn.pack_into(out, pos, code, regs | _BPF_PSEUDO_KFUNC_CALL << src_shift, 0, rdonly_cast_btf_id)
         else:
-            struct.pack_into("<BBhi", out, pos, code, regs & 0xF, 0, _BPF_FUNC_SKC_TO_TCP_SOCK)
+            insn.pack_into(out, pos, code, regs, 0, _BPF_FUNC_SKC_TO_TCP_SOCK)
     return bytes(out)
 
 
@@ -874,7 +879,8 @@ class Probe:
         why = "this kernel's BTF has no btf_trace_" + STATE_TRACEPOINT
         if self.offsets.state_tp_btf_id:
             insns = bpf.dump_func(b"phobos_state_btf")
-            cast_why = "this kernel's BTF has no bpf_rdonly_cast (Linux < 6.2)"
+            cast_why = ("this kernel's BTF has no bpf_rdonly_cast (Linux < 6.2)" if not self.offsets.rdonly_cast_btf_id
+                        else "this kernel's BTF has no struct tcp_sock")
             if self.offsets.rdonly_cast_btf_id and self.offsets.tcp_sock_btf_id:
                 try:
                     self._state_fds = attach_btf_raw_tracepoint(

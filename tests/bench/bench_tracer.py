@@ -286,15 +286,27 @@ def _program_on_hook(text: bytes | None = None, src_file: str | None = None):
             free = None
         for i in range(free.max_entries - 1 if free is not None else 0, 0, -1):
             free.push(ct.c_uint32(i))
-        try:
-            prog_fd = probe._load_tracing(probe.link_tcp_sock_casts(bpf.dump_func(fn), offsets.rdonly_cast_btf_id),
-                                          offsets.state_tp_btf_id, fn.decode()[:15], probe._BPF_TRACE_RAW_TP)
+        # As the probe loads it: the kfunc cast, else the helper, else the plain hook.
+        casts = (offsets.rdonly_cast_btf_id, 0) if offsets.rdonly_cast_btf_id and offsets.tcp_sock_btf_id else (0,)
+        for cast in casts if offsets.state_tp_btf_id else ():
+            try:
+                prog_fd = probe._load_tracing(probe.link_tcp_sock_casts(bpf.dump_func(fn), cast),
+                                              offsets.state_tp_btf_id, fn.decode()[:15], probe._BPF_TRACE_RAW_TP)
+                break
+            except probe.ProbeError:
+                continue
+        if prog_fd is not None:
+            stats_fd = prog_fd
 
             def attach():
-                link = probe._attach_tracing(prog_fd)
+                nonlocal prog_fd
+                try:
+                    link = probe._attach_tracing(prog_fd)
+                except probe.ProbeError:
+                    prog_fd = None  # closed by _attach_tracing when it fails
+                    raise
                 return lambda: os.close(link)
-            stats_fd = prog_fd
-        except probe.ProbeError:
+        else:
             stats_fd = bpf.load_func(raw_fn, bcc.BPF.RAW_TRACEPOINT).fd
 
             def attach():
