@@ -33,8 +33,9 @@ kernels built without kprobes or locked down refuse them, and the error says
 so.  ``auto`` first asks the kernel with an empty fentry program, loaded
 with bpf(2) directly (a millisecond: where the kernel refuses fentry, as
 under lockdown, that saves a compile of about a second), then tries each
-mode in a forked child whose stderr goes to a scratch file: libbcc writes every refused load ("bpf: Failed to load program: ...")
-straight to file descriptor 2, which would read like a failure of Phobos.
+mode in a forked child whose stderr goes to a scratch file: libbcc writes
+every refused load ("bpf: Failed to load program: ...") straight to file
+descriptor 2, which would read like a failure of Phobos.
 The outcome is one log line in Phobos' words (the mode, and why each other
 mode was not used); BCC's raw text is logged at debug level.  The real load
 is never silenced: if it fails, BCC's messages and the error are shown.

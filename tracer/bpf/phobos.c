@@ -385,6 +385,13 @@ BPF_HASH(connect_calls, u64, struct connect_call, 1024);
 static void *(*tcp_sock_cast)(const void *sk, u32 btf_id) = (void *)TCP_SOCK_CAST_CALL;
 #define TCP_SOCK(sk) tcp_sock_cast((sk), TCP_SOCK_BTF_ID)
 
+/* The socket as a struct tcp_sock for SK_FIELD: the cast where loads are
+ * direct, the socket's address itself where they go through the helper. */
+static __always_inline const void *tcp_sock_of(const void *sk, int direct)
+{
+    return direct ? TCP_SOCK(sk) : sk;
+}
+
 /* An edge's values are this CPU's copy (per-CPU maps): a plain add, no
  * atomic, and no cache line shared with the other CPUs' updates. */
 #define EV_ADD(p, v) (*(p) += (v))
@@ -816,9 +823,7 @@ static __always_inline void on_connected(const void *sk, u64 skp, int direct)
      * sends the SYN) cannot be told apart here: the tests check that the
      * loopback handshakes take about as long as the clients' connect(). */
     u64 end = 0;
-    const void *tcp = sk;
-    if (direct)
-        tcp = TCP_SOCK(sk);
+    const void *tcp = tcp_sock_of(sk, direct);
     if (tcp)
         end = SK_FIELD(u64, tcp, TCP_CLOCK_CACHE_OFF, direct);
     if (end < st->syn_ns || end - st->syn_ns > HS_MAX_NS) {
@@ -880,9 +885,7 @@ static __always_inline void on_accept(const struct tp_state *args,
 static __always_inline void add_totals(const void *sk, struct edge_val *ev, int oldstate,
                                        int outbound, int direct)
 {
-    const void *tcp = sk;
-    if (direct)
-        tcp = TCP_SOCK(sk);
+    const void *tcp = tcp_sock_of(sk, direct);
     if (!tcp)
         return;
     u64 sent = SK_FIELD(u64, tcp, TCP_BYTES_ACKED_OFF, direct);
@@ -996,9 +999,7 @@ static __always_inline long sk_read(const void *sk, int os, int ns, struct tp_st
     if (ns == P_TCP_CLOSE) {
         /* BTF-typed, inet_sport (beyond struct sock) can only be read
          * through a struct tcp_sock pointer. */
-        const void *tcp = sk;
-        if (direct)
-            tcp = TCP_SOCK(sk);
+        const void *tcp = tcp_sock_of(sk, direct);
         if (!tcp)
             return -1;
         u16 sport_be = SK_FIELD(u16, tcp, INET_SPORT_OFF, direct);
